@@ -1,0 +1,235 @@
+"""The persistent catalog: one SQLite file under $SQLM_HOME (default ~/.sqlm).
+
+Holds models, registered tables, persisted settings, statistics (column stats per
+source, output-length histograms per model and prompt template, estimate-vs-actual
+feedback), the hardware profile and the kernel cost registry.
+
+Several processes may open the same file: WAL journaling lets readers run beside
+one writer, every write is one short transaction, and `busy_timeout` makes a
+writer wait for another instead of failing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog.settings import Settings
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL,
+    config TEXT NOT NULL, meta TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tables (
+    name TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL,
+    schema TEXT NOT NULL, row_count INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS column_stats (
+    source TEXT NOT NULL, column_name TEXT NOT NULL, stats TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (source, column_name));
+CREATE TABLE IF NOT EXISTS output_lengths (
+    model TEXT NOT NULL, template TEXT NOT NULL, length INTEGER NOT NULL, censored INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (model, template, length, censored));
+CREATE TABLE IF NOT EXISTS feedback (
+    model TEXT NOT NULL, variant TEXT NOT NULL, estimated REAL NOT NULL, actual REAL NOT NULL,
+    recorded REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS hardware (fingerprint TEXT PRIMARY KEY, profile TEXT NOT NULL, measured REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS kernel_costs (
+    op_signature TEXT NOT NULL, implementation TEXT NOT NULL, target TEXT NOT NULL,
+    seconds REAL NOT NULL, measured REAL NOT NULL, PRIMARY KEY (op_signature, implementation, target));
+"""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: str
+    format: str  # 'gguf' | 'hf'
+    config: dict  # catalog.model_config.ModelConfig fields
+    meta: dict  # chat template overhead, tokens per char, weight bytes per format, ...
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    name: str
+    kind: str  # 'parquet' | 'csv' | 'json'
+    path: str
+    schema: dict  # column name -> arrow type string, in order
+    row_count: int
+
+
+class Catalog:
+    def __init__(self, home: str | os.PathLike | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "tables").mkdir(exist_ok=True)
+        self._lock = threading.Lock()  # one sqlite connection shared by this process's threads
+        self._db = sqlite3.connect(self.home / "catalog.db", timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        with self._transaction() as db:
+            db.executescript(SCHEMA)
+
+    # -- plumbing -----------------------------------------------------------------------
+    class _Tx:
+        def __init__(self, catalog: Catalog) -> None:
+            self.catalog = catalog
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.catalog._lock.acquire()
+            self.catalog._db.execute("BEGIN IMMEDIATE")
+            return self.catalog._db
+
+        def __exit__(self, kind, value, tb) -> None:
+            try:
+                self.catalog._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            finally:
+                self.catalog._lock.release()
+
+    def _transaction(self) -> Catalog._Tx:
+        return Catalog._Tx(self)
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- models -------------------------------------------------------------------------
+    def register_model(self, name: str, path: str, format: str, config: dict, meta: dict) -> ModelEntry:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                       (name.lower(), str(path), format, json.dumps(config), json.dumps(meta), time.time()))
+        return ModelEntry(name.lower(), str(path), format, config, meta)
+
+    def get_model(self, name: str) -> ModelEntry | None:
+        rows = self._query("SELECT name, path, format, config, meta FROM models WHERE name = ?", (name.lower(),))
+        if not rows:
+            return None
+        n, p, f, c, m = rows[0]
+        return ModelEntry(n, p, f, json.loads(c), json.loads(m))
+
+    def list_models(self) -> list[ModelEntry]:
+        rows = self._query("SELECT name FROM models ORDER BY name")
+        return [self.get_model(r[0]) for r in rows]
+
+    def update_model_meta(self, name: str, **updates: object) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT meta FROM models WHERE name = ?", (name.lower(),)).fetchone()
+            if row is None:
+                return
+            meta = {**json.loads(row[0]), **updates}
+            db.execute("UPDATE models SET meta = ? WHERE name = ?", (json.dumps(meta), name.lower()))
+
+    # -- tables -------------------------------------------------------------------------
+    def register_table(self, name: str, kind: str, path: str, schema: dict, row_count: int) -> TableEntry:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?, ?, ?)",
+                       (name.lower(), kind, str(path), json.dumps(schema), row_count, time.time()))
+        return TableEntry(name.lower(), kind, str(path), schema, row_count)
+
+    def get_table(self, name: str) -> TableEntry | None:
+        rows = self._query("SELECT name, kind, path, schema, row_count FROM tables WHERE name = ?", (name.lower(),))
+        if not rows:
+            return None
+        n, k, p, s, r = rows[0]
+        return TableEntry(n, k, p, json.loads(s), r)
+
+    def list_tables(self) -> list[TableEntry]:
+        return [self.get_table(r[0]) for r in self._query("SELECT name FROM tables ORDER BY name")]
+
+    def drop_table(self, name: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM tables WHERE name = ?", (name.lower(),))
+
+    def table_path(self, name: str) -> Path:
+        """Where CREATE TABLE AS materializes a table."""
+        return self.home / "tables" / f"{name.lower()}.parquet"
+
+    # -- settings (persisted defaults; a connection's SET overlays them) -----------------
+    def settings(self) -> Settings:
+        s = Settings()
+        for name, value in self._query("SELECT name, value FROM settings"):
+            s = s.with_value(name, value)
+        return s
+
+    def persist_setting(self, name: str, value: str | None) -> None:
+        if value is None:
+            Settings().without(name)  # raises for an unknown name
+        else:
+            Settings().with_value(name, value)  # raises for a bad value
+        with self._transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM settings WHERE name = ?", (name.lower(),))
+            else:
+                db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name.lower(), str(value)))
+
+    # -- column statistics, keyed by a source fingerprint (path + size + mtime) ----------
+    def column_stats(self, source: str) -> dict[str, dict]:
+        rows = self._query("SELECT column_name, stats FROM column_stats WHERE source = ?", (source,))
+        return {c: json.loads(s) for c, s in rows}
+
+    def put_column_stats(self, source: str, stats: dict[str, dict]) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO column_stats VALUES (?, ?, ?, ?)",
+                           [(source, c, json.dumps(s), time.time()) for c, s in stats.items()])
+
+    # -- output lengths per (model, prompt template) -------------------------------------
+    def record_output_lengths(self, model: str, template: str, lengths: list[tuple[int, bool]]) -> None:
+        """lengths: (generated tokens, censored) where censored means max_tokens cut it short."""
+        counts: dict[tuple[int, bool], int] = {}
+        for n, censored in lengths:
+            counts[(int(n), bool(censored))] = counts.get((int(n), bool(censored)), 0) + 1
+        with self._transaction() as db:
+            for (n, censored), c in counts.items():
+                db.execute(
+                    "INSERT INTO output_lengths VALUES (?, ?, ?, ?, ?) ON CONFLICT(model, template, length, censored)"
+                    " DO UPDATE SET count = count + excluded.count", (model.lower(), template, n, int(censored), c))
+
+    def output_length_histogram(self, model: str, template: str) -> list[tuple[int, bool, int]]:
+        rows = self._query("SELECT length, censored, count FROM output_lengths WHERE model = ? AND template = ?"
+                           " ORDER BY length", (model.lower(), template))
+        return [(n, bool(c), k) for n, c, k in rows]
+
+    # -- estimate-vs-actual feedback, used to correct the roofline for this machine ------
+    def record_feedback(self, model: str, variant: str, estimated: float, actual: float) -> None:
+        if estimated <= 0 or actual <= 0:
+            return
+        with self._transaction() as db:
+            db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)", (model.lower(), variant, estimated, actual, time.time()))
+
+    def feedback_ratios(self, model: str, variant: str, last: int = 20) -> list[float]:
+        rows = self._query("SELECT actual / estimated FROM feedback WHERE model = ? AND variant = ?"
+                           " ORDER BY recorded DESC LIMIT ?", (model.lower(), variant, last))
+        return [r[0] for r in rows]
+
+    # -- hardware profile ----------------------------------------------------------------
+    def hardware_profile(self, fingerprint: str) -> dict | None:
+        rows = self._query("SELECT profile FROM hardware WHERE fingerprint = ?", (fingerprint,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def put_hardware_profile(self, fingerprint: str, profile: dict) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO hardware VALUES (?, ?, ?)", (fingerprint, json.dumps(profile), time.time()))
+
+    # -- kernel cost registry (codegen records measured alternatives; the cost model picks) --
+    def record_kernel_cost(self, op_signature: str, implementation: str, target: str, seconds: float) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO kernel_costs VALUES (?, ?, ?, ?, ?)",
+                       (op_signature, implementation, target, seconds, time.time()))
+
+    def kernel_costs(self, op_signature: str, target: str) -> dict[str, float]:
+        rows = self._query("SELECT implementation, seconds FROM kernel_costs WHERE op_signature = ? AND target = ?",
+                           (op_signature, target))
+        return dict(rows)

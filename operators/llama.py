@@ -1,0 +1,144 @@
+"""The Llama-family forward pass over pluggable linears, ops and attention backends.
+
+`LlamaModel.forward` works on a flat batch of tokens ([T]); which sequence a token
+belongs to, and where its K/V live, is the attention backend's business. That one
+forward serves the single-sequence reference loop (ContiguousKVCache) and the
+engine's ragged paged batches alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from catalog.model_config import ModelConfig
+from catalog.quant import QuantizedTensor
+from operators import tensor_ops
+from operators.linear import Linear, make_linear
+
+
+class AttentionBackend(Protocol):
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [T, Hq, D], k/v [T, Hkv, D] of the new tokens -> [T, Hq, D]; stores k/v."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelOps:
+    """The elementwise/normalization operators; codegen may supply faster twins."""
+
+    rms_norm: Callable = tensor_ops.rms_norm
+    apply_rope: Callable = tensor_ops.apply_rope
+    silu_mul: Callable = tensor_ops.silu_mul
+    name: str = "torch"
+
+
+@dataclass
+class LlamaLayer:
+    input_norm: torch.Tensor  # [H]
+    qkv_proj: Linear  # [Hq*D + 2*Hkv*D, H]
+    o_proj: Linear  # [H, Hq*D]
+    post_norm: torch.Tensor  # [H]
+    gate_up_proj: Linear  # [2F, H]
+    down_proj: Linear  # [H, F]
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, embed: torch.Tensor, layers: list[LlamaLayer], final_norm: torch.Tensor,
+                 lm_head: Linear, ops: ModelOps = ModelOps(), weight_format: str = "fp32"):
+        self.config = config
+        self.embed = embed  # [V, H] fp32
+        self.layers = layers
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        self.ops = ops
+        self.weight_format = weight_format
+        self.inv_freq = tensor_ops.rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
+        c, ops = self.config, self.ops
+        num_tokens = token_ids.shape[0]
+        q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        x = self.embed[token_ids]  # [T, H]
+        cos, sin = tensor_ops.rope_cos_sin(positions, self.inv_freq)  # [T, D]
+        for i, layer in enumerate(self.layers):
+            h = ops.rms_norm(x, layer.input_norm, c.rms_norm_eps)  # [T, H]
+            qkv = layer.qkv_proj(h)  # [T, q_size + 2*kv_size]
+            q = qkv[:, :q_size].reshape(num_tokens, c.num_heads, c.head_dim)
+            k = qkv[:, q_size : q_size + kv_size].reshape(num_tokens, c.num_kv_heads, c.head_dim)
+            v = qkv[:, q_size + kv_size :].reshape(num_tokens, c.num_kv_heads, c.head_dim)
+            q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
+            attn = attention.attend(i, q, k, v.contiguous())  # [T, Hq, D]
+            x = x + layer.o_proj(attn.reshape(num_tokens, q_size))
+            h = ops.rms_norm(x, layer.post_norm, c.rms_norm_eps)
+            gate_up = layer.gate_up_proj(h)  # [T, 2F]
+            f = c.intermediate_size
+            x = x + layer.down_proj(ops.silu_mul(gate_up[:, :f], gate_up[:, f:]))
+        return ops.rms_norm(x, self.final_norm, c.rms_norm_eps)  # [T, H]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)  # [N, V]
+
+
+class ContiguousKVCache:
+    """Reference attention backend for one sequence: K/V in one contiguous buffer per layer."""
+
+    def __init__(self, config: ModelConfig, max_tokens: int):
+        shape = (config.num_layers, max_tokens, config.num_kv_heads, config.head_dim)
+        self.k = torch.zeros(shape)
+        self.v = torch.zeros(shape)
+        self.length = 0  # tokens whose K/V are complete in every layer
+
+    def attend(self, layer: int, q, k, v):
+        start, end = self.length, self.length + q.shape[0]
+        self.k[layer, start:end] = k
+        self.v[layer, start:end] = v
+        return tensor_ops.causal_attention(q, self.k[layer, :end], self.v[layer, :end], q_start=start)
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens
+
+
+def _concat_rows(weights: list) -> torch.Tensor | QuantizedTensor:
+    """Stack matrices along rows; quantized blocks stay quantized when the types agree."""
+    if all(isinstance(w, QuantizedTensor) for w in weights) and len({w.qtype for w in weights}) == 1:
+        blocks = torch.cat([w.blocks for w in weights])
+        return QuantizedTensor(weights[0].qtype, blocks, blocks.shape[0], weights[0].cols)
+    return torch.cat([w.dequantize() if isinstance(w, QuantizedTensor) else w for w in weights])
+
+
+def _dense(w) -> torch.Tensor:
+    return w.dequantize() if isinstance(w, QuantizedTensor) else w.float()
+
+
+LinearFactory = Callable[[object, str, torch.Tensor | None], Linear]
+
+
+def build_model(loaded, weight_format: str = "fp32", linear_factory: LinearFactory = make_linear,
+                ops: ModelOps = ModelOps()) -> LlamaModel:
+    """Assemble a runnable model from loaded weights.
+
+    weight_format: 'fp32' | 'bf16' dequantize; 'native' keeps GGUF blocks quantized.
+    Q/K/V and gate/up are fused into one matmul each (fewer, larger GEMVs).
+    """
+    c, w = loaded.config, loaded.weights
+    layers = []
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        qkv = _concat_rows([w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        qkv_bias = None
+        if c.attention_bias:
+            qkv_bias = torch.cat([w[p + f"self_attn.{n}_proj.bias"].float() for n in "qkv"])
+        layers.append(LlamaLayer(
+            input_norm=_dense(w[p + "input_layernorm.weight"]),
+            qkv_proj=linear_factory(qkv, weight_format, qkv_bias),
+            o_proj=linear_factory(w[p + "self_attn.o_proj.weight"], weight_format, None),
+            post_norm=_dense(w[p + "post_attention_layernorm.weight"]),
+            gate_up_proj=linear_factory(_concat_rows([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]), weight_format, None),
+            down_proj=linear_factory(w[p + "mlp.down_proj.weight"], weight_format, None),
+        ))
+    embed_raw = w["model.embed_tokens.weight"]
+    head_raw = embed_raw if c.tie_word_embeddings else w["lm_head.weight"]
+    return LlamaModel(c, _dense(embed_raw), layers, _dense(w["model.norm.weight"]),
+                      linear_factory(head_raw, weight_format, None), ops=ops, weight_format=weight_format)
