@@ -76,8 +76,8 @@ class Catalog:
                                    isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 30000")
         self._db.execute("PRAGMA journal_mode = WAL")
-        with self._transaction() as db:
-            db.executescript(SCHEMA)
+        # executescript commits on its own; every statement is idempotent, so no transaction needed
+        self._db.executescript(SCHEMA)
 
     # -- plumbing -----------------------------------------------------------------------
     class _Tx:

@@ -11,7 +11,7 @@ import torch
 from operators.llama import ContiguousKVCache, LlamaModel
 from runtime.errors import check_context
 from runtime.requests import GenerationRequest, GenerationResult
-from runtime.sampler import make_generator, sample_one
+from runtime.sampler import make_generator, sample_one, suppress_eos
 from runtime.stop import find_stop, finish_reason
 from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -34,7 +34,8 @@ def generate(model: LlamaModel, tokenizer: Tokenizer, request: GenerationRequest
         positions = torch.arange(cache.length, cache.length + len(next_input))
         hidden = model.forward(ids, positions, cache)  # [T, H]
         cache.advance(len(next_input))
-        token = sample_one(model.compute_logits(hidden[-1:])[0], params, generator)
+        logits = suppress_eos(model.compute_logits(hidden[-1:]), [params], tokenizer.eos_token_ids)  # [1, V]
+        token = sample_one(logits[0], params, generator)
         output.append(token)
         reason = finish_reason(token, len(output), params, tokenizer.eos_token_ids)
         if reason == "stop":

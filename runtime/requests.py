@@ -45,3 +45,34 @@ class GenerationResult:
     text: str
     finish_reason: str  # "stop" (EOS or stop string), "length", "cancelled"
     num_cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Log-probability of `continuation_token_ids` following `prompt_token_ids` (classify's likelihoods).
+
+    Runs through the engine like a generation (batched, prefix-cached), computes no new tokens.
+    """
+
+    prompt_token_ids: tuple[int, ...]
+    continuation_token_ids: tuple[int, ...]
+    priority: int = 0
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.continuation_token_ids:
+            raise ValueError("a score request needs at least one continuation token")
+
+
+@dataclass
+class ScoreResult:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    continuation_token_ids: tuple[int, ...]
+    token_logprobs: list[float]  # log p(continuation[i] | prompt + continuation[:i])
+    finish_reason: str  # "scored" or "cancelled"
+    num_cached_prompt_tokens: int = 0
+
+    @property
+    def logprob(self) -> float:
+        return sum(self.token_logprobs)

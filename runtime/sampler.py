@@ -15,6 +15,15 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
     return g
 
 
+def suppress_eos(logits: torch.Tensor, params: list[SamplingParams], eos_ids: frozenset[int]) -> torch.Tensor:
+    """ignore_eos masks the EOS tokens out (llama.cpp's and HF min_new_tokens' meaning): the
+    sequence runs to max_tokens with the best non-EOS token at each step. logits [B, V], in place."""
+    rows = [i for i, p in enumerate(params) if p.ignore_eos]
+    if rows and eos_ids:
+        logits[torch.tensor(rows)[:, None], torch.tensor(sorted(eos_ids))[None, :]] = float("-inf")
+    return logits
+
+
 def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """logits [V] fp32 -> token id."""
     if params.greedy:

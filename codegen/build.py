@@ -1,0 +1,131 @@
+"""Kernel name + static parameters + target -> a compiled function over torch tensors.
+
+Every kernel module in `codegen/kernels/` has a factory in three parts:
+`make_<kernel>(**params) -> PrimFunc`, `<kernel>_config(target, **params) -> dict`
+and `schedule_<kernel>(sch, cfg)`, gathered in one `KernelSpec`. CPU builds use the
+hand schedule; CUDA builds use the kernel's own GPU schedule when it has one, else
+TVM's dlight default GPU rules.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from codegen.cache import KernelCache, KernelKey, source_digest
+from codegen.target import Target, detect_cpu
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    make: Callable[..., Any]  # (**params) -> tvm.tirx.PrimFunc
+    config: Callable[..., dict]  # (target, **params) -> tiles and flags
+    schedule: Callable[[Any, dict], None]  # (s_tir.Schedule, cfg) -> None, in place
+    args: tuple[str, ...]  # positional tensor arguments of the compiled function, outputs last
+    source_file: str
+    schedule_gpu: Callable[[Any, dict], None] | None = None
+    scheduled: bool = False  # `make` already writes the loop structure (plain TIR, no blocks)
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A compiled kernel; call it with torch tensors in `spec.args` order (outputs written in place)."""
+
+    spec: KernelSpec
+    params: tuple[tuple[str, Any], ...]
+    target: Target
+    fn: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, *tensors) -> None:
+        self.fn(*tensors)
+
+
+def _freeze(params: dict) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
+
+
+def schedule(spec: KernelSpec, params: dict, target: Target):
+    """The scheduled IRModule of one kernel for `target`."""
+    import tvm
+    from tvm import s_tir
+
+    func = spec.make(**params)
+    cfg = spec.config(target, **params)
+    if spec.scheduled:
+        return tvm.IRModule({"main": func})
+    if target.kind == "cuda":
+        if spec.schedule_gpu is not None:
+            sch = s_tir.Schedule(func)
+            spec.schedule_gpu(sch, cfg)
+            return sch.mod
+        from tvm.s_tir import dlight
+
+        mod = tvm.IRModule({"main": func})
+        with target.tvm_target():
+            return dlight.ApplyDefaultSchedule(
+                dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
+                dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+    sch = s_tir.Schedule(func)
+    spec.schedule(sch, cfg)
+    return sch.mod
+
+
+def compile_kernel(spec: KernelSpec, params: dict, target: Target):
+    import tvm
+
+    return tvm.compile(schedule(spec, params, target), target=target.tvm_target())
+
+
+def cuda_source(name: str, params: dict, arch: str = "sm_90") -> str:
+    """CUDA C source of one kernel (generated without a GPU)."""
+    from codegen.kernels import KERNELS
+    from codegen.target import cuda
+
+    executable = compile_kernel(KERNELS[name], params, cuda(arch))
+    return executable.mod.imports[0].inspect_source()
+
+
+_memo: dict[tuple, CompiledKernel] = {}
+_lock = threading.Lock()
+_default_cache: KernelCache | None = None
+
+
+def default_cache() -> KernelCache:
+    global _default_cache
+    if _default_cache is None:
+        _default_cache = KernelCache()
+    return _default_cache
+
+
+def get_kernel(name: str, params: dict, target: Target | None = None,
+               cache: KernelCache | None = None) -> CompiledKernel:
+    """The compiled kernel `name` for `params`: from this process, from disk, or compiled now."""
+    import tvm
+
+    from codegen.kernels import KERNELS
+
+    spec = KERNELS[name]
+    target = target or detect_cpu()
+    cache = cache or default_cache()
+    frozen = _freeze(params)
+    memo_key = (name, frozen, target.key, str(cache.root))
+    with _lock:
+        if memo_key in _memo:
+            return _memo[memo_key]
+        key = KernelKey(name, frozen, target.key, tvm.__version__,
+                        source_digest(spec.source_file, __file__))
+        module = cache.load_or_build(key, lambda: compile_kernel(spec, params, target))
+        kernel = CompiledKernel(spec, frozen, target, module["main"])
+        _memo[memo_key] = kernel
+        return kernel
+
+
+def clear_memo() -> None:
+    """Forget the kernels loaded by this process (tests use it to check the disk cache)."""
+    with _lock:
+        _memo.clear()

@@ -1,0 +1,66 @@
+"""Small TE helpers shared by the kernel factories (imported only while building)."""
+from __future__ import annotations
+
+
+def f16_to_f32(lo, hi):
+    """Two little-endian uint8 expressions -> the fp32 value of the f16 they spell."""
+    from tvm import tirx
+
+    bits = lo.astype("uint16") | (hi.astype("uint16") << tirx.const(8, "uint16"))
+    return tirx.reinterpret("float16", bits).astype("float32")
+
+
+def symbolic(name: str):
+    """A dynamic dimension (tokens, sequences): one compiled kernel serves every size."""
+    from tvm import te
+
+    return te.var(name, dtype="int64")
+
+
+def rfactor_rows(sch, block: str, rows: int, lanes: int):
+    """GEMV-style schedule of a block [T, N] reducing over (outer, lanes).
+
+    The inner `lanes` of the reduction become a vector accumulator (LLVM never
+    vectorizes a float reduction by itself), `rows` output rows share each x chunk,
+    and row tiles run in parallel.
+    """
+    blk = sch.get_sblock(block)
+    t, n, outer, inner = sch.get_loops(blk)
+    rf = sch.rfactor(inner, 2)
+    t_, n_, outer_, lane = sch.get_loops(rf)
+    n_tile, n_row = sch.split(n_, [None, rows])
+    sch.reorder(n_tile, t_, outer_, n_row, lane)
+    sch.unroll(n_row)
+    sch.vectorize(lane)
+    sch.reverse_compute_at(blk, t_)
+    sch.parallel(n_tile)
+    sch.decompose_reduction(rf, outer_)
+    return rf
+
+
+def exp_f32(x):
+    """exp(x) in fp32 from +, *, floor and an exponent-bit shift, so it vectorizes.
+
+    LLVM lowers a vector `exp` to one libm call per lane. Cody-Waite range reduction
+    x = n ln2 + f, |f| <= ln2/2, then a degree-7 Taylor polynomial: relative error
+    below 1e-7 over the clamped range [-87, 88].
+    """
+    from tvm import tirx
+
+    x = tirx.max(tirx.min(x, tirx.const(88.0, "float32")), tirx.const(-87.0, "float32"))
+    n = tirx.floor(x * tirx.const(1.4426950408889634, "float32") + tirx.const(0.5, "float32"))
+    f = x - n * tirx.const(0.693145751953125, "float32") - n * tirx.const(1.428606765330187e-06, "float32")
+    p = tirx.const(1.0 / 5040, "float32")
+    for c in (1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+        p = p * f + tirx.const(c, "float32")
+    bits = (n.astype("int32") + tirx.const(127, "int32")) << tirx.const(23, "int32")
+    return p * tirx.reinterpret("float32", bits)
+
+
+def vectorize_inner(sch, block: str, lanes: int):
+    """Split the innermost loop of `block` by `lanes` (when it divides) and vectorize it."""
+    loops = sch.get_loops(sch.get_sblock(block))
+    extent = sch.get(loops[-1]).extent
+    if int(extent) % lanes == 0:
+        _, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)

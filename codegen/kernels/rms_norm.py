@@ -1,0 +1,43 @@
+"""RMSNorm, fused: out = x * rsqrt(mean(x^2) + eps) * weight, one pass per token row."""
+from __future__ import annotations
+
+from codegen.build import KernelSpec
+from codegen.kernels.common import symbolic, vectorize_inner
+
+
+def make_rms_norm(hidden: int, eps: float):
+    from tvm import te, tirx
+
+    T = symbolic("T")
+    x = te.placeholder((T, hidden), "float32", name="x")
+    w = te.placeholder((hidden,), "float32", name="weight")
+    lanes = 16 if hidden % 16 == 0 else 1
+    ko = te.reduce_axis((0, hidden // lanes), "ko")
+    ki = te.reduce_axis((0, lanes), "ki")
+    sq = te.compute((T,), lambda t: te.sum(x[t, ko * lanes + ki] * x[t, ko * lanes + ki], axis=[ko, ki]),
+                    name="sum_sq")
+    inv = te.compute((T,), lambda t: tirx.rsqrt(sq[t] / tirx.const(hidden, "float32") + tirx.const(eps, "float32")),
+                     name="inv_rms")
+    out = te.compute((T, hidden), lambda t, h: x[t, h] * inv[t] * w[h], name="out")
+    return te.create_prim_func([x, w, out])
+
+
+def rms_norm_config(target, hidden: int, eps: float) -> dict:
+    return {"lanes": 16 if hidden % 16 == 0 else 1}
+
+
+def schedule_rms_norm(sch, cfg: dict) -> None:
+    # The sum of squares stays a root-level stage (T x hidden reads, cheap); its 16
+    # lanes become a vector accumulator. The normalizing pass runs in parallel rows.
+    if cfg["lanes"] > 1:
+        rf = sch.rfactor(sch.get_loops(sch.get_sblock("sum_sq"))[-1], 1)
+        t, ko, ki = sch.get_loops(rf)
+        sch.vectorize(ki)
+        sch.decompose_reduction(rf, ko)
+    t, h = sch.get_loops(sch.get_sblock("out"))
+    sch.parallel(t)
+    vectorize_inner(sch, "out", 16)
+
+
+SPEC = KernelSpec("rms_norm", make_rms_norm, rms_norm_config, schedule_rms_norm,
+                  args=("x", "weight", "out"), source_file=__file__)

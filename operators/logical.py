@@ -1,0 +1,213 @@
+"""Logical plan nodes: what to compute, not how.
+
+Nodes are frozen dataclasses; a rewrite builds a new node with `dataclasses.replace`.
+Each has a `name` and `params()` (ordered (key, value) pairs) that EXPLAIN renders;
+nodes never format themselves. Scalar expressions are sqlglot ASTs whose columns
+name the plan's internal columns ("alias.column" for scanned columns, "__llm_N"
+for model outputs).
+
+`columns(inputs)` gives a node's output columns from its inputs' (in input order).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from catalog.sources import TableSource
+from runtime.requests import SamplingParams
+
+
+def sql(e: exp.Expr) -> str:
+    from planner.sql.dialect import Sqlm  # the dialect prints generate()/classify() calls
+
+    return e.sql(dialect=Sqlm)
+
+
+def referenced_columns(e: exp.Expr) -> set[str]:
+    return {c.name for c in e.find_all(exp.Column)}
+
+
+@dataclass(frozen=True)
+class Scan:
+    source: TableSource
+    alias: str
+    read: tuple[str, ...]  # source columns to read; projection pruning narrows this
+    name = "Scan"
+
+    def columns(self, inputs: list[tuple[str, ...]]) -> tuple[str, ...]:
+        return tuple(f"{self.alias}.{c}" for c in self.read)
+
+    def params(self) -> list[tuple[str, object]]:
+        return [("source", f"{self.source.kind}:{self.source.location}"), ("alias", self.alias),
+                ("columns", ", ".join(self.read))]
+
+
+@dataclass(frozen=True)
+class Filter:
+    predicates: tuple[exp.Expr, ...]  # conjuncts, evaluated in this order
+    name = "Filter"
+
+    def columns(self, inputs):
+        return inputs[0]
+
+    def params(self):
+        return [("predicate", " AND ".join(sql(p) for p in self.predicates))]
+
+
+@dataclass(frozen=True)
+class Project:
+    outputs: tuple[tuple[str, exp.Expr], ...]  # (output column, expression over the input)
+    name = "Project"
+
+    def columns(self, inputs):
+        return tuple(n for n, _ in self.outputs)
+
+    def params(self):
+        return [("columns", ", ".join(n if isinstance(e, exp.Column) and e.name == n else f"{sql(e)} AS {n}"
+                                      for n, e in self.outputs))]
+
+
+@dataclass(frozen=True)
+class LLMOptions:
+    """What the optimizer decided about one model call (rules fill these in)."""
+    dedup: bool = False  # compute each distinct (prompt, params) once
+    order: str = "arrival"  # 'arrival' | 'prefix' (rows sharing a prompt prefix run together)
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Adds column `output`: the model's text for each row's prompt."""
+    model: str
+    prompt: exp.Expr
+    sampling: SamplingParams
+    chat: bool
+    output: str
+    options: LLMOptions = LLMOptions()
+    name = "Generate"
+
+    @property
+    def deterministic(self) -> bool:
+        """Same prompt, same text: greedy, or sampled with a fixed seed."""
+        return self.sampling.greedy or self.sampling.seed is not None
+
+    def input_expressions(self) -> tuple[exp.Expr, ...]:
+        return (self.prompt,)
+
+    def columns(self, inputs):
+        return inputs[0] + (self.output,)
+
+    def params(self):
+        s = self.sampling
+        p = [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
+             ("temperature", s.temperature)]
+        if s.top_p != 1.0:
+            p.append(("top_p", s.top_p))
+        if s.top_k:
+            p.append(("top_k", s.top_k))
+        if s.seed is not None:
+            p.append(("seed", s.seed))
+        if s.stop:
+            p.append(("stop", list(s.stop)))
+        p += [("chat", self.chat), ("output", self.output), ("dedup", self.options.dedup),
+              ("order", self.options.order)]
+        return p
+
+
+@dataclass(frozen=True)
+class Classify:
+    """Adds column `output`: the label the model finds most likely for each row's text."""
+    model: str
+    text: exp.Expr
+    labels: tuple[str, ...]
+    instruction: str
+    output: str
+    options: LLMOptions = LLMOptions()
+    name = "Classify"
+    deterministic = True  # likelihood scoring has no sampling
+
+    def input_expressions(self) -> tuple[exp.Expr, ...]:
+        return (self.text,)
+
+    def columns(self, inputs):
+        return inputs[0] + (self.output,)
+
+    def params(self):
+        return [("model", self.model), ("text", sql(self.text)), ("labels", list(self.labels)),
+                ("instruction", self.instruction), ("output", self.output),
+                ("dedup", self.options.dedup), ("order", self.options.order)]
+
+
+LLM_NODES = (Generate, Classify)
+
+
+@dataclass(frozen=True)
+class SortKey:
+    expr: exp.Expr
+    descending: bool = False
+    nulls_first: bool = False
+
+
+@dataclass(frozen=True)
+class Sort:
+    keys: tuple[SortKey, ...]
+    name = "Sort"
+
+    def columns(self, inputs):
+        return inputs[0]
+
+    def params(self):
+        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys))]
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int | None
+    offset: int = 0
+    name = "Limit"
+
+    def columns(self, inputs):
+        return inputs[0]
+
+    def params(self):
+        return [("count", self.count)] + ([("offset", self.offset)] if self.offset else [])
+
+
+@dataclass(frozen=True)
+class Join:
+    kind: str  # 'inner' | 'left' | 'right' | 'full' | 'cross'
+    left_keys: tuple[exp.Expr, ...]  # equi-join keys over the left input
+    right_keys: tuple[exp.Expr, ...]
+    residual: exp.Expr | None = None  # non-equi part of ON, applied after the join
+    name = "Join"
+
+    def columns(self, inputs):
+        return inputs[0] + inputs[1]
+
+    def params(self):
+        keys = ", ".join(f"{sql(a)} = {sql(b)}" for a, b in zip(self.left_keys, self.right_keys))
+        p = [("type", self.kind), ("keys", keys or "(none)")]
+        if self.residual is not None:
+            p.append(("residual", sql(self.residual)))
+        return p
+
+
+@dataclass(frozen=True)
+class AggregateCall:
+    function: str  # 'count' | 'count_star' | 'sum' | 'min' | 'max' | 'mean' | 'count_distinct'
+    argument: str | None  # input column
+    output: str
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    groups: tuple[str, ...]  # input columns
+    aggregates: tuple[AggregateCall, ...]
+    name = "Aggregate"
+
+    def columns(self, inputs):
+        return self.groups + tuple(a.output for a in self.aggregates)
+
+    def params(self):
+        aggs = ", ".join(f"{a.function}({a.argument or '*'}) AS {a.output}" for a in self.aggregates)
+        return [("groups", ", ".join(self.groups) or "(all rows)"), ("aggregates", aggs)]

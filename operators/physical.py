@@ -1,0 +1,201 @@
+"""Physical plan nodes: every knob decided, every estimate attached.
+
+Like the logical nodes they only describe themselves (`name`, `params()`);
+planner/explain.py renders them. `estimate` is the cost model's prediction,
+`choices` the optimizer's decisions with their runner-ups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from operators.logical import AggregateCall, LLMOptions, SortKey, TableSource, sql
+from runtime.requests import SamplingParams
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rows: float
+    seconds: float = 0.0
+    prompt_tokens: float = 0.0  # all rows' prompt tokens (before the prefix cache)
+    computed_prompt_tokens: float = 0.0  # of those, the ones prefill must compute
+    output_tokens: float = 0.0
+    kv_bytes: float = 0.0  # peak KV memory
+    llm_calls: float = 0.0  # sequences the engine runs
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One decision: the value picked, its estimated seconds, and the best alternative's."""
+    knob: str
+    value: object
+    seconds: float
+    runner_up: object = None
+    runner_up_seconds: float | None = None
+    forced: bool = False  # a SET hint the optimizer obeyed
+    note: str = ""  # e.g. the estimated saving
+
+
+@dataclass(frozen=True)
+class EngineKnobs:
+    max_batch_size: int
+    prefill_chunk_tokens: int
+    kv_block_size: int
+    kv_cache_memory: int
+    prefix_cache: bool
+    scheduling: str  # 'fcfs' | 'spf'
+    weight_format: str  # 'fp32' | 'bf16' | 'native'
+    kernels: str  # 'torch' | 'tvm'
+    threads: int | None = None
+
+
+def _no_estimate() -> Estimate:
+    return Estimate(rows=0)
+
+
+@dataclass(frozen=True)
+class TableScan:
+    source: TableSource
+    alias: str
+    read: tuple[str, ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "TableScan"
+
+    def params(self):
+        return [("source", f"{self.source.kind}:{self.source.location}"), ("columns", ", ".join(self.read))]
+
+
+@dataclass(frozen=True)
+class Filter:
+    predicates: tuple[exp.Expr, ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "Filter"
+
+    def params(self):
+        return [("predicate", " AND ".join(sql(p) for p in self.predicates))]
+
+
+@dataclass(frozen=True)
+class Project:
+    outputs: tuple[tuple[str, exp.Expr], ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "Project"
+
+    def params(self):
+        return [("columns", ", ".join(n if isinstance(e, exp.Column) and e.name == n else f"{sql(e)} AS {n}"
+                                      for n, e in self.outputs))]
+
+
+@dataclass(frozen=True)
+class BatchedGenerate:
+    """All rows' prompts go to the engine as one continuous batch."""
+    model: str
+    prompt: exp.Expr
+    sampling: SamplingParams
+    chat: bool
+    output: str
+    options: LLMOptions
+    knobs: EngineKnobs
+    template: str  # the prompt's shape, keying output-length statistics
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "BatchedGenerate"
+
+    def params(self):
+        s = self.sampling
+        return [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
+                ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)]
+
+
+@dataclass(frozen=True)
+class BatchedClassify:
+    """Scores every label's tokens after each row's prompt; picks the most likely label."""
+    model: str
+    text: exp.Expr
+    labels: tuple[str, ...]
+    instruction: str
+    output: str
+    options: LLMOptions
+    knobs: EngineKnobs
+    template: str
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "BatchedClassify"
+
+    def params(self):
+        return [("model", self.model), ("text", sql(self.text)), ("labels", list(self.labels)),
+                ("dedup", self.options.dedup), ("order", self.options.order)]
+
+
+@dataclass(frozen=True)
+class Sort:
+    keys: tuple[SortKey, ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "Sort"
+
+    def params(self):
+        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys))]
+
+
+@dataclass(frozen=True)
+class TopN:
+    """ORDER BY ... LIMIT n: keeps the best n rows without sorting them all."""
+    keys: tuple[SortKey, ...]
+    count: int
+    offset: int = 0
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "TopN"
+
+    def params(self):
+        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys)),
+                ("count", self.count)] + ([("offset", self.offset)] if self.offset else [])
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int | None
+    offset: int = 0
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "Limit"
+
+    def params(self):
+        return [("count", self.count)] + ([("offset", self.offset)] if self.offset else [])
+
+
+@dataclass(frozen=True)
+class HashJoin:
+    kind: str
+    left_keys: tuple[exp.Expr, ...]
+    right_keys: tuple[exp.Expr, ...]
+    residual: exp.Expr | None = None
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "HashJoin"
+
+    def params(self):
+        keys = ", ".join(f"{sql(a)} = {sql(b)}" for a, b in zip(self.left_keys, self.right_keys))
+        return [("type", self.kind), ("keys", keys or "(cross)")] + (
+            [("residual", sql(self.residual))] if self.residual is not None else [])
+
+
+@dataclass(frozen=True)
+class HashAggregate:
+    groups: tuple[str, ...]
+    aggregates: tuple[AggregateCall, ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "HashAggregate"
+
+    def params(self):
+        aggs = ", ".join(f"{a.function}({a.argument or '*'})" for a in self.aggregates)
+        return [("groups", ", ".join(self.groups) or "(all rows)")] + ([("aggregates", aggs)] if aggs else [])
+
+
+LLM_OPERATORS = (BatchedGenerate, BatchedClassify)

@@ -1,0 +1,516 @@
+"""Binder: a SELECT's AST, names resolved against the catalog, to the naive logical plan.
+
+The naive plan is the textbook one; making it fast is the rules' job:
+
+    Scan / Join -> every model call -> Filter(WHERE) -> [Project -> Aggregate -> Filter(HAVING)]
+                -> Sort -> Limit -> Project(SELECT list)
+
+Every error names the problem and where it is in the SQL text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import networkx as nx
+import pyarrow as pa
+from sqlglot import exp
+
+from catalog.errors import ModelError
+from operators import logical as L
+from planner.errors import SqlError, error_at
+from planner.graph import Plan
+from catalog.sources import SourceError, TableSource, file_source, kind_of
+from planner.sql.nodes import LLMCall, LLMClassify, LLMGenerate
+from runtime.requests import SamplingParams
+
+DEFAULT_MAX_TOKENS = 64
+_AGGREGATES = {exp.Count: "count", exp.Sum: "sum", exp.Avg: "mean", exp.Min: "min", exp.Max: "max"}
+
+
+class CatalogView(Protocol):
+    """What the binder asks of the catalog (the connection provides it)."""
+
+    def table(self, name: str) -> TableSource | None: ...
+    def model(self, name: str) -> object: ...  # a catalog.store.ModelEntry; raises ModelError
+
+
+@dataclass(frozen=True)
+class ScopeColumn:
+    alias: str
+    name: str
+    internal: str
+    type: pa.DataType | None
+
+
+class Binder:
+    def __init__(self, catalog: CatalogView, sql: str) -> None:
+        self.catalog, self.sql = catalog, sql
+        self.llm_count = 0
+
+    def error(self, message: str, node: exp.Expr | None) -> SqlError:
+        return error_at("Binder error", message, node, self.sql)
+
+    # -- FROM ---------------------------------------------------------------------------
+    def bind_from(self, plan: Plan, select: exp.Select) -> tuple[int, list[ScopeColumn]]:
+        from_ = select.args.get("from_")
+        if from_ is None:  # SELECT without FROM: one row, no columns
+            table = pa.table({"__row": [0]})
+            src = TableSource("values", "(one row)", table.schema, table=table, row_count=1)
+            return plan.add(L.Scan(src, "", ("__row",))), []
+        node, scope = self.bind_relation(plan, from_.this)
+        for join in select.args.get("joins") or []:
+            right, right_scope = self.bind_relation(plan, join.this)
+            node, scope = self.bind_join(plan, join, node, scope, right, right_scope)
+        return node, scope
+
+    def bind_relation(self, plan: Plan, rel: exp.Expr) -> tuple[int, list[ScopeColumn]]:
+        alias = rel.alias_or_name if not isinstance(rel, exp.Values) else (rel.alias or "values")
+        if isinstance(rel, exp.Subquery):
+            return self.bind_subquery(plan, rel)
+        if isinstance(rel, exp.Values):
+            source = self.values_source(rel)
+        elif isinstance(rel, exp.Table) and isinstance(rel.this, exp.Anonymous) or isinstance(rel.this, exp.Func):
+            source = self.function_source(rel.this)
+            alias = rel.alias or rel.this.name.lower()
+        elif isinstance(rel, exp.Table):
+            source = self.named_source(rel)
+            alias = rel.alias or rel.name
+        else:
+            raise self.error(f"unsupported table expression {rel.sql()!r}", rel)
+        names = [f.name for f in source.schema]
+        col_aliases = [c.name for c in (rel.args.get("alias").args.get("columns") or [])] if rel.args.get("alias") else []
+        if col_aliases:
+            if len(col_aliases) != len(names):
+                raise self.error(f"{alias} has {len(names)} columns but {len(col_aliases)} names were given", rel)
+        scan = L.Scan(source, alias, tuple(names))
+        node = plan.add(scan)
+        visible = col_aliases or names
+        scope = [ScopeColumn(alias, v, f"{alias}.{n}", source.schema.field(n).type) for v, n in zip(visible, names)]
+        return node, scope
+
+    def named_source(self, table: exp.Table) -> TableSource:
+        name = table.name
+        if kind_of(name) is not None and isinstance(table.this, exp.Identifier) and table.this.quoted:
+            return self.file(kind_of(name), name, table)
+        src = self.catalog.table(name)
+        if src is None:
+            raise self.error(f"unknown table {name!r} (register it with con.register(), "
+                             f"or read a file with read_parquet('...') / read_csv('...'))", table)
+        return src
+
+    def function_source(self, fn: exp.Expr) -> TableSource:
+        name = (fn.name if isinstance(fn, exp.Anonymous) else fn.sql_name()).lower()
+        kinds = {"read_parquet": "parquet", "read_csv": "csv", "read_csv_auto": "csv", "read_json": "json",
+                 "read_json_auto": "json", "parquet_scan": "parquet"}
+        if name not in kinds:
+            raise self.error(f"unknown table function {name}()", fn)
+        args = fn.expressions if isinstance(fn, exp.Anonymous) else [fn.this] + list(fn.expressions or [])
+        if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
+            raise self.error(f"{name}() expects a file path string", fn)
+        return self.file(kinds[name], args[0].this, fn)
+
+    def file(self, kind: str, path: str, node: exp.Expr) -> TableSource:
+        try:
+            return file_source(kind, path)
+        except SourceError as e:
+            raise self.error(str(e), node) from None
+
+    def values_source(self, values: exp.Values) -> TableSource:
+        rows = [[self.constant(v) for v in row.expressions] for row in values.expressions]
+        width = len(rows[0])
+        if any(len(r) != width for r in rows):
+            raise self.error("VALUES rows have different lengths", values)
+        names = [c.name for c in (values.args.get("alias").args.get("columns") or [])] if values.args.get("alias") else []
+        names = names or [f"col{i}" for i in range(width)]
+        try:
+            table = pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise self.error(f"VALUES column has mixed types: {e}", values) from None
+        alias = values.alias or "values"
+        return TableSource("values", alias, table.schema, table=table, row_count=table.num_rows)
+
+    def constant(self, e: exp.Expr) -> object:
+        if isinstance(e, exp.Literal):
+            return e.this if e.is_string else (float(e.this) if any(ch in e.this for ch in ".eE") else int(e.this))
+        if isinstance(e, exp.Boolean):
+            return e.this
+        if isinstance(e, exp.Null):
+            return None
+        if isinstance(e, exp.Neg) and isinstance(e.this, exp.Literal):
+            return -self.constant(e.this)
+        raise self.error(f"expected a constant, got {e.sql()!r}", e)
+
+    def bind_subquery(self, plan: Plan, sub: exp.Subquery) -> tuple[int, list[ScopeColumn]]:
+        alias = sub.alias or "subquery"
+        inner = self.bind_select_into(plan, sub.this)
+        node, names = inner
+        outputs = tuple((f"{alias}.{n}", exp.column(internal, quoted=True)) for n, internal in names)
+        proj = plan.add(L.Project(outputs))
+        plan.graph.add_edge(node, proj, slot=0)
+        scope = [ScopeColumn(alias, n, f"{alias}.{n}", None) for n, _ in names]
+        return proj, scope
+
+    def bind_join(self, plan, join: exp.Join, left, left_scope, right, right_scope):
+        scope = left_scope + right_scope
+        kind = (join.side or "inner").lower() if join.args.get("on") or join.args.get("using") else "cross"
+        if join.kind and join.kind.upper() == "CROSS":
+            kind = "cross"
+        left_names = {c.internal for c in left_scope}
+        left_keys, right_keys, residual = [], [], []
+        on = join.args.get("on")
+        if join.args.get("using"):
+            for ident in join.args["using"]:
+                lk = self.resolve(exp.column(ident.name), left_scope)
+                rk = self.resolve(exp.column(ident.name), right_scope)
+                left_keys.append(lk)
+                right_keys.append(rk)
+        elif on is not None:
+            for conj in on.flatten() if isinstance(on, exp.And) else [on]:
+                bound = self.resolve(conj, scope)
+                if isinstance(bound, exp.EQ):
+                    a, b = bound.this, bound.expression
+                    ra, rb = L.referenced_columns(a), L.referenced_columns(b)
+                    if ra and rb and ra <= left_names and not (rb & left_names):
+                        left_keys.append(a), right_keys.append(b)
+                        continue
+                    if ra and rb and rb <= left_names and not (ra & left_names):
+                        left_keys.append(b), right_keys.append(a)
+                        continue
+                residual.append(bound)
+        if kind != "cross" and not left_keys:
+            raise self.error("only joins with at least one equality between the two sides are supported", join)
+        node = plan.add(L.Join(kind, tuple(left_keys), tuple(right_keys),
+                               exp.and_(*residual) if residual else None))
+        plan.graph.add_edge(left, node, slot=0)
+        plan.graph.add_edge(right, node, slot=1)
+        return node, scope
+
+    # -- names --------------------------------------------------------------------------
+    def resolve(self, e: exp.Expr, scope: list[ScopeColumn]) -> exp.Expr:
+        """A copy of `e` with every column replaced by the plan's internal column."""
+        def swap(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+                return self.column(node, scope)
+            return node
+        return e.copy().transform(swap, copy=False)
+
+    def column(self, col: exp.Column, scope: list[ScopeColumn]) -> exp.Expr:
+        name, table = col.name, col.table
+        matches = [c for c in scope if c.name.lower() == name.lower() and (not table or c.alias.lower() == table.lower())]
+        if not matches:
+            known = ", ".join(sorted({c.name for c in scope})) or "(none)"
+            raise self.error(f"unknown column {col.sql()!r} (available: {known})", col)
+        if len(matches) > 1:
+            raise self.error(f"column {name!r} is ambiguous: qualify it with one of "
+                             f"{', '.join(c.alias for c in matches)}", col)
+        return exp.column(matches[0].internal, quoted=True)
+
+    def type_of(self, e: exp.Expr, scope: list[ScopeColumn]) -> pa.DataType | None:
+        """The Arrow type of a bound expression where it is plain to see; None when unsure."""
+        if isinstance(e, exp.Column):
+            return next((c.type for c in scope if c.internal == e.name), None)
+        if isinstance(e, exp.Literal):
+            return pa.string() if e.is_string else pa.float64() if "." in e.this else pa.int64()
+        if isinstance(e, (exp.DPipe, exp.Concat, exp.Lower, exp.Upper, exp.Trim, exp.Substring)):
+            return pa.string()
+        if isinstance(e, exp.Cast):
+            return pa.string() if e.to.is_type(*exp.DataType.TEXT_TYPES) else None
+        if isinstance(e, (exp.Boolean, exp.Predicate, exp.Not, exp.And, exp.Or)):
+            return pa.bool_()
+        if isinstance(e, exp.Paren):
+            return self.type_of(e.this, scope)
+        return None
+
+    # -- model calls --------------------------------------------------------------------
+    def bind_llm(self, call: LLMCall, scope: list[ScopeColumn]) -> L.Generate | L.Classify:
+        model_arg = call.args["model"]
+        if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
+            raise self.error(f"{call.sql_name().lower()}(): the model must be a name in quotes, like 'smollm2'", model_arg)
+        try:
+            entry = self.catalog.model(model_arg.this)
+        except ModelError as e:
+            raise self.error(str(e), model_arg) from None
+        output = f"__llm_{self.llm_count}"
+        self.llm_count += 1
+        text_key = "prompt" if isinstance(call, LLMGenerate) else "text"
+        text = self.resolve(call.args[text_key], scope)
+        kind = self.type_of(text, scope)
+        if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise self.error(f"{call.sql_name().lower()}(): the {text_key} must be text, got {kind} "
+                             f"({call.args[text_key].sql()}); cast it with CAST(... AS VARCHAR)", call.args[text_key])
+        if isinstance(call, LLMGenerate):
+            return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output)
+        labels = call.args["labels"]
+        if not isinstance(labels, exp.Array) or not labels.expressions or not all(
+                isinstance(x, exp.Literal) and x.is_string for x in labels.expressions):
+            raise self.error("classify(): labels must be a list of strings, like ['positive', 'negative']", labels)
+        names = tuple(x.this for x in labels.expressions)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise self.error("classify(): give at least two distinct labels", labels)
+        default = f"Classify the text. Answer with exactly one of: {', '.join(names)}."
+        return L.Classify(entry.name, text, names, self.option(call, "instruction", default, str), output)
+
+    def option(self, call: LLMCall, key: str, default, kind):
+        value = call.option(key)
+        if value is None:
+            return default
+        const = self.constant(value) if not isinstance(value, exp.Array) else [self.constant(v) for v in value.expressions]
+        if kind is float and isinstance(const, int) and not isinstance(const, bool):
+            const = float(const)
+        ok = isinstance(const, kind) and not (kind is int and isinstance(const, bool))
+        if key == "stop" and isinstance(const, list) and all(isinstance(s, str) for s in const):
+            ok = True
+        if not ok:
+            raise self.error(f"{call.sql_name().lower()}(): {key} must be {kind.__name__}, got {value.sql()}", value)
+        return const
+
+    def sampling(self, call: LLMCall) -> SamplingParams:
+        stop = self.option(call, "stop", (), (str, list, tuple))
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        try:
+            return SamplingParams(
+                max_tokens=self.option(call, "max_tokens", DEFAULT_MAX_TOKENS, int),
+                temperature=self.option(call, "temperature", 0.0, float),
+                top_p=self.option(call, "top_p", 1.0, float),
+                top_k=self.option(call, "top_k", 0, int),
+                seed=self.option(call, "seed", None, int),
+                stop=stop,
+            )
+        except ValueError as e:
+            raise self.error(f"generate(): {e}", call) from None
+
+    def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]]) -> None:
+        """Register every distinct model call in `exprs` (by its SQL text) in `found`."""
+        for e in exprs:
+            for call in e.find_all(LLMCall):
+                key = call.sql()
+                if key in found:
+                    continue
+                inner = [c for c in call.find_all(LLMCall) if c is not call]
+                if inner:
+                    raise self.error("a model call inside another model call's arguments is not supported", inner[0])
+                if any(call.find_all(exp.AggFunc)):
+                    raise self.error("a model call over an aggregate is not supported", call)
+                found[key] = (self.bind_llm(call, scope), call)
+
+    @staticmethod
+    def replace_llm_calls(e: exp.Expr, found) -> exp.Expr:
+        def swap(node):
+            if isinstance(node, LLMCall) and node.sql() in found:
+                return exp.column(found[node.sql()][0].output, quoted=True)
+            return node
+        return e.copy().transform(swap, copy=False)
+
+    # -- SELECT -------------------------------------------------------------------------
+    def bind_select(self, select: exp.Expr) -> Plan:
+        plan = Plan(nx.DiGraph(), -1, ())
+        root, names = self.bind_select_into(plan, select)
+        plan.root = root  # always the SELECT list's Project: rules move what is below it, never it
+        plan.output_names = tuple(n for n, _ in names)
+        return plan
+
+    def bind_select_into(self, plan: Plan, select: exp.Expr) -> tuple[int, list[tuple[str, str]]]:
+        """Adds the query's nodes; returns its top node and (output name, internal column) pairs."""
+        if not isinstance(select, exp.Select):
+            raise self.error(f"only SELECT queries are supported here, got {select.key.upper()}", select)
+        for unsupported in ("with_", "windows", "qualify"):
+            if select.args.get(unsupported):
+                raise self.error(f"{unsupported.strip('_').upper()} is not supported yet", select.args[unsupported])
+        node, scope = self.bind_from(plan, select)
+
+        def then(op) -> int:
+            nonlocal node
+            new = plan.add(op)
+            plan.graph.add_edge(node, new, slot=0)
+            node = new
+            return new
+
+        items = self.expand_star(select.expressions, scope)
+        names = self.output_names(items)
+        aliases = {n.lower(): self.unalias(e) for n, e in zip(names, items)}  # GROUP BY may name them
+        where = select.args.get("where")
+        group = select.args.get("group")
+        having = select.args.get("having")
+        order = select.args.get("order")
+
+        raw_select = [self.unalias(e) for e in items]
+        raw_where = [where.this] if where else []
+        raw_group = [self.group_expr(g, aliases) for g in (group.expressions if group else [])]
+        raw_having = [having.this] if having else []
+        raw_order = [self.order_expr(o.this, names, raw_select) for o in (order.expressions if order else [])]
+        found: dict[str, tuple] = {}
+        self.extract_llm_calls(raw_select + raw_where + raw_group + raw_having + raw_order, scope, found)
+        for op, _ in found.values():
+            then(op)
+        llm_scope = scope + [ScopeColumn("", op.output, op.output, pa.string()) for op, _ in found.values()]
+
+        def bind_expr(e: exp.Expr) -> exp.Expr:
+            return self.resolve(self.replace_llm_calls(e, found), llm_scope)
+
+        if where is not None:
+            if any(where.this.find_all(exp.AggFunc)):
+                raise self.error("aggregates are not allowed in WHERE (use HAVING)", where)
+            then(L.Filter(tuple(self.conjuncts(bind_expr(where.this)))))
+
+        has_aggs = any(e.find(exp.AggFunc) for e in raw_select + raw_having) or group is not None
+        if has_aggs:
+            select_exprs, order_exprs, having_expr = self.bind_aggregate(
+                then, raw_select, raw_group, raw_having, raw_order, bind_expr, select)
+        else:
+            select_exprs = [bind_expr(e) for e in raw_select]
+            order_exprs = [bind_expr(e) for e in raw_order]
+            having_expr = None
+        if having_expr is not None:
+            then(L.Filter(tuple(self.conjuncts(having_expr))))
+
+        distinct = select.args.get("distinct") is not None
+        internal = [f"__out_{i}" for i in range(len(names))]
+        if order and not distinct:
+            then(L.Sort(tuple(L.SortKey(e, bool(o.args.get("desc")), bool(o.args.get("nulls_first")))
+                              for e, o in zip(order_exprs, order.expressions))))
+            self.bind_limit(then, select)
+            then(L.Project(tuple(zip(internal, select_exprs))))
+        elif distinct:
+            then(L.Project(tuple(zip(internal, select_exprs))))
+            then(L.Aggregate(tuple(internal), ()))
+            if order:
+                by_name = {n.lower(): i for i, n in enumerate(names)}
+                keys = []
+                for o in order.expressions:
+                    target = o.this
+                    idx = by_name.get(target.name.lower()) if isinstance(target, exp.Column) else None
+                    if idx is None:
+                        raise self.error("ORDER BY of a SELECT DISTINCT must name a selected column", o)
+                    keys.append(L.SortKey(exp.column(internal[idx], quoted=True), bool(o.args.get("desc"))))
+                then(L.Sort(tuple(keys)))
+            self.bind_limit(then, select)
+        else:
+            self.bind_limit(then, select)
+            then(L.Project(tuple(zip(internal, select_exprs))))
+        return node, list(zip(names, internal))
+
+    def bind_aggregate(self, then, raw_select, raw_group, raw_having, raw_order, bind_expr, select):
+        """Pre-project group keys and aggregate inputs, aggregate, and rewrite what reads the result."""
+        groups = [bind_expr(g) for g in raw_group]
+        group_sql = {g.sql(): f"__g_{i}" for i, g in enumerate(groups)}
+        calls: dict[str, tuple[L.AggregateCall, exp.Expr | None]] = {}
+        for e in raw_select + raw_having + raw_order:
+            for agg in e.find_all(exp.AggFunc):
+                if agg.sql() not in calls:
+                    calls[agg.sql()] = self.aggregate_call(agg, len(calls), bind_expr)
+        pre = [(c, g) for g, c in zip(groups, group_sql.values())]
+        pre += [(a.argument, e) for a, e in calls.values() if e is not None]
+        then(L.Project(tuple(pre) or (("__row", exp.Literal.number(1)),)))
+        then(L.Aggregate(tuple(group_sql.values()), tuple(a for a, _ in calls.values())))
+
+        def after(e: exp.Expr) -> exp.Expr:
+            markers = {}
+
+            def to_marker(node):
+                if isinstance(node, exp.AggFunc) and node.sql() in calls:
+                    marker = exp.Placeholder(this=f"agg{len(markers)}")
+                    markers[marker.sql()] = calls[node.sql()][0].output
+                    return marker
+                return node
+            bound = bind_expr(e.copy().transform(to_marker, copy=False))
+
+            def to_columns(node):
+                if node.sql() in group_sql:
+                    return exp.column(group_sql[node.sql()], quoted=True)
+                if isinstance(node, exp.Placeholder) and node.sql() in markers:
+                    return exp.column(markers[node.sql()], quoted=True)
+                return node
+            result = bound.transform(to_columns, copy=False)
+            for col in result.find_all(exp.Column):
+                if not col.name.startswith(("__g_", "__agg_")):
+                    raise self.error(f"column {col.name.split('.')[-1]!r} must appear in GROUP BY "
+                                     f"or inside an aggregate", e)
+            return result
+
+        having = after(raw_having[0]) if raw_having else None
+        return [after(e) for e in raw_select], [after(e) for e in raw_order], having
+
+    def aggregate_call(self, agg: exp.AggFunc, index: int, bind_expr) -> tuple[L.AggregateCall, exp.Expr | None]:
+        fn = _AGGREGATES.get(type(agg))
+        if fn is None:
+            raise self.error(f"unsupported aggregate {agg.sql_name()}()", agg)
+        arg = agg.this
+        if isinstance(agg, exp.Count) and (arg is None or isinstance(arg, exp.Star)):
+            return L.AggregateCall("count_all", None, f"__agg_{index}"), None
+        if isinstance(arg, exp.Distinct):
+            if fn != "count":
+                raise self.error("DISTINCT is supported inside count() only", agg)
+            fn, arg = "count_distinct", arg.expressions[0]
+        return L.AggregateCall(fn, f"__aggin_{index}", f"__agg_{index}"), bind_expr(arg)
+
+    def bind_limit(self, then, select: exp.Select) -> None:
+        limit, offset = select.args.get("limit"), select.args.get("offset")
+        if limit is None and offset is None:
+            return
+        count = self.constant(limit.expression) if limit is not None else None
+        skip = self.constant(offset.expression) if offset is not None else 0
+        for value, node in ((count, limit), (skip, offset)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise self.error("LIMIT and OFFSET take a non-negative integer", node)
+        then(L.Limit(count, skip))
+
+    # -- helpers ------------------------------------------------------------------------
+    def expand_star(self, items: list[exp.Expr], scope: list[ScopeColumn]) -> list[exp.Expr]:
+        out = []
+        for e in items:
+            star_table = e.table if isinstance(e, exp.Column) and isinstance(e.this, exp.Star) else None
+            if isinstance(e, exp.Star) or star_table:
+                cols = [c for c in scope if not star_table or c.alias.lower() == star_table.lower()]
+                if star_table and not cols:
+                    raise self.error(f"unknown table {star_table!r} in {e.sql()}", e)
+                out += [exp.column(c.name, table=c.alias or None) for c in cols]
+            else:
+                out.append(e)
+        return out
+
+    @staticmethod
+    def unalias(e: exp.Expr) -> exp.Expr:
+        return e.this if isinstance(e, exp.Alias) else e
+
+    @staticmethod
+    def output_names(items: list[exp.Expr]) -> list[str]:
+        names = []
+        for e in items:
+            if isinstance(e, exp.Alias):
+                names.append(e.alias)
+            elif isinstance(e, exp.Column):
+                names.append(e.name)
+            else:
+                names.append(L.sql(e))
+        return names
+
+    def group_expr(self, g: exp.Expr, aliases: dict[str, exp.Expr]) -> exp.Expr:
+        if isinstance(g, exp.Literal) and not g.is_string:  # GROUP BY 1
+            return list(aliases.values())[int(g.this) - 1]
+        if isinstance(g, exp.Column) and not g.table and g.name.lower() in aliases:
+            target = aliases[g.name.lower()]
+            if not (isinstance(target, exp.Column) and target.name.lower() == g.name.lower()):
+                return target
+        return g
+
+    def order_expr(self, o: exp.Expr, names: list[str], raw_select: list[exp.Expr]) -> exp.Expr:
+        """ORDER BY 2 and ORDER BY <output alias> mean the select item; anything else is an expression."""
+        if isinstance(o, exp.Literal) and not o.is_string:
+            index = int(o.this) - 1
+            if not 0 <= index < len(raw_select):
+                raise self.error(f"ORDER BY position {o.this} is not in the select list", o)
+            return raw_select[index]
+        if isinstance(o, exp.Column) and not o.table:
+            lowered = [n.lower() for n in names]
+            if o.name.lower() in lowered:
+                return raw_select[lowered.index(o.name.lower())]
+        return o
+
+    @staticmethod
+    def conjuncts(e: exp.Expr) -> list[exp.Expr]:
+        return list(e.flatten()) if isinstance(e, exp.And) else [e]
+
+
+def bind(select: exp.Expr, catalog: CatalogView, sql: str) -> Plan:
+    return Binder(catalog, sql).bind_select(select)

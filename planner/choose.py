@@ -1,0 +1,160 @@
+"""Enumeration of alternatives: for each engine knob, cost every candidate and keep the cheapest.
+
+A knob the user SET is obeyed (the choice is marked forced, and the cost of the
+value the optimizer would have picked is still shown). Knobs are decided one at a
+time in dependency order (weights and kernels, then batch, chunk, block size,
+prefix cache, scheduling), each with the earlier ones fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from operators import logical as L
+from operators.physical import Choice, EngineKnobs
+from planner.context import ModelFacts, OptimizerContext
+from planner.cost import LLMCost, LLMWorkload, llm_cost
+from planner.estimate import PromptProfile, prompt_profile
+
+DEFAULT_KV_CACHE_MEMORY = 1 << 30  # when the budget is auto: what the engine may take on a shared box
+BATCH_SIZES = (1, 4, 8, 16, 32, 64, 128, 256)
+CHUNK_SIZES = (128, 256, 512, 1024, 2048)
+BLOCK_SIZES = (8, 16, 32, 64)
+LABEL_TOKENS = 2  # a label's tokens plus the end-of-turn token, when the tokenizer is not at hand
+
+
+def template_key(op: L.Generate | L.Classify) -> str:
+    """The prompt's shape: keys output-length statistics across queries with the same template."""
+    if isinstance(op, L.Classify):
+        return f"classify|{op.instruction}|{'|'.join(op.labels)}"
+    return f"generate|{L.sql(op.prompt)}|chat={op.chat}"
+
+
+def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> tuple[float, str]:
+    """Mean generated tokens per request and where the figure came from."""
+    if isinstance(op, L.Classify):
+        return 0.0, "classify scores labels, generates nothing"
+    seen = ctx.statistics.expected_output_tokens(op.model, template_key(op), op.sampling.max_tokens)
+    if seen is None:
+        return float(op.sampling.max_tokens), "max_tokens (no output-length statistics yet)"
+    return seen[0], f"statistics of {seen[1]} earlier outputs"
+
+
+def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, ctx: OptimizerContext) -> LLMWorkload:
+    requests_per_row = len(op.labels) if isinstance(op, L.Classify) else 1
+    distinct_rows = rows * (profile.distinct_fraction if op.options.dedup else 1.0)
+    requests = distinct_rows * requests_per_row
+    shared = profile.sorted_shared_tokens if op.options.order == "prefix" else profile.static_prefix_tokens
+    footprint = 0.0
+    if op.options.order == "arrival":
+        # arrival order reaches the same sharing only if the cache still holds every earlier prompt
+        shared, footprint = profile.sorted_shared_tokens, distinct_rows * profile.tokens
+    if isinstance(op, L.Classify):
+        # the labels of one row share its whole prompt; only the first of them computes it
+        shared = (shared + (requests_per_row - 1) * profile.tokens) / requests_per_row
+    output, _ = expected_output_tokens(op, ctx)
+    scored = LABEL_TOKENS if isinstance(op, L.Classify) else 0.0
+    return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint)
+
+
+def _auto_or(ctx: OptimizerContext, name: str, default):
+    return default if ctx.settings.is_auto(name) else getattr(ctx.settings, name)
+
+
+def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
+    """Starting point of the search: the engine's defaults, with every SET value applied."""
+    memory = _auto_or(ctx, "kv_cache_memory", DEFAULT_KV_CACHE_MEMORY)
+    return EngineKnobs(
+        max_batch_size=_auto_or(ctx, "max_batch_size", 64),
+        prefill_chunk_tokens=_auto_or(ctx, "prefill_chunk_tokens", 512),
+        kv_block_size=_auto_or(ctx, "kv_block_size", 16),
+        kv_cache_memory=memory,
+        prefix_cache=ctx.settings.prefix_cache != "off",
+        scheduling=_auto_or(ctx, "scheduling", "fcfs"),
+        weight_format=_auto_or(ctx, "weight_format", "fp32" if "fp32" in facts.weight_formats else facts.weight_formats[0]),
+        kernels=_auto_or(ctx, "kernels", "torch"),
+        threads=None if ctx.settings.is_auto("threads") else ctx.settings.threads,
+    )
+
+
+def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> float:
+    """Learned actual/estimated ratio for this model and weight path on this machine (1 without history)."""
+    return ctx.feedback.get((model, f"{knobs.weight_format}/{knobs.kernels}"), 1.0)
+
+
+def cost_of(w: LLMWorkload, knobs: EngineKnobs, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
+    return llm_cost(w, knobs, facts.config, dict(facts.weight_bytes), ctx.hardware, correction(ctx, facts.name, knobs))
+
+
+def _pick(name: str, candidates: list[tuple[object, EngineKnobs]], w, facts, ctx, forced: bool, note=None):
+    costed = sorted(((cost_of(w, k, facts, ctx).seconds, i, v, k) for i, (v, k) in enumerate(candidates)),
+                    key=lambda t: (t[0] * (1 - 1e-9), t[1]))
+    if forced:
+        chosen = next(c for c in costed if c[3] == candidates[0][1])
+        best_other = next((c for c in costed if c is not chosen), None)
+    else:
+        chosen = costed[0]
+        best_other = costed[1] if len(costed) > 1 else None
+    choice = Choice(name, chosen[2], chosen[0], best_other[2] if best_other else None,
+                    best_other[0] if best_other else None, forced, note(chosen, best_other) if note else "")
+    return choice, chosen[3]
+
+
+def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerContext) -> tuple[EngineKnobs, list[Choice]]:
+    facts = ctx.model(op.model)
+    knobs = initial_knobs(ctx, facts)
+    choices = []
+    s = ctx.settings
+
+    forced = not (s.is_auto("weight_format") and s.is_auto("kernels"))
+    formats = [knobs.weight_format] if not s.is_auto("weight_format") else list(facts.weight_formats)
+    kernels = [knobs.kernels] if not s.is_auto("kernels") else list(ctx.kernels)
+    combos = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k)) for f in formats for k in kernels]
+    if forced:
+        everything = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k))
+                      for f in facts.weight_formats for k in ctx.kernels]
+        combos = combos[:1] + [c for c in everything if c[0] != combos[0][0]]
+    c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced)
+    choices.append(c)
+
+    capacity_tokens = knobs.kv_cache_memory / facts.config.kv_bytes_per_token
+    per_seq = max(1.0, w.prompt_tokens + w.output_tokens + w.scored_tokens)
+    fits = [b for b in BATCH_SIZES if b * per_seq <= capacity_tokens] or [1]
+    for name, values in (("max_batch_size", fits), ("prefill_chunk_tokens", list(CHUNK_SIZES)),
+                         ("kv_block_size", list(BLOCK_SIZES))):
+        is_forced = not s.is_auto(name)
+        current = getattr(knobs, name)
+        candidates = [current] + [v for v in values if v != current] if is_forced else values
+        c, knobs = _pick(name, [(v, replace(knobs, **{name: v})) for v in candidates], w, facts, ctx, is_forced)
+        choices.append(c)
+
+    is_forced = s.prefix_cache != "auto"
+    order = [knobs.prefix_cache, not knobs.prefix_cache] if is_forced else [True, False]
+
+    def saving(chosen, other) -> str:
+        on = cost_of(w, replace(knobs, prefix_cache=True), facts, ctx)
+        off = cost_of(w, replace(knobs, prefix_cache=False), facts, ctx)
+        saved = off.computed_prompt_tokens - on.computed_prompt_tokens
+        return f"saves {saved:,.0f} prompt tokens ({off.seconds - on.seconds:.1f}s)"
+    c, knobs = _pick("prefix_cache", [("on" if v else "off", replace(knobs, prefix_cache=v)) for v in order],
+                     w, facts, ctx, is_forced, saving)
+    choices.append(c)
+
+    # batch work is judged by its makespan: shortest-first leaves the longest sequences running alone at the end
+    is_forced = not s.is_auto("scheduling")
+    candidates = [knobs.scheduling] + [v for v in ("fcfs", "spf") if v != knobs.scheduling] if is_forced else ["fcfs", "spf"]
+    costed = []
+    for v in candidates:
+        k = replace(knobs, scheduling=v)
+        base = cost_of(w, k, facts, ctx).seconds
+        tail = 0.0 if v == "fcfs" else cost_of(replace(w, requests=1), k, facts, ctx).decode_seconds / 2
+        costed.append((base + tail, v))
+    chosen = costed[0] if is_forced else min(costed, key=lambda t: t[0])
+    other = next(t for t in costed if t is not chosen)
+    choices.append(Choice("scheduling", chosen[1], chosen[0], other[1], other[0], is_forced,
+                          "" if isinstance(op, L.Generate) else "classify has no decode tail"))
+    knobs = replace(knobs, scheduling=chosen[1])
+    return knobs, choices
+
+
+def profile_for(op, stats, ctx: OptimizerContext, rows: float) -> PromptProfile:
+    return prompt_profile(op, stats, ctx.model(op.model), rows)

@@ -1,0 +1,128 @@
+"""EXPLAIN renderer: a physical plan (and, for ANALYZE, what really happened) as text or JSON.
+
+Operators only describe themselves (name, params, estimate, choices); all layout is here.
+"""
+from __future__ import annotations
+
+import json
+
+from operators import physical as P
+
+
+def q_error(estimate: float, actual: float) -> float | None:
+    """max(est/actual, actual/est); None when either side is zero."""
+    if estimate <= 0 or actual <= 0:
+        return None
+    return max(estimate / actual, actual / estimate)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def node_dict(plan, node: int, actuals: dict | None) -> dict:
+    op = plan.op(node)
+    e = op.estimate
+    d = {"operator": op.name, "params": {k: v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v)
+                                         for k, v in op.params()},
+         "estimate": {"rows": e.rows, "seconds": e.seconds}}
+    if isinstance(op, P.LLM_OPERATORS):
+        d["estimate"].update(prompt_tokens=e.prompt_tokens, computed_prompt_tokens=e.computed_prompt_tokens,
+                             output_tokens=e.output_tokens, kv_bytes=e.kv_bytes, llm_calls=e.llm_calls)
+        d["choices"] = [{"knob": c.knob, "value": c.value, "seconds": c.seconds, "runner_up": c.runner_up,
+                         "runner_up_seconds": c.runner_up_seconds, "forced": c.forced, "note": c.note}
+                        for c in op.choices]
+    if actuals is not None and node in actuals:
+        a = actuals[node]
+        d["actual"] = {"rows": a.rows, "seconds": a.seconds}
+        d["q_error"] = {"rows": q_error(e.rows, a.rows)}
+        if a.llm is not None:
+            o = a.llm
+            hit = o.num_cached_prompt_tokens / o.num_prompt_tokens if o.num_prompt_tokens else 0.0
+            d["actual"].update(llm_calls=o.num_requests, distinct_inputs=a.distinct_inputs,
+                               prompt_tokens=o.num_prompt_tokens, computed_prompt_tokens=o.num_computed_prompt_tokens,
+                               cached_prompt_tokens=o.num_cached_prompt_tokens, output_tokens=o.num_generated_tokens,
+                               prefix_cache_hit_rate=hit, engine_seconds=o.seconds)
+            d["q_error"].update(seconds=q_error(e.seconds, a.seconds), prompt_tokens=q_error(e.prompt_tokens, o.num_prompt_tokens),
+                                output_tokens=q_error(e.output_tokens, o.num_generated_tokens))
+    d["children"] = [node_dict(plan, c, actuals) for c in plan.inputs(node)]
+    return d
+
+
+def _fmt_q(q) -> str:
+    return "n/a" if q is None else f"{q:.2f}"
+
+
+def _text_node(d: dict, depth: int, lines: list[str]) -> None:
+    pad = "  " * depth
+    e = d["estimate"]
+    head = f"{pad}{'-> ' if depth else ''}{d['operator']}  (est. rows={e['rows']:,.0f} time={e['seconds']:.3f}s"
+    if "prompt_tokens" in e:
+        head += (f" prompt_tokens={e['prompt_tokens']:,.0f} computed={e['computed_prompt_tokens']:,.0f}"
+                 f" output_tokens={e['output_tokens']:,.0f} kv={_bytes(e['kv_bytes'])}")
+    head += ")"
+    if "actual" in d:
+        a = d["actual"]
+        head += f"  (actual rows={a['rows']:,} time={a['seconds']:.3f}s"
+        if "llm_calls" in a:
+            head += (f" llm_calls={a['llm_calls']:,} prompt_tokens={a['prompt_tokens']:,}"
+                     f" computed={a['computed_prompt_tokens']:,} output_tokens={a['output_tokens']:,}"
+                     f" prefix_cache_hit={a['prefix_cache_hit_rate']:.0%}")
+        head += ")"
+    lines.append(head)
+    inner = pad + ("     " if depth else "   ")
+    for k, v in d["params"].items():
+        lines.append(f"{inner}{k}: {_value(v)}")
+    for c in d.get("choices", []):
+        forced = " [forced by SET]" if c["forced"] else ""
+        alt = ""
+        if c["runner_up"] is not None and c["runner_up_seconds"] is not None:
+            alt = f"; runner-up {_value(c['runner_up'])} est. {c['runner_up_seconds']:.2f}s"
+        note = f"; {c['note']}" if c["note"] else ""
+        lines.append(f"{inner}choice {c['knob']} = {_value(c['value'])} (est. {c['seconds']:.2f}s{alt}){forced}{note}")
+    if "q_error" in d:
+        q = d["q_error"]
+        lines.append(f"{inner}q-error: " + ", ".join(f"{k}={_fmt_q(v)}" for k, v in q.items()))
+    for child in d["children"]:
+        _text_node(child, depth + 1, lines)
+
+
+def plan_dict(physical, actuals: dict | None = None, total_seconds: float | None = None, verbose: bool = False) -> dict:
+    plan = physical.plan
+    d = {"output_columns": list(physical.output_names), "estimated_seconds": physical.estimated_seconds,
+         "plan": node_dict(plan, plan.root, actuals)}
+    if actuals is not None and total_seconds is not None:
+        d["actual_seconds"] = total_seconds
+        d["q_error_total_seconds"] = q_error(physical.estimated_seconds, total_seconds)
+    if verbose:
+        d["rules"] = [{"rule": r.name, "status": r.status, "seconds": r.seconds} for r in physical.rules]
+    return d
+
+
+def render_text(physical, actuals: dict | None = None, total_seconds: float | None = None, verbose: bool = False) -> str:
+    d = plan_dict(physical, actuals, total_seconds, verbose)
+    lines: list[str] = []
+    _text_node(d["plan"], 0, lines)
+    lines.append(f"Estimated total: {d['estimated_seconds']:.2f}s")
+    if "actual_seconds" in d:
+        lines.append(f"Actual total: {d['actual_seconds']:.2f}s (q-error {_fmt_q(d['q_error_total_seconds'])})")
+    if verbose:
+        lines.append("Rules:")
+        lines += [f"  {r['rule']}: {r['status']} ({r['seconds'] * 1000:.1f} ms)" for r in d["rules"]]
+    return "\n".join(lines)
+
+
+def render_json(physical, actuals: dict | None = None, total_seconds: float | None = None, verbose: bool = False) -> str:
+    return json.dumps(plan_dict(physical, actuals, total_seconds, verbose), indent=2, default=str)

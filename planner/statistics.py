@@ -1,0 +1,111 @@
+"""Statistics the estimates read: per-column facts of a source, output lengths per prompt template.
+
+Column statistics are computed from the data the first time a source is planned
+(vectorized, on at most SAMPLE_ROWS rows) and cached in the catalog under the
+source's fingerprint, so a changed file gets fresh ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SAMPLE_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    rows: int
+    distinct: int
+    nulls: int
+    avg_chars: float  # mean text length (numbers: length of their decimal form)
+    sorted_lcp_chars: float  # mean common prefix of neighbours once sorted: what prefix ordering can share
+
+    @property
+    def adjacent_equal_fraction(self) -> float:
+        """Share of sorted neighbours that are equal (a low-cardinality column groups rows)."""
+        return 0.0 if self.rows <= 1 else max(0.0, (self.rows - self.distinct) / (self.rows - 1))
+
+
+def _mean_sorted_lcp(values: pa.Array) -> float:
+    """Mean longest common prefix (chars) of adjacent values after sorting."""
+    texts = sorted(v for v in values.to_pylist() if v is not None)
+    if len(texts) < 2:
+        return 0.0
+    total = 0
+    for a, b in zip(texts, texts[1:]):  # a sample of at most SAMPLE_ROWS neighbours: statistics, not query work
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        total += i
+    return total / (len(texts) - 1)
+
+
+def compute_column_stats(table: pa.Table) -> dict[str, ColumnStats]:
+    sample = table.slice(0, SAMPLE_ROWS)
+    out = {}
+    for name in table.column_names:
+        col = sample.column(name).combine_chunks()
+        text = col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else None
+        if text is None:
+            try:
+                text = pc.cast(col, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                text = None
+        lengths = pc.utf8_length(text) if text is not None else None
+        avg = pc.mean(lengths).as_py() if lengths is not None and len(col) - col.null_count else 0.0
+        distinct = pc.count_distinct(col).as_py() if len(col) else 0
+        scale = table.num_rows / max(1, len(col))
+        out[name] = ColumnStats(
+            rows=table.num_rows,
+            distinct=int(min(table.num_rows, round(distinct * scale if distinct > 0.9 * len(col) else distinct))),
+            nulls=int(round(col.null_count * scale)),
+            avg_chars=float(avg or 0.0),
+            sorted_lcp_chars=_mean_sorted_lcp(text) if text is not None else 0.0,
+        )
+    return out
+
+
+class StatsStore(Protocol):
+    def column_stats(self, source: str) -> dict[str, dict]: ...
+    def put_column_stats(self, source: str, stats: dict[str, dict]) -> None: ...
+    def output_length_histogram(self, model: str, template: str) -> list[tuple[int, bool, int]]: ...
+
+
+class Statistics:
+    """Read-through cache over the catalog's statistics tables."""
+
+    def __init__(self, store: StatsStore | None) -> None:
+        self.store = store
+        self._columns: dict[str, dict[str, ColumnStats]] = {}
+
+    def columns(self, source) -> dict[str, ColumnStats]:
+        """Stats for every column of a catalog.sources.TableSource."""
+        key = source.fingerprint or f"{source.kind}:{source.location}"
+        if key in self._columns:
+            return self._columns[key]
+        stored = self.store.column_stats(key) if self.store is not None and source.fingerprint else {}
+        if stored and set(stored) >= {f.name for f in source.schema}:
+            stats = {c: ColumnStats(**s) for c, s in stored.items()}
+        else:
+            from catalog.sources import load
+
+            stats = compute_column_stats(load(source, tuple(source.schema.names)))
+            if self.store is not None and source.fingerprint and not source.fingerprint.startswith("arrow:"):
+                self.store.put_column_stats(key, {c: s.__dict__ for c, s in stats.items()})
+        self._columns[key] = stats
+        return stats
+
+    def expected_output_tokens(self, model: str, template: str, max_tokens: int) -> tuple[float, int] | None:
+        """(E[min(length, max_tokens)], number of observations), or None without history."""
+        if self.store is None:
+            return None
+        hist = self.store.output_length_histogram(model, template)
+        if not hist:
+            return None
+        total = sum(count for _, _, count in hist)
+        expected = sum(min(n, max_tokens) * count for n, _, count in hist) / total
+        return expected, total

@@ -1,0 +1,245 @@
+"""The LLM engine: continuous batching over a paged KV cache with a radix prefix cache.
+
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=1 << 30))
+    results = engine.generate([GenerationRequest(prompt_ids, SamplingParams(max_tokens=32))])
+
+`step()` is schedule -> run -> postprocess. Requests join and leave the running
+batch at every step; results stream token by token through `on_token` callbacks.
+"""
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from operators.llama import LlamaModel
+from runtime.batch import ScheduledBatch
+from runtime.engine_config import EngineConfig
+from runtime.errors import check_context
+from runtime.kv_blocks import KVCacheManager
+from runtime.model_runner import ModelRunner, PagedKVCache
+from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
+from runtime.sampler import make_generator, sample
+from runtime.scheduler import Scheduler
+from runtime.sequence import Sequence, SequenceStatus, TokenEvent
+from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+class KVCacheTooSmallError(ValueError):
+    """A single request needs more KV memory than the whole pool: it could never run."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_steps: int
+    num_batched_tokens: int  # tokens run through the model, recomputation included
+    num_prompt_tokens: int  # prompt tokens of admitted requests (first admission)
+    num_computed_prompt_tokens: int
+    num_cached_prompt_tokens: int  # served from the prefix cache
+    num_recomputed_tokens: int  # computed again after a preemption
+    num_generated_tokens: int
+    num_scored_tokens: int
+    num_block_copies: int  # copy-on-write copies of shared blocks
+    preemptions: int
+    peak_blocks: int  # most KV blocks in use at once
+    num_blocks: int
+    block_size: int
+    kv_cache_bytes: int
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.num_cached_prompt_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
+
+
+class RequestHandle:
+    def __init__(self, seq: Sequence):
+        self._seq = seq
+
+    @property
+    def request_id(self) -> str:
+        return self._seq.request_id
+
+    @property
+    def finished(self) -> bool:
+        return self._seq.is_finished
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self._seq.output_token_ids
+
+    def result(self) -> GenerationResult | ScoreResult:
+        seq = self._seq
+        if not seq.is_finished:
+            raise RuntimeError(f"request {seq.request_id} has not finished")
+        if seq.is_score:
+            return ScoreResult(seq.request_id, tuple(seq.request.prompt_token_ids), tuple(seq.request.continuation_token_ids),
+                               list(seq.token_logprobs), seq.finish_reason, seq.num_cached_prompt_tokens)
+        return GenerationResult(seq.request_id, tuple(seq.request.prompt_token_ids), seq.output_token_ids,
+                                seq.detokenizer.text, seq.finish_reason, seq.num_cached_prompt_tokens)
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig(),
+                 predictor: Callable[[GenerationRequest], float] | None = None):
+        """predictor: expected output tokens of a request, for scheduling='spf' (default: its max_tokens)."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.predictor = predictor or (lambda request: request.sampling.max_tokens)
+        bs = config.kv_block_size
+        num_blocks = config.resolved_kv_cache_memory() // PagedKVCache.bytes_per_block(model.config, bs)
+        if num_blocks < 1:
+            raise KVCacheTooSmallError(f"kv_cache_memory {config.resolved_kv_cache_memory()} bytes holds no "
+                                       f"{bs}-token KV block of this model")
+        self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache)
+        self.scheduler = Scheduler(config, self.kv)
+        self.runner = ModelRunner(model, num_blocks, bs)
+        self._live: dict[int, Sequence] = {}
+        self._by_request_id: dict[str, Sequence] = {}
+        self._seq_ids = itertools.count()
+        self._counters = dict(num_steps=0, num_batched_tokens=0, num_computed_prompt_tokens=0,
+                              num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0)
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def request_from_text(self, text: str, sampling: SamplingParams = SamplingParams(), chat: bool = True,
+                          priority: int = 0, request_id: str | None = None) -> GenerationRequest:
+        ids = self.tokenizer.encode_chat(text) if chat else self.tokenizer.encode(text)
+        return GenerationRequest(tuple(ids), sampling, priority, request_id)
+
+    def submit(self, request: GenerationRequest | ScoreRequest,
+               on_token: Callable[[TokenEvent], None] | None = None) -> RequestHandle:
+        request_id = request.request_id or uuid.uuid4().hex
+        if request_id in self._by_request_id:
+            raise ValueError(f"request id {request_id!r} is already running")
+        context = self.model.config.max_position_embeddings
+        if isinstance(request, ScoreRequest):
+            total = len(request.prompt_token_ids) + len(request.continuation_token_ids)
+            check_context(len(request.prompt_token_ids), 0, context)
+            check_context(total - 1, 0, context)  # the last continuation token is never an input
+            seq = Sequence(next(self._seq_ids), request_id, request)
+        else:
+            params = request.sampling
+            check_context(len(request.prompt_token_ids), params.max_tokens, context)
+            max_new = min(params.max_tokens, context - len(request.prompt_token_ids))
+            total = len(request.prompt_token_ids) + max_new
+            seq = Sequence(next(self._seq_ids), request_id, request, max_new, float(self.predictor(request)),
+                           IncrementalDetokenizer(self.tokenizer), make_generator(params), on_token)
+        # One block of slack: a fully cached prefix is copied (copy-on-write) before its last token is recomputed.
+        if self.kv.blocks_for(total) + 1 > self.kv.pool.num_blocks:
+            raise KVCacheTooSmallError(
+                f"request {request_id} needs {total} tokens of KV ({self.kv.blocks_for(total) + 1} blocks of "
+                f"{self.kv.block_size}), but kv_cache_memory holds only {self.kv.pool.num_blocks} blocks")
+        if not seq.is_score and seq.max_new_tokens == 0:
+            seq.status, seq.finish_reason = SequenceStatus.FINISHED, "length"
+            return RequestHandle(seq)
+        self._live[seq.seq_id] = seq
+        self._by_request_id[request_id] = seq
+        self.scheduler.add(seq)
+        return RequestHandle(seq)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop a request and free its blocks; False when it is unknown or already finished."""
+        seq = self._by_request_id.get(request_id)
+        if seq is None:
+            return False
+        self._finish(seq, "cancelled")
+        return True
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def step(self) -> list[TokenEvent]:
+        """One iteration: schedule a batch, run the model on it, apply its tokens."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        logits = self.runner.run(batch)  # [batch.num_logits, V]
+        return self._postprocess(batch, logits)
+
+    def generate(self, requests: list[GenerationRequest | ScoreRequest],
+                 on_progress: Callable[[int, int], None] | None = None) -> list[GenerationResult | ScoreResult]:
+        """Run the requests to completion in one continuous batch; results in request order."""
+        handles = [self.submit(r) for r in requests]
+        num_done = sum(h.finished for h in handles)
+        while num_done < len(handles):
+            if not self.step() and not self.scheduler.running and self.scheduler.waiting:
+                raise RuntimeError("the scheduler made no progress with requests waiting")
+            done = sum(h.finished for h in handles)
+            if on_progress and done != num_done:
+                on_progress(done, len(handles))
+            num_done = done
+        return [h.result() for h in handles]
+
+    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[TokenEvent]:
+        self.scheduler.advance(batch, self._live)
+        self._count(batch)
+        to_sample, to_score, cursor = [], [], 0
+        for row in batch.rows:
+            seq = self._live[row.seq_id]
+            if row.logit_offsets:
+                (to_score if seq.is_score else to_sample).append((seq, row, cursor))
+            cursor += len(row.logit_offsets)
+        if to_score:
+            self._apply_scores(to_score, logits)
+        events = []
+        if to_sample:
+            seqs = [seq for seq, _, _ in to_sample]
+            rows = logits[[c for _, _, c in to_sample]]  # [B, V]
+            tokens = sample(rows, [s.request.sampling for s in seqs], [s.generator for s in seqs])
+            for seq, token in zip(seqs, tokens):
+                event = TokenEvent(seq.request_id, token, seq.append_token(token, self.tokenizer.eos_token_ids),
+                                   seq.finish_reason)
+                self._counters["num_generated_tokens"] += 1
+                if seq.finish_reason:
+                    self._finish(seq, seq.finish_reason)
+                if seq.on_token:
+                    seq.on_token(event)
+                events.append(event)
+        return events
+
+    def _apply_scores(self, to_score, logits: torch.Tensor) -> None:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
+        for seq, row, cursor in to_score:
+            targets = [seq.token_ids[row.start + off + 1] for off in row.logit_offsets]
+            picked = logprobs[torch.arange(cursor, cursor + len(targets)), targets]  # [k]
+            seq.append_logprobs(picked.tolist())
+            self._counters["num_scored_tokens"] += len(targets)
+            if seq.finish_reason:
+                self._finish(seq, seq.finish_reason)
+
+    def _count(self, batch: ScheduledBatch) -> None:
+        c = self._counters
+        c["num_steps"] += 1
+        c["num_batched_tokens"] += batch.num_tokens
+        c["num_block_copies"] += len(batch.block_copies)
+        for row in batch.rows:
+            seq = self._live[row.seq_id]
+            if seq.num_preemptions:
+                c["num_recomputed_tokens"] += row.num_tokens
+                continue
+            c["num_computed_prompt_tokens"] += max(0, min(row.context_len, seq.num_prompt_tokens) - row.start)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        self._live.pop(seq.seq_id, None)
+        self._by_request_id.pop(seq.request_id, None)
+
+    @property
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            **self._counters,
+            num_prompt_tokens=self.scheduler.num_prompt_tokens,
+            num_cached_prompt_tokens=self.scheduler.num_cached_prompt_tokens,
+            preemptions=self.scheduler.num_preemptions,
+            peak_blocks=self.kv.pool.peak_used,
+            num_blocks=self.kv.pool.num_blocks,
+            block_size=self.kv.block_size,
+            kv_cache_bytes=self.runner.cache.nbytes,
+        )

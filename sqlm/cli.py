@@ -1,0 +1,187 @@
+"""The `sqlm` command: query, explain, shell, models, serve.
+
+Errors are one line on stderr and a non-zero exit; a progress bar shows on a
+terminal for long queries, never when output is piped.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+from sqlm.format import table_csv, table_json, table_text
+
+FORMATS = {"table": table_text, "csv": table_csv, "json": table_json}
+
+
+class ProgressBar:
+    """rows done / total, tokens per second, ETA; redrawn in place on stderr at most 10 times a second."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream, self.start, self.last, self.drawn = stream, time.perf_counter(), 0.0, False
+
+    def __call__(self, done: int, total: int, tokens: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        eta = (elapsed / done) * (total - done) if done else float("nan")
+        width = 24
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "." * (width - filled)
+        eta_text = f"{eta:5.0f}s" if done else "    ?"
+        self.stream.write(f"\r[{bar}] {done}/{total} rows  {tokens / elapsed:6.1f} tok/s  ETA {eta_text}")
+        self.stream.flush()
+        self.drawn = True
+
+    def clear(self) -> None:
+        if self.drawn:
+            self.stream.write("\r" + " " * 72 + "\r")
+            self.stream.flush()
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from catalog.errors import ModelError
+    from catalog.settings import SettingError
+    from catalog.sources import SourceError
+    from planner.errors import SqlError
+    from runtime.errors import PromptTooLongError
+    from runtime.expressions import EvaluationError
+
+    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, EvaluationError, ValueError, OSError)
+
+
+def _progress_for(con) -> ProgressBar | None:
+    setting = con.settings.progress
+    if setting == "off" or (setting == "auto" and not sys.stderr.isatty()):
+        return None
+    return ProgressBar()
+
+
+def _run(con, sql: str, fmt: str) -> None:
+    bar = _progress_for(con)
+    con.on_progress = bar
+    try:
+        result = con.sql(sql)
+    finally:
+        if bar:
+            bar.clear()
+    table = result.arrow()
+    if table.num_columns == 1 and table.column_names == ["explain"]:
+        print(table.column(0)[0].as_py())
+    elif table.num_columns:
+        print(FORMATS[fmt](table).rstrip("\n"))
+    elif result.message:
+        print(result.message)
+
+
+def cmd_query(args, con) -> None:
+    _run(con, args.sql, args.format)
+
+
+def cmd_explain(args, con) -> None:
+    print(con.explain(args.sql))
+
+
+def cmd_models(args, con) -> None:
+    _run(con, "SHOW MODELS", args.format)
+
+
+def cmd_shell(args, con) -> None:
+    import readline
+
+    history = Path(con.catalog.home) / "shell_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    print("sqlm shell: end statements with ';', .quit to leave", file=sys.stderr)
+    buffer: list[str] = []
+    errors = _known_errors()
+    while True:
+        try:
+            line = input("sqlm> " if not buffer else "  ..> ")
+        except EOFError:
+            print()
+            break
+        except KeyboardInterrupt:
+            print()
+            buffer = []
+            continue
+        if not buffer and line.strip() in (".quit", ".exit", "\\q"):
+            break
+        buffer.append(line)
+        text = "\n".join(buffer).strip()
+        if not text.endswith(";"):
+            continue
+        buffer = []
+        try:
+            _run(con, text, args.format)
+        except errors as e:
+            print(f"Error: {e}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\ncancelled", file=sys.stderr)
+    try:
+        readline.write_history_file(history)
+    except OSError:
+        pass
+
+
+def cmd_serve(argv: list[str]) -> int:
+    if importlib.util.find_spec("sqlm.server") is None:
+        print("Error: `sqlm serve` is not available in this build (sqlm/server.py is missing)", file=sys.stderr)
+        return 2
+    from sqlm import server
+
+    return server.main(argv) or 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sqlm", description="SQL over tables with LLM calls.")
+    p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("query", help="run SQL and print the result")
+    q.add_argument("sql")
+    q.add_argument("--format", choices=sorted(FORMATS), default="table")
+    q.set_defaults(run=cmd_query)
+    e = sub.add_parser("explain", help="print the optimized plan of a query")
+    e.add_argument("sql")
+    e.set_defaults(run=cmd_explain)
+    s = sub.add_parser("shell", help="interactive SQL (multi-line, history)")
+    s.add_argument("--format", choices=sorted(FORMATS), default="table")
+    s.set_defaults(run=cmd_shell)
+    m = sub.add_parser("models", help="list the models in the catalog")
+    m.add_argument("--format", choices=sorted(FORMATS), default="table")
+    m.set_defaults(run=cmd_models)
+    sub.add_parser("serve", help="OpenAI-compatible HTTP server (see `sqlm serve --help`)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return cmd_serve(argv[1:])
+    args = parser().parse_args(argv)
+    if args.home:
+        os.environ["SQLM_HOME"] = args.home
+    errors = _known_errors()
+    try:
+        from sqlm.connection import connect
+
+        with connect(args.home) as con:
+            args.run(args, con)
+    except errors as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

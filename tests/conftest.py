@@ -1,0 +1,41 @@
+"""Shared fixtures: the real default model (loaded once) and a tiny random Llama in both file formats."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(int(os.environ.get("SQLM_TEST_THREADS", "2")))
+
+from tiny_llama import write_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sqlm_home(tmp_path_factory):
+    """Keep the catalog and kernel cache of a test run out of the user's ~/.sqlm."""
+    home = tmp_path_factory.mktemp("sqlm_home")
+    os.environ["SQLM_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from catalog.registry import resolve_model
+
+    return resolve_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_fp32(smollm2):
+    from operators.llama import build_model
+
+    return build_model(smollm2, "fp32")

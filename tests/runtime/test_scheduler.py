@@ -1,0 +1,130 @@
+"""The scheduler on its own (no model): budgets hold, memory holds, and every request completes correctly.
+
+A fake model stands in for the forward pass: the next token is a hash of the whole
+sequence so far, so a sequence preempted and recomputed must reproduce exactly the
+tokens it would have produced without preemption.
+"""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.engine_config import EngineConfig
+from runtime.kv_blocks import KVCacheManager
+from runtime.requests import GenerationRequest, SamplingParams
+from runtime.scheduler import Scheduler
+from runtime.sequence import Sequence
+
+VOCAB = 7
+
+
+def fake_next_token(tokens) -> int:
+    return hash(tuple(tokens)) % VOCAB
+
+
+def expected_output(prompt, max_new):
+    tokens = list(prompt)
+    for _ in range(max_new):
+        tokens.append(fake_next_token(tokens))
+    return tokens[len(prompt):]
+
+
+def run(config: EngineConfig, num_blocks: int, requests, max_steps: int = 5000):
+    kv = KVCacheManager(num_blocks, config.kv_block_size, config.prefix_cache)
+    scheduler = Scheduler(config, kv)
+    seqs = {}
+    for i, r in enumerate(requests):
+        seqs[i] = Sequence(i, f"r{i}", r, max_new_tokens=r.sampling.max_tokens,
+                           predicted_output_tokens=r.sampling.max_tokens)
+        scheduler.add(seqs[i])
+    finished_order = []
+    for _ in range(max_steps):
+        if not scheduler.has_work:
+            break
+        batch = scheduler.schedule()
+        assert batch.num_tokens <= config.prefill_chunk_tokens
+        assert len(batch.rows) <= config.max_batch_size
+        assert not batch.is_empty, "no progress with work pending"
+        written = set()
+        for row in batch.rows:
+            seq = seqs[row.seq_id]
+            assert list(row.token_ids) == seq.token_ids[row.start : row.context_len]
+            for pos in range(row.start, row.context_len):
+                slot = (row.block_table[pos // config.kv_block_size], pos % config.kv_block_size)
+                assert slot not in written
+                written.add(slot)
+                assert kv.pool.refcounts[slot[0]] == 1, "a row writes into a shared block"
+        assert kv.pool.num_used <= num_blocks
+        scheduler.advance(batch, seqs)
+        for row in batch.rows:
+            seq = seqs[row.seq_id]
+            if row.logit_offsets:
+                seq.token_ids.append(fake_next_token(seq.token_ids))
+                if len(seq.output_token_ids) == seq.max_new_tokens:
+                    scheduler.finish(seq, "length")
+                    finished_order.append(row.seq_id)
+        check_refcounts(kv, scheduler)
+    assert not scheduler.has_work, "did not finish"
+    return seqs, scheduler, kv, finished_order
+
+
+def check_refcounts(kv: KVCacheManager, scheduler: Scheduler):
+    tree = kv.prefix_cache.all_blocks() if kv.prefix_cache else []
+    for block in range(kv.pool.num_blocks):
+        owners = sum(s.block_table.count(block) for s in scheduler.running) + tree.count(block)
+        assert kv.pool.refcounts[block] == owners
+    assert all(not s.block_table for s in scheduler.waiting)
+
+
+prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=24)
+workloads = st.lists(st.tuples(st.sampled_from([(), (1, 2, 3, 4, 5, 6)]), prompts, st.integers(1, 8), st.integers(0, 2)),
+                     min_size=1, max_size=10)
+
+
+@settings(max_examples=80, deadline=None)
+@given(workload=workloads, block_size=st.sampled_from([1, 2, 4, 16]), budget=st.integers(1, 40),
+       batch_cap=st.integers(1, 8), prefix_cache=st.booleans(), policy=st.sampled_from(["fcfs", "spf"]),
+       spare_blocks=st.integers(1, 12))
+def test_every_request_completes_with_its_own_output_under_any_pressure(workload, block_size, budget, batch_cap,
+                                                                        prefix_cache, policy, spare_blocks):
+    requests = [GenerationRequest(tuple(prefix) + tuple(p), SamplingParams(max_tokens=n), priority=prio)
+                for prefix, p, n, prio in workload]
+    largest = max(-(-(len(r.prompt_token_ids) + r.sampling.max_tokens) // block_size) for r in requests)
+    num_blocks = largest + spare_blocks  # always enough for any one request, rarely for all at once
+    config = EngineConfig(kv_block_size=block_size, prefill_chunk_tokens=budget, max_batch_size=batch_cap,
+                          prefix_cache=prefix_cache, scheduling=policy)
+    seqs, scheduler, kv, _ = run(config, num_blocks, requests)
+    for i, r in enumerate(requests):
+        assert seqs[i].output_token_ids == expected_output(r.prompt_token_ids, r.sampling.max_tokens)
+    assert kv.pool.peak_used <= num_blocks
+    held_by_tree = kv.prefix_cache.num_blocks if kv.prefix_cache else 0
+    assert kv.pool.num_used == held_by_tree  # no leak
+    if kv.prefix_cache:
+        assert kv.prefix_cache.num_locked_blocks == 0
+
+
+def test_a_tight_pool_preempts_the_latest_lowest_priority_request():
+    requests = [GenerationRequest((1,) * 4, SamplingParams(max_tokens=12)),
+                GenerationRequest((2,) * 4, SamplingParams(max_tokens=12), priority=1),
+                GenerationRequest((3,) * 4, SamplingParams(max_tokens=12))]
+    config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=64, prefix_cache=False)
+    seqs, scheduler, _, order = run(config, num_blocks=9, requests=requests)
+    assert scheduler.num_preemptions > 0
+    assert seqs[1].num_preemptions == 0  # the high-priority one is never the victim
+    assert seqs[2].num_preemptions > 0  # the latest of the low-priority ones is
+    assert order[0] == 1
+
+
+def test_decodes_and_prefill_chunks_share_the_token_budget():
+    requests = [GenerationRequest((1, 2), SamplingParams(max_tokens=5)), GenerationRequest(tuple(range(7)) * 5, SamplingParams(max_tokens=1))]
+    config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=8, prefix_cache=False)
+    kv = KVCacheManager(64, 4, False)
+    scheduler = Scheduler(config, kv)
+    seqs = {i: Sequence(i, str(i), r, max_new_tokens=r.sampling.max_tokens) for i, r in enumerate(requests)}
+    scheduler.add(seqs[0])
+    scheduler.advance(batch := scheduler.schedule(), seqs)
+    seqs[0].token_ids.append(9)  # first token sampled; now decoding
+    scheduler.add(seqs[1])
+    batch = scheduler.schedule()
+    assert [(r.seq_id, r.num_tokens) for r in batch.rows] == [(0, 1), (1, 7)]  # one decode + a 7-token chunk
+    assert batch.rows[1].logit_offsets == ()  # a chunk that does not finish the prompt samples nothing

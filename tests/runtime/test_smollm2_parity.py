@@ -1,0 +1,42 @@
+"""sqlm's greedy output on the real default model equals HF transformers' token for token."""
+import pytest
+import torch
+
+from runtime.generate import generate
+from runtime.requests import GenerationRequest, SamplingParams
+
+CHAT_PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Give me three tips for writing clean Python code.",
+    "Explain what a database index is in one paragraph.",
+]
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from transformers import AutoModelForCausalLM
+
+    from catalog.registry import default_model_path
+
+    path = default_model_path()
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("prompt", CHAT_PROMPTS)
+def test_greedy_tokens_equal_transformers(smollm2, smollm2_fp32, hf_model, prompt):
+    ids = smollm2.tokenizer.encode_chat(prompt)
+    ours = generate(smollm2_fp32, smollm2.tokenizer,
+                    GenerationRequest(tuple(ids), SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)))
+    with torch.inference_mode():
+        out = hf_model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                do_sample=False, pad_token_id=2)
+    assert ours.output_token_ids == out[0, len(ids):].tolist()
+
+
+def test_default_answer_is_paris(smollm2, smollm2_fp32):
+    ids = smollm2.tokenizer.encode_chat("What is the capital of France?")
+    result = generate(smollm2_fp32, smollm2.tokenizer, GenerationRequest(tuple(ids), SamplingParams(max_tokens=16)))
+    assert result.text == "The capital of France is Paris."
+    assert result.finish_reason == "stop"
