@@ -36,7 +36,8 @@ class Scan:
     name = "Scan"
 
     def columns(self, inputs: list[tuple[str, ...]]) -> tuple[str, ...]:
-        return tuple(f"{self.alias}.{c}" for c in self.read)
+        prefix = f"{self.alias}." if self.alias else ""
+        return tuple(prefix + c for c in self.read)
 
     def params(self) -> list[tuple[str, object]]:
         return [("source", f"{self.source.kind}:{self.source.location}"), ("alias", self.alias),

@@ -72,7 +72,8 @@ class Binder:
             source = self.values_source(rel)
         elif isinstance(rel, exp.Table) and isinstance(rel.this, exp.Anonymous) or isinstance(rel.this, exp.Func):
             source = self.function_source(rel.this)
-            alias = rel.alias or rel.this.name.lower()
+            fn = rel.this
+            alias = rel.alias or (fn.name if isinstance(fn, exp.Anonymous) else fn.sql_name()).lower()
         elif isinstance(rel, exp.Table):
             source = self.named_source(rel)
             alias = rel.alias or rel.name
@@ -105,7 +106,7 @@ class Binder:
                  "read_json_auto": "json", "parquet_scan": "parquet"}
         if name not in kinds:
             raise self.error(f"unknown table function {name}()", fn)
-        args = fn.expressions if isinstance(fn, exp.Anonymous) else [fn.this] + list(fn.expressions or [])
+        args = [a for a in [fn.args.get("this")] + list(fn.expressions or []) if isinstance(a, exp.Expr)]
         if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
             raise self.error(f"{name}() expects a file path string", fn)
         return self.file(kinds[name], args[0].this, fn)

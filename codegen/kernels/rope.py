@@ -1,43 +1,51 @@
 """Rotary position embedding in HF's rotate-half layout (operators.tensor_ops.apply_rope).
 
-Tensors are passed as views that split the head dim into its two halves (no copies):
-x [T, H, 2, D/2], cos/sin [T, 2, D/2]. For half s and index i:
-out[s, i] = x[s, i] * cos[s, i] + (2s - 1) * x[1 - s, i] * sin[s, i].
+x [T, H, D] may be a strided view (the q or k columns of the fused qkv output: row
+stride = qkv width, head stride D), so the kernel reads it in place; cos/sin [T, D]
+and the output [T, H, D] are contiguous. For i < D/2:
+    out[i]       = x[i] * cos[i] - x[i + D/2] * sin[i]
+    out[i + D/2] = x[i + D/2] * cos[i + D/2] + x[i] * sin[i + D/2]
+Written as TIR loops (TE cannot declare a strided input): rows in parallel, the half
+dimension vectorized.
 """
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import symbolic, vectorize_inner
 
 
 def make_rope(heads: int, head_dim: int):
-    from tvm import te, tirx
+    from tvm.script import tirx as T
 
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even for rotate-half RoPE")
-    half = head_dim // 2
-    T = symbolic("T")
-    x = te.placeholder((T, heads, 2, half), "float32", name="x")
-    cos = te.placeholder((T, 2, half), "float32", name="cos")
-    sin = te.placeholder((T, 2, half), "float32", name="sin")
+    H, D, HALF = heads, head_dim, head_dim // 2
 
-    def body(t, h, s, i):
-        sign = (s * 2 - 1).astype("float32")
-        return x[t, h, s, i] * cos[t, s, i] + sign * x[t, h, 1 - s, i] * sin[t, s, i]
+    @T.prim_func
+    def rope(x_h: T.handle, cos_h: T.handle, sin_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        num_tokens = T.int64()
+        row_stride = T.int64()
+        x = T.match_buffer(x_h, (num_tokens, H, D), "float32", strides=(row_stride, D, 1))
+        cos = T.match_buffer(cos_h, (num_tokens, D), "float32")
+        sin = T.match_buffer(sin_h, (num_tokens, D), "float32")
+        out = T.match_buffer(out_h, (num_tokens, H, D), "float32")
+        for t in T.parallel(num_tokens):
+            for h in range(H):
+                for i in T.vectorized(HALF):
+                    out[t, h, i] = x[t, h, i] * cos[t, i] - x[t, h, i + HALF] * sin[t, i]
+                for i in T.vectorized(HALF):
+                    out[t, h, i + HALF] = x[t, h, i + HALF] * cos[t, i + HALF] + x[t, h, i] * sin[t, i + HALF]
 
-    out = te.compute((T, heads, 2, half), body, name="out")
-    return te.create_prim_func([x, cos, sin, out])
+    return rope
 
 
 def rope_config(target, heads: int, head_dim: int) -> dict:
-    return {"lanes": target.vector_lanes}
+    return {}
 
 
 def schedule_rope(sch, cfg: dict) -> None:
-    t, h, s, i = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(t)
-    vectorize_inner(sch, "out", cfg["lanes"])
+    """Loops are written in the TIR above."""
 
 
 SPEC = KernelSpec("rope", make_rope, rope_config, schedule_rope,
-                  args=("x", "cos", "sin", "out"), source_file=__file__)
+                  args=("x", "cos", "sin", "out"), source_file=__file__, scheduled=True)

@@ -1,37 +1,47 @@
-"""SwiGLU activation silu(gate) * up on the packed gate|up projection output.
+"""SwiGLU activation out = silu(gate) * up.
 
-The input is the fused gate_up matmul's output [T, 2F] viewed as [T, 2, F] (a torch
-view, no copy): row t holds gate then up. exp is the vectorizable one in common.py.
+gate and up [T, F] may be strided views (the two halves of the fused gate_up output,
+row stride 2F), read in place. exp is the vectorizable one from common.py (LLVM would
+call libm once per lane). TIR loops because TE cannot declare strided inputs.
 """
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import exp_f32, symbolic, vectorize_inner
+from codegen.kernels.common import exp_f32
 
 
-def make_silu_mul(ffn: int):
-    from tvm import te, tirx
+def make_silu_mul(ffn: int, lanes: int = 16):
+    from tvm.script import tirx as T
 
-    T = symbolic("T")
-    gate_up = te.placeholder((T, 2, ffn), "float32", name="gate_up")
+    F = ffn
+    CHUNKS, TAIL = divmod(F, lanes)
 
-    def body(t, f):
-        g = gate_up[t, 0, f]
-        return g / (tirx.const(1.0, "float32") + exp_f32(-g)) * gate_up[t, 1, f]
+    @T.prim_func
+    def silu_mul(gate_h: T.handle, up_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        num_tokens = T.int64()
+        gate_stride = T.int64()
+        up_stride = T.int64()
+        gate = T.match_buffer(gate_h, (num_tokens, F), "float32", strides=(gate_stride, 1))
+        up = T.match_buffer(up_h, (num_tokens, F), "float32", strides=(up_stride, 1))
+        out = T.match_buffer(out_h, (num_tokens, F), "float32")
+        for t in T.parallel(num_tokens):
+            for c in range(CHUNKS):
+                for l in T.vectorized(lanes):
+                    out[t, c * lanes + l] = gate[t, c * lanes + l] / (T.float32(1) + exp_f32(-gate[t, c * lanes + l])) * up[t, c * lanes + l]
+            for l in range(TAIL):
+                out[t, CHUNKS * lanes + l] = gate[t, CHUNKS * lanes + l] / (T.float32(1) + exp_f32(-gate[t, CHUNKS * lanes + l])) * up[t, CHUNKS * lanes + l]
 
-    out = te.compute((T, ffn), body, name="out")
-    return te.create_prim_func([gate_up, out])
+    return silu_mul
 
 
 def silu_mul_config(target, ffn: int) -> dict:
-    return {"lanes": target.vector_lanes}
+    return {}
 
 
 def schedule_silu_mul(sch, cfg: dict) -> None:
-    t, f = sch.get_loops(sch.get_sblock("out"))
-    sch.parallel(t)
-    vectorize_inner(sch, "out", cfg["lanes"])
+    """Loops are written in the TIR above."""
 
 
 SPEC = KernelSpec("silu_mul", make_silu_mul, silu_mul_config, schedule_silu_mul,
-                  args=("gate_up", "out"), source_file=__file__)
+                  args=("gate", "up", "out"), source_file=__file__, scheduled=True)
