@@ -9,6 +9,7 @@ import torch
 from catalog.errors import UnsupportedModelError
 from catalog.model_config import ModelConfig
 from catalog.quant import QUANT_TYPES, QuantizedTensor
+from catalog.gguf_manifest import GGUFManifest, TensorEntry, cached_manifest
 from catalog.gguf_tokenizer import tokenizer_from_gguf
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
@@ -95,39 +96,46 @@ def _unpermute_rows(weight, num_heads: int):
     return weight[inverse].contiguous()
 
 
-def _tensor(t) -> torch.Tensor | QuantizedTensor:
-    qtype = t.tensor_type.name
-    shape = [int(s) for s in reversed(t.shape)]  # GGUF lists dimensions innermost first
+def _tensor(raw: np.ndarray, qtype: str, shape: list[int], name: str) -> torch.Tensor | QuantizedTensor:
+    """raw: the tensor's bytes in the file; shape: row-major (outermost first)."""
     if qtype in QUANT_TYPES:
-        blocks = torch.from_numpy(np.array(t.data, dtype=np.uint8))
         rows = int(np.prod(shape[:-1]))
-        return QuantizedTensor(qtype, blocks.reshape(rows, -1), rows, shape[-1])
+        return QuantizedTensor(qtype, torch.from_numpy(np.array(raw)).reshape(rows, -1), rows, shape[-1])
     if qtype in _FLOAT_TYPES:
-        return torch.from_numpy(np.array(t.data, dtype=_FLOAT_TYPES[qtype])).float().reshape(shape)
+        return torch.from_numpy(raw.view(_FLOAT_TYPES[qtype]).astype(np.float32)).reshape(shape)
     if qtype == "BF16":
-        raw = torch.from_numpy(np.ascontiguousarray(t.data).view(np.uint16).astype(np.int16).copy())
-        return raw.view(torch.bfloat16).float().reshape(shape)
-    raise UnsupportedModelError(f"tensor {t.name} has type {qtype}; sqlm reads F32, F16, BF16, {', '.join(QUANT_TYPES)}")
+        return torch.from_numpy(np.array(raw).view(np.int16)).view(torch.bfloat16).float().reshape(shape)
+    raise UnsupportedModelError(f"tensor {name} has type {qtype}; sqlm reads F32, F16, BF16, {', '.join(QUANT_TYPES)}")
 
 
-def load_gguf(path: Path):
+def read_manifest(path: Path) -> GGUFManifest:
+    """Everything but the tensor bytes, through the gguf package (slow: it parses every vocabulary string)."""
     import gguf
-
-    from catalog.loader import LoadedModel
 
     reader = gguf.GGUFReader(str(path))
     config = config_from_gguf(reader)
-    arch = _field(reader, "general.architecture")
+    tensors = tuple(
+        TensorEntry(t.name, t.tensor_type.name, tuple(int(s) for s in reversed(t.shape)), int(t.data_offset), int(t.n_bytes))
+        for t in reader.tensors
+    )
+    return GGUFManifest(config, _field(reader, "general.architecture"), tokenizer_from_gguf(reader, config), tensors)
+
+
+def load_gguf(path: Path):
+    from catalog.loader import LoadedModel
+
+    manifest = cached_manifest(path)
+    config = manifest.config
+    data = np.memmap(path, dtype=np.uint8, mode="r")
     weights: dict = {}
-    for t in reader.tensors:
+    for t in manifest.tensors:
         name = hf_name(t.name)
         if name is None:
             continue  # e.g. rope_freqs: recomputed from the config
-        w = _tensor(t)
-        if arch == "llama" and name.endswith("q_proj.weight"):
+        w = _tensor(data[t.offset : t.offset + t.nbytes], t.qtype, list(t.shape), t.name)
+        if manifest.architecture == "llama" and name.endswith("q_proj.weight"):
             w = _unpermute_rows(w, config.num_heads)
-        elif arch == "llama" and name.endswith("k_proj.weight"):
+        elif manifest.architecture == "llama" and name.endswith("k_proj.weight"):
             w = _unpermute_rows(w, config.num_kv_heads)
         weights[name] = w
-    tokenizer = tokenizer_from_gguf(reader, config)
-    return LoadedModel(name=path.stem, path=path, format="gguf", config=config, tokenizer=tokenizer, weights=weights)
+    return LoadedModel(name=path.stem, path=path, format="gguf", config=config, tokenizer=manifest.tokenizer, weights=weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BLOCK_SIZE = 32
@@ -53,29 +54,23 @@ class QuantizedTensor:
         return dequantize_blocks(self.qtype, self.blocks, self.cols)
 
 
-def _f16(raw: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 2] little-endian -> fp32 [...]."""
-    return raw.contiguous().view(torch.float16).squeeze(-1).float()
+def _f16(raw: np.ndarray) -> np.ndarray:
+    """uint8 [..., 2] little-endian -> fp32 [..., 1]."""
+    return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
 
 
 def dequantize_blocks(qtype: str, blocks: torch.Tensor, cols: int) -> torch.Tensor:
+    # numpy: its uint8 nibble arithmetic is ~10x faster than torch's here.
     rows = blocks.shape[0]
-    b = blocks.reshape(rows, cols // BLOCK_SIZE, BYTES_PER_BLOCK[qtype])  # [rows, nblocks, bytes]
+    b = blocks.numpy().reshape(rows, cols // BLOCK_SIZE, BYTES_PER_BLOCK[qtype])  # [rows, nblocks, bytes]
+    d = _f16(b[..., 0:2])  # [rows, nblocks, 1]
     if qtype == "Q8_0":
-        d = _f16(b[..., 0:2])
-        q = b[..., 2:].contiguous().view(torch.int8).float()  # [rows, nblocks, 32]
-        w = d[..., None] * q
+        w = d * b[..., 2:].view(np.int8).astype(np.float32)  # [rows, nblocks, 32]
     else:
-        d = _f16(b[..., 0:2])
-        offset = 2 if qtype == "Q4_0" else 4
-        qs = b[..., offset:]  # [rows, nblocks, 16]
-        q = torch.cat([qs & 0x0F, qs >> 4], dim=-1).float()  # [rows, nblocks, 32]
-        if qtype == "Q4_0":
-            w = d[..., None] * (q - 8.0)
-        else:
-            m = _f16(b[..., 2:4])
-            w = d[..., None] * q + m[..., None]
-    return w.reshape(rows, cols)
+        qs = b[..., 4:] if qtype == "Q4_1" else b[..., 2:]  # [rows, nblocks, 16]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # [rows, nblocks, 32]
+        w = d * q + _f16(b[..., 2:4]) if qtype == "Q4_1" else d * (q - 8.0)
+    return torch.from_numpy(w.reshape(rows, cols))
 
 
 def quantize(qtype: str, weight: torch.Tensor) -> QuantizedTensor:
