@@ -11,3 +11,6 @@ to `SQLM_THREADS` (the `threads` setting) or the CPU count.
 import os
 
 os.environ.setdefault("TVM_NUM_THREADS", os.environ.get("SQLM_THREADS", str(os.cpu_count() or 1)))
+# TVM's idle workers spin between parallel kernels; the model interleaves TVM kernels with
+# torch ops on the same cores, so a long spin would steal torch's time.
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "20000")

@@ -54,25 +54,46 @@ def schedule(spec: KernelSpec, params: dict, target: Target):
     import tvm
     from tvm import s_tir
 
-    func = spec.make(**params)
     cfg = spec.config(target, **params)
     if spec.scheduled:
-        return tvm.IRModule({"main": func})
+        # Plain-TIR kernels write their loops themselves; the GPU twin binds the outer
+        # loop to blocks instead of CPU threads.
+        return tvm.IRModule({"main": spec.make(**params, gpu=target.kind == "cuda")})
+    func = spec.make(**params)
     if target.kind == "cuda":
         if spec.schedule_gpu is not None:
             sch = s_tir.Schedule(func)
             spec.schedule_gpu(sch, cfg)
             return sch.mod
-        from tvm.s_tir import dlight
-
-        mod = tvm.IRModule({"main": func})
-        with target.tvm_target():
-            return dlight.ApplyDefaultSchedule(
-                dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(),
-                dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())(mod)
+        sch = s_tir.Schedule(func)
+        schedule_gpu_threads(sch)
+        return sch.mod
     sch = s_tir.Schedule(func)
     spec.schedule(sch, cfg)
     return sch.mod
+
+
+def schedule_gpu_threads(sch, threads: int = 128) -> None:
+    """The plain GPU schedule: each block's spatial loops fused and spread over
+    blockIdx x threadIdx, reductions serial within a thread. Correct for every TE
+    kernel here (dlight's analysis rejects the fused-dequant access patterns); a
+    kernel with a faster GPU schedule supplies its own `schedule_gpu`."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []:
+        iters = sch.get(block).iter_vars
+        num_spatial = sum(1 for it in iters if it.iter_type == 0)
+        loops = sch.get_loops(block)[:num_spatial]
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        bx, tx = sch.split(fused, [None, threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:
+        return False
 
 
 def compile_kernel(spec: KernelSpec, params: dict, target: Target):

@@ -64,3 +64,13 @@ def vectorize_inner(sch, block: str, lanes: int):
     if int(extent) % lanes == 0:
         _, inner = sch.split(loops[-1], [None, lanes])
         sch.vectorize(inner)
+
+
+def loop_kinds(gpu: bool):
+    """(outer, vector) loop constructors for plain-TIR kernels: CPU threads and SIMD
+    lanes, or on a GPU one block per outer iteration with serial inner loops."""
+    from tvm.script import tirx as T
+
+    if gpu:
+        return (lambda extent: T.thread_binding(extent, thread="blockIdx.x")), T.serial
+    return T.parallel, T.vectorized

@@ -18,14 +18,17 @@ from __future__ import annotations
 import math
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import exp_f32
+from codegen.kernels.common import exp_f32, loop_kinds
 
 LANES = 16
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-                         key_tile: int = 16):
+                         key_tile: int = 16, gpu: bool = False):
     from tvm.script import tirx as T
+
+    OUTER, VEC = loop_kinds(gpu)
+    SCOPE = "local" if gpu else "global"  # small 'global' buffers live on the CPU stack
 
     if num_q_heads % num_kv_heads or head_dim % LANES:
         raise ValueError("need num_q_heads % num_kv_heads == 0 and head_dim % 16 == 0")
@@ -51,7 +54,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
         context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
         out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
-        for task in T.parallel(num_seqs * HKV):
+        for task in OUTER(num_seqs * HKV):
             b = task // HKV
             g = task % HKV
             q_begin = query_start[b]
@@ -59,16 +62,16 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             for i in range(num_q):
                 row = q_begin + i
                 num_keys = context_lens[b] - num_q + i + 1
-                run_max = T.alloc_buffer((GROUP,), "float32")
-                run_sum = T.alloc_buffer((GROUP,), "float32")
-                acc = T.alloc_buffer((GROUP, D), "float32")
-                scores = T.alloc_buffer((GROUP, TILE), "float32")
-                lane_acc = T.alloc_buffer((LANES,), "float32")
-                tile_max = T.alloc_buffer((1,), "float32")
+                run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+                run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+                acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+                scores = T.alloc_buffer((GROUP, TILE), "float32", scope=SCOPE)
+                lane_acc = T.alloc_buffer((LANES,), "float32", scope=SCOPE)
+                tile_max = T.alloc_buffer((1,), "float32", scope=SCOPE)
                 for h in range(GROUP):
                     run_max[h] = T.float32(NEG)
                     run_sum[h] = T.float32(0)
-                    for d in T.vectorized(D):
+                    for d in VEC(D):
                         acc[h, d] = T.float32(0)
                 for tile in range((num_keys + TILE - 1) // TILE):
                     count = T.min(TILE, num_keys - tile * TILE)
@@ -79,10 +82,10 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                         j = tile * TILE + jj
                         blk = block_tables[b, j // BS]
                         for h in range(GROUP):
-                            for l in T.vectorized(LANES):
+                            for l in VEC(LANES):
                                 lane_acc[l] = T.float32(0)
                             for dc in range(DC):
-                                for l in T.vectorized(LANES):
+                                for l in VEC(LANES):
                                     lane_acc[l] = lane_acc[l] + q[row, g * GROUP + h, dc * LANES + l] * k_cache[blk, j % BS, g, dc * LANES + l]
                             scores[h, jj] = T.float32(0)
                             for l in range(LANES):
@@ -92,23 +95,23 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                         tile_max[0] = run_max[h]
                         for jj in range(TILE):
                             tile_max[0] = T.max(tile_max[0], scores[h, jj])
-                        for jj in T.vectorized(TILE):
+                        for jj in VEC(TILE):
                             scores[h, jj] = T.Select(scores[h, jj] > T.float32(NEG), exp_f32(scores[h, jj] - tile_max[0]), T.float32(0))
                         alpha = exp_f32(run_max[h] - tile_max[0])
                         run_max[h] = tile_max[0]
                         run_sum[h] = run_sum[h] * alpha
                         for jj in range(TILE):
                             run_sum[h] = run_sum[h] + scores[h, jj]
-                        for d in T.vectorized(D):
+                        for d in VEC(D):
                             acc[h, d] = acc[h, d] * alpha
                     for jj in range(count):
                         j = tile * TILE + jj
                         blk = block_tables[b, j // BS]
                         for h in range(GROUP):
-                            for d in T.vectorized(D):
+                            for d in VEC(D):
                                 acc[h, d] = acc[h, d] + scores[h, jj] * v_cache[blk, j % BS, g, d]
                 for h in range(GROUP):
-                    for d in T.vectorized(D):
+                    for d in VEC(D):
                         out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]
 
     return paged_attention

@@ -11,10 +11,13 @@ dimension vectorized.
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.kernels.common import loop_kinds
 
 
-def make_rope(heads: int, head_dim: int):
+def make_rope(heads: int, head_dim: int, gpu: bool = False):
     from tvm.script import tirx as T
+
+    OUTER, VEC = loop_kinds(gpu)
 
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even for rotate-half RoPE")
@@ -29,11 +32,11 @@ def make_rope(heads: int, head_dim: int):
         cos = T.match_buffer(cos_h, (num_tokens, D), "float32")
         sin = T.match_buffer(sin_h, (num_tokens, D), "float32")
         out = T.match_buffer(out_h, (num_tokens, H, D), "float32")
-        for t in T.parallel(num_tokens):
+        for t in OUTER(num_tokens):
             for h in range(H):
-                for i in T.vectorized(HALF):
+                for i in VEC(HALF):
                     out[t, h, i] = x[t, h, i] * cos[t, i] - x[t, h, i + HALF] * sin[t, i]
-                for i in T.vectorized(HALF):
+                for i in VEC(HALF):
                     out[t, h, i + HALF] = x[t, h, i + HALF] * cos[t, i + HALF] + x[t, h, i] * sin[t, i + HALF]
 
     return rope

@@ -7,11 +7,13 @@ call libm once per lane). TIR loops because TE cannot declare strided inputs.
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import exp_f32
+from codegen.kernels.common import exp_f32, loop_kinds
 
 
-def make_silu_mul(ffn: int, lanes: int = 16):
+def make_silu_mul(ffn: int, lanes: int = 16, gpu: bool = False):
     from tvm.script import tirx as T
+
+    OUTER, VEC = loop_kinds(gpu)
 
     F = ffn
     CHUNKS, TAIL = divmod(F, lanes)
@@ -25,9 +27,9 @@ def make_silu_mul(ffn: int, lanes: int = 16):
         gate = T.match_buffer(gate_h, (num_tokens, F), "float32", strides=(gate_stride, 1))
         up = T.match_buffer(up_h, (num_tokens, F), "float32", strides=(up_stride, 1))
         out = T.match_buffer(out_h, (num_tokens, F), "float32")
-        for t in T.parallel(num_tokens):
+        for t in OUTER(num_tokens):
             for c in range(CHUNKS):
-                for l in T.vectorized(lanes):
+                for l in VEC(lanes):
                     out[t, c * lanes + l] = gate[t, c * lanes + l] / (T.float32(1) + exp_f32(-gate[t, c * lanes + l])) * up[t, c * lanes + l]
             for l in range(TAIL):
                 out[t, CHUNKS * lanes + l] = gate[t, CHUNKS * lanes + l] / (T.float32(1) + exp_f32(-gate[t, CHUNKS * lanes + l])) * up[t, CHUNKS * lanes + l]

@@ -1,0 +1,37 @@
+"""A single-sequence attention backend on the TVM paged-attention kernel.
+
+Same interface as operators.llama.ContiguousKVCache (`attend`, `advance`, `length`):
+K/V live in per-layer paged caches [num_blocks, block_size, Hkv, D] whose block table
+is simply 0, 1, 2, ...; the engine's own paged cache calls codegen.ops.paged_attention
+with its real block tables instead.
+"""
+from __future__ import annotations
+
+import torch
+
+from catalog.model_config import ModelConfig
+from codegen import ops
+
+
+class TvmSequenceKVCache:
+    def __init__(self, config: ModelConfig, max_tokens: int, block_size: int = 16):
+        num_blocks = -(-max_tokens // block_size)
+        shape = (config.num_layers, num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.k = torch.zeros(shape)
+        self.v = torch.zeros(shape)
+        self.block_size = block_size
+        self.block_table = torch.arange(num_blocks, dtype=torch.int32)[None, :]  # [1, num_blocks]
+        self.length = 0  # tokens whose K/V are complete in every layer
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        start, end = self.length, self.length + q.shape[0]
+        flat_k = self.k[layer].view(-1, *self.k.shape[3:])  # [num_blocks * block_size, Hkv, D]
+        flat_v = self.v[layer].view(-1, *self.v.shape[3:])
+        flat_k[start:end] = k
+        flat_v[start:end] = v
+        query_start = torch.tensor([0, q.shape[0]], dtype=torch.int32)
+        context_lens = torch.tensor([end], dtype=torch.int32)
+        return ops.paged_attention(q, self.k[layer], self.v[layer], self.block_table, query_start, context_lens)
+
+    def advance(self, num_tokens: int) -> None:
+        self.length += num_tokens

@@ -1,0 +1,143 @@
+"""Per-kernel timings for the planner: `measure_kernels(config) -> {op: {impl: seconds}}`.
+
+Each operator of the model is timed at decode and prefill sizes with every available
+implementation, interleaved in one process (the machine is shared) and reduced to the
+minimum over rounds. `measure_kernel_cases` also returns bytes and FLOPs per call, which
+bench/kernels.py turns into GB/s and GFLOP/s.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from catalog.model_config import ModelConfig
+from catalog.quant import quantize
+from codegen import ops
+from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from operators import tensor_ops as ref
+
+
+@dataclass
+class KernelCase:
+    op: str
+    bytes: int  # compulsory memory traffic of one call
+    flops: int
+    impls: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int = 7, min_seconds: float = 0.01) -> dict[str, float]:
+    """Seconds per call of each implementation: min over `rounds`, implementations alternating."""
+    calls = {}
+    for name, fn in impls.items():
+        fn()
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < min_seconds:
+            fn()
+            n += 1
+        calls[name] = max(1, n)
+    best = {name: float("inf") for name in impls}
+    for _ in range(rounds):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls[name])
+    return best
+
+
+def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelCase:
+    weight = quantize(qtype, torch.randn(n, k) * 0.05)
+    dense = weight.dequantize()
+    dense_bf16 = dense.to(torch.bfloat16)
+    x = torch.randn(tokens, k)
+    weight_bytes = weight.nbytes
+    case = KernelCase(f"linear.{name}.T{tokens}", weight_bytes + 4 * tokens * (k + n), 2 * tokens * n * k)
+    tvm_layer = TvmQuantizedLinear(weight, gemv_max_tokens=tokens if tokens <= 16 else 0)
+    case.impls[f"tvm_{qtype}"] = lambda: tvm_layer(x)
+    if tokens > 16:
+        bf16_layer = TvmQuantizedLinear(weight, gemv_max_tokens=0, prefill_dtype="bf16")
+        case.impls[f"tvm_{qtype}_dequant_bf16"] = lambda: bf16_layer(x)
+    else:
+        dense_layer = TvmDenseLinear(dense, gemv_max_tokens=tokens)
+        case.impls["tvm_fp32"] = lambda: dense_layer(x)
+    case.impls["torch_fp32"] = lambda: F.linear(x, dense)
+    case.impls["torch_bf16"] = lambda: F.linear(x.to(torch.bfloat16), dense_bf16).float()
+    return case
+
+
+def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8_0",
+                 decode_context: int = 512, prefill_tokens: int = 128, block_size: int = 16) -> list[KernelCase]:
+    c = config
+    h, f, d = c.hidden_size, c.intermediate_size, c.head_dim
+    q_size, kv_size = c.num_heads * d, c.num_kv_heads * d
+    cases = []
+    for tokens in (1, 4, prefill_tokens):
+        cases.append(_linear_cases("qkv", q_size + 2 * kv_size, h, qtype, tokens))
+        cases.append(_linear_cases("o", h, q_size, qtype, tokens))
+        cases.append(_linear_cases("gate_up", 2 * f, h, qtype, tokens))
+        cases.append(_linear_cases("down", h, f, qtype, tokens))
+    cases.append(_linear_cases("lm_head", c.vocab_size, h, head_qtype, 1))
+
+    for tokens in (1, prefill_tokens):
+        x, w = torch.randn(tokens, h), torch.randn(h)
+        case = KernelCase(f"rms_norm.T{tokens}", 4 * (2 * tokens * h + h), 4 * tokens * h)
+        case.impls["tvm"] = lambda x=x, w=w: ops.rms_norm(x, w, c.rms_norm_eps)
+        case.impls["torch"] = lambda x=x, w=w: ref.rms_norm(x, w, c.rms_norm_eps)
+        cases.append(case)
+
+        gate_up = torch.randn(tokens, 2 * f)
+        gate, up = gate_up[:, :f], gate_up[:, f:]
+        case = KernelCase(f"silu_mul.T{tokens}", 4 * 3 * tokens * f, 6 * tokens * f)
+        case.impls["tvm"] = lambda gate=gate, up=up: ops.silu_mul(gate, up)
+        case.impls["torch"] = lambda gate=gate, up=up: ref.silu_mul(gate, up)
+        cases.append(case)
+
+        qkv = torch.randn(tokens, q_size + 2 * kv_size)
+        q = qkv[:, :q_size].reshape(tokens, c.num_heads, d)
+        cos, sin = ref.rope_cos_sin(torch.arange(tokens), ref.rope_inv_freq(d, c.rope_theta))
+        case = KernelCase(f"rope.T{tokens}", 4 * (2 * tokens * q_size + 2 * tokens * d), 3 * tokens * q_size)
+        case.impls["tvm"] = lambda q=q, cos=cos, sin=sin: ops.apply_rope(q, cos, sin)
+        case.impls["torch"] = lambda q=q, cos=cos, sin=sin: ref.apply_rope(q, cos, sin)
+        cases.append(case)
+
+    num_blocks = -(-max(decode_context, prefill_tokens) // block_size)
+    k_cache = torch.randn(num_blocks, block_size, c.num_kv_heads, d)
+    v_cache = torch.randn(num_blocks, block_size, c.num_kv_heads, d)
+    table = torch.arange(num_blocks, dtype=torch.int32)[None, :]
+    kv_bytes = 2 * 4 * kv_size
+
+    q1 = torch.randn(1, c.num_heads, d)
+    lens = torch.tensor([decode_context], dtype=torch.int32)
+    case = KernelCase(f"decode_attention.ctx{decode_context}", kv_bytes * decode_context,
+                      4 * c.num_heads * d * decode_context)
+    case.impls["tvm"] = lambda: ops.paged_decode_attention(q1, k_cache, v_cache, table, lens)
+    k_flat = k_cache.view(-1, c.num_kv_heads, d)[:decode_context]
+    v_flat = v_cache.view(-1, c.num_kv_heads, d)[:decode_context]
+    case.impls["torch"] = lambda: ref.causal_attention(q1, k_flat, v_flat, q_start=decode_context - 1)
+    cases.append(case)
+
+    t = prefill_tokens
+    qp = torch.randn(t, c.num_heads, d)
+    case = KernelCase(f"prefill_attention.T{t}", kv_bytes * t + 8 * t * q_size, 4 * c.num_heads * d * t * (t + 1) // 2)
+    qstart = torch.tensor([0, t], dtype=torch.int32)
+    plen = torch.tensor([t], dtype=torch.int32)
+    case.impls["tvm"] = lambda: ops.paged_attention(qp, k_cache, v_cache, table, qstart, plen)
+    kp = k_cache.view(-1, c.num_kv_heads, d)[:t]
+    vp = v_cache.view(-1, c.num_kv_heads, d)[:t]
+    case.impls["torch"] = lambda: ref.causal_attention(qp, kp, vp, q_start=0)
+    cases.append(case)
+    return cases
+
+
+def measure_kernel_cases(config: ModelConfig, rounds: int = 7, **options) -> list[tuple[KernelCase, dict[str, float]]]:
+    with torch.inference_mode():
+        return [(case, time_interleaved(case.impls, rounds)) for case in kernel_cases(config, **options)]
+
+
+def measure_kernels(config: ModelConfig, rounds: int = 7, **options) -> dict[str, dict[str, float]]:
+    """{op: {impl: seconds per call}}, e.g. {'linear.qkv.T1': {'tvm_Q4_1': 3.1e-05, 'torch_fp32': ...}}."""
+    return {case.op: timings for case, timings in measure_kernel_cases(config, rounds, **options)}

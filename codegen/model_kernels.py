@@ -1,0 +1,73 @@
+"""Build a model whose linears and operators run on TVM kernels (or on torch).
+
+    from codegen.model_kernels import build_model
+    model = build_model(loaded, kernels="tvm", weight_format="native")
+
+is operators.llama.build_model with codegen's linear factory and ModelOps. The pieces
+are also available separately (`linear_factory`, `model_ops`) for a caller that
+assembles the model itself, and `paged_attention` for the engine's attention backend.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from catalog.quant import QuantizedTensor
+from codegen import ops as tvm_ops
+from codegen.linear import DEFAULT_GEMV_MAX_TOKENS, TvmDenseLinear, TvmQuantizedLinear
+from operators.linear import DenseLinear, make_linear
+from operators.llama import LlamaModel, ModelOps
+from operators.llama import build_model as build_llama
+
+KERNELS = ("auto", "tvm", "torch")
+WEIGHT_FORMATS = ("auto", "native", "fp32", "bf16")
+
+
+def resolve(kernels: str, weight_format: str, loaded) -> tuple[str, str]:
+    """'auto' choices, from the kernel measurements in bench/kernels.py: the fused TVM
+    kernels beat torch at decode sizes, and quantized weights are read 5-6x fewer bytes."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, got {weight_format!r}")
+    if kernels == "auto":
+        kernels = "tvm"
+    if weight_format == "auto":
+        quantized = any(isinstance(w, QuantizedTensor) for w in loaded.weights.values())
+        weight_format = "native" if quantized and kernels == "tvm" else "fp32"
+    return kernels, weight_format
+
+
+def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *,
+               gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS, prefill_dtype: str = "fp32"):
+    """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch (AMX)."""
+    if weight_format == "native" and isinstance(weight, QuantizedTensor):
+        return TvmQuantizedLinear(weight, bias, gemv_max_tokens, prefill_dtype)
+    dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
+    if weight_format == "bf16":
+        return DenseLinear(dense.to(torch.bfloat16), bias)
+    if weight_format in ("fp32", "native"):
+        return TvmDenseLinear(dense, bias, gemv_max_tokens)
+    raise ValueError(f"unknown weight format {weight_format!r}; expected fp32, bf16 or native")
+
+
+def linear_factory(kernels: str, **options):
+    return partial(tvm_linear, **options) if kernels == "tvm" else make_linear
+
+
+def model_ops(kernels: str) -> ModelOps:
+    if kernels == "torch":
+        return ModelOps()
+    return ModelOps(rms_norm=tvm_ops.rms_norm, apply_rope=tvm_ops.apply_rope, silu_mul=tvm_ops.silu_mul, name="tvm")
+
+
+def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
+    kernels, weight_format = resolve(kernels, weight_format, loaded)
+    if kernels == "tvm":
+        tvm_ops.warm_up(loaded.config)
+    return build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),
+                       ops=model_ops(kernels))
+
+
+paged_attention = tvm_ops.paged_attention

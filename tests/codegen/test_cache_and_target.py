@@ -1,0 +1,50 @@
+"""The on-disk kernel cache and CPU target detection."""
+import torch
+
+from codegen import build
+from codegen.cache import KernelCache
+from codegen.target import Target, detect_cpu
+
+
+def test_second_run_compiles_nothing(tmp_path):
+    params = {"hidden": 48, "eps": 1e-6}
+    first = KernelCache(tmp_path)
+    build.get_kernel("rms_norm", params, cache=first)
+    assert (first.stats.num_compiled, first.stats.num_loaded) == (1, 0)
+
+    build.clear_memo()  # as if a new process started
+    second = KernelCache(tmp_path)
+    kernel = build.get_kernel("rms_norm", params, cache=second)
+    assert (second.stats.num_compiled, second.stats.num_loaded) == (0, 1)
+    x, w, out = torch.randn(2, 48), torch.randn(48), torch.full((2, 48), float("nan"))
+    kernel(x, w, out)
+    torch.testing.assert_close(out, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w)
+
+
+def test_other_shapes_get_other_files(tmp_path):
+    cache = KernelCache(tmp_path)
+    build.get_kernel("rms_norm", {"hidden": 48, "eps": 1e-6}, cache=cache)
+    build.get_kernel("rms_norm", {"hidden": 64, "eps": 1e-6}, cache=cache)
+    assert cache.stats.num_compiled == 2
+    assert len(list(tmp_path.glob("rms_norm-*.so"))) == 2
+
+
+def test_detects_sapphire_rapids_features(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16 "
+                    "avx512_vnni avx512_fp16 amx_tile amx_bf16 amx_int8\n")
+    target = detect_cpu.__wrapped__(str(info))
+    assert target.kind == "llvm" and target.mcpu == "sapphirerapids"
+    assert target.has("amx_bf16") and target.vector_lanes == 16
+
+
+def test_detects_avx2_only_cpu(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags : fpu sse avx2 fma f16c\n")
+    target = detect_cpu.__wrapped__(str(info))
+    assert (target.mcpu, target.vector_lanes, target.has("avx512f")) == ("haswell", 8, False)
+
+
+def test_target_key_names_what_changes_code():
+    assert Target("llvm", "sapphirerapids", ("avx512f",), 2).key != Target("llvm", "sapphirerapids", ("avx512f",), 4).key
+    assert Target("cuda", "sm_90").key != Target("cuda", "sm_80").key

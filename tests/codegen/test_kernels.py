@@ -1,0 +1,146 @@
+"""Every kernel against its operators/ reference on fresh random inputs.
+
+Outputs are filled with NaN before each run, so an element the kernel fails to write
+fails the comparison. Tolerances (fp32 throughout):
+  - reductions (matmuls, norms, attention): |err| <= 1e-5 * max(1, max|ref|) + 1e-5 * |ref|,
+    the reference and the kernel only differ in summation order;
+  - dequantize: exact (same arithmetic on the same f16 scales);
+  - silu_mul, rope: rtol 1e-5 (the kernel's own exp is within 1e-7 relative).
+"""
+import pytest
+import torch
+
+from catalog.quant import quantize
+from codegen.build import get_kernel
+from operators import tensor_ops as ref
+
+
+def poisoned(*shape):
+    return torch.full(shape, float("nan"))
+
+
+def assert_fp32_close(out, expected):
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+MATMUL_SHAPES = [(64, 96, 1), (37, 160, 3), (96, 576, 5)]  # (N, K, T)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0"])
+@pytest.mark.parametrize("n,k,tokens", MATMUL_SHAPES)
+def test_quant_matmul_matches_dequantized_reference(qtype, n, k, tokens):
+    weight = quantize(qtype, torch.randn(n, k))
+    x = torch.randn(tokens, k)
+    out = poisoned(tokens, n)
+    get_kernel("quant_matmul", {"qtype": qtype, "n": n, "k": k})(x, weight.blocks, out)
+    assert_fp32_close(out, ref.linear(x, weight.dequantize()))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0"])
+def test_dequantize_is_exact(qtype):
+    weight = quantize(qtype, torch.randn(37, 96) * 3)
+    out = poisoned(37, 3, 2, 16)
+    get_kernel("dequantize", {"qtype": qtype, "n": 37, "k": 96})(weight.blocks, out)
+    assert torch.equal(out.view(37, 96), weight.dequantize())
+
+
+@pytest.mark.parametrize("n,k,tokens", MATMUL_SHAPES + [(5, 161, 2), (33, 17, 4)])
+def test_dense_matmul(n, k, tokens):
+    weight, x = torch.randn(n, k), torch.randn(tokens, k)
+    out = poisoned(tokens, n)
+    get_kernel("dense_matmul", {"n": n, "k": k})(x, weight, out)
+    assert_fp32_close(out, ref.linear(x, weight))
+
+
+@pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16)])
+def test_rms_norm(tokens, hidden):
+    x, weight = torch.randn(tokens, hidden) * 3, torch.randn(hidden)
+    out = poisoned(tokens, hidden)
+    get_kernel("rms_norm", {"hidden": hidden, "eps": 1e-5})(x, weight, out)
+    assert_fp32_close(out, ref.rms_norm(x, weight, 1e-5))
+
+
+@pytest.mark.parametrize("tokens,ffn", [(1, 1536), (3, 37), (2, 16)])
+def test_silu_mul_reads_strided_halves(tokens, ffn):
+    gate_up = torch.randn(tokens, 2 * ffn) * 6  # the fused gate|up output; halves are strided views
+    gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
+    out = poisoned(tokens, ffn)
+    get_kernel("silu_mul", {"ffn": ffn})(gate, up, out)
+    torch.testing.assert_close(out, ref.silu_mul(gate, up), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens,heads,head_dim", [(1, 9, 64), (7, 3, 10), (4, 2, 128)])
+def test_rope_reads_qkv_view(tokens, heads, head_dim):
+    qkv = torch.randn(tokens, (heads + 3) * head_dim)
+    x = qkv[:, head_dim : (heads + 1) * head_dim].reshape(tokens, heads, head_dim)  # strided like q in qkv
+    positions = torch.randint(0, 4000, (tokens,))
+    cos, sin = ref.rope_cos_sin(positions, ref.rope_inv_freq(head_dim, 100000.0))
+    out = poisoned(tokens, heads, head_dim)
+    get_kernel("rope", {"heads": heads, "head_dim": head_dim})(x, cos, sin, out)
+    torch.testing.assert_close(out, ref.apply_rope(x, cos, sin), rtol=1e-5, atol=1e-5)
+
+
+ATTENTION_SHAPES = [(9, 3, 64, 16), (4, 4, 32, 8), (6, 2, 16, 5)]  # (Hq, Hkv, D, block_size)
+
+
+def attention_kernel(hq, hkv, d, bs):
+    return get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs})
+
+
+def random_cache(num_blocks, bs, hkv, d):
+    return torch.randn(num_blocks, bs, hkv, d), torch.randn(num_blocks, bs, hkv, d)
+
+
+@pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
+def test_paged_decode_attention(hq, hkv, d, bs):
+    lens = [1, 5, bs, 3 * bs + 1, 40]
+    max_blocks = max(-(-n // bs) for n in lens)
+    k_cache, v_cache = random_cache(len(lens) * max_blocks + 3, bs, hkv, d)
+    tables = torch.randperm(k_cache.shape[0])[: len(lens) * max_blocks].view(len(lens), max_blocks).int().contiguous()
+    q = torch.randn(len(lens), hq, d)
+    context_lens = torch.tensor(lens, dtype=torch.int32)
+    query_start = torch.arange(len(lens) + 1, dtype=torch.int32)
+    out = poisoned(len(lens), hq, d)
+    attention_kernel(hq, hkv, d, bs)(q, k_cache, v_cache, tables, query_start, context_lens, out)
+    assert_fp32_close(out, ref.paged_decode_attention(q, k_cache, v_cache, tables, context_lens))
+
+
+@pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
+def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs):
+    # Sequence 0: a fresh prompt of 19 tokens; sequence 1: 6 new tokens after 11 cached ones.
+    new, context = [19, 6], [19, 17]
+    max_blocks = max(-(-n // bs) for n in context)
+    k_cache, v_cache = random_cache(2 * max_blocks + 1, bs, hkv, d)
+    tables = torch.randperm(k_cache.shape[0])[: 2 * max_blocks].view(2, max_blocks).int().contiguous()
+    query_start = torch.tensor([0, new[0], new[0] + new[1]], dtype=torch.int32)
+    q = torch.randn(sum(new), hq, d)
+    out = poisoned(sum(new), hq, d)
+    attention_kernel(hq, hkv, d, bs)(q, k_cache, v_cache, tables, query_start,
+                                     torch.tensor(context, dtype=torch.int32), out)
+    for b in range(2):
+        blocks = tables[b, : -(-context[b] // bs)].long()
+        k = k_cache[blocks].reshape(-1, hkv, d)[: context[b]]
+        v = v_cache[blocks].reshape(-1, hkv, d)[: context[b]]
+        rows = slice(int(query_start[b]), int(query_start[b + 1]))
+        assert_fp32_close(out[rows], ref.causal_attention(q[rows], k, v, q_start=context[b] - new[b]))
+
+
+def test_paged_attention_result_does_not_depend_on_the_batch():
+    hq, hkv, d, bs = 9, 3, 64, 16
+    k_cache, v_cache = random_cache(12, bs, hkv, d)
+    tables = torch.arange(12, dtype=torch.int32).view(3, 4)
+    q = torch.randn(3, hq, d)
+    lens = torch.tensor([50, 7, 64], dtype=torch.int32)
+    kernel = attention_kernel(hq, hkv, d, bs)
+    together = poisoned(3, hq, d)
+    kernel(q, k_cache, v_cache, tables, torch.arange(4, dtype=torch.int32), lens, together)
+    alone = poisoned(1, hq, d)
+    kernel(q[1:2].contiguous(), k_cache, v_cache, tables[1:2].contiguous(), torch.arange(2, dtype=torch.int32),
+           lens[1:2].contiguous(), alone)
+    assert torch.equal(alone[0], together[1])
