@@ -1,21 +1,40 @@
 """Batch-1 greedy decode latency of SmolLM2: sqlm (TVM kernels, Q4_1 kept quantized) vs
 sqlm's own fp32 torch path vs llama.cpp on the same GGUF file, measured in one run.
 
-    python -m bench.decode_latency [--tokens 64] [--llama-python /work/bench-venv/bin/python]
+    python -m bench.decode_latency [--tokens 64] [--threads 1] [--rounds 3] [--profile]
+                                   [--llama-python /work/bench-venv/bin/python]
 
 llama.cpp runs through llama-cpp-python in a separate environment (its own interpreter,
 given by --llama-python) and is skipped when that interpreter or package is missing.
 Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled.
+The engines take turns round after round (the machine is shared); each reports its best
+round. `--profile` adds the TVM path's time per operator (wall clock, best round).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
+import sys
 import time
 
-import torch
+
+def _threads_from_argv() -> int | None:
+    """--threads must reach TVM_NUM_THREADS before TVM is imported."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return None
+
+
+if _threads_from_argv():
+    os.environ["TVM_NUM_THREADS"] = os.environ["SQLM_THREADS"] = str(_threads_from_argv())
+
+import torch  # noqa: E402
 
 LLAMA_SCRIPT = r"""
 import json, sys, time
@@ -37,12 +56,14 @@ print(json.dumps({"seconds_per_token": best}))
 
 
 @torch.inference_mode()
-def sqlm_seconds_per_token(model, cache_factory, prompt_ids, tokens: int, eos_id: int) -> float:
+def sqlm_seconds_per_token(model, cache_factory, prompt_ids, tokens: int, eos_id: int, rounds: int = 1,
+                           before_decode=lambda: None) -> float:
     best = float("inf")
-    for _ in range(3):
+    for _ in range(rounds):
         cache = cache_factory()
         hidden = model.forward(torch.tensor(prompt_ids), torch.arange(len(prompt_ids)), cache)
         cache.advance(len(prompt_ids))
+        before_decode()
         start = time.perf_counter()
         for _ in range(tokens):
             logits = model.compute_logits(hidden[-1:])[0]
@@ -54,11 +75,57 @@ def sqlm_seconds_per_token(model, cache_factory, prompt_ids, tokens: int, eos_id
     return best
 
 
+class OpTimer:
+    """Wraps a model's linears, ops and attention to total wall time per operator."""
+
+    def __init__(self):
+        self.seconds = collections.defaultdict(float)
+        self.calls = collections.Counter()
+
+    def wrap(self, name, fn):
+        def timed(*args):
+            start = time.perf_counter()
+            result = fn(*args)
+            self.seconds[name] += time.perf_counter() - start
+            self.calls[name] += 1
+            return result
+        return timed
+
+    def instrument(self, model, cache_cls):
+        from operators.llama import ModelOps
+
+        for layer in model.layers:
+            for attr in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                lin = getattr(layer, attr)
+                setattr(layer, attr, self.wrap(f"linear {attr} {lin.out_features}x{lin.in_features} {lin.weight_format}", lin))
+        model.lm_head = self.wrap(f"lm_head {model.lm_head.out_features}x{model.lm_head.in_features} "
+                                  f"{model.lm_head.weight_format}", model.lm_head)
+        ops = model.ops
+        model.ops = ModelOps(rms_norm=self.wrap("rms_norm", ops.rms_norm), apply_rope=self.wrap("rope", ops.apply_rope),
+                             silu_mul=self.wrap("silu_mul", ops.silu_mul), name=ops.name)
+        cache_cls.attend = self.wrap("attention (KV write + kernel)", cache_cls.attend)
+
+    def report(self, total_seconds: float, tokens: int) -> str:
+        lines = ["| operator | ms/token | calls/token | µs/call |", "|---|---|---|---|"]
+        for name in sorted(self.seconds, key=lambda n: -self.seconds[n]):
+            lines.append(f"| {name} | {self.seconds[name] / tokens * 1e3:.2f} | {self.calls[name] / tokens:.0f} | "
+                         f"{self.seconds[name] / self.calls[name] * 1e6:.1f} |")
+        rest = total_seconds - sum(self.seconds.values()) / tokens
+        lines.append(f"| rest (embedding, RoPE tables, residual adds, argmax, Python) | {rest * 1e3:.2f} | | |")
+        return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch and TVM threads (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--llama-python", default="/work/bench-venv/bin/python")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from catalog.registry import default_model_path, resolve_model
     from codegen.attention import TvmSequenceKVCache
@@ -70,25 +137,56 @@ def main() -> None:
     prompt = loaded.tokenizer.encode_chat("What is the capital of France?")
     length = len(prompt) + args.tokens + 1
     eos = min(loaded.tokenizer.eos_token_ids)
-    results = {}
-    tvm_model = build_model(loaded, kernels="tvm", weight_format="native")
-    results["sqlm tvm, Q4_1 native"] = sqlm_seconds_per_token(
-        tvm_model, lambda: TvmSequenceKVCache(loaded.config, length), prompt, args.tokens, eos)
-    torch_model = build_torch_model(loaded, "fp32")
-    results["sqlm torch, fp32"] = sqlm_seconds_per_token(
-        torch_model, lambda: ContiguousKVCache(loaded.config, length), prompt, args.tokens, eos)
-    if os.path.exists(args.llama_python):
-        run = subprocess.run([args.llama_python, "-c", LLAMA_SCRIPT, str(default_model_path()), json.dumps(prompt),
-                              str(args.tokens), str(torch.get_num_threads())], capture_output=True, text=True)
-        if run.returncode == 0:
-            results["llama.cpp (llama-cpp-python), Q4_1"] = json.loads(run.stdout.strip().splitlines()[-1])["seconds_per_token"]
-        else:
-            print(f"llama.cpp skipped: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
-    print(f"| engine | ms/token | tokens/s |  (batch 1, {args.tokens} new tokens, best of 3, "
-          f"torch threads {torch.get_num_threads()}, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')})")
-    print("|---|---|---|")
+    engines = {"sqlm tvm, Q4_1 native": (build_model(loaded, kernels="tvm", weight_format="native"),
+                                         lambda: TvmSequenceKVCache(loaded.config, length))}
+    if not args.skip_torch:
+        engines["sqlm torch, fp32"] = (build_torch_model(loaded, "fp32"), lambda: ContiguousKVCache(loaded.config, length))
+    has_llama = os.path.exists(args.llama_python)
+    results = {name: float("inf") for name in engines}
+    loads = []
+    for _ in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        for name, (model, cache_factory) in engines.items():
+            results[name] = min(results[name], sqlm_seconds_per_token(model, cache_factory, prompt, args.tokens, eos))
+        if has_llama:
+            run = subprocess.run([args.llama_python, "-c", LLAMA_SCRIPT, str(default_model_path()), json.dumps(prompt),
+                                  str(args.tokens), str(torch.get_num_threads())], capture_output=True, text=True)
+            if run.returncode == 0:
+                seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds_per_token"]
+                key = "llama.cpp (llama-cpp-python), Q4_1"
+                results[key] = min(results.get(key, float("inf")), seconds)
+            else:
+                has_llama = False
+                print(f"llama.cpp skipped: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
+    torch_fp32 = results.get("sqlm torch, fp32")
+    llama = results.get("llama.cpp (llama-cpp-python), Q4_1")
+    print(f"batch 1, {args.tokens} new tokens, best of {args.rounds} interleaved rounds, torch threads "
+          f"{torch.get_num_threads()}, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, "
+          f"1-min load average at each round {', '.join(f'{x:.1f}' for x in loads)} (2 cores)")
+    print("| engine | ms/token | tokens/s | vs sqlm torch fp32 | vs llama.cpp |")
+    print("|---|---|---|---|---|")
     for name, seconds in results.items():
-        print(f"| {name} | {seconds * 1e3:.1f} | {1 / seconds:.1f} |")
+        vs_torch = f"{torch_fp32 / seconds:.2f}x" if torch_fp32 else "-"
+        vs_llama = f"{llama / seconds:.2f}x" if llama else "-"
+        print(f"| {name} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {vs_torch} | {vs_llama} |")
+    if args.profile:
+        timer = OpTimer()
+        model, cache_factory = engines["sqlm tvm, Q4_1 native"]
+        timer.instrument(model, TvmSequenceKVCache)
+        best = None
+        def reset():
+            timer.seconds.clear()
+            timer.calls.clear()
+
+        for _ in range(args.rounds):
+            seconds = sqlm_seconds_per_token(model, cache_factory, prompt, args.tokens, eos, before_decode=reset)
+            if best is None or seconds < best[0]:
+                best = (seconds, dict(timer.seconds), collections.Counter(timer.calls))
+        timer.seconds.update(best[1])
+        timer.calls = best[2]
+        print(f"\nTVM path per operator (best round, {best[0] * 1e3:.1f} ms/token incl. timer overhead, "
+              f"load {os.getloadavg()[0]:.1f}):")
+        print(timer.report(best[0], args.tokens))
 
 
 if __name__ == "__main__":

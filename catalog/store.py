@@ -34,9 +34,9 @@ CREATE TABLE IF NOT EXISTS column_stats (
 CREATE TABLE IF NOT EXISTS output_lengths (
     model TEXT NOT NULL, template TEXT NOT NULL, length INTEGER NOT NULL, censored INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (model, template, length, censored));
-CREATE TABLE IF NOT EXISTS feedback (
-    model TEXT NOT NULL, variant TEXT NOT NULL, estimated REAL NOT NULL, actual REAL NOT NULL,
-    recorded REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cost_feedback (
+    model TEXT NOT NULL, variant TEXT NOT NULL, prefill_estimate REAL NOT NULL, decode_estimate REAL NOT NULL,
+    actual REAL NOT NULL, recorded REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS hardware (fingerprint TEXT PRIMARY KEY, profile TEXT NOT NULL, measured REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS kernel_costs (
     op_signature TEXT NOT NULL, implementation TEXT NOT NULL, target TEXT NOT NULL,
@@ -203,16 +203,20 @@ class Catalog:
         return [(n, bool(c), k) for n, c, k in rows]
 
     # -- estimate-vs-actual feedback, used to correct the roofline for this machine ------
-    def record_feedback(self, model: str, variant: str, estimated: float, actual: float) -> None:
-        if estimated <= 0 or actual <= 0:
+    def record_feedback(self, model: str, variant: str, prefill_estimate: float, decode_estimate: float,
+                        actual: float) -> None:
+        """One model-call operator's uncorrected roofline estimate (per phase) beside its measured seconds."""
+        if prefill_estimate + decode_estimate <= 0 or actual <= 0:
             return
         with self._transaction() as db:
-            db.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)", (model.lower(), variant, estimated, actual, time.time()))
+            db.execute("INSERT INTO cost_feedback VALUES (?, ?, ?, ?, ?, ?)",
+                       (model.lower(), variant, prefill_estimate, decode_estimate, actual, time.time()))
 
-    def feedback_ratios(self, model: str, variant: str, last: int = 20) -> list[float]:
-        rows = self._query("SELECT actual / estimated FROM feedback WHERE model = ? AND variant = ?"
-                           " ORDER BY recorded DESC LIMIT ?", (model.lower(), variant, last))
-        return [r[0] for r in rows]
+    def feedback(self, model: str, variant: str, last: int = 20) -> list[tuple[float, float, float]]:
+        """The latest (prefill estimate, decode estimate, actual seconds) observations."""
+        rows = self._query("SELECT prefill_estimate, decode_estimate, actual FROM cost_feedback"
+                           " WHERE model = ? AND variant = ? ORDER BY recorded DESC LIMIT ?", (model.lower(), variant, last))
+        return [tuple(r) for r in rows]
 
     # -- hardware profile ----------------------------------------------------------------
     def hardware_profile(self, fingerprint: str) -> dict | None:

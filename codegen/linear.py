@@ -1,9 +1,10 @@
 """TVM-backed implementations of operators.linear.Linear.
 
-`TvmQuantizedLinear` keeps GGUF blocks as they are in memory. Up to `gemv_max_tokens`
-rows it runs the fused dequantize-GEMV kernel; above that it dequantizes the blocks
-once per call into a scratch matrix shared by every layer of the same shape and runs
-torch's GEMM (fp32, or bf16 through AMX when `prefill_dtype='bf16'`).
+`TvmQuantizedLinear` keeps the weight quantized: its GGUF blocks are repacked once into
+codegen.packed's row-tile layout (same bytes). Up to `gemv_max_tokens` rows it runs the
+fused dequantize-GEMV kernel; above that it dequantizes once per call into a scratch
+W^T shared by every layer of the same shape and runs torch's GEMM (fp32, or bf16
+through AMX when `prefill_dtype='bf16'`).
 `TvmDenseLinear` runs the fp32 GEMV kernel for small batches and torch's GEMM above.
 Either way one token's result does not depend on the batch it came in, as long as
 the batch stays on the same side of the threshold.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
+from codegen.packed import pack
 
 DEFAULT_GEMV_MAX_TOKENS = 4
 _scratch: dict[tuple[int, int], torch.Tensor] = {}
@@ -35,32 +37,31 @@ class TvmQuantizedLinear:
                  gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS, prefill_dtype: str = "fp32"):
         if prefill_dtype not in ("fp32", "bf16"):
             raise ValueError(f"prefill_dtype must be 'fp32' or 'bf16', got {prefill_dtype!r}")
-        self.weight = weight
-        self.blocks = weight.blocks.contiguous()
+        self.packed = pack(weight)
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         self.weight_format = weight.qtype
         self.gemv_max_tokens = gemv_max_tokens
         self.prefill_dtype = prefill_dtype
         shape = {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols}
-        self._gemv = get_kernel("quant_matmul", shape)
-        self._dequantize = get_kernel("dequantize", shape)
+        self._gemv = get_kernel("quant_matmul", shape).fn
+        self._dequantize = get_kernel("dequantize", shape).fn
 
-    def dequantized(self) -> torch.Tensor:
-        """fp32 [N, K] in the shared scratch buffer (valid until the next call for this shape)."""
-        dense = _scratch_matrix(self.out_features, self.in_features)  # [N, K]
-        self._dequantize(self.blocks, dense.view(self.out_features, -1, 2, 16))
-        return dense
+    def dequantized_t(self) -> torch.Tensor:
+        """fp32 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
+        dense_t = _scratch_matrix(self.in_features, self.out_features)  # [K, N]
+        self._dequantize(*self.packed.tensors, dense_t)
+        return dense_t
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         if x.shape[0] <= self.gemv_max_tokens:
             out = torch.empty(x.shape[0], self.out_features)  # [T, N]
-            self._gemv(x, self.blocks, out)
+            self._gemv(x, *self.packed.tensors, out)
         elif self.prefill_dtype == "bf16":
-            out = F.linear(x.to(torch.bfloat16), self.dequantized().to(torch.bfloat16)).float()
+            out = torch.matmul(x.to(torch.bfloat16), self.dequantized_t().to(torch.bfloat16)).float()
         else:
-            out = F.linear(x, self.dequantized())  # [T, N]
+            out = torch.matmul(x, self.dequantized_t())  # [T, N]
         return out if self.bias is None else out + self.bias
 
 
@@ -74,7 +75,7 @@ class TvmDenseLinear:
         self.bias = bias
         self.out_features, self.in_features = self.weight.shape
         self.gemv_max_tokens = gemv_max_tokens
-        self._gemv = get_kernel("dense_matmul", {"n": self.out_features, "k": self.in_features})
+        self._gemv = get_kernel("dense_matmul", {"n": self.out_features, "k": self.in_features}).fn
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

@@ -5,17 +5,26 @@ compiles (or loads) its kernel for the model's static sizes on first use per siz
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from catalog.model_config import ModelConfig
 from codegen.build import get_kernel
 
 
+# get_kernel's lookup (parameter dict, frozen key, lock) costs ~6 µs, more than a decode-size
+# kernel; these run ~150 times per token, so each remembers its kernels by plain tuples.
+@lru_cache(maxsize=None)
+def _kernel(name: str, *params: tuple[str, object]):
+    return get_kernel(name, dict(params)).fn
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [T, H] fp32, weight [H] -> [T, H]."""
     x = x.contiguous()
     out = torch.empty_like(x)
-    get_kernel("rms_norm", {"hidden": x.shape[1], "eps": float(eps)})(x, weight, out)
+    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)))(x, weight, out)
     return out
 
 
@@ -24,7 +33,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
         x = x.contiguous()
     out = torch.empty(x.shape)
-    get_kernel("rope", {"heads": x.shape[1], "head_dim": x.shape[2]})(x, cos.contiguous(), sin.contiguous(), out)
+    _kernel("rope", ("heads", x.shape[1]), ("head_dim", x.shape[2]))(x, cos.contiguous(), sin.contiguous(), out)
     return out
 
 
@@ -33,7 +42,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     gate = gate if gate.stride(1) == 1 else gate.contiguous()
     up = up if up.stride(1) == 1 else up.contiguous()
     out = torch.empty(gate.shape)
-    get_kernel("silu_mul", {"ffn": gate.shape[1]})(gate, up, out)
+    _kernel("silu_mul", ("ffn", gate.shape[1]))(gate, up, out)
     return out
 
 
@@ -46,8 +55,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     context_lens [B] int32 (cached tokens of b, its new ones included). Returns [T, Hq, D].
     """
     out = torch.empty_like(q)
-    kernel = get_kernel("paged_attention", {"num_q_heads": q.shape[1], "num_kv_heads": k_cache.shape[2],
-                                            "head_dim": q.shape[2], "block_size": k_cache.shape[1]})
+    kernel = _kernel("paged_attention", ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[2]),
+                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[1]))
     kernel(q.contiguous(), k_cache, v_cache, block_tables, query_start, context_lens, out)
     return out
 

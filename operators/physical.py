@@ -23,6 +23,8 @@ class Estimate:
     output_tokens: float = 0.0
     kv_bytes: float = 0.0  # peak KV memory
     llm_calls: float = 0.0  # sequences the engine runs
+    prefill_seconds: float = 0.0  # of `seconds`, prompt processing (model calls only)
+    decode_seconds: float = 0.0  # of `seconds`, token generation (model calls only)
 
 
 @dataclass(frozen=True)

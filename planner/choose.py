@@ -16,9 +16,10 @@ from planner.cost import LLMCost, LLMWorkload, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # when the budget is auto: what the engine may take on a shared box
-BATCH_SIZES = (1, 4, 8, 16, 32, 64, 128, 256)
-CHUNK_SIZES = (128, 256, 512, 1024, 2048)
-BLOCK_SIZES = (8, 16, 32, 64)
+# candidates in tie-break order: on equal cost the first wins (more parallelism, the engine's defaults)
+BATCH_SIZES = (256, 128, 64, 32, 16, 8, 4, 1)
+CHUNK_SIZES = (512, 1024, 256, 2048, 128)
+BLOCK_SIZES = (16, 32, 8, 64)
 LABEL_TOKENS = 2  # a label's tokens plus the end-of-turn token, when the tokenizer is not at hand
 
 
@@ -76,9 +77,14 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
     )
 
 
-def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> float:
-    """Learned actual/estimated ratio for this model and weight path on this machine (1 without history)."""
-    return ctx.feedback.get((model, f"{knobs.weight_format}/{knobs.kernels}"), 1.0)
+def variant(knobs: EngineKnobs) -> str:
+    """What the learned correction is keyed by: the weight path, which sets the real step cost."""
+    return f"{knobs.weight_format}/{knobs.kernels}"
+
+
+def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> tuple[float, float]:
+    """Learned (prefill, decode) factors for this model and weight path on this machine ((1, 1) without history)."""
+    return ctx.feedback.get((model, variant(knobs)), (1.0, 1.0))
 
 
 def cost_of(w: LLMWorkload, knobs: EngineKnobs, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
@@ -106,14 +112,17 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     s = ctx.settings
 
     forced = not (s.is_auto("weight_format") and s.is_auto("kernels"))
-    formats = [knobs.weight_format] if not s.is_auto("weight_format") else list(facts.weight_formats)
+    # auto never loses precision against the model file: bf16 rounds the weights, so only a SET picks it
+    lossless = [f for f in facts.weight_formats if f != "bf16"]
+    formats = [knobs.weight_format] if not s.is_auto("weight_format") else lossless
     kernels = [knobs.kernels] if not s.is_auto("kernels") else list(ctx.kernels)
     combos = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k)) for f in formats for k in kernels]
     if forced:
         everything = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k))
                       for f in facts.weight_formats for k in ctx.kernels]
         combos = combos[:1] + [c for c in everything if c[0] != combos[0][0]]
-    c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced)
+    c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced,
+                     None if forced else (lambda chosen, other: "bf16 is considered only when SET (it rounds weights)"))
     choices.append(c)
 
     capacity_tokens = knobs.kv_cache_memory / facts.config.kv_bytes_per_token

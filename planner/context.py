@@ -37,7 +37,8 @@ class OptimizerContext:
     statistics: Statistics
     models: MappingProxyType  # model name -> ModelFacts
     kernels: tuple[str, ...] = ("torch",)  # kernel implementations available on this target
-    feedback: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # (model, variant) -> actual/est
+    # (model, weight path) -> learned (prefill, decode) correction factors, see planner/calibration.py
+    feedback: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def model(self, name: str) -> ModelFacts:
         return self.models[name]

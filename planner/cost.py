@@ -65,7 +65,8 @@ def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
 
 
 def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw: HardwareProfile,
-             correction: float = 1.0) -> LLMCost:
+             correction: tuple[float, float] = (1.0, 1.0)) -> LLMCost:
+    """correction: learned (prefill, decode) factors of this machine (planner/calibration.py)."""
     kv_per_token = config.kv_bytes_per_token
     params = config.num_parameters + (config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0)
     flops_per_token = config.flops_per_token
@@ -98,8 +99,9 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
                       (step_bytes + batch * ctx * kv_per_token) / hw.copy_bandwidth) + overhead
     decode_s = steps_decode * decode_step
     kv_bytes = min(knobs.kv_cache_memory, batch * seq_tokens * kv_per_token + w.static_prefix_tokens * kv_per_token)
-    return LLMCost(seconds=(prefill_s + decode_s) * correction, prefill_seconds=prefill_s * correction,
-                   decode_seconds=decode_s * correction, computed_prompt_tokens=prefill_tokens,
+    prefill_s, decode_s = prefill_s * correction[0], decode_s * correction[1]
+    return LLMCost(seconds=prefill_s + decode_s, prefill_seconds=prefill_s,
+                   decode_seconds=decode_s, computed_prompt_tokens=prefill_tokens,
                    kv_bytes=kv_bytes, batch=batch)
 
 

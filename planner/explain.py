@@ -54,8 +54,9 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
             d["actual"].update(llm_calls=o.num_requests, distinct_inputs=a.distinct_inputs,
                                prompt_tokens=o.num_prompt_tokens, computed_prompt_tokens=o.num_computed_prompt_tokens,
                                cached_prompt_tokens=o.num_cached_prompt_tokens, output_tokens=o.num_generated_tokens,
-                               prefix_cache_hit_rate=hit, engine_seconds=o.seconds)
-            d["q_error"].update(seconds=q_error(e.seconds, a.seconds), prompt_tokens=q_error(e.prompt_tokens, o.num_prompt_tokens),
+                               prefix_cache_hit_rate=hit, engine_seconds=o.seconds, load_seconds=o.load_seconds)
+            # the estimate prices the engine's work; loading weights happens once per connection
+            d["q_error"].update(seconds=q_error(e.seconds, o.seconds), prompt_tokens=q_error(e.prompt_tokens, o.num_prompt_tokens),
                                 output_tokens=q_error(e.output_tokens, o.num_generated_tokens))
     d["children"] = [node_dict(plan, c, actuals) for c in plan.inputs(node)]
     return d
@@ -77,7 +78,8 @@ def _text_node(d: dict, depth: int, lines: list[str]) -> None:
         a = d["actual"]
         head += f"  (actual rows={a['rows']:,} time={a['seconds']:.3f}s"
         if "llm_calls" in a:
-            head += (f" llm_calls={a['llm_calls']:,} prompt_tokens={a['prompt_tokens']:,}"
+            head += (f" engine={a['engine_seconds']:.3f}s load={a['load_seconds']:.1f}s"
+                     f" llm_calls={a['llm_calls']:,} prompt_tokens={a['prompt_tokens']:,}"
                      f" computed={a['computed_prompt_tokens']:,} output_tokens={a['output_tokens']:,}"
                      f" prefix_cache_hit={a['prefix_cache_hit_rate']:.0%}")
         head += ")"
@@ -104,8 +106,10 @@ def plan_dict(physical, actuals: dict | None = None, total_seconds: float | None
     d = {"output_columns": list(physical.output_names), "estimated_seconds": physical.estimated_seconds,
          "plan": node_dict(plan, plan.root, actuals)}
     if actuals is not None and total_seconds is not None:
+        load = sum(a.llm.load_seconds for a in actuals.values() if a.llm is not None)
         d["actual_seconds"] = total_seconds
-        d["q_error_total_seconds"] = q_error(physical.estimated_seconds, total_seconds)
+        d["model_load_seconds"] = load
+        d["q_error_total_seconds"] = q_error(physical.estimated_seconds, total_seconds - load)
     if verbose:
         d["rules"] = [{"rule": r.name, "status": r.status, "seconds": r.seconds} for r in physical.rules]
     return d
@@ -117,7 +121,8 @@ def render_text(physical, actuals: dict | None = None, total_seconds: float | No
     _text_node(d["plan"], 0, lines)
     lines.append(f"Estimated total: {d['estimated_seconds']:.2f}s")
     if "actual_seconds" in d:
-        lines.append(f"Actual total: {d['actual_seconds']:.2f}s (q-error {_fmt_q(d['q_error_total_seconds'])})")
+        lines.append(f"Actual total: {d['actual_seconds']:.2f}s, of which model loading {d['model_load_seconds']:.1f}s "
+                     f"(q-error without loading: {_fmt_q(d['q_error_total_seconds'])})")
     if verbose:
         lines.append("Rules:")
         lines += [f"  {r['rule']}: {r['status']} ({r['seconds'] * 1000:.1f} ms)" for r in d["rules"]]

@@ -166,11 +166,20 @@ class Engine:
     def generate(self, requests: list[GenerationRequest | ScoreRequest],
                  on_progress: Callable[[int, int], None] | None = None) -> list[GenerationResult | ScoreResult]:
         """Run the requests to completion in one continuous batch; results in request order."""
-        handles = [self.submit(r) for r in requests]
+        handles = []
+        try:
+            for r in requests:
+                handles.append(self.submit(r))
+        except Exception:
+            for h in handles:  # all or nothing: no orphan requests left queued
+                self.cancel(h.request_id)
+            raise
         num_done = sum(h.finished for h in handles)
         while num_done < len(handles):
-            if not self.step() and not self.scheduler.running and self.scheduler.waiting:
-                raise RuntimeError("the scheduler made no progress with requests waiting")
+            steps = self._counters["num_steps"]
+            self.step()
+            if self._counters["num_steps"] == steps:
+                raise RuntimeError("the scheduler scheduled nothing while requests are unfinished")
             done = sum(h.finished for h in handles)
             if on_progress and done != num_done:
                 on_progress(done, len(handles))
@@ -191,9 +200,11 @@ class Engine:
         events = []
         if to_sample:
             seqs = [seq for seq, _, _ in to_sample]
-            rows = logits[[c for _, _, c in to_sample]]  # [B, V]
+            rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             tokens = sample(rows, [s.request.sampling for s in seqs], [s.generator for s in seqs])
             for seq, token in zip(seqs, tokens):
+                if seq.is_finished:  # cancelled by a callback earlier in this loop
+                    continue
                 event = TokenEvent(seq.request_id, token, seq.append_token(token, self.tokenizer.eos_token_ids),
                                    seq.finish_reason)
                 self._counters["num_generated_tokens"] += 1

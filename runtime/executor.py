@@ -80,9 +80,9 @@ class Executor:
         for i, key in enumerate(keys):
             name = f"__sort_{i}"
             columns[name] = evaluate(key.expr, table)
-            order.append((name, "descending" if key.descending else "ascending"))
-        placement = "at_start" if keys and keys[0].nulls_first else "at_end"
-        return pc.sort_indices(pa.table(columns), sort_keys=order, null_placement=placement)
+            order.append((name, "descending" if key.descending else "ascending",
+                          "at_start" if key.nulls_first else "at_end"))
+        return pc.sort_indices(pa.table(columns), sort_keys=order)
 
     def _Sort(self, op: P.Sort, inputs, record) -> pa.Table:
         return inputs[0].take(self._sorted_indices(inputs[0], op.keys))
@@ -137,8 +137,7 @@ class Executor:
         texts = evaluate(expr, table)
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
             texts = pc.cast(texts, pa.string())
-        valid = pc.is_valid(texts)
-        rows = pc.indices_nonzero(valid)  # NULL text gives NULL, and costs no model call
+        valid = pc.is_valid(texts)  # NULL text gives NULL, and costs no model call
         present = texts.filter(valid)
         if options.dedup:
             distinct = pc.unique(present)
@@ -148,11 +147,10 @@ class Executor:
         submit = pc.sort_indices(distinct) if options.order == "prefix" else pa.array(range(len(distinct)), pa.int64())
         ordered = distinct.take(submit).to_pylist()
         outcome = run(ordered) if ordered else LLMOutcome(values=[])
-        answers_in_distinct_order = pa.array([None] * len(distinct), pa.string()) if not ordered else \
-            pa.array(outcome.values, pa.string()).take(pc.sort_indices(submit))  # undo the submission order
-        per_row = answers_in_distinct_order.take(slot)
-        column = pa.array([None] * table.num_rows, pa.string())
-        if len(rows):
-            column = pc.replace_with_mask(column, valid, per_row) if len(rows) else column
         record.llm, record.distinct_inputs = outcome, len(distinct)
+        column = pa.nulls(table.num_rows, pa.string())
+        if ordered:
+            # outcome i answers distinct[submit[i]]: the inverse permutation puts answers in distinct order
+            answers = pa.array(outcome.values, pa.string()).take(pc.sort_indices(submit))
+            column = pc.replace_with_mask(column, valid, answers.take(slot))
         return table.append_column(output, column)

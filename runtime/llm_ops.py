@@ -31,7 +31,8 @@ class LLMOutcome:
     num_cached_prompt_tokens: int = 0
     num_computed_prompt_tokens: int = 0
     num_generated_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # in the engine
+    load_seconds: float = 0.0  # loading weights and building the engine (once per connection and knobs)
 
 
 def classify_prompt(tokenizer, instruction: str, text: str) -> list[int]:
@@ -78,13 +79,16 @@ class LLMService:
 
     def generate(self, model: str, knobs: EngineKnobs, prompts: list[str], sampling: SamplingParams, chat: bool,
                  on_progress: Progress | None = None) -> LLMOutcome:
+        t_load = time.perf_counter()
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
         requests = [GenerationRequest(tuple(encode(p)), sampling) for p in prompts]
+        t_load = time.perf_counter()
         engine = self.engine(model, knobs)
         before, t0 = engine.stats, time.perf_counter()
         results = engine.generate(requests, on_progress=self._progress(engine, before, on_progress))
         outcome = self._outcome(engine, before, time.perf_counter() - t0, len(requests))
+        outcome.load_seconds = t0 - t_load
         outcome.values = [r.text for r in results]
         outcome.output_tokens = [len(r.output_token_ids) for r in results]
         outcome.censored = [r.finish_reason == "length" for r in results]
@@ -92,6 +96,7 @@ class LLMService:
 
     def classify(self, model: str, knobs: EngineKnobs, texts: list[str], labels: tuple[str, ...], instruction: str,
                  on_progress: Progress | None = None) -> LLMOutcome:
+        t_load = time.perf_counter()
         tokenizer = self._load_model(model).tokenizer
         continuations = label_continuations(tokenizer, labels)
         requests = []
@@ -104,6 +109,7 @@ class LLMService:
         progress = self._progress(engine, before, on_progress, per_row)
         results = engine.generate(requests, on_progress=progress)
         outcome = self._outcome(engine, before, time.perf_counter() - t0, len(requests))
+        outcome.load_seconds = t0 - t_load
         values = []
         for i in range(len(texts)):
             scores = [r.logprob for r in results[i * per_row:(i + 1) * per_row]]

@@ -68,7 +68,8 @@ class Scheduler:
             copies += reserved
             rows.append(self._row(seq, fit))
             budget -= fit
-        self._admit(rows, copies, budget)
+        if not (preempted and rows):  # under memory pressure, admitting now would only preempt again
+            self._admit(rows, copies, budget)
         return ScheduledBatch(tuple(rows), tuple(copies), tuple(p.seq_id for p in preempted))
 
     def _admit(self, rows: list[BatchRow], copies: list, budget: int) -> None:

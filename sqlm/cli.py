@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
         with connect(args.home) as con:
             args.run(args, con)
+    except BrokenPipeError:  # `sqlm query ... | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except errors as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,6 @@ A query runs as: parse -> bind -> optimize -> lower -> execute -> record statist
 from __future__ import annotations
 
 import os
-import statistics as pystats
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -15,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from catalog.errors import ModelError
 from catalog.hardware import hardware_profile
 from catalog.model_catalog import create_model, ensure_model, load_entry
 from catalog.settings import Settings
@@ -23,6 +23,8 @@ from catalog.store import Catalog
 from operators import logical as L
 from operators import physical as P
 from planner import plan_query
+from planner.calibration import fit_phase_factors
+from planner.choose import variant
 from planner.context import ModelFacts, OptimizerContext
 from planner.errors import SqlError, error_at
 from planner.explain import render_json, render_text
@@ -140,10 +142,9 @@ class Connection:
         for name in view.models:
             for fmt in ("fp32", "bf16", "native"):
                 for kernels in ("torch", "tvm"):
-                    variant = f"{fmt}/{kernels}"
-                    ratios = self.catalog.feedback_ratios(name, variant)
-                    if ratios:
-                        feedback[(name, variant)] = pystats.median(ratios)
+                    observations = self.catalog.feedback(name, f"{fmt}/{kernels}")
+                    if observations:
+                        feedback[(name, f"{fmt}/{kernels}")] = fit_phase_factors(observations)
         return OptimizerContext(self.settings, hardware_profile(self.catalog), Statistics(self.catalog),
                                 MappingProxyType(dict(view.models)), kernels=("torch",),
                                 feedback=MappingProxyType(feedback))
@@ -178,11 +179,12 @@ class Connection:
             if isinstance(op, P.BatchedGenerate):
                 self.catalog.record_output_lengths(op.model, op.template,
                                                    list(zip(actual.llm.output_tokens, actual.llm.censored)))
-            variant = f"{op.knobs.weight_format}/{op.knobs.kernels}"
-            raw_estimate = op.estimate.seconds / ctx.feedback.get((op.model, variant), 1.0)
-            # learn only from this query's own work: estimates for rows that were never run teach nothing
+            key = variant(op.knobs)
+            a, b = ctx.feedback.get((op.model, key), (1.0, 1.0))
+            # learn only when the plan's row estimate was right: otherwise the error is cardinality, not speed
             if abs(op.estimate.llm_calls - actual.llm.num_requests) <= 0.5 * max(1.0, actual.llm.num_requests):
-                self.catalog.record_feedback(op.model, variant, raw_estimate, actual.llm.seconds)
+                self.catalog.record_feedback(op.model, key, op.estimate.prefill_seconds / a,
+                                             op.estimate.decode_seconds / b, actual.llm.seconds)
 
     def _explain(self, stmt: Explain, sql: str) -> str:
         render = render_json if stmt.args.get("format") == "JSON" else render_text
@@ -200,7 +202,7 @@ class Connection:
             raise error_at("Binder error", f"unknown CREATE MODEL option {sorted(unknown)[0]!r}", stmt, sql)
         try:
             entry = create_model(self.catalog, stmt.this.name, stmt.args["path"].this, bool(stmt.args.get("replace")))
-        except (ValueError, OSError) as e:
+        except (ModelError, ValueError, OSError) as e:
             raise error_at("Catalog error", str(e), stmt.args["path"], sql) from None
         return Result(pa.table({}), f"created model {entry.name} ({entry.format}, {entry.meta['native_format']})")
 
@@ -255,7 +257,7 @@ class Connection:
                 if name == "disabled_rules":
                     check_rule_names(new.disabled_rules)
             except ValueError as e:
-                raise error_at("Setting error", str(e), eq.expression, sql) from None
+                raise error_at("Setting error", str(e), eq, sql) from None
             self.settings = new
             if item.args.get("kind") == "GLOBAL":
                 self.catalog.persist_setting(name, text)
@@ -299,21 +301,20 @@ class Connection:
         raise error_at("Syntax error", f"SHOW {what} is not supported (MODELS, TABLES, SETTINGS)", stmt, sql)
 
     def _describe(self, stmt: exp.Describe, sql: str) -> Result:
+        """DESCRIBE table (its columns), DESCRIBE model (its architecture), or DESCRIBE SELECT ... (result columns)."""
         target = stmt.this
-        if isinstance(target, exp.Table) and not isinstance(target.this, exp.Func):
+        if isinstance(target, exp.Query):
+            table, _, _ = self._execute(target.limit(0), sql)
+            schema = table.schema
+        else:
             source = _SessionCatalog(self).table(target.name)
             if source is None:
                 entry = self.catalog.get_model(target.name)
-                if entry is not None:
-                    return Result(pa.table({"property": list(entry.config) + ["path", "format"],
-                                            "value": [str(v) for v in entry.config.values()] + [entry.path, entry.format]}))
-                raise error_at("Binder error", f"unknown table or model {target.name!r}", target, sql)
+                if entry is None:
+                    raise error_at("Binder error", f"unknown table or model {target.name!r}", target, sql)
+                return Result(pa.table({"property": list(entry.config) + ["path", "format"],
+                                        "value": [str(v) for v in entry.config.values()] + [entry.path, entry.format]}))
             schema = source.schema
-        else:
-            physical, _ = self._plan(exp.select("*").from_(target) if not isinstance(target, exp.Query) else target, sql)
-            table, _, _ = self._execute(exp.select("*").from_(target).limit(0) if not isinstance(target, exp.Query)
-                                        else target.limit(0), sql)
-            schema = table.schema
         return Result(pa.table({"column": schema.names, "type": [str(t) for t in schema.types]}))
 
 

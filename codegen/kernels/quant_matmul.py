@@ -1,87 +1,171 @@
-"""Fused dequantize + matmul over GGUF blocks (Q4_1, Q4_0, Q8_0), weights never dequantized in memory.
+"""Fused dequantize + matmul over packed GGUF blocks (Q4_1, Q4_0, Q8_0), for decode batches.
 
-out[t, n] = sum_k x[t, k] * W[n, k], W given as its raw GGUF blocks uint8 [N, K/32 * bytes].
-Block b of row n covers k = 32b .. 32b+31; inside a 4-bit block, byte j holds element j
-in its low nibble and element j + 16 in its high nibble. Lane l (0..15) of the vector
-accumulator therefore pairs x[32b + l] with x[32b + 16 + l], and the block's scales
-factor out of the lane sums:
+out[t, n] = sum_k x[t, k] * W[n, k], W given in codegen.packed's layout: row tiles of 16
+rows, one vector lane per row, so a 16-byte load of `qs` holds quant j of 16 rows and
+the products are plain lane-wise FMAs against a broadcast x[t, k] (no horizontal sums).
+Per row tile, token and 32-weight block b (d, m: f16 scales of each lane's row):
 
-    Q4_1: d * (q_lo * x_lo + q_hi * x_hi) + m * (x_lo + x_hi)
-    Q4_0: d * ((q_lo - 8) * x_lo + (q_hi - 8) * x_hi)
-    Q8_0: d * (q_0 * x_lo + q_1 * x_hi)              (q int8, bytes 2..33)
+    part_lo += q_j * x[32b + j],  part_hi += q_{j+16} * x[32b + 16 + j]   (j = 0..15)
+    acc = fma(d, part_lo + part_hi, fma(m, sum(x[32b : 32b + 32]), acc))
 
-`x_lo + x_hi` is computed once per call (a tiny stage shared by every row). The tokens
-dimension T is dynamic; each token re-reads the (cache-resident) row tile, which is
-right for decode batches; large T goes through dequantize + a dense matmul instead.
+with q the raw nibble (Q4_1), nibble - 8 (Q4_0) or int8 (Q8_0; no m term). The block
+sums of x are computed once per call for Q4_1. Every token runs exactly this sequence
+whatever the batch, so a token's output does not depend on what it is batched with.
+
+Tokens (dynamic T) are processed 4 at a time, then one tile of the remaining 1-3: each
+unpacked quant vector is reused for every token of the tile. Parallel tasks are groups
+of 1-2 row tiles (2 when the tile count is even). Loops are written in the TIR below.
 """
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import f16_to_f32, rfactor_rows, symbolic
-from catalog.quant import BYTES_PER_BLOCK
+from codegen.kernels.common import loop_kinds
+
+LANES = 16  # rows per tile = codegen.packed.TILE_ROWS
+TOKEN_TILE = 4
 
 
-def make_quant_matmul(qtype: str, n: int, k: int):
-    from tvm import te, tirx
+def make_quant_matmul(qtype: str, n: int, k: int, gpu: bool = False):
+    from tvm.script import tirx as T
 
     if k % 32:
         raise ValueError(f"K={k} is not a multiple of the GGUF block size 32")
-    nbytes = BYTES_PER_BLOCK[qtype]
-    nb = k // 32
-    T = symbolic("T")
-    x = te.placeholder((T, k), "float32", name="x")
-    w = te.placeholder((n, nb * nbytes), "uint8", name="blocks")
-    b = te.reduce_axis((0, nb), "b")
-    lane = te.reduce_axis((0, 16), "lane")
+    if qtype not in ("Q4_1", "Q4_0", "Q8_0"):
+        raise ValueError(f"unsupported quantization type {qtype!r}")
+    OUTER, VEC = loop_kinds(gpu)
+    # CUDA codegen has no tirx.fma; nvcc contracts a * b + c by itself
+    FMA = (lambda a, b, c: a * b + c) if gpu else T.fma
+    SCOPE = "local" if gpu else "global"  # small 'global' buffers live on the CPU stack
+    NB = k // 32
+    TILES = -(-n // LANES)
+    G = 2 if TILES % 2 == 0 else 1
+    FOUR_BIT = qtype != "Q8_0"
+    HAS_MIN = qtype == "Q4_1"
+    BIAS = 8 if qtype == "Q4_0" else 0
+    J = 16 if FOUR_BIT else 32
+    QDT = "uint8" if FOUR_BIT else "int8"
 
-    def scale(row, blk, offset):
-        return f16_to_f32(w[row, blk * nbytes + offset], w[row, blk * nbytes + offset + 1])
+    @T.macro
+    def block_sum(x, t, b, dst, dst_index):
+        """sum(x[t, 32b : 32b + 32]) in a fixed pairwise order."""
+        pair = T.alloc_buffer((16,), "float32", scope=SCOPE)
+        for l in VEC(16):
+            pair[l] = x[t, b * 32 + l] + x[t, b * 32 + 16 + l]
+        for l in VEC(8):
+            pair[l] = pair[l] + pair[l + 8]
+        for l in VEC(4):
+            pair[l] = pair[l] + pair[l + 4]
+        for l in VEC(2):
+            pair[l] = pair[l] + pair[l + 2]
+        dst[dst_index] = pair[0] + pair[1]
 
-    def x_lo(t):
-        return x[t, b * 32 + lane]
+    @T.macro
+    def token_tile(x, qs, scales, mins, xsum, out, g, t0, TT):
+        acc = T.alloc_buffer((G, TT, LANES), "float32", scope=SCOPE)
+        for gi in T.unroll(G):
+            for t in T.unroll(TT):
+                for l in VEC(LANES):
+                    acc[gi, t, l] = T.float32(0)
+        for b in range(NB):
+            part = T.alloc_buffer((G, TT, 2, LANES), "float32", scope=SCOPE)
+            for gi in T.unroll(G):
+                for t in T.unroll(TT):
+                    for h in T.unroll(2):
+                        for l in VEC(LANES):
+                            part[gi, t, h, l] = T.float32(0)
+            for j in range(16):
+                for gi in T.unroll(G):
+                    w = T.alloc_buffer((2, LANES), "float32", scope=SCOPE)
+                    for l in VEC(LANES):
+                        if FOUR_BIT:
+                            # widen first: the masks then run on the 32-bit lanes
+                            w[0, l] = T.Cast("float32", (T.Cast("int32", qs[g * G + gi, b, j, l]) & 15) - BIAS)
+                            w[1, l] = T.Cast("float32", (T.Cast("int32", qs[g * G + gi, b, j, l]) >> 4) - BIAS)
+                        else:
+                            w[0, l] = T.Cast("float32", qs[g * G + gi, b, j, l])
+                            w[1, l] = T.Cast("float32", qs[g * G + gi, b, j + 16, l])
+                    for t in T.unroll(TT):
+                        for h in T.unroll(2):
+                            for l in VEC(LANES):
+                                part[gi, t, h, l] = FMA(w[h, l], x[t0 + t, b * 32 + h * 16 + j], part[gi, t, h, l])
+            xs = T.alloc_buffer((TT,), "float32", scope=SCOPE)
+            if HAS_MIN:
+                for t in T.unroll(TT):
+                    if gpu:
+                        block_sum(x, t0 + t, b, xs, t)
+                    else:
+                        xs[t] = xsum[t0 + t, b]
+            for gi in T.unroll(G):
+                for t in T.unroll(TT):
+                    for l in VEC(LANES):
+                        if HAS_MIN:
+                            acc[gi, t, l] = FMA(T.Cast("float32", scales[g * G + gi, b, l]),
+                                                  part[gi, t, 0, l] + part[gi, t, 1, l],
+                                                  FMA(T.Cast("float32", mins[g * G + gi, b, l]), xs[t], acc[gi, t, l]))
+                        else:
+                            acc[gi, t, l] = FMA(T.Cast("float32", scales[g * G + gi, b, l]),
+                                                  part[gi, t, 0, l] + part[gi, t, 1, l], acc[gi, t, l])
+        for gi in T.unroll(G):
+            for t in T.unroll(TT):
+                if n % LANES == 0:
+                    for l in VEC(LANES):
+                        out[t0 + t, (g * G + gi) * LANES + l] = acc[gi, t, l]
+                else:
+                    for l in range(LANES):
+                        if (g * G + gi) * LANES + l < n:
+                            out[t0 + t, (g * G + gi) * LANES + l] = acc[gi, t, l]
 
-    def x_hi(t):
-        return x[t, b * 32 + 16 + lane]
+    @T.macro
+    def all_tokens(x, qs, scales, mins, xsum, out, num_tokens):
+        for g in OUTER(TILES // G):
+            for i in range(num_tokens // TOKEN_TILE):
+                token_tile(x, qs, scales, mins, xsum, out, g, i * TOKEN_TILE, TOKEN_TILE)
+            if num_tokens % 4 == 3:
+                token_tile(x, qs, scales, mins, xsum, out, g, num_tokens - 3, 3)
+            elif num_tokens % 4 == 2:
+                token_tile(x, qs, scales, mins, xsum, out, g, num_tokens - 2, 2)
+            elif num_tokens % 4 == 1:
+                token_tile(x, qs, scales, mins, xsum, out, g, num_tokens - 1, 1)
 
-    if qtype == "Q8_0":
-        def body(t, row):
-            q0 = tirx.reinterpret("int8", w[row, b * nbytes + 2 + lane]).astype("float32")
-            q1 = tirx.reinterpret("int8", w[row, b * nbytes + 18 + lane]).astype("float32")
-            return te.sum(scale(row, b, 0) * (q0 * x_lo(t) + q1 * x_hi(t)), axis=[b, lane])
-        args = [x, w]
+    if HAS_MIN:
+        @T.prim_func
+        def quant_matmul(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            num_tokens = T.int64()
+            x = T.match_buffer(x_h, (num_tokens, k), "float32")
+            qs = T.match_buffer(qs_h, (TILES, NB, J, LANES), QDT)
+            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
+            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
+            out = T.match_buffer(out_h, (num_tokens, n), "float32")
+            if gpu:
+                all_tokens(x, qs, scales, mins, x, out, num_tokens)  # block sums formed per tile
+            else:
+                xsum = T.alloc_buffer((num_tokens, NB), "float32")
+                for t in range(num_tokens):
+                    for b in range(NB):
+                        block_sum(x, t, b, xsum, (t, b))
+                all_tokens(x, qs, scales, mins, xsum, out, num_tokens)
     else:
-        offset = 2 if qtype == "Q4_0" else 4
+        @T.prim_func
+        def quant_matmul(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            num_tokens = T.int64()
+            x = T.match_buffer(x_h, (num_tokens, k), "float32")
+            qs = T.match_buffer(qs_h, (TILES, NB, J, LANES), QDT)
+            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
+            out = T.match_buffer(out_h, (num_tokens, n), "float32")
+            all_tokens(x, qs, scales, scales, x, out, num_tokens)
 
-        def nibbles(row):
-            byte = w[row, b * nbytes + offset + lane]
-            lo = (byte & tirx.const(15, "uint8")).astype("float32")
-            hi = (byte >> tirx.const(4, "uint8")).astype("float32")
-            return lo, hi
-
-        if qtype == "Q4_0":
-            def body(t, row):
-                lo, hi = nibbles(row)
-                return te.sum(scale(row, b, 0) * ((lo - 8.0) * x_lo(t) + (hi - 8.0) * x_hi(t)), axis=[b, lane])
-        else:
-            x_pair = te.compute((T, nb, 16), lambda t, blk, l: x[t, blk * 32 + l] + x[t, blk * 32 + 16 + l],
-                                name="x_pair")
-
-            def body(t, row):
-                lo, hi = nibbles(row)
-                return te.sum(scale(row, b, 0) * (lo * x_lo(t) + hi * x_hi(t))
-                              + scale(row, b, 2) * x_pair[t, b, lane], axis=[b, lane])
-        args = [x, w]
-    out = te.compute((T, n), body, name="out")
-    return te.create_prim_func([*args, out])
+    return quant_matmul
 
 
 def quant_matmul_config(target, qtype: str, n: int, k: int) -> dict:
-    return {"rows": 4 if n % 4 == 0 else (2 if n % 2 == 0 else 1)}
+    return {}
 
 
 def schedule_quant_matmul(sch, cfg: dict) -> None:
-    rfactor_rows(sch, "out", cfg["rows"], 16)
+    """Loops are written in the TIR above."""
 
 
 SPEC = KernelSpec("quant_matmul", make_quant_matmul, quant_matmul_config, schedule_quant_matmul,
-                  args=("x", "blocks", "out"), source_file=__file__)
+                  args=("x", "qs", "scales", "mins (Q4_1 only)", "out"), source_file=__file__, scheduled=True)

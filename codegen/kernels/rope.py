@@ -5,8 +5,8 @@ stride = qkv width, head stride D), so the kernel reads it in place; cos/sin [T,
 and the output [T, H, D] are contiguous. For i < D/2:
     out[i]       = x[i] * cos[i] - x[i + D/2] * sin[i]
     out[i + D/2] = x[i + D/2] * cos[i + D/2] + x[i] * sin[i + D/2]
-Written as TIR loops (TE cannot declare a strided input): rows in parallel, the half
-dimension vectorized.
+Written as TIR loops (TE cannot declare a strided input): rows one after another (too
+little work to wake threads), the half dimension vectorized.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from codegen.kernels.common import loop_kinds
 def make_rope(heads: int, head_dim: int, gpu: bool = False):
     from tvm.script import tirx as T
 
-    OUTER, VEC = loop_kinds(gpu)
+    OUTER, VEC = loop_kinds(gpu, cpu_threads=False)
 
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even for rotate-half RoPE")

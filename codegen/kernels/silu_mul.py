@@ -13,7 +13,7 @@ from codegen.kernels.common import exp_f32, loop_kinds
 def make_silu_mul(ffn: int, lanes: int = 16, gpu: bool = False):
     from tvm.script import tirx as T
 
-    OUTER, VEC = loop_kinds(gpu)
+    OUTER, VEC = loop_kinds(gpu, cpu_threads=False)
 
     F = ffn
     CHUNKS, TAIL = divmod(F, lanes)

@@ -21,7 +21,7 @@ from planner.context import OptimizerContext
 from planner.estimate import column_stats, estimate_rows, prompt_profile
 from planner.graph import Plan
 
-REPEAT_THRESHOLD = 0.95  # below this distinct/rows ratio the hashing pays for itself many times over
+REPEAT_THRESHOLD = 1.0  # any expected repeat: hashing the prompts costs next to nothing beside one model call
 
 
 def prompt_dedup(plan: Plan, ctx: OptimizerContext) -> Plan:

@@ -129,30 +129,34 @@ class SqlmParser(DuckDBParser):
         return self.expression(exp.Property(this=exp.to_identifier(key.name.lower()), value=value))
 
     def _parse_llm_call(self, node: type[LLMCall]) -> LLMCall:
-        start = self._prev  # the '('; the function name is the token before it
-        args = self._parse_csv(self._parse_lambda)
-        positional = [a for a in args if not isinstance(a, exp.Kwarg)]
-        options = [a for a in args if isinstance(a, exp.Kwarg)]
+        start = self._prev  # the '('
+        args, tokens = [], []  # each argument and the token it starts at, for error positions
+        while self._curr and self._curr.token_type != TokenType.R_PAREN:
+            tokens.append(self._curr)
+            args.append(self._parse_lambda())
+            if not self._match(TokenType.COMMA):
+                break
         name = node.sql_name().lower()
         first_kw = next((i for i, a in enumerate(args) if isinstance(a, exp.Kwarg)), len(args))
-        if any(not isinstance(a, exp.Kwarg) for a in args[first_kw:]):
-            self.raise_error(f"{name}(): positional argument after a named one")
+        for i in range(first_kw, len(args)):
+            if not isinstance(args[i], exp.Kwarg):
+                self.raise_error(f"{name}(): positional argument after a named one", tokens[i])
+        positional, options = args[:first_kw], args[first_kw:]
         required = [k for k, required in node.arg_types.items() if required]
         if len(positional) != len(required):
             self.raise_error(f"{name}() takes {len(required)} positional arguments "
                              f"({', '.join(required)}), got {len(positional)}", start)
         seen = set()
-        for kw in options:
+        for kw, token in zip(options, tokens[first_kw:]):
             key = kw.this.name.lower()
             if key not in node.NAMED:
-                self.raise_error(f"{name}(): unknown argument {key!r}; expected one of {', '.join(node.NAMED)}")
+                self.raise_error(f"{name}(): unknown argument {key!r}; expected one of {', '.join(node.NAMED)}", token)
             if key in seen:
-                self.raise_error(f"{name}(): argument {key!r} given twice")
+                self.raise_error(f"{name}(): argument {key!r} given twice", token)
             seen.add(key)
         if not self._curr or self._curr.token_type != TokenType.R_PAREN:
             self.raise_error(f"expected ')' to close {name}()")
-        call = node(**dict(zip(required, positional)), options=options)
-        return self.expression(call)
+        return self.expression(node(**dict(zip(required, positional)), options=options))
 
 
 class SqlmGenerator(DuckDBGenerator):

@@ -34,6 +34,17 @@ def test_cuda_source_compiles_with_nvcc(name, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("name", ["quant_matmul", "dequantize"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+def test_other_quant_types_compile_with_nvcc(name, qtype, tmp_path):
+    source = cuda_source(name, {"qtype": qtype, "n": 40, "k": 64}, arch="sm_90")
+    (tmp_path / "kernel.cu").write_text(source)
+    result = subprocess.run(["nvcc", "-arch=sm_90", "-cubin", "-o", str(tmp_path / "kernel.cubin"),
+                             str(tmp_path / "kernel.cu")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_rms_norm_runs_on_gpu():
     from codegen.build import get_kernel

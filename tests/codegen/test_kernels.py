@@ -12,6 +12,7 @@ import torch
 
 from catalog.quant import quantize
 from codegen.build import get_kernel
+from codegen.packed import pack
 from operators import tensor_ops as ref
 
 
@@ -30,24 +31,49 @@ def seeded():
 
 
 MATMUL_SHAPES = [(64, 96, 1), (37, 160, 3), (96, 576, 5)]  # (N, K, T)
+# Token counts covering every tile path of quant_matmul (4-token tiles, then a 3/2/1 tail)
+# and row counts with an odd number of 16-row tiles or a partial last tile.
+GEMV_SHAPES = MATMUL_SHAPES + [(48, 64, 2), (16, 32, 4), (33, 64, 7), (80, 128, 9), (64, 64, 16)]
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0"])
-@pytest.mark.parametrize("n,k,tokens", MATMUL_SHAPES)
+@pytest.mark.parametrize("n,k,tokens", GEMV_SHAPES)
 def test_quant_matmul_matches_dequantized_reference(qtype, n, k, tokens):
     weight = quantize(qtype, torch.randn(n, k))
+    packed = pack(weight)
     x = torch.randn(tokens, k)
     out = poisoned(tokens, n)
-    get_kernel("quant_matmul", {"qtype": qtype, "n": n, "k": k})(x, weight.blocks, out)
+    get_kernel("quant_matmul", {"qtype": qtype, "n": n, "k": k})(x, *packed.tensors, out)
     assert_fp32_close(out, ref.linear(x, weight.dequantize()))
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_quant_matmul_token_does_not_depend_on_its_batch(qtype):
+    weight = quantize(qtype, torch.randn(64, 128))
+    packed = pack(weight)
+    kernel = get_kernel("quant_matmul", {"qtype": qtype, "n": 64, "k": 128})
+    x = torch.randn(11, 128)
+    together = poisoned(11, 64)
+    kernel(x, *packed.tensors, together)
+    for size in (1, 2, 3, 4, 7):
+        part = poisoned(size, 64)
+        kernel(x[-size:].contiguous(), *packed.tensors, part)
+        assert torch.equal(part, together[-size:])
+
+
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0"])
-def test_dequantize_is_exact(qtype):
-    weight = quantize(qtype, torch.randn(37, 96) * 3)
-    out = poisoned(37, 3, 2, 16)
-    get_kernel("dequantize", {"qtype": qtype, "n": 37, "k": 96})(weight.blocks, out)
-    assert torch.equal(out.view(37, 96), weight.dequantize())
+def test_packing_keeps_the_quantized_bytes(qtype):
+    weight = quantize(qtype, torch.randn(64, 96))
+    assert pack(weight).nbytes == weight.nbytes
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0", "Q8_0"])
+@pytest.mark.parametrize("n", [37, 64])
+def test_dequantize_is_exact(qtype, n):
+    weight = quantize(qtype, torch.randn(n, 96) * 3)
+    out = poisoned(96, n)
+    get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96})(*pack(weight).tensors, out)
+    assert torch.equal(out.T, weight.dequantize())
 
 
 @pytest.mark.parametrize("n,k,tokens", MATMUL_SHAPES + [(5, 161, 2), (33, 17, 4)])

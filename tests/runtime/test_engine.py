@@ -239,3 +239,15 @@ def test_smollm2_batched_greedy_equals_reference(smollm2, smollm2_fp32):
     engine = Engine(smollm2_fp32, tokenizer, EngineConfig(kv_cache_memory=64 << 20, prefill_chunk_tokens=48))
     assert_same_outputs(engine.generate(requests), reference(smollm2_fp32, tokenizer, requests))
     assert engine.stats.num_cached_prompt_tokens > 0  # the chat template's system prompt is shared
+
+
+def test_a_bad_request_in_a_batch_leaves_nothing_queued(tiny):
+    from runtime.errors import PromptTooLongError
+
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20))
+    good = GenerationRequest((3, 4, 5), SamplingParams(max_tokens=4))
+    too_long = GenerationRequest(tuple(range(3, 3 + model.config.max_position_embeddings)), SamplingParams(max_tokens=4))
+    with pytest.raises(PromptTooLongError):
+        engine.generate([good, too_long])
+    assert not engine.has_unfinished and engine.kv.pool.num_used == 0

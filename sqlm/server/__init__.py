@@ -1,0 +1,72 @@
+"""`sqlm serve`: an OpenAI-compatible HTTP server over one shared engine.
+
+    sqlm serve --host 127.0.0.1 --port 8000 --model smollm2
+
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (SSE with
+`stream: true`), POST /v1/sql, GET /health, GET /metrics (Prometheus).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sqlm.server.app import ServerSettings, create_app
+
+__all__ = ["create_app", "main", "ServerSettings"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sqlm serve", description="OpenAI-compatible HTTP server over sqlm's engine.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="smollm2", help="catalog model name or a path to a GGUF file / HF directory")
+    p.add_argument("--served-model-name", help="the model id clients use (default: --model)")
+    p.add_argument("--weight-format", choices=["fp32", "bf16", "native"],
+                   help="default: the catalog's weight_format setting ('auto' means fp32)")
+    p.add_argument("--kv-cache-memory", help="KV pool budget in bytes or as '2GB' (default: the catalog setting)")
+    p.add_argument("--max-batch-size", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the catalog's threads setting)")
+    p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def _settings(args):
+    """The catalog's settings, with the command line's knobs on top."""
+    from catalog.store import Catalog
+
+    catalog = Catalog(args.home)
+    try:
+        settings = catalog.settings()
+    finally:
+        catalog.close()
+    for name, value in (("kv_cache_memory", args.kv_cache_memory), ("max_batch_size", args.max_batch_size),
+                        ("threads", args.threads)):
+        if value is not None:
+            settings = settings.with_value(name, str(value))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    import uvicorn
+
+    from catalog.errors import ModelError
+    from catalog.settings import SettingError
+    from runtime.engine_config import EngineConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _settings(args)
+        if not settings.is_auto("threads"):
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        app = create_app(args.model, EngineConfig.from_settings(settings), args.served_model_name,
+                         ServerSettings(weight_format=args.weight_format, catalog_path=args.home))
+    except (ModelError, SettingError, ValueError, OSError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,140 @@
+"""The FastAPI app: one model, one shared engine on its own thread, OpenAI's endpoints, /v1/sql.
+
+    app = create_app("smollm2")            # loads the model, builds the engine
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from runtime.engine import Engine
+from runtime.engine_config import EngineConfig
+from sqlm.server import completions as C
+from sqlm.server import protocol as P
+from sqlm.server.engine_loop import EngineLoop
+from sqlm.server.errors import install_error_handlers
+from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
+from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
+
+ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sql", "/health", "/metrics"})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the served model runs; None fields come from the catalog's settings (`SET ...`)."""
+
+    weight_format: str | None = None  # 'fp32' | 'bf16' | 'native'
+    catalog_path: str | None = None
+
+
+def load_served_model(model_name: str, settings: ServerSettings):
+    """A catalog model name (built-in or CREATE MODEL) or a path; returns (LoadedModel, catalog Settings)."""
+    from catalog.model_catalog import ensure_model, load_entry
+    from catalog.registry import load_cached
+    from catalog.store import Catalog
+
+    catalog = Catalog(settings.catalog_path)
+    try:
+        if Path(model_name).expanduser().exists():
+            loaded = load_cached(Path(model_name).expanduser().resolve())
+        else:
+            loaded = load_entry(ensure_model(catalog, model_name))
+        return loaded, catalog.settings()
+    finally:
+        catalog.close()
+
+
+def weight_format_from(loaded, catalog_settings, requested: str | None) -> str:
+    """A forced format wins; 'auto' takes fp32 where the weights allow it (the planner's default too)."""
+    fmt = requested or (None if catalog_settings.is_auto("weight_format") else catalog_settings.weight_format)
+    if fmt is None:
+        fmt = "fp32" if "fp32" in loaded.weight_formats else loaded.weight_formats[0]
+    if fmt not in loaded.weight_formats:
+        have = ", ".join(loaded.weight_formats)
+        raise ValueError(f"weight format {fmt!r} is not available for this model (have: {have})")
+    return fmt
+
+
+def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
+               served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
+    """Loads the model and builds the engine now (errors surface before serving); the engine thread
+    starts with the app and stops with it."""
+    from operators.llama import build_model
+
+    loaded, catalog_settings = load_served_model(model_name, settings)
+    model = build_model(loaded, weight_format_from(loaded, catalog_settings, settings.weight_format))
+    engine = Engine(model, loaded.tokenizer, engine_config or EngineConfig.from_settings(catalog_settings))
+    context = loaded.config.max_position_embeddings
+    # The engine keeps one block of slack per sequence (copy-on-write of a fully cached prefix).
+    kv_tokens = (engine.kv.pool.num_blocks - 1) * engine.kv.block_size
+    served = C.ServedModel(served_name or model_name, loaded.tokenizer, context, loaded.config.vocab_size,
+                           min(context, kv_tokens))
+    engine_loop = EngineLoop(engine)
+    metrics = Metrics(served.name)
+    sql = SqlService(settings.catalog_path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine_loop.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            engine_loop.stop()
+            sql.close()
+
+    app = FastAPI(title="sqlm", lifespan=lifespan)
+    app.state.served, app.state.model, app.state.engine_loop, app.state.metrics = served, model, engine_loop, metrics
+    install_error_handlers(app)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
+
+    @app.get("/health")
+    async def health():
+        if not engine_loop.alive:
+            return JSONResponse({"status": "engine thread stopped"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(engine_loop.snapshot), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models() -> P.ModelList:
+        return P.ModelList(data=[P.ModelCard(id=served.name, created=served.created, max_model_len=served.context)])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: P.ChatCompletionRequest, request: Request):
+        C.check_model(served, body.model)
+        job = C.make_job(served, body, [C.chat_prompt(served, body)], "chatcmpl", "messages")
+        return await _respond(body, request, job, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: P.CompletionRequest, request: Request):
+        C.check_model(served, body.model)
+        job = C.make_job(served, body, C.completion_prompts(served, body), "cmpl", "prompt")
+        return await _respond(body, request, job, chat=False)
+
+    async def _respond(body, request: Request, job: C.Job, chat: bool):
+        if body.stream:
+            events = await C.stream_events(engine_loop, metrics, request, job, chat, body.include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response = await C.complete(engine_loop, metrics, request, job, chat)
+        if response is None:  # the client went away; nobody reads this
+            return Response(status_code=499)
+        return response
+
+    @app.post("/v1/sql")
+    async def run_sql(body: P.SqlRequest, request: Request):
+        table, message = await sql.execute(body.query)
+        if wants_arrow(request.headers.get("accept")):
+            return arrow_response(table)
+        return json_response(table, message)
+
+    return app

@@ -1,0 +1,333 @@
+"""OpenAI completion requests -> engine requests -> OpenAI responses (whole, or as SSE chunks).
+
+One HTTP request becomes one GenerationRequest per (prompt, choice); they join the shared
+engine's batch together and their tokens come back through one RequestStream.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import jinja2
+from fastapi import Request
+
+from runtime.engine import KVCacheTooSmallError
+from runtime.errors import PromptTooLongError
+from runtime.requests import GenerationRequest, GenerationResult, SamplingParams
+from runtime.tokenizer import ChatTemplateError
+from sqlm.server import protocol as P
+from sqlm.server.engine_loop import EngineFailure, EngineLoop, RequestStream, TokenOutput
+from sqlm.server.errors import APIError, bad_request, context_length_exceeded, model_not_found
+from sqlm.server.logprobs import TokenLogprobs
+from sqlm.server.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    tokenizer: object  # runtime.tokenizer.Tokenizer
+    context: int  # max_position_embeddings
+    vocab_size: int
+    max_sequence_tokens: int  # prompt + output one sequence can hold: the context, or less if the KV pool is smaller
+    created: int = field(default_factory=P.now)
+
+
+@dataclass
+class Job:
+    """One HTTP generation request on its way through the engine."""
+
+    id: str
+    served: ServedModel
+    prompts: list[list[int]]
+    requests: list[GenerationRequest]  # prompt i, choice j at index i * n + j
+    num_top_logprobs: int | None
+    stops: tuple[str, ...]
+    ignore_eos: bool
+    arrival: float
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+def check_model(served: ServedModel, name: str) -> None:
+    if name != served.name:
+        raise model_not_found(name)
+
+
+def chat_prompt(served: ServedModel, req: P.ChatCompletionRequest) -> list[int]:
+    try:
+        text = served.tokenizer.apply_chat_template(req.template_messages())
+    except (ChatTemplateError, jinja2.TemplateError) as e:
+        raise bad_request(f"messages cannot be rendered with the model's chat template: {e}", param="messages")
+    # The template writes the BOS itself where the model wants one.
+    return served.tokenizer.encode(text, add_special_tokens=False)
+
+
+def completion_prompts(served: ServedModel, req: P.CompletionRequest) -> list[list[int]]:
+    prompts = []
+    for p in req.prompts():
+        if isinstance(p, str):
+            prompts.append(served.tokenizer.encode(p))
+            continue
+        if any(not 0 <= t < served.vocab_size for t in p):
+            raise bad_request(f"prompt token ids must be in [0, {served.vocab_size})", param="prompt")
+        prompts.append(list(p))
+    return prompts
+
+
+def sampling_params(served: ServedModel, req, prompt_len: int, choice: int, param: str) -> SamplingParams:
+    """OpenAI's fields as the engine's SamplingParams; the context window is checked here, as OpenAI does."""
+    if prompt_len == 0:
+        raise bad_request("the prompt is empty: it must contain at least one token", param=param)
+    room = served.context - prompt_len
+    if room <= 0:
+        raise context_length_exceeded(
+            f"This model's maximum context length is {served.context} tokens. However, your prompt has "
+            f"{prompt_len} tokens, which leaves no room for a completion. Please shorten the prompt.", param)
+    max_tokens = req.max_new_tokens
+    if max_tokens is not None and max_tokens > room:
+        raise context_length_exceeded(
+            f"This model's maximum context length is {served.context} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
+            f"Please reduce the prompt or max_tokens.", "max_tokens")
+    if max_tokens is None:  # OpenAI's default: as long as the sequence can grow
+        max_tokens = max(1, served.max_sequence_tokens - prompt_len)
+    # Choices of one request must differ when sampling: each gets its own seed after the first.
+    seed = None if req.seed is None else req.seed + choice
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                              top_k=req.top_k, seed=seed, stop=req.stop_strings, ignore_eos=req.ignore_eos)
+    except ValueError as e:
+        raise bad_request(str(e))
+
+
+def make_job(served: ServedModel, req, prompts: list[list[int]], prefix: str, param: str) -> Job:
+    job_id = P.new_id(prefix)
+    requests = []
+    for i, prompt in enumerate(prompts):
+        for j in range(req.n):
+            sampling = sampling_params(served, req, len(prompt), j, param)
+            requests.append(GenerationRequest(tuple(prompt), sampling, request_id=f"{job_id}-{i}-{j}"))
+    return Job(job_id, served, prompts, requests, req.num_top_logprobs, req.stop_strings, req.ignore_eos,
+               time.perf_counter())
+
+
+async def submit(engine_loop: EngineLoop, job: Job) -> RequestStream:
+    try:
+        return await engine_loop.submit(job.requests, job.num_top_logprobs)
+    except (PromptTooLongError, KVCacheTooSmallError) as e:
+        raise context_length_exceeded(str(e), "max_tokens")
+    except EngineFailure as e:
+        raise APIError(503, str(e), type="server_error", code="engine_unavailable")
+    except ValueError as e:
+        raise bad_request(str(e))
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+class Choice:
+    """One choice's text as it streams: text that may be the start of a stop string is held back
+    until it is known not to be one, so the streamed text always equals the final text."""
+
+    def __init__(self, index: int, stops: tuple[str, ...]):
+        self.index = index
+        self.stops = stops
+        self.received = ""  # every delta the engine sent
+        self.emitted = ""
+        self.times: list[float] = []
+        self.logprobs: list[TokenLogprobs] = []
+        self.result: GenerationResult | None = None
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.result.finish_reason if self.result else None
+
+    def push(self, out: TokenOutput) -> str:
+        """Text that can be sent now."""
+        if out.token_id >= 0:
+            self.times.append(out.time)
+        if out.result is not None:
+            self.result = out.result
+            new = out.result.text[len(self.emitted):] if out.result.text.startswith(self.emitted) else ""
+            self.emitted = out.result.text
+            return new
+        self.received += out.text
+        ready = len(self.received) - self._held_back()
+        new = self.received[len(self.emitted):ready]
+        self.emitted += new
+        return new
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the received text that could begin a stop string."""
+        text = self.received
+        longest = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:k]):
+                    longest = k
+                    break
+        return longest
+
+
+def _visible_logprobs(job: Job, out: TokenOutput) -> TokenLogprobs | None:
+    """The EOS that ends a choice is not part of its content, so it has no entry."""
+    if out.logprobs is None or (out.token_id in job.served.tokenizer.eos_token_ids and not job.ignore_eos):
+        return None
+    return out.logprobs
+
+
+def _token_text(job: Job, token_id: int) -> str:
+    return job.served.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _chat_logprob(job: Job, lp: TokenLogprobs) -> P.TokenLogprob:
+    def top(token_id: int, logprob: float) -> P.TopLogprob:
+        text = _token_text(job, token_id)
+        return P.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+    chosen = top(lp.token_id, lp.logprob)
+    return P.TokenLogprob(**chosen.model_dump(), top_logprobs=[top(t, v) for t, v in lp.top])
+
+
+def _completion_logprobs(job: Job, entries: list[TokenLogprobs], offset: int) -> P.CompletionLogprobs:
+    tokens, offsets = [], []
+    for lp in entries:
+        tokens.append(_token_text(job, lp.token_id))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    tops = [{_token_text(job, t): v for t, v in lp.top} for lp in entries] if job.num_top_logprobs else None
+    return P.CompletionLogprobs(tokens=tokens, token_logprobs=[lp.logprob for lp in entries],
+                                top_logprobs=tops, text_offset=offsets)
+
+
+def _usage(job: Job, choices: list[Choice]) -> P.Usage:
+    prompt = sum(len(p) for p in job.prompts)
+    completion = sum(len(c.result.output_token_ids) if c.result else len(c.times) for c in choices)
+    cached = sum(c.result.num_cached_prompt_tokens for c in choices if c.result)
+    return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details={"cached_tokens": cached})
+
+
+def _observe(metrics: Metrics, job: Job, choices: list[Choice]) -> None:
+    metrics.observe_request(sum(len(p) for p in job.prompts), job.arrival,
+                            [(c.times, c.finish_reason or "cancelled") for c in choices])
+
+
+async def _watch_disconnect(request: Request, engine_loop: EngineLoop, stream: RequestStream) -> None:
+    """Returns when the client goes away; its requests leave the engine at once."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            engine_loop.cancel(stream)
+            stream.close()
+            return
+
+
+class _Watched:
+    """Runs the disconnect watcher for as long as a response is being produced."""
+
+    def __init__(self, request: Request, engine_loop: EngineLoop, stream: RequestStream):
+        self.args = (request, engine_loop, stream)
+        self.task: asyncio.Task | None = None
+
+    def __enter__(self):
+        self.task = asyncio.create_task(_watch_disconnect(*self.args))
+        return self
+
+    def __exit__(self, *exc):
+        self.task.cancel()
+        _, engine_loop, stream = self.args
+        if not stream.finished:
+            engine_loop.cancel(stream)
+
+
+async def complete(engine_loop: EngineLoop, metrics: Metrics, request: Request, job: Job, chat: bool):
+    """The whole response at once."""
+    stream = await submit(engine_loop, job)
+    choices = [Choice(i, job.stops) for i in range(len(job.requests))]
+    try:
+        with _Watched(request, engine_loop, stream):
+            async for out in stream:
+                choice = choices[out.index]
+                choice.push(out)
+                if (lp := _visible_logprobs(job, out)) is not None:
+                    choice.logprobs.append(lp)
+    except EngineFailure as e:
+        raise APIError(503, str(e), type="server_error", code="engine_unavailable")
+    finally:
+        _observe(metrics, job, choices)
+    if stream.disconnected:
+        return None
+    created = P.now()
+    if chat:
+        return P.ChatCompletion(
+            id=job.id, created=created, model=job.served.name, usage=_usage(job, choices),
+            choices=[P.ChatChoice(index=c.index, message=P.AssistantMessage(content=c.emitted),
+                                  finish_reason=c.finish_reason,
+                                  logprobs=(P.ChoiceLogprobs(content=[_chat_logprob(job, lp) for lp in c.logprobs])
+                                            if job.num_top_logprobs is not None else None))
+                     for c in choices])
+    return P.Completion(
+        id=job.id, created=created, model=job.served.name, usage=_usage(job, choices),
+        choices=[P.CompletionChoice(index=c.index, text=c.emitted, finish_reason=c.finish_reason,
+                                    logprobs=(_completion_logprobs(job, c.logprobs, 0)
+                                              if job.num_top_logprobs is not None else None))
+                 for c in choices])
+
+
+def _sse(payload) -> str:
+    body = payload.model_dump_json(exclude_none=True) if hasattr(payload, "model_dump_json") else json.dumps(payload)
+    return f"data: {body}\n\n"
+
+
+async def stream_events(engine_loop: EngineLoop, metrics: Metrics, request: Request, job: Job, chat: bool,
+                        include_usage: bool) -> AsyncIterator[str]:
+    """Submit first (so a bad request still gets a 4xx), then the SSE body as an async iterator."""
+    stream = await submit(engine_loop, job)
+    return _sse_body(engine_loop, metrics, request, job, chat, include_usage, stream)
+
+
+async def _sse_body(engine_loop, metrics, request, job: Job, chat: bool, include_usage: bool,
+                    stream: RequestStream) -> AsyncIterator[str]:
+    choices = [Choice(i, job.stops) for i in range(len(job.requests))]
+    created, name = P.now(), job.served.name
+    offsets = [0] * len(choices)  # completions' text_offset continues across chunks
+    with _Watched(request, engine_loop, stream):
+        if chat:
+            yield _sse(P.ChatCompletionChunk(id=job.id, created=created, model=name, choices=[
+                P.ChatChunkChoice(index=c.index, delta=P.ChatDelta(role="assistant", content="")) for c in choices]))
+        try:
+            async for out in stream:
+                choice = choices[out.index]
+                text = choice.push(out)
+                lp = _visible_logprobs(job, out)
+                if not text and lp is None and out.finish_reason is None:
+                    continue
+                if chat:
+                    logprobs = P.ChoiceLogprobs(content=[_chat_logprob(job, lp)]) if lp is not None else None
+                    chunk = P.ChatCompletionChunk(id=job.id, created=created, model=name, choices=[
+                        P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(content=text or None), logprobs=logprobs,
+                                          finish_reason=out.finish_reason)])
+                else:
+                    logprobs = None
+                    if lp is not None:
+                        logprobs = _completion_logprobs(job, [lp], offsets[out.index])
+                        offsets[out.index] += len(logprobs.tokens[0])
+                    chunk = P.Completion(id=job.id, created=created, model=name, choices=[
+                        P.CompletionChoice(index=out.index, text=text, logprobs=logprobs,
+                                           finish_reason=out.finish_reason)])
+                yield _sse(chunk)
+        except EngineFailure as e:
+            yield _sse(APIError(503, str(e), type="server_error").body())
+        finally:
+            _observe(metrics, job, choices)
+        if stream.disconnected:
+            return
+        if include_usage:
+            usage = _usage(job, choices)
+            cls = P.ChatCompletionChunk if chat else P.Completion
+            yield _sse(cls(id=job.id, created=created, model=name, choices=[], usage=usage))
+        yield "data: [DONE]\n\n"

@@ -1,0 +1,113 @@
+"""Prometheus metrics of the server, in one registry per app (so tests can run several apps).
+
+Request-level figures (counts, tokens, TTFT, TPOT, latency) are observed by the HTTP
+side when a request ends; engine-level ones (running/waiting requests, KV blocks,
+prefix-cache hits) are read from the engine thread's latest snapshot at scrape time.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sqlm.server.engine_loop import EngineSnapshot
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, model: str):
+        self.registry = r = CollectorRegistry()
+        self.model = model
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, ["model", *labels], registry=r)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ["model"], registry=r)
+
+        def histogram(name: str, doc: str, buckets) -> Histogram:
+            return Histogram(name, doc, ["model"], buckets=buckets, registry=r)
+
+        self.http_requests = Counter("sqlm_http_requests", "HTTP requests by endpoint and status code",
+                                     ["endpoint", "status"], registry=r)
+        self.finished = counter("sqlm_requests_finished", "Choices of generation requests that ended, by finish reason",
+                                "finish_reason")
+        self.prompt_tokens = counter("sqlm_prompt_tokens", "Prompt tokens of generation requests")
+        self.generation_tokens = counter("sqlm_generation_tokens", "Tokens generated")
+        self.ttft = histogram("sqlm_time_to_first_token_seconds", "Time from request arrival to its first token",
+                              _LATENCY_BUCKETS)
+        self.tpot = histogram("sqlm_time_per_output_token_seconds", "Mean time between a choice's output tokens",
+                              _TPOT_BUCKETS)
+        self.latency = histogram("sqlm_e2e_request_latency_seconds", "Time from request arrival to its last token",
+                                 _LATENCY_BUCKETS)
+        self.running = gauge("sqlm_num_requests_running", "Sequences in the engine's running batch")
+        self.waiting = gauge("sqlm_num_requests_waiting", "Sequences queued in the engine")
+        self.kv_used = gauge("sqlm_kv_blocks_used", "KV blocks in use (requests and prefix cache)")
+        self.kv_active = gauge("sqlm_kv_blocks_active", "KV blocks held by running or waiting requests")
+        self.kv_cached = gauge("sqlm_kv_blocks_cached", "KV blocks held only by the prefix cache (evictable)")
+        self.kv_total = gauge("sqlm_kv_blocks_total", "KV blocks in the pool")
+        self.kv_usage = gauge("sqlm_kv_cache_usage_ratio", "Fraction of KV blocks in use")
+        self.prefix_hit_rate = gauge("sqlm_prefix_cache_hit_rate",
+                                     "Prompt tokens served from the prefix cache / prompt tokens admitted")
+        self.cached_prompt_tokens = gauge("sqlm_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache")
+        self.preemptions = gauge("sqlm_num_preemptions", "Sequences preempted since start")
+        self.engine_steps = gauge("sqlm_engine_steps", "Engine steps since start")
+        self.step_failures = gauge("sqlm_engine_step_failures", "Engine steps that raised (their requests failed)")
+
+    def observe_request(self, num_prompt_tokens: int, arrival: float, choices: list[tuple[list[float], str]]) -> None:
+        """One generation request ended; per choice: its tokens' production times and its finish reason."""
+        m = self.model
+        self.prompt_tokens.labels(m).inc(num_prompt_tokens)
+        firsts, lasts = [], []
+        for times, reason in choices:
+            self.finished.labels(m, reason).inc()
+            self.generation_tokens.labels(m).inc(len(times))
+            if times:
+                firsts.append(times[0])
+                lasts.append(times[-1])
+            if len(times) > 1:
+                self.tpot.labels(m).observe((times[-1] - times[0]) / (len(times) - 1))
+        if firsts:
+            self.ttft.labels(m).observe(min(firsts) - arrival)
+            self.latency.labels(m).observe(max(lasts) - arrival)
+
+    def observe_engine(self, snap: EngineSnapshot) -> None:
+        m = self.model
+        self.running.labels(m).set(snap.num_running)
+        self.waiting.labels(m).set(snap.num_waiting)
+        self.kv_used.labels(m).set(snap.kv_blocks_used)
+        self.kv_active.labels(m).set(snap.kv_blocks_active)
+        self.kv_cached.labels(m).set(snap.kv_blocks_cached)
+        self.kv_total.labels(m).set(snap.kv_blocks_total)
+        self.kv_usage.labels(m).set(snap.kv_blocks_used / snap.kv_blocks_total if snap.kv_blocks_total else 0.0)
+        self.prefix_hit_rate.labels(m).set(snap.stats.prefix_cache_hit_rate)
+        self.cached_prompt_tokens.labels(m).set(snap.stats.num_cached_prompt_tokens)
+        self.preemptions.labels(m).set(snap.stats.preemptions)
+        self.engine_steps.labels(m).set(snap.stats.num_steps)
+        self.step_failures.labels(m).set(snap.num_step_failures)
+
+    def render(self, snap: EngineSnapshot) -> bytes:
+        self.observe_engine(snap)
+        return generate_latest(self.registry)
+
+
+class HTTPMetricsMiddleware:
+    """Counts every HTTP response by route and status code (pure ASGI: streaming passes straight through)."""
+
+    def __init__(self, app, metrics: Metrics, endpoints: frozenset[str]):
+        self.app, self.metrics, self.endpoints = app, metrics, endpoints
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_and_count(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            endpoint = scope["path"] if scope["path"] in self.endpoints else "other"  # bounded label values
+            self.metrics.http_requests.labels(endpoint, str(status["code"])).inc()

@@ -1,0 +1,83 @@
+"""POST /v1/sql: a statement in the CLI's dialect, the result as JSON rows or an Arrow IPC stream.
+
+Statements run one at a time on one worker thread that owns the server's Connection
+(a Connection is a session: SET and registered tables persist between statements,
+as in `sqlm shell`), so the event loop never waits on a query.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import json
+
+import pyarrow as pa
+from fastapi.responses import Response
+
+from sqlm.server.errors import APIError, bad_request
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from catalog.errors import ModelError
+    from catalog.settings import SettingError
+    from catalog.sources import SourceError
+    from planner.errors import SqlError
+    from runtime.errors import PromptTooLongError
+    from runtime.expressions import EvaluationError
+
+    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, EvaluationError, ValueError)
+
+
+class SqlService:
+    def __init__(self, catalog_path: str | None = None):
+        self.catalog_path = catalog_path
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-sql")
+        self._con = None
+
+    def _run(self, query: str):
+        if self._con is None:
+            import sqlm
+
+            self._con = sqlm.connect(self.catalog_path)
+        result = self._con.sql(query)
+        return result.arrow(), result.message
+
+    async def execute(self, query: str) -> tuple[pa.Table, str | None]:
+        try:
+            return await asyncio.wrap_future(self._worker.submit(self._run, query))
+        except _user_errors() as e:
+            raise bad_request(str(e), param="query", code="sql_error")
+        except OSError as e:
+            raise APIError(400, f"{type(e).__name__}: {e}", param="query", code="sql_error")
+
+    def close(self) -> None:
+        self._worker.submit(self._close).result()
+        self._worker.shutdown()
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def wants_arrow(accept: str | None) -> bool:
+    return ARROW_STREAM in (accept or "")
+
+
+def arrow_response(table: pa.Table) -> Response:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return Response(sink.getvalue(), media_type=ARROW_STREAM)
+
+
+def json_response(table: pa.Table, message: str | None) -> Response:
+    body = {
+        "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+        "rows": table.to_pylist(),
+        "num_rows": table.num_rows,
+        "message": message,
+    }
+    return Response(json.dumps(body, default=str, ensure_ascii=False), media_type="application/json")

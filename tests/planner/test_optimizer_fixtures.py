@@ -1,0 +1,82 @@
+"""Runs tests/planner/fixtures/optimizer.sql: each case plans a query against statistics (no data, no model)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from catalog.settings import Settings
+from operators import physical as P
+from stats_catalog import StatsCatalog, parse_table_spec, plan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "optimizer.sql"
+
+
+def load_cases() -> tuple[StatsCatalog, list[dict]]:
+    catalog = StatsCatalog()
+    text = FIXTURES.read_text()
+    for spec in re.findall(r"^-- table: (.+)$", text, flags=re.M):
+        name, rows, columns = parse_table_spec(spec)
+        catalog.add_table(name, rows, columns)
+    cases = []
+    for block in re.split(r"^-- case: ", text, flags=re.M)[1:]:
+        lines = block.splitlines()
+        case = {"name": lines[0].strip(), "sql": [], "plan": [], "set": {}, "expect": {}}
+        section = "sql"
+        for line in lines[1:]:
+            if line.startswith("-- plan:"):
+                section = "plan"
+            elif m := re.match(r"-- (set|fired|unchanged|choice|scan|rows): (.*)", line):
+                key, value = m.groups()
+                if key == "set":
+                    case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+                else:
+                    case["expect"][key] = value.strip()
+                section = "done" if section == "plan" else section
+            elif section == "sql" and line.strip():
+                case["sql"].append(line)
+            elif section == "plan" and line.strip():
+                case["plan"].append(line.rstrip())
+        cases.append(case)
+    return catalog, cases
+
+
+CATALOG, CASES = load_cases()
+
+
+def test_there_are_at_least_40_cases_with_negative_ones():
+    assert len(CASES) >= 40
+    assert sum("unchanged" in c["expect"] for c in CASES) >= 8
+
+
+def _first(physical, kinds):
+    return next(physical.plan.op(n) for n in physical.plan.walk() if isinstance(physical.plan.op(n), kinds))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_case(case):
+    settings = Settings()
+    for k, v in case["set"].items():
+        settings = settings.with_value(k, v)
+    physical = plan("\n".join(case["sql"]), CATALOG, settings)
+    if case["plan"]:
+        assert physical.plan.describe() == "\n".join(case["plan"])
+    status = {r.name: r.status for r in physical.rules}
+    expect = case["expect"]
+    for rule in filter(None, (r.strip() for r in expect.get("fired", "").split(","))):
+        assert status[rule] == "fired", f"{rule} should fire: {status}"
+    for rule in filter(None, (r.strip() for r in expect.get("unchanged", "").split(","))):
+        assert status[rule] == "unchanged", f"{rule} must not fire: {status}"
+    if "choice" in expect:
+        op = _first(physical, P.LLM_OPERATORS)
+        choices = {c.knob: c.value for c in op.choices}
+        for pair in expect["choice"].split(","):
+            knob, value = (s.strip() for s in pair.split("=", 1))
+            assert str(choices[knob]) == value, f"{knob}: {choices[knob]} != {value}"
+    if "scan" in expect:
+        scan = _first(physical, (P.TableScan,))
+        assert ", ".join(scan.read) == expect["scan"]
+    if "rows" in expect:
+        op = _first(physical, P.LLM_OPERATORS)
+        assert round(op.estimate.rows) == int(expect["rows"])

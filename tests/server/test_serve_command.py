@@ -1,0 +1,61 @@
+"""`sqlm serve` as a user runs it: a separate process on 127.0.0.1, stopped with SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "sqlm.cli", "serve", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_serve_answers_openai_requests_and_stops_cleanly(tiny_llama):
+    port = free_port()
+    process = serve("--model", str(tiny_llama.hf_dir), "--served-model-name", "tiny", "--port", str(port),
+                    "--kv-cache-memory", "8MB", "--log-level", "warning")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("`sqlm serve` did not become healthy")
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, as a process killed by it would.
+    assert process.returncode in (0, -signal.SIGTERM), stderr
+    assert "Traceback" not in stderr
+
+
+def test_serve_with_an_unknown_model_exits_with_a_message():
+    process = serve("--model", "no-such-model", "--port", str(free_port()))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "no-such-model" in stderr

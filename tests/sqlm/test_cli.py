@@ -1,0 +1,62 @@
+"""The sqlm command: output formats, one-line errors with a non-zero exit, no progress bar when piped."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sqlm.cli import main
+
+
+def test_query_formats(tmp_path, capsys):
+    home = str(tmp_path / "home")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "name": ["a", "b"]}), path)
+    assert main(["--home", home, "query", f"SELECT * FROM read_parquet('{path}') ORDER BY id", "--format", "json"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [{"id": 1, "name": "a"},
+                                                                                  {"id": 2, "name": "b"}]
+    assert main(["--home", home, "query", f"SELECT name FROM read_parquet('{path}')", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"name"', '"a"', '"b"']
+    assert main(["--home", home, "query", "SELECT 42 AS answer"]) == 0
+    assert "| answer |" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_on_stderr(tmp_path, capsys):
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "query", "SELECT nope FROM (VALUES (1)) v(x)"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().count("\n") == 0
+    assert captured.err.startswith("Error: Binder error: unknown column 'nope'") and "line 1, column 8" in captured.err
+    assert main(["--home", home, "query", "SELEC 1"]) == 1
+    assert "Syntax error" in capsys.readouterr().err
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sqlm.cli", "--home", str(tmp_path), "query", "SELECT FROM WHERE"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("Error: Syntax error")
+
+
+def test_serve_without_server_module_is_a_clear_error(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlm.server" else real(name, *a))
+    assert main(["serve"]) == 2
+    assert "sqlm serve" in capsys.readouterr().err
+
+
+def test_progress_bar_draws_rows_rate_and_eta():
+    import io
+
+    from sqlm.cli import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out)
+    bar(5, 10, 100)
+    assert "5/10 rows" in out.getvalue() and "tok/s" in out.getvalue() and "ETA" in out.getvalue()

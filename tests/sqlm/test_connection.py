@@ -1,0 +1,141 @@
+"""The public API: statements, clear errors with positions, and writes that are all-or-nothing."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import sqlm
+from catalog.errors import ModelError
+from planner.errors import SqlError
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = sqlm.connect(tmp_path / "home")
+    c.register("t", pa.table({"id": [1, 2, 3], "stars": [1, 4, 5], "body": ["bad", "good", "great"]}))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def tiny(con, tiny_llama):
+    con.sql(f"CREATE MODEL tiny FROM '{tiny_llama.gguf_path}'")
+    return con
+
+
+def test_set_reset_show_settings(con):
+    con.sql("SET max_batch_size = 8")
+    con.sql("SET kv_cache_memory = '64MB'")
+    shown = {r["name"]: r["value"] for r in con.sql("SHOW SETTINGS").arrow().to_pylist()}
+    assert shown["max_batch_size"] == "8" and shown["kv_cache_memory"] == "64MB"
+    con.sql("RESET max_batch_size")
+    assert con.settings.is_auto("max_batch_size")
+    with pytest.raises(SqlError, match="scheduling must be one of auto, fcfs, spf.*line 1, column 5"):
+        con.sql("SET scheduling = lifo")
+    with pytest.raises(SqlError, match="unknown rule 'no_such_rule'"):
+        con.sql("SET disabled_rules = 'no_such_rule'")
+
+
+def test_create_table_as_and_show_and_describe(con):
+    assert "created table good (2 rows)" in con.sql("CREATE TABLE good AS SELECT id, body FROM t WHERE stars >= 4").message
+    assert con.sql("SELECT count(*) AS n FROM good").arrow().to_pylist() == [{"n": 2}]
+    assert "good" in con.sql("SHOW TABLES").arrow().column("name").to_pylist()
+    assert con.sql("DESCRIBE good").arrow().to_pylist() == [{"column": "id", "type": "int64"},
+                                                          {"column": "body", "type": "string"}]
+    # persisted in the catalog: a new connection sees it
+    again = sqlm.connect(con.catalog.home)
+    assert again.sql("SELECT body FROM good ORDER BY id").arrow().column(0).to_pylist() == ["good", "great"]
+
+
+def test_failing_create_table_as_leaves_nothing(con):
+    with pytest.raises(SqlError, match="unknown column 'nope'"):
+        con.sql("CREATE TABLE broken AS SELECT nope FROM t")
+    with pytest.raises(Exception):
+        con.sql("CREATE TABLE broken AS SELECT CAST(body AS INT) AS n FROM t")  # fails while running
+    assert con.catalog.get_table("broken") is None
+    assert list((con.catalog.home / "tables").iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_copy_to_writes_every_format(con, tmp_path, fmt):
+    target = tmp_path / f"out.{fmt}"
+    con.sql(f"COPY (SELECT id FROM t ORDER BY id) TO '{target}' (FORMAT {fmt.upper()})")
+    if fmt == "parquet":
+        assert pq.read_table(target).column("id").to_pylist() == [1, 2, 3]
+    elif fmt == "json":
+        assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [1, 2, 3]
+    else:
+        assert target.read_text().splitlines() == ['"id"', "1", "2", "3"]
+
+
+def test_failing_copy_leaves_no_file(con, tmp_path):
+    target = tmp_path / "out.parquet"
+    with pytest.raises(Exception):
+        con.sql(f"COPY (SELECT CAST(body AS INT) AS n FROM t) TO '{target}'")
+    assert list(tmp_path.glob("*out.parquet*")) == []
+    target.write_bytes(b"old contents")
+    with pytest.raises(Exception):
+        con.sql(f"COPY (SELECT CAST(body AS INT) AS n FROM t) TO '{target}'")
+    assert target.read_bytes() == b"old contents"  # the old file is never half-overwritten
+
+
+ERRORS = [
+    ("SELECT nope FROM t", "unknown column 'nope'", (1, 8)),
+    ("SELECT id FROM missing_table", "unknown table 'missing_table'", (1, 16)),
+    ("SELECT generate('no_such_model', body) FROM t", "unknown model 'no_such_model'", (1, 17)),
+    ("SELECT id FROM t WHERE", "Syntax error", (1, 18)),
+    ("SELECT id FROM read_parquet('/no/such/file.parquet')", "file not found", (1, 16)),
+]
+
+
+@pytest.mark.parametrize("sql,message,position", ERRORS, ids=[e[1] for e in ERRORS])
+def test_errors_name_the_problem_and_position(con, sql, message, position):
+    with pytest.raises(SqlError) as info:
+        con.sql(sql)
+    assert message in str(info.value)
+    assert (info.value.line, info.value.col) == position
+
+
+def test_missing_model_file(con):
+    with pytest.raises(SqlError, match="model file not found: /no/such.gguf"):
+        con.sql("CREATE MODEL m FROM '/no/such.gguf'")
+
+
+def test_non_text_prompt(tiny):
+    with pytest.raises(SqlError, match=r"the prompt must be text, got int64 \(stars\).*line 1, column 25"):
+        tiny.sql("SELECT generate('tiny', stars) FROM t")
+
+
+def test_explain_formats_and_verbose(tiny):
+    q = "SELECT id, generate('tiny', body, max_tokens => 2) FROM t WHERE stars > 3 LIMIT 1"
+    text = tiny.explain("EXPLAIN (VERBOSE) " + q)
+    assert "BatchedGenerate" in text and "choice max_batch_size" in text and "runner-up" in text
+    assert "limit_pushdown: fired" in text and "predicate_pushdown: fired" in text
+    plan = json.loads(tiny.sql("EXPLAIN (FORMAT JSON) " + q).arrow().column(0)[0].as_py())
+    assert plan["plan"]["operator"] == "Project"
+    analyzed = json.loads(tiny.explain("EXPLAIN ANALYZE (FORMAT JSON) " + q))
+    gen = analyzed["plan"]["children"][0]
+    assert gen["operator"] == "BatchedGenerate" and gen["actual"]["llm_calls"] == 1
+    assert gen["q_error"]["rows"] == pytest.approx(1.0, rel=0.05) and "prefix_cache_hit_rate" in gen["actual"]
+
+
+def test_show_models_lists_created_and_builtin(tiny):
+    names = tiny.sql("SHOW MODELS").arrow().column("name").to_pylist()
+    assert "tiny" in names and "smollm2" in names
+
+
+def test_statistics_learned_from_a_query(tiny):
+    tiny.sql("SELECT generate('tiny', body, max_tokens => 3) FROM t")
+    op = tiny.last_plan.plan.op(tiny.last_plan.llm_nodes()[0])
+    assert sum(n for _, _, n in tiny.catalog.output_length_histogram("tiny", op.template)) == 3
+    plan = tiny.explain("SELECT generate('tiny', body, max_tokens => 3) FROM t")
+    assert "statistics of 3 earlier outputs" in plan
+
+
+def test_unknown_model_without_loading_anything(con):
+    with pytest.raises(SqlError) as info:
+        con.sql("SELECT classify('gpt-17', body, ['a', 'b']) FROM t")
+    assert isinstance(info.value.__cause__, (ModelError, type(None)))
