@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
+from codegen.ops import aligned
 from codegen.packed import pack
 
 DEFAULT_GEMV_MAX_TOKENS = 4
@@ -54,7 +55,7 @@ class TvmQuantizedLinear:
         return dense_t
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
+        x = aligned(x)
         if x.shape[0] <= self.gemv_max_tokens:
             out = torch.empty(x.shape[0], self.out_features)  # [T, N]
             self._gemv(x, *self.packed.tensors, out)
@@ -71,14 +72,14 @@ class TvmDenseLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS):
-        self.weight = weight.float().contiguous()
+        self.weight = aligned(weight.float())  # TVM's vector loads assume 64-byte alignment
         self.bias = bias
         self.out_features, self.in_features = self.weight.shape
         self.gemv_max_tokens = gemv_max_tokens
         self._gemv = get_kernel("dense_matmul", {"n": self.out_features, "k": self.in_features}).fn
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
+        x = aligned(x)
         if x.shape[0] > self.gemv_max_tokens:
             return F.linear(x, self.weight, self.bias)  # [T, N]
         out = torch.empty(x.shape[0], self.out_features)  # [T, N]

@@ -66,8 +66,15 @@ def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **op
     kernels, weight_format = resolve(kernels, weight_format, loaded)
     if kernels == "tvm":
         tvm_ops.warm_up(loaded.config)
-    return build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),
-                       ops=model_ops(kernels))
+    model = build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),
+                        ops=model_ops(kernels))
+    if kernels == "tvm":
+        # norm weights may be unaligned views into the GGUF file; copy them once here rather
+        # than on every call (tvm_ops.aligned)
+        for layer in model.layers:
+            layer.input_norm, layer.post_norm = tvm_ops.aligned(layer.input_norm), tvm_ops.aligned(layer.post_norm)
+        model.final_norm = tvm_ops.aligned(model.final_norm)
+    return model
 
 
 paged_attention = tvm_ops.paged_attention

@@ -20,11 +20,20 @@ def _kernel(name: str, *params: tuple[str, object]):
     return get_kernel(name, dict(params)).fn
 
 
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` contiguous at a 64-byte aligned address (a copy only when it is not).
+
+    TVM compiles vector loads that assume 64-byte aligned buffers and does not check; a
+    view into a memory-mapped GGUF file (a norm weight) or at a row offset can be off."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x [T, H] fp32, weight [H] -> [T, H]."""
-    x = x.contiguous()
+    x = aligned(x)
     out = torch.empty_like(x)
-    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)))(x, weight, out)
+    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)))(x, aligned(weight), out)
     return out
 
 

@@ -67,7 +67,8 @@ class LLMService:
                               prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling)
         cached = self._engines.get(model)
         if cached is None or cached[0] != (knobs.weight_format, config):
-            # a fresh engine per query shape: its prefix cache starts empty, so EXPLAIN ANALYZE measures this query
+            # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
+            # to the next query of this connection, so a repeated query finds its prompts cached
             self._engines.pop(model, None)
             cached = ((knobs.weight_format, config), Engine(self._models[key], loaded.tokenizer, config))
             self._engines[model] = cached

@@ -170,3 +170,13 @@ def test_paged_attention_result_does_not_depend_on_the_batch():
     kernel(q[1:2].contiguous(), k_cache, v_cache, tables[1:2].contiguous(), torch.arange(2, dtype=torch.int32),
            lens[1:2].contiguous(), alone)
     assert torch.equal(alone[0], together[1])
+
+
+def test_rms_norm_op_accepts_unaligned_views():
+    # A norm weight can be a view into a memory-mapped GGUF file at any 4-byte offset.
+    from codegen import ops
+
+    storage = torch.randn(64 + 4)
+    weight = storage[4:]  # 16 bytes past a 64-byte boundary
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-5), ref.rms_norm(x, weight, 1e-5), rtol=1e-5, atol=1e-5)

@@ -45,3 +45,11 @@ def test_gemv_rows_do_not_depend_on_the_batch():
     batched = layer(x)
     for i in range(8):
         assert torch.equal(layer(x[i : i + 1]), batched[i : i + 1])
+
+
+def test_dense_linear_accepts_an_unaligned_weight_view():
+    # F32 weights can be views into a memory-mapped GGUF file, 32-byte aligned at best.
+    storage = torch.randn(48 * 80 + 4)
+    weight = storage[4:].view(48, 80)
+    x = torch.randn(1, 80)
+    assert_fp32_close(TvmDenseLinear(weight, gemv_max_tokens=4)(x), DenseLinear(weight)(x))

@@ -57,7 +57,7 @@ def test_disconnect_mid_stream_cancels_and_frees_blocks(smollm2_server):
         during = server.metrics()
     # Leaving the block closed the connection with the body unread.
     after = wait_until_idle(server)
-    assert during["sqlm_num_requests_running"] == 1
+    assert during["sqlm_num_requests_running"] == 1, sorted(during.items())
     assert during["sqlm_kv_blocks_active"] >= 1
     assert after["sqlm_kv_blocks_active"] == 0
     assert server.metric("sqlm_requests_finished_total", finish_reason="cancelled") >= 1
