@@ -24,6 +24,9 @@ class HardwareProfile:
     op_overhead_s: float  # seconds of one tiny torch op: the floor under every kernel launch
     threads: int
     description: str
+    # weights x tokens per second of the fused TVM Q4_1 GEMV at 1 and 4 tokens; 0 when TVM is unavailable
+    quant_gemv_rate_t1: float = 0.0
+    quant_gemv_rate_t4: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("copy_bandwidth", "fp32_flops", "bf16_flops", "op_overhead_s"):
@@ -56,6 +59,24 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def measure_quant_gemv(rows: int = 1536, cols: int = 576) -> tuple[float, float]:
+    """The fused TVM Q4_1 kernel at a decoder-sized matrix: (rate at 1 token, rate at 4 tokens).
+
+    Compiles once into the on-disk kernel cache; (0, 0) where TVM cannot build for this machine.
+    """
+    try:
+        from catalog.quant import quantize
+        from codegen.linear import TvmQuantizedLinear
+
+        layer = TvmQuantizedLinear(quantize("Q4_1", torch.randn(rows, cols) * 0.05), gemv_max_tokens=4)
+        x1, x4 = torch.randn(1, cols), torch.randn(4, cols)
+        t1 = _best_seconds(lambda: [layer(x1) for _ in range(20)], 5) / 20
+        t4 = _best_seconds(lambda: [layer(x4) for _ in range(10)], 5) / 10
+    except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
+        return 0.0, 0.0
+    return rows * cols / t1, 4 * rows * cols / t4
+
+
 def measure() -> HardwareProfile:
     src = torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)  # 64 MiB, past every cache level
     dst = torch.empty_like(src)
@@ -67,6 +88,7 @@ def measure() -> HardwareProfile:
     bf16_s = _best_seconds(lambda: a16 @ b16, 3)
     tiny = torch.zeros(4)
     op_s = _best_seconds(lambda: [tiny.add(1.0) for _ in range(200)], 3) / 200
+    rate_t1, rate_t4 = measure_quant_gemv()
     return HardwareProfile(
         copy_bandwidth=2 * src.numel() * 4 / copy_s,
         fp32_flops=2 * n**3 / fp32_s,
@@ -74,6 +96,8 @@ def measure() -> HardwareProfile:
         op_overhead_s=op_s,
         threads=torch.get_num_threads(),
         description=fingerprint(),
+        quant_gemv_rate_t1=rate_t1,
+        quant_gemv_rate_t4=rate_t4,
     )
 
 
@@ -81,7 +105,7 @@ def hardware_profile(catalog: Catalog, recalibrate: bool = False) -> HardwarePro
     """The cached profile for this machine, measuring it the first time."""
     key = fingerprint()
     stored = None if recalibrate else catalog.hardware_profile(key)
-    if stored is not None:
+    if stored is not None and "quant_gemv_rate_t1" in stored:
         return HardwareProfile(**stored)
     profile = measure()
     catalog.put_hardware_profile(key, asdict(profile))

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from catalog.hardware import HardwareProfile
+from codegen.linear import DEFAULT_GEMV_MAX_TOKENS as GEMV_MAX_TOKENS
 from operators.physical import EngineKnobs
 
 OPS_PER_LAYER = 14  # torch ops one decoder layer launches (norms, matmuls, rope, attention, adds)
@@ -52,6 +53,17 @@ def _bytes_and_rate(knobs: EngineKnobs, weight_bytes: dict, params: float, hw: H
     return weight_bytes["fp32"], hw.fp32_flops, 0.0
 
 
+def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict, hw: HardwareProfile) -> float:
+    """Fused TVM dequant-GEMV at its measured rates up to GEMV_MAX_TOKENS rows; above that the
+    linear dequantizes its blocks once per call into fp32 scratch and runs an fp32 GEMM."""
+    if tokens <= 1:
+        return params / hw.quant_gemv_rate_t1
+    if tokens <= GEMV_MAX_TOKENS:
+        return tokens * params / hw.quant_gemv_rate_t4
+    dequantize = (weight_bytes["native"] + 8 * params) / hw.copy_bandwidth
+    return dequantize + tokens * 2 * params / hw.fp32_flops
+
+
 def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
     """Prompt tokens prefill must compute for all requests, after the prefix cache.
 
@@ -87,16 +99,25 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
 
     steps_prefill = math.ceil(prefill_tokens / knobs.prefill_chunk_tokens) if prefill_tokens else 0
     chunk = prefill_tokens / steps_prefill if steps_prefill else 0.0
-    prefill_step = max(chunk * (flops_per_token + attn_flops_per_token) / rate + extra_flops / rate,
-                       step_bytes / hw.copy_bandwidth) + overhead
+    tvm_native = knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0
+    if tvm_native:
+        prefill_step = (_tvm_native_matmul_seconds(chunk, params, weight_bytes, hw)
+                        + chunk * attn_flops_per_token / hw.fp32_flops + overhead)
+    else:
+        prefill_step = max(chunk * (flops_per_token + attn_flops_per_token) / rate + extra_flops / rate,
+                           step_bytes / hw.copy_bandwidth) + overhead
     prefill_s = steps_prefill * prefill_step
 
     decode_tokens = w.requests * w.output_tokens
     steps_decode = decode_tokens / batch if decode_tokens else 0.0
     ctx = w.prompt_tokens + w.output_tokens / 2
-    decode_step = max(batch * (flops_per_token + 4 * config.num_layers * config.num_heads * config.head_dim * ctx) / rate
-                      + extra_flops / rate,
-                      (step_bytes + batch * ctx * kv_per_token) / hw.copy_bandwidth) + overhead
+    attn_decode_flops = 4 * config.num_layers * config.num_heads * config.head_dim * ctx
+    if tvm_native:
+        decode_step = (_tvm_native_matmul_seconds(batch, params, weight_bytes, hw) + batch * attn_decode_flops / hw.fp32_flops
+                       + batch * ctx * kv_per_token / hw.copy_bandwidth + overhead)
+    else:
+        decode_step = max(batch * (flops_per_token + attn_decode_flops) / rate + extra_flops / rate,
+                          (step_bytes + batch * ctx * kv_per_token) / hw.copy_bandwidth) + overhead
     decode_s = steps_decode * decode_step
     kv_bytes = min(knobs.kv_cache_memory, batch * seq_tokens * kv_per_token + w.static_prefix_tokens * kv_per_token)
     prefill_s, decode_s = prefill_s * correction[0], decode_s * correction[1]

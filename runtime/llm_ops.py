@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from operators.llama import build_model
+from codegen.model_kernels import build_model
 from operators.physical import EngineKnobs
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
@@ -59,18 +59,18 @@ class LLMService:
 
     def engine(self, model: str, knobs: EngineKnobs) -> Engine:
         loaded = self._load_model(model)
-        key = (model, knobs.weight_format)
+        key = (model, knobs.weight_format, knobs.kernels)
         if key not in self._models:
-            self._models[key] = build_model(loaded, knobs.weight_format)
+            self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format)
         config = EngineConfig(kv_cache_memory=knobs.kv_cache_memory, kv_block_size=knobs.kv_block_size,
                               max_batch_size=knobs.max_batch_size, prefill_chunk_tokens=knobs.prefill_chunk_tokens,
                               prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling)
         cached = self._engines.get(model)
-        if cached is None or cached[0] != (knobs.weight_format, config):
+        if cached is None or cached[0] != (knobs.weight_format, knobs.kernels, config):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
             self._engines.pop(model, None)
-            cached = ((knobs.weight_format, config), Engine(self._models[key], loaded.tokenizer, config))
+            cached = ((knobs.weight_format, knobs.kernels, config), Engine(self._models[key], loaded.tokenizer, config))
             self._engines[model] = cached
         return cached[1]
 

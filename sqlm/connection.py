@@ -145,8 +145,11 @@ class Connection:
                     observations = self.catalog.feedback(name, f"{fmt}/{kernels}")
                     if observations:
                         feedback[(name, f"{fmt}/{kernels}")] = fit_phase_factors(observations)
-        return OptimizerContext(self.settings, hardware_profile(self.catalog), Statistics(self.catalog),
-                                MappingProxyType(dict(view.models)), kernels=("torch",),
+        hw = hardware_profile(self.catalog)
+        # TVM is a candidate where its kernels built and were timed on this machine
+        kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
+        return OptimizerContext(self.settings, hw, Statistics(self.catalog),
+                                MappingProxyType(dict(view.models)), kernels=kernels,
                                 feedback=MappingProxyType(feedback))
 
     def _plan(self, select: exp.Expr, sql: str) -> tuple[PhysicalPlan, OptimizerContext]:

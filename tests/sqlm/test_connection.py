@@ -139,3 +139,15 @@ def test_unknown_model_without_loading_anything(con):
     with pytest.raises(SqlError) as info:
         con.sql("SELECT classify('gpt-17', body, ['a', 'b']) FROM t")
     assert isinstance(info.value.__cause__, (ModelError, type(None)))
+
+
+@pytest.mark.parametrize("weight_format", ["native", "fp32"])
+def test_tvm_kernels_give_the_torch_tokens(tiny, weight_format):
+    query = "SELECT generate('tiny', 'the lazy fox', max_tokens => 12, chat => false) AS g"
+    tiny.sql("SET kernels = 'torch'")
+    tiny.sql(f"SET weight_format = '{weight_format}'")
+    expected = tiny.sql(query).arrow().column("g").to_pylist()
+    tiny.sql("SET kernels = 'tvm'")
+    assert tiny.sql(query).arrow().column("g").to_pylist() == expected
+    plan = tiny.explain(query)
+    assert f"weight_format/kernels = {weight_format}/tvm" in plan and "forced" in plan
