@@ -6,7 +6,6 @@ terminal for long queries, never when output is piped.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -132,9 +131,6 @@ def cmd_shell(args, con) -> None:
 
 
 def cmd_serve(argv: list[str]) -> int:
-    if importlib.util.find_spec("sqlm.server") is None:
-        print("Error: `sqlm serve` is not available in this build (sqlm/server.py is missing)", file=sys.stderr)
-        return 2
     from sqlm import server
 
     return server.main(argv) or 0
