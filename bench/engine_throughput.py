@@ -27,6 +27,10 @@ LABELS = ("positive", "negative", "neutral")
 
 
 def _peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM: ru_maxrss would include the parent's peak before exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -154,10 +158,11 @@ def main(args) -> str:
     w1 = {"hf-fp32": None if args.skip_hf else run_worker("w1-hf", args),
           "sqlm-fp32": run_worker("w1-sqlm", args, weight_format="fp32"),
           "sqlm-bf16": run_worker("w1-sqlm", args, weight_format="bf16")}
-    w2 = {mode: run_worker("w2-sqlm", args, weight_format=args.w2_weight_format, prefix_cache=mode) for mode in ("on", "off")}
+    w2 = {} if args.skip_w2 else {mode: run_worker("w2-sqlm", args, weight_format=args.w2_weight_format, prefix_cache=mode)
+                                  for mode in ("on", "off")}
 
     lines = [f"## Engine throughput (bench/engine_throughput.py)", "",
-             f"Machine: {machine.describe()}; {args.threads} threads. Ceilings measured in the same run: copy "
+             f"Machine: {machine.describe()}. Ceilings measured in the same run: copy "
              f"{ceilings['copy_gbs']:.1f} GB/s, fp32 matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul "
              f"{ceilings['bf16_gflops']:.0f} GFLOP/s -> batched bounds {ceilings['fp32_gflops'] * 1e9 / flops_per_token:,.0f} "
              f"tok/s (fp32), {ceilings['bf16_gflops'] * 1e9 / flops_per_token:,.0f} tok/s (bf16). Medians of {args.runs} runs.", "",
@@ -184,6 +189,8 @@ def main(args) -> str:
     if w1["hf-fp32"]:
         same, prefix = agreement(w1["sqlm-bf16"]["tokens"], w1["sqlm-fp32"]["tokens"])
         lines.append(f"- sqlm-bf16 vs sqlm-fp32: {same}/{args.prompts} identical; mean common prefix {prefix:.1f} tokens.")
+    if not w2:
+        return "\n".join(lines)
     lines += ["", f"### W2: {args.w2_rows} review rows x {len(LABELS)} labels scored ({args.w2_weight_format} weights)", "",
               "| prefix cache | rows/s | wall s | prompt tokens from cache | shared-prefix tokens from cache |",
               "|---|---|---|---|---|"]
@@ -209,6 +216,7 @@ def parse_args(argv=None):
     p.add_argument("--w2-weight-format", default="bf16")
     p.add_argument("--chunk", type=int, default=2048, help="prefill_chunk_tokens (per-step token budget)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-w2", action="store_true")
     p.add_argument("--out")
     p.add_argument("--worker", choices=sorted(WORKERS))
     p.add_argument("--weight-format", default="bf16")

@@ -22,7 +22,7 @@ from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
 from runtime.model_runner import ModelRunner, PagedKVCache
 from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
-from runtime.sampler import make_generator, sample
+from runtime.sampler import make_generator, sample, suppress_eos
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -201,7 +201,9 @@ class Engine:
         if to_sample:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
-            tokens = sample(rows, [s.request.sampling for s in seqs], [s.generator for s in seqs])
+            params = [s.request.sampling for s in seqs]
+            rows = suppress_eos(rows, params, self.tokenizer.eos_token_ids)
+            tokens = sample(rows, params, [s.generator for s in seqs])
             for seq, token in zip(seqs, tokens):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop
                     continue

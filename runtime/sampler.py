@@ -17,9 +17,11 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
 
 def suppress_eos(logits: torch.Tensor, params: list[SamplingParams], eos_ids: frozenset[int]) -> torch.Tensor:
     """ignore_eos masks the EOS tokens out (llama.cpp's and HF min_new_tokens' meaning): the
-    sequence runs to max_tokens with the best non-EOS token at each step. logits [B, V], in place."""
+    sequence runs to max_tokens with the best non-EOS token at each step. logits [B, V]; a masked copy
+    is returned when any row asks for it (the input may be an inference tensor)."""
     rows = [i for i, p in enumerate(params) if p.ignore_eos]
     if rows and eos_ids:
+        logits = logits.clone()
         logits[torch.tensor(rows)[:, None], torch.tensor(sorted(eos_ids))[None, :]] = float("-inf")
     return logits
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import random
 
 import pytest
@@ -251,3 +252,19 @@ def test_a_bad_request_in_a_batch_leaves_nothing_queued(tiny):
     with pytest.raises(PromptTooLongError):
         engine.generate([good, too_long])
     assert not engine.has_unfinished and engine.kv.pool.num_used == 0
+
+
+def test_ignore_eos_masks_eos_like_the_reference(tiny):
+    """Prompts whose greedy continuation hits EOS run on to max_tokens, never emitting EOS."""
+    model, tokenizer = tiny
+    candidates = random_requests(seed=7, num=200, vocab_size=model.config.vocab_size, max_prompt=8, max_new=16)
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20))
+    eos_hitting = [replace(r, sampling=replace(r.sampling, ignore_eos=False, max_tokens=16))
+                   for r in candidates]
+    stopped = [r for r, out in zip(candidates, engine.generate(eos_hitting)) if out.finish_reason == "stop"]
+    assert stopped, "the tiny model should reach EOS on some random prompts"
+    requests = [replace(r, sampling=replace(r.sampling, max_tokens=16)) for r in stopped[:6]]
+    results = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20)).generate(requests)
+    assert_same_outputs(results, reference(model, tokenizer, requests))
+    for r in results:
+        assert len(r.output_token_ids) == 16 and not set(r.output_token_ids) & tokenizer.eos_token_ids
