@@ -42,15 +42,6 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("Error: Syntax error")
 
 
-def test_serve_without_server_module_is_a_clear_error(capsys, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sqlm.server" else real(name, *a))
-    assert main(["serve"]) == 2
-    assert "sqlm serve" in capsys.readouterr().err
-
-
 def test_progress_bar_draws_rows_rate_and_eta():
     import io
 
