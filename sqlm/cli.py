@@ -90,6 +90,16 @@ def cmd_models(args, con) -> None:
     _run(con, "SHOW MODELS", args.format)
 
 
+def cmd_calibrate(args, con) -> None:
+    """Measure the machine again (bandwidth, FLOP/s, TVM kernel rates): the cost model prices plans with it."""
+    from dataclasses import asdict
+
+    from catalog.hardware import hardware_profile
+
+    for name, value in asdict(hardware_profile(con.catalog, recalibrate=True)).items():
+        print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
+
+
 def cmd_shell(args, con) -> None:
     import readline
 
@@ -153,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models in the catalog")
     m.add_argument("--format", choices=sorted(FORMATS), default="table")
     m.set_defaults(run=cmd_models)
+    c = sub.add_parser("calibrate", help="re-measure this machine for the cost model (run it on a quiet machine)")
+    c.set_defaults(run=cmd_calibrate)
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (see `sqlm serve --help`)", add_help=False)
     return p
 

@@ -51,3 +51,23 @@ def test_progress_bar_draws_rows_rate_and_eta():
     bar = ProgressBar(out)
     bar(5, 10, 100)
     assert "5/10 rows" in out.getvalue() and "tok/s" in out.getvalue() and "ETA" in out.getvalue()
+
+
+def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from catalog.hardware import HardwareProfile, fingerprint
+    from catalog.store import Catalog
+
+    home = tmp_path / "home"
+    catalog = Catalog(home)
+    stale = HardwareProfile(copy_bandwidth=1.0, fp32_flops=1.0, bf16_flops=1.0, op_overhead_s=1.0, threads=2,
+                            description="stale")
+    catalog.put_hardware_profile(fingerprint(), asdict(stale))
+    catalog.close()
+    assert main(["--home", str(home), "calibrate"]) == 0
+    out = capsys.readouterr().out
+    assert "copy_bandwidth:" in out and "quant_gemv_rate_t1:" in out
+    catalog = Catalog(home)
+    assert catalog.hardware_profile(fingerprint())["copy_bandwidth"] > 1e8
+    catalog.close()
