@@ -31,6 +31,7 @@ class ServerSettings:
     """How the served model runs; None fields come from the catalog's settings (`SET ...`)."""
 
     weight_format: str | None = None  # 'fp32' | 'bf16' | 'native'
+    kernels: str | None = None  # 'torch' | 'tvm'
     catalog_path: str | None = None
 
 
@@ -62,14 +63,23 @@ def weight_format_from(loaded, catalog_settings, requested: str | None) -> str:
     return fmt
 
 
+def kernels_from(catalog_settings, requested: str | None) -> str:
+    """A forced choice wins; 'auto' keeps torch: the fused TVM GEMV pays off at 1-4 tokens per step and
+    a server's batch size is not known in advance (the planner prices it per query)."""
+    if requested:
+        return requested
+    return "torch" if catalog_settings.is_auto("kernels") else catalog_settings.kernels
+
+
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
                served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """Loads the model and builds the engine now (errors surface before serving); the engine thread
     starts with the app and stops with it."""
-    from operators.llama import build_model
+    from codegen.model_kernels import build_model
 
     loaded, catalog_settings = load_served_model(model_name, settings)
-    model = build_model(loaded, weight_format_from(loaded, catalog_settings, settings.weight_format))
+    model = build_model(loaded, kernels=kernels_from(catalog_settings, settings.kernels),
+                        weight_format=weight_format_from(loaded, catalog_settings, settings.weight_format))
     engine = Engine(model, loaded.tokenizer, engine_config or EngineConfig.from_settings(catalog_settings))
     context = loaded.config.max_position_embeddings
     # The engine keeps one block of slack per sequence (copy-on-write of a fully cached prefix).
