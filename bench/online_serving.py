@@ -163,6 +163,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
                "--kv-cache-memory", args.kv_cache_memory, "--log-level", "warning"]
     if args.weight_format:
         command += ["--weight-format", args.weight_format]
+    if args.kernels:
+        command += ["--kernels", args.kernels]
     if args.server_threads:
         command += ["--threads", str(args.server_threads)]
     process = subprocess.Popen(command)
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="smollm2", help="model for the `sqlm serve` this benchmark starts")
     p.add_argument("--weight-format", choices=["fp32", "bf16", "native"])
+    p.add_argument("--kernels", choices=["torch", "tvm"])
     p.add_argument("--kv-cache-memory", default="1GB")
     p.add_argument("--server-threads", type=int, help="torch threads of the server (default: its own default)")
     p.add_argument("--url", help="bench a server that is already running (e.g. a peer) instead of starting one")
@@ -239,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         process, url = start_server(args)
         server = f"`sqlm serve --model {args.model} --kv-cache-memory {args.kv_cache_memory}" + (
             f" --weight-format {args.weight_format}" if args.weight_format else "") + (
+            f" --kernels {args.kernels}" if args.kernels else "") + (
             f" --threads {args.server_threads}" if args.server_threads else "") + "`"
     model_id = args.model_id or args.model
     load_before = os.getloadavg()[0]
