@@ -5,46 +5,26 @@ Every benchmark reports these beside its figures (shared/workloads.md: "Machine 
 from __future__ import annotations
 
 import os
-import platform
-import time
 
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from catalog.hardware import best_seconds, cpu_model
 
 
 def describe() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def _best(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def copy_bandwidth_gbs(nbytes: int = 1 << 30, repeat: int = 3) -> float:
     """Bytes read + written per second by a large array copy."""
     src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
-    return 2 * nbytes / _best(lambda: dst.copy_(src), repeat) / 1e9
+    return 2 * nbytes / best_seconds(lambda: dst.copy_(src), repeat) / 1e9
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n**3 / _best(lambda: a @ b, repeat) / 1e9
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeat) / 1e9
 
 
 def ceilings() -> dict[str, float]:

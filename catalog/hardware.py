@@ -34,7 +34,7 @@ class HardwareProfile:
                 raise ValueError(f"{name} must be positive")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -46,10 +46,10 @@ def _cpu_model() -> str:
 
 
 def fingerprint() -> str:
-    return f"{_cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: first touch of pages, kernel selection
     best = float("inf")
     for _ in range(repeats):
@@ -70,8 +70,8 @@ def measure_quant_gemv(rows: int = 1536, cols: int = 576) -> tuple[float, float]
 
         layer = TvmQuantizedLinear(quantize("Q4_1", torch.randn(rows, cols) * 0.05), gemv_max_tokens=4)
         x1, x4 = torch.randn(1, cols), torch.randn(4, cols)
-        t1 = _best_seconds(lambda: [layer(x1) for _ in range(20)], 5) / 20
-        t4 = _best_seconds(lambda: [layer(x4) for _ in range(10)], 5) / 10
+        t1 = best_seconds(lambda: [layer(x1) for _ in range(20)], 5) / 20
+        t4 = best_seconds(lambda: [layer(x4) for _ in range(10)], 5) / 10
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
         return 0.0, 0.0
     return rows * cols / t1, 4 * rows * cols / t4
@@ -80,14 +80,14 @@ def measure_quant_gemv(rows: int = 1536, cols: int = 576) -> tuple[float, float]
 def measure() -> HardwareProfile:
     src = torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)  # 64 MiB, past every cache level
     dst = torch.empty_like(src)
-    copy_s = _best_seconds(lambda: dst.copy_(src), 5)
+    copy_s = best_seconds(lambda: dst.copy_(src), 5)
     n = 512
     a32, b32 = torch.randn(n, n), torch.randn(n, n)
-    fp32_s = _best_seconds(lambda: a32 @ b32, 5)
+    fp32_s = best_seconds(lambda: a32 @ b32, 5)
     a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
-    bf16_s = _best_seconds(lambda: a16 @ b16, 3)
+    bf16_s = best_seconds(lambda: a16 @ b16, 3)
     tiny = torch.zeros(4)
-    op_s = _best_seconds(lambda: [tiny.add(1.0) for _ in range(200)], 3) / 200
+    op_s = best_seconds(lambda: [tiny.add(1.0) for _ in range(200)], 3) / 200
     rate_t1, rate_t4 = measure_quant_gemv()
     return HardwareProfile(
         copy_bandwidth=2 * src.numel() * 4 / copy_s,
