@@ -66,8 +66,9 @@ class GGUFManifest:
 def _cache_file(path: Path) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{MANIFEST_VERSION}".encode()).hexdigest()[:24]
-    home = Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm").expanduser()
-    return home / "models" / f"{key}.json"
+    from catalog.store import default_home
+
+    return default_home() / "models" / f"{key}.json"
 
 
 def cached_manifest(path: Path) -> GGUFManifest:

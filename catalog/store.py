@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS kernel_costs (
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm")
+    """$SQLM_HOME, else ~/.sqlm: the one place that decides where sqlm keeps its files."""
+    return Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm").expanduser()
 
 
 @dataclass(frozen=True)

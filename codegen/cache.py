@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("SQLM_HOME", "~/.sqlm")).expanduser() / "kernels"
+    from catalog.store import default_home
+
+    return default_home() / "kernels"
 
 
 def source_digest(*paths: str) -> str:
