@@ -15,29 +15,20 @@ import time
 import torch
 
 from catalog.model_config import ModelConfig
-from codegen.measure import measure_kernel_cases, time_interleaved
+from bench.machine import ceilings
+from codegen.measure import measure_kernel_cases
 
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
                       num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
 
 
-def ceilings(rounds: int) -> dict[str, float]:
-    src = torch.empty(256 * 2**20 // 4).fill_(1.0)
-    dst = torch.empty_like(src)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a16, b16 = a.bfloat16(), b.bfloat16()
-    t = time_interleaved({"copy": lambda: dst.copy_(src), "fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}, rounds)
-    return {"bandwidth_GBps": 2 * src.numel() * 4 / t["copy"] / 1e9,
-            "fp32_GFLOPs": 2 * 2048**3 / t["fp32"] / 1e9, "bf16_GFLOPs": 2 * 2048**3 / t["bf16"] / 1e9}
-
-
 def report(rounds: int) -> str:
-    ceil = ceilings(rounds)
+    ceil = ceilings()
     lines = [f"Kernels on SmolLM2-135M shapes; torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
              f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}.",
              "",
-             f"Ceilings measured in this run: copy bandwidth {ceil['bandwidth_GBps']:.1f} GB/s (read+write), "
-             f"torch fp32 GEMM {ceil['fp32_GFLOPs']:.0f} GFLOP/s, bf16 GEMM {ceil['bf16_GFLOPs']:.0f} GFLOP/s.",
+             f"Ceilings measured in this run: copy bandwidth {ceil['copy_gbs']:.1f} GB/s (read+write), "
+             f"torch fp32 GEMM {ceil['fp32_gflops']:.0f} GFLOP/s, bf16 GEMM {ceil['bf16_gflops']:.0f} GFLOP/s.",
              "",
              "| op | impl | µs/call | GB/s | % of copy BW | GFLOP/s | speed-up vs torch_fp32/torch |",
              "|---|---|---|---|---|---|---|"]
@@ -46,7 +37,7 @@ def report(rounds: int) -> str:
         for impl, seconds in timings.items():
             gbps = case.bytes / seconds / 1e9
             lines.append(f"| {case.op} | {impl} | {seconds * 1e6:.1f} | {gbps:.1f} | "
-                         f"{100 * gbps / ceil['bandwidth_GBps']:.0f}% | {case.flops / seconds / 1e9:.1f} | "
+                         f"{100 * gbps / ceil['copy_gbs']:.0f}% | {case.flops / seconds / 1e9:.1f} | "
                          f"{base / seconds:.2f}x |")
     lines += ["", "Bytes count each input and output once (quantized linears: the GGUF blocks); the torch "
               "linears read fp32/bf16 weights, so their GB/s uses the quantized byte count too "
