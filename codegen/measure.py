@@ -105,8 +105,8 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
         cases.append(case)
 
     num_blocks = -(-max(decode_context, prefill_tokens) // block_size)
-    k_cache = torch.randn(num_blocks, block_size, c.num_kv_heads, d)
-    v_cache = torch.randn(num_blocks, block_size, c.num_kv_heads, d)
+    k_cache = torch.randn(num_blocks, c.num_kv_heads, d, block_size)  # the kernel's layout
+    v_cache = torch.randn(num_blocks, c.num_kv_heads, block_size, d)
     table = torch.arange(num_blocks, dtype=torch.int32)[None, :]
     kv_bytes = 2 * 4 * kv_size
 
@@ -115,8 +115,8 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
     case = KernelCase(f"decode_attention.ctx{decode_context}", kv_bytes * decode_context,
                       4 * c.num_heads * d * decode_context)
     case.impls["tvm"] = lambda: ops.paged_decode_attention(q1, k_cache, v_cache, table, lens)
-    k_flat = k_cache.view(-1, c.num_kv_heads, d)[:decode_context]
-    v_flat = v_cache.view(-1, c.num_kv_heads, d)[:decode_context]
+    k_flat = k_cache.permute(0, 3, 1, 2).reshape(-1, c.num_kv_heads, d)[:decode_context]  # [S, Hkv, D]
+    v_flat = v_cache.permute(0, 2, 1, 3).reshape(-1, c.num_kv_heads, d)[:decode_context]
     case.impls["torch"] = lambda: ref.causal_attention(q1, k_flat, v_flat, q_start=decode_context - 1)
     cases.append(case)
 
@@ -126,8 +126,8 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
     qstart = torch.tensor([0, t], dtype=torch.int32)
     plen = torch.tensor([t], dtype=torch.int32)
     case.impls["tvm"] = lambda: ops.paged_attention(qp, k_cache, v_cache, table, qstart, plen)
-    kp = k_cache.view(-1, c.num_kv_heads, d)[:t]
-    vp = v_cache.view(-1, c.num_kv_heads, d)[:t]
+    kp = k_cache.permute(0, 3, 1, 2).reshape(-1, c.num_kv_heads, d)[:t]
+    vp = v_cache.permute(0, 2, 1, 3).reshape(-1, c.num_kv_heads, d)[:t]
     case.impls["torch"] = lambda: ref.causal_attention(qp, kp, vp, q_start=0)
     cases.append(case)
     return cases

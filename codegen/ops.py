@@ -39,8 +39,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [T, heads, D] (a strided view is read in place), cos/sin [T, D] -> [T, heads, D]."""
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
-        x = x.contiguous()
+    if x.dtype != torch.float32 or x.stride(2) != 1 or x.stride(1) != x.shape[2]:  # bf16 q/k, odd strides
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
     out = torch.empty(x.shape)
     _kernel("rope", ("heads", x.shape[1]), ("head_dim", x.shape[2]))(x, cos.contiguous(), sin.contiguous(), out)
     return out
@@ -48,39 +48,45 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """gate, up [T, F] (row-strided views are read in place) -> [T, F]."""
-    gate = gate if gate.stride(1) == 1 else gate.contiguous()
-    up = up if up.stride(1) == 1 else up.contiguous()
+    gate = gate.float() if gate.dtype != torch.float32 else gate if gate.stride(1) == 1 else gate.contiguous()
+    up = up.float() if up.dtype != torch.float32 else up if up.stride(1) == 1 else up.contiguous()
     out = torch.empty(gate.shape)
     _kernel("silu_mul", ("ffn", gate.shape[1]))(gate, up, out)
     return out
+
+
+KV_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     query_start: torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor:
     """Causal attention of a ragged batch over a paged cache (codegen/kernels/paged_attention.py).
 
-    q [T, Hq, D]; k_cache, v_cache [num_blocks, block_size, Hkv, D]; block_tables [B, max_blocks]
-    int32; query_start [B + 1] int32 (sequence b owns q rows query_start[b]..query_start[b+1]-1);
-    context_lens [B] int32 (cached tokens of b, its new ones included). Returns [T, Hq, D].
+    q [T, Hq, D] fp32; k_cache [num_blocks, Hkv, D, block_size] (keys transposed per block) and
+    v_cache [num_blocks, Hkv, block_size, D], fp32 or bf16; block_tables [B, max_blocks] int32;
+    query_start [B + 1] int32 (sequence b owns q rows query_start[b]..query_start[b+1]-1);
+    context_lens [B] int32 (cached tokens of b, its new ones included). Returns [T, Hq, D] fp32.
     """
-    out = torch.empty_like(q)
-    kernel = _kernel("paged_attention", ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[2]),
-                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[1]))
+    out = torch.empty(q.shape)
+    kernel = _kernel("paged_attention", ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
+                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
+                     ("kv_dtype", KV_DTYPE_NAMES[k_cache.dtype]))
     kernel(q.contiguous(), k_cache, v_cache, block_tables, query_start, context_lens, out)
     return out
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens) -> torch.Tensor:
-    """Same signature as operators.tensor_ops.paged_decode_attention (one query per sequence)."""
+    """One query per sequence; the kernel's cache layout (see paged_attention)."""
     query_start = torch.arange(q.shape[0] + 1, dtype=torch.int32)
     return paged_attention(q, k_cache, v_cache, block_tables, query_start, context_lens)
 
 
-def warm_up(config: ModelConfig, block_size: int = 16) -> None:
+def warm_up(config: ModelConfig, block_size: int = 16, kv_dtypes: tuple[str, ...] = ("fp32",)) -> None:
     """Compile or load every elementwise/attention kernel the model will call."""
     get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps)})
     for heads in (config.num_heads, config.num_kv_heads):
         get_kernel("rope", {"heads": heads, "head_dim": config.head_dim})
     get_kernel("silu_mul", {"ffn": config.intermediate_size})
-    get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                                   "head_dim": config.head_dim, "block_size": block_size})
+    for kv_dtype in kv_dtypes:
+        get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                                       "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype})

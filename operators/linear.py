@@ -5,6 +5,7 @@ picks the implementation (torch or a TVM kernel) and the weight format.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Protocol
 
 import torch
@@ -19,28 +20,52 @@ class Linear(Protocol):
     weight_format: str  # 'fp32' | 'bf16' | 'Q4_1' | 'Q4_0' | 'Q8_0'
     kernel: str  # 'torch' | 'tvm'
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [T, K] fp32 -> [T, N] fp32
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, K] fp32 or bf16 -> [T, N]: bf16 for bf16 weights, fp32 otherwise."""
         ...
 
 
 class DenseLinear:
-    """Weight [N, K] held as fp32 or bf16; bf16 multiplies in bf16 (AMX) and returns fp32."""
+    """Weight [N, K] held as fp32 or bf16.
+
+    bf16 multiplies on AMX through oneDNN, with the weight packed once into oneDNN's blocked
+    layout (repacking it on every call costs more than the multiply at decode sizes); it takes
+    fp32 or bf16 input and returns bf16, which the next operator consumes as is (SiLU·mul and
+    the down projection stay in bf16, as in HF's bf16 models; residual adds widen to fp32).
+    """
 
     kernel = "torch"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         if weight.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"DenseLinear takes fp32 or bf16 weights, got {weight.dtype}")
-        self.weight = weight.contiguous()
-        self.bias = bias
         self.out_features, self.in_features = weight.shape
         self.weight_format = "bf16" if weight.dtype == torch.bfloat16 else "fp32"
+        self.bias = bias if bias is None or self.weight_format == "fp32" else bias.to(torch.bfloat16)
+        self.weight = _pack_bf16(weight.contiguous()) if self.weight_format == "bf16" else weight.contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.bfloat16:
-            y = F.linear(x.to(torch.bfloat16), self.weight).float()  # [T, N]
-            return y if self.bias is None else y + self.bias
+        if self.weight_format == "bf16":
+            return _bf16_linear(x.to(torch.bfloat16), self.weight, self.bias)  # [T, N] bf16
         return F.linear(x, self.weight, self.bias)  # [T, N]
+
+
+_PACK_BATCH = 64  # oneDNN picks its blocked layout for this many rows; any row count works after
+
+
+@lru_cache(maxsize=None)
+def _onednn_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _pack_bf16(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, _PACK_BATCH) if _onednn_bf16() else weight
+
+
+def _bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if _onednn_bf16():
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 class QuantizedLinear:

@@ -78,7 +78,7 @@ class LlamaModel:
         return ops.rms_norm(x, self.final_norm, c.rms_norm_eps)  # [T, H]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)  # [N, V]
+        return self.lm_head(hidden).float()  # [N, V] fp32 (bf16 weights give bf16-rounded values)
 
 
 class ContiguousKVCache:

@@ -20,7 +20,7 @@ from runtime.batch import ScheduledBatch
 from runtime.engine_config import EngineConfig
 from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
-from runtime.model_runner import ModelRunner, PagedKVCache
+from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
 from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 from runtime.sampler import make_generator, sample, suppress_eos
 from runtime.scheduler import Scheduler
@@ -90,13 +90,15 @@ class Engine:
         self.config = config
         self.predictor = predictor or (lambda request: request.sampling.max_tokens)
         bs = config.kv_block_size
-        num_blocks = config.resolved_kv_cache_memory() // PagedKVCache.bytes_per_block(model.config, bs)
+        kv_dtype = config.resolved_kv_cache_dtype(model.weight_format)
+        block_bytes = PagedKVCache.bytes_per_block(model.config, bs, KV_CACHE_DTYPES[kv_dtype])
+        num_blocks = config.resolved_kv_cache_memory() // block_bytes
         if num_blocks < 1:
             raise KVCacheTooSmallError(f"kv_cache_memory {config.resolved_kv_cache_memory()} bytes holds no "
                                        f"{bs}-token KV block of this model")
         self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache)
         self.scheduler = Scheduler(config, self.kv)
-        self.runner = ModelRunner(model, num_blocks, bs)
+        self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, config.attention_kernel)
         self._live: dict[int, Sequence] = {}
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()

@@ -31,6 +31,8 @@ class EngineConfig:
     prefill_chunk_tokens: int = 512
     prefix_cache: bool = True
     scheduling: str = "fcfs"  # 'fcfs' | 'spf'
+    kv_cache_dtype: str = "auto"  # 'fp32' | 'bf16'; auto: bf16 for a bf16 model, else fp32
+    attention_kernel: str = "tvm"  # 'tvm' (codegen's paged kernel) | 'torch' (gather + SDPA reference)
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
@@ -43,9 +45,20 @@ class EngineConfig:
             raise ValueError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
         if self.scheduling not in ("fcfs", "spf"):
             raise ValueError(f"scheduling must be 'fcfs' or 'spf', got {self.scheduling!r}")
+        if self.kv_cache_dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got {self.kv_cache_dtype!r}")
+        if self.attention_kernel not in ("tvm", "torch"):
+            raise ValueError(f"attention_kernel must be 'tvm' or 'torch', got {self.attention_kernel!r}")
 
     def resolved_kv_cache_memory(self) -> int:
         return self.kv_cache_memory if self.kv_cache_memory is not None else default_kv_cache_memory()
+
+    def resolved_kv_cache_dtype(self, weight_format: str) -> str:
+        """bf16 weights already round activations to bf16; a bf16 cache halves KV bytes at no
+        further loss in kind. Every other format keeps fp32 K/V (token parity with fp32 peers)."""
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        return "bf16" if weight_format == "bf16" else "fp32"
 
     @classmethod
     def from_settings(cls, settings) -> EngineConfig:

@@ -1,10 +1,14 @@
 """Turns a scheduled batch into tensors, runs one forward pass over the ragged batch, returns logits.
 
-The KV cache is one preallocated pair of tensors [layers, Hkv, num_blocks, block_size, D];
-block ids from runtime.kv_blocks index it. `PagedAttention` is the model's attention
-backend for a ragged batch: single-token rows (decodes) attend together in one gather +
-SDPA per layer, and so do multi-token rows (prefill chunks, padded to the longest), each
-attending to its cached prefix plus itself, causally. Rows never see each other's tokens.
+The KV cache is one preallocated pair of tensors per layer stack; block ids from
+runtime.kv_blocks index it. Two attention backends read it for a ragged batch (rows
+never see each other's tokens; each attends to its cached prefix plus itself, causally):
+
+- `KernelPagedAttention` (attention_kernel='tvm'): codegen's paged-attention kernel reads
+  the blocks in place, one call per layer for the whole batch, decodes and prefill alike.
+- `GatherPagedAttention` (attention_kernel='torch'): the reference; gathers each group's
+  blocks into a padded tensor and runs torch SDPA (one group for the decodes, prefill
+  chunks grouped so padding stays bounded).
 """
 from __future__ import annotations
 
@@ -16,22 +20,35 @@ import torch.nn.functional as F
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
 
+KV_CACHE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ATTENTION_KERNELS = ("tvm", "torch")
+
 
 class PagedKVCache:
-    """K and V blocks, head-major ([L, Hkv, NB, bs, D]) so a gather of blocks along NB leaves
-    each head's context contiguous for the attention matmuls (no second copy)."""
+    """K and V blocks of every layer, in codegen.kernels.paged_attention's layout:
+    k [L, NB, Hkv, D, bs] (each block's keys transposed) and v [L, NB, Hkv, bs, D], so one
+    block of one head is one contiguous run for the kernel."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32):
-        shape = (num_layers, num_kv_heads, num_blocks, block_size, head_dim)
         # Zeroed, not empty: masked slots of a gathered block must not hold NaNs (0 * NaN = NaN).
-        self.k = torch.zeros(shape, dtype=dtype)  # [L, Hkv, NB, bs, D]
-        self.v = torch.zeros(shape, dtype=dtype)  # [L, Hkv, NB, bs, D]
+        self.k = torch.zeros(num_layers, num_blocks, num_kv_heads, head_dim, block_size, dtype=dtype)
+        self.v = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size, head_dim, dtype=dtype)
         self.block_size = block_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k.dtype
 
     def block_view(self, layer: int, which: str = "k") -> torch.Tensor:
         """[NB, bs, Hkv, D] view of one layer, the layout of operators.tensor_ops.paged_decode_attention."""
-        return getattr(self, which)[layer].permute(1, 2, 0, 3)
+        return self.k[layer].permute(0, 3, 1, 2) if which == "k" else self.v[layer].permute(0, 2, 1, 3)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the K/V [T, Hkv, D] of the tokens at flat slots [T] (block * bs + offset)."""
+        blocks, offsets = slots // self.block_size, slots % self.block_size
+        self.k[layer][blocks, :, :, offsets] = k.to(self.dtype)
+        self.v[layer][blocks, :, offsets, :] = v.to(self.dtype)
 
     @staticmethod
     def bytes_per_block(config, block_size: int, dtype: torch.dtype = torch.float32) -> int:
@@ -43,13 +60,13 @@ class PagedKVCache:
 
     def copy_blocks(self, copies) -> None:
         for src, dst in copies:
-            self.k[:, :, dst] = self.k[:, :, src]
-            self.v[:, :, dst] = self.v[:, :, src]
+            self.k[:, dst] = self.k[:, src]
+            self.v[:, dst] = self.v[:, src]
 
 
 @dataclass
 class AttentionGroup:
-    """Rows attended together in one padded attention call: P rows of up to Tq query tokens each."""
+    """Rows attended together in one padded SDPA call: P rows of up to Tq query tokens each."""
 
     query_index: torch.Tensor  # [P, Tq] int64 flat batch rows of each row's queries (padding repeats the last one)
     block_tables: torch.Tensor  # [P, MB] int64 (padded with block 0, masked out)
@@ -58,20 +75,45 @@ class AttentionGroup:
 
 
 @dataclass
+class RaggedBatch:
+    """The whole batch as the paged-attention kernel takes it: rows in flat token order."""
+
+    block_tables: torch.Tensor  # [B, MB] int32 (padded with block 0, never read)
+    query_start: torch.Tensor  # [B + 1] int32, row b owns flat tokens query_start[b] .. query_start[b+1]-1
+    context_lens: torch.Tensor  # [B] int32, cached tokens of row b, its new ones included
+
+
+@dataclass
 class ForwardInputs:
     token_ids: torch.Tensor  # [T] int64, decode rows first, then prefill chunks
     positions: torch.Tensor  # [T] int64
     slot_mapping: torch.Tensor  # [T] int64, flat slot (block * block_size + offset) of each token's K/V
-    groups: list[AttentionGroup]  # decodes, then prefill chunks; their outputs concatenate in token order
+    ragged: RaggedBatch
+    groups: list[AttentionGroup]  # for the gather backend: decodes, then prefill chunks, in token order
     logits_indices: torch.Tensor  # [N] int64, flat rows whose logits the batch asked for, in batch order
 
 
-class PagedAttention:
-    """AttentionBackend over a PagedKVCache for one ForwardInputs.
+class KernelPagedAttention:
+    """AttentionBackend on codegen's TVM paged-attention kernel: no gather, one call per layer."""
 
-    Each group gathers its rows' blocks once per layer and runs one SDPA over the padded rows,
-    so the Python cost per layer does not grow with the number of sequences.
-    """
+    def __init__(self, cache: PagedKVCache, inputs: ForwardInputs):
+        from codegen import ops
+
+        self._attention = ops.paged_attention
+        self.cache = cache
+        self.inputs = inputs
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        inp = self.inputs
+        self.cache.write(layer, inp.slot_mapping, k, v)
+        r = inp.ragged
+        return self._attention(q, self.cache.k[layer], self.cache.v[layer], r.block_tables, r.query_start,
+                               r.context_lens)  # [T, Hq, D]
+
+
+class GatherPagedAttention:
+    """AttentionBackend in torch: each group gathers its rows' blocks once per layer and runs
+    one SDPA over the padded rows, so the Python cost per layer does not grow with the batch."""
 
     def __init__(self, cache: PagedKVCache, inputs: ForwardInputs, num_q_heads: int):
         self.cache = cache
@@ -80,16 +122,17 @@ class PagedAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         inp = self.inputs
-        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [Hkv, NB, bs, D]
-        num_kv_heads, head_dim = k.shape[1], k.shape[2]
-        k_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, inp.slot_mapping, k.transpose(0, 1))
-        v_cache.view(num_kv_heads, -1, head_dim).index_copy_(1, inp.slot_mapping, v.transpose(0, 1))
+        self.cache.write(layer, inp.slot_mapping, k, v)
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [NB, Hkv, D, bs], [NB, Hkv, bs, D]
+        _, num_kv_heads, head_dim, bs = k_cache.shape
         outputs = []
         for g in inp.groups:
             rows, width = g.query_index.shape
             tables = g.block_tables.view(-1)  # [P * MB]
-            keys = k_cache.index_select(1, tables).view(num_kv_heads, rows, -1, head_dim).transpose(0, 1)  # [P, Hkv, S, D]
-            values = v_cache.index_select(1, tables).view(num_kv_heads, rows, -1, head_dim).transpose(0, 1)  # [P, Hkv, S, D]
+            keys = k_cache.index_select(0, tables).view(rows, -1, num_kv_heads, head_dim, bs)  # [P, MB, Hkv, D, bs]
+            keys = keys.permute(0, 2, 1, 4, 3).reshape(rows, num_kv_heads, -1, head_dim).to(q.dtype)  # [P, Hkv, S, D]
+            values = v_cache.index_select(0, tables).view(rows, -1, num_kv_heads, bs, head_dim)  # [P, MB, Hkv, bs, D]
+            values = values.permute(0, 2, 1, 3, 4).reshape(rows, num_kv_heads, -1, head_dim).to(q.dtype)
             queries = q[g.query_index.view(-1)].view(rows, width, self.num_q_heads, head_dim).transpose(1, 2)  # [P, Hq, Tq, D]
             out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=g.mask, enable_gqa=True)  # [P, Hq, Tq, D]
             out = out.transpose(1, 2).reshape(rows * width, self.num_q_heads, head_dim)  # [P * Tq, Hq, D]
@@ -110,11 +153,18 @@ def _pad_limited_groups(rows: list[int], lengths: list[int], max_padding: float 
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_cache_dtype: str = "fp32",
+                 attention_kernel: str = "tvm"):
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+        if attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention_kernel must be one of {ATTENTION_KERNELS}, got {attention_kernel!r}")
         c = model.config
         self.model = model
         self.block_size = block_size
-        self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        self.attention_kernel = attention_kernel
+        self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim,
+                                  KV_CACHE_DTYPES[kv_cache_dtype])
 
     def prepare_batch(self, batch: ScheduledBatch) -> ForwardInputs:
         bs = self.block_size
@@ -130,17 +180,31 @@ class ModelRunner:
             positions += pos
             slots += [table[p // bs] * bs + p % bs for p in pos]
         decode = [i for i in order if batch.rows[i].num_tokens == 1]
-        parts = ([decode] if decode else []) + _pad_limited_groups([i for i in order if batch.rows[i].num_tokens > 1],
-                                                                    [r.num_tokens for r in batch.rows])
-        groups = [self._group([batch.rows[i] for i in part], [first_token[i] for i in part]) for part in parts]
+        groups = []
+        if self.attention_kernel == "torch":
+            parts = ([decode] if decode else []) + _pad_limited_groups(
+                [i for i in order if batch.rows[i].num_tokens > 1], [r.num_tokens for r in batch.rows])
+            groups = [self._group([batch.rows[i] for i in part], [first_token[i] for i in part]) for part in parts]
         logits_indices = [first_token[i] + off for i, row in enumerate(batch.rows) for off in row.logit_offsets]
         return ForwardInputs(
             token_ids=torch.tensor(token_ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             slot_mapping=torch.tensor(slots, dtype=torch.long),
+            ragged=self._ragged([batch.rows[i] for i in order]),
             groups=groups,
             logits_indices=torch.tensor(logits_indices, dtype=torch.long),
         )
+
+    def _ragged(self, rows) -> RaggedBatch:
+        bs = self.block_size
+        max_blocks = max(-(-r.context_len // bs) for r in rows)
+        tables = [list(r.block_table[:max_blocks]) + [0] * (max_blocks - len(r.block_table[:max_blocks])) for r in rows]
+        starts = [0]
+        for r in rows:
+            starts.append(starts[-1] + r.num_tokens)
+        return RaggedBatch(block_tables=torch.tensor(tables, dtype=torch.int32),
+                           query_start=torch.tensor(starts, dtype=torch.int32),
+                           context_lens=torch.tensor([r.context_len for r in rows], dtype=torch.int32))
 
     def _group(self, rows, first_tokens: list[int]) -> AttentionGroup:
         bs = self.block_size
@@ -163,11 +227,15 @@ class ModelRunner:
             output_index=None if width == 1 else torch.tensor(output_index, dtype=torch.long),
         )
 
+    def attention(self, inputs: ForwardInputs):
+        if self.attention_kernel == "tvm":
+            return KernelPagedAttention(self.cache, inputs)
+        return GatherPagedAttention(self.cache, inputs, self.model.config.num_heads)
+
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> torch.Tensor:
         """Logits [batch.num_logits, V] for the rows' logit_offsets, in batch order."""
         inputs = self.prepare_batch(batch)
         self.cache.copy_blocks(batch.block_copies)
-        attention = PagedAttention(self.cache, inputs, self.model.config.num_heads)
-        hidden = self.model.forward(inputs.token_ids, inputs.positions, attention)  # [T, H]
+        hidden = self.model.forward(inputs.token_ids, inputs.positions, self.attention(inputs))  # [T, H]
         return self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V]

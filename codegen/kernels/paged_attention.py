@@ -1,17 +1,22 @@
 """Causal attention over a paged KV cache, for decode and (chunked) prefill alike.
 
 A batch is ragged: sequence b owns query rows query_start[b] .. query_start[b+1]-1 of q,
-has context_lens[b] tokens in the cache (its new ones included) and finds token j's K/V
-at k_cache[block_tables[b, j // block_size], j % block_size]. Query i of a sequence with
+has context_lens[b] tokens in the cache (its new ones included) and finds token j's key
+at k_cache[block_tables[b, j // block_size], :, :, j % block_size] and its value at
+v_cache[block_tables[b, j // block_size], :, j % block_size]. Query i of a sequence with
 n queries sits at position context_lens[b] - n + i and attends to keys 0..that position.
 Decode is the case n = 1 (operators.tensor_ops.paged_decode_attention); prefill the
 case n = context (causal_attention).
 
+Layout (vLLM's idea): a block holds, per KV head, its keys transposed [D, block_size]
+and its values [block_size, D], each one contiguous run. Scores for a whole block are
+then block_size-lane FMAs over the head dimension, no horizontal sums, and values fold
+into D-lane accumulators; 4 independent score accumulators per head hide FMA latency.
 Loop extents depend on the data (context lengths), which TE cannot express, so the
-kernel is written as TIR loops; its config picks the key tile. Per (sequence, KV head)
-task, run in parallel: each K/V row is read once for the whole query-head group (GQA),
-scores for a tile of keys are formed with 16-lane accumulators, and an online softmax
-(running max and sum) folds tile after tile into the output accumulators.
+kernel is written as TIR loops: one task per (sequence, KV head), run in parallel,
+reading each block once per query-head group member, with an online softmax (running
+max and sum) over blocks. The cache holds fp32 or bf16 (half the bytes; widened to
+fp32 on load, exactly); arithmetic is fp32.
 """
 from __future__ import annotations
 
@@ -20,21 +25,24 @@ import math
 from codegen.build import KernelSpec
 from codegen.kernels.common import exp_f32, loop_kinds
 
-LANES = 16
+KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+SPLIT = 4  # independent partial sums per score vector
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-                         key_tile: int = 16, gpu: bool = False):
+                         kv_dtype: str = "fp32", gpu: bool = False):
     from tvm.script import tirx as T
 
     OUTER, VEC = loop_kinds(gpu)
     SCOPE = "local" if gpu else "global"  # small 'global' buffers live on the CPU stack
 
-    if num_q_heads % num_kv_heads or head_dim % LANES:
-        raise ValueError("need num_q_heads % num_kv_heads == 0 and head_dim % 16 == 0")
-    HQ, HKV, D, BS, TILE = num_q_heads, num_kv_heads, head_dim, block_size, key_tile
+    if num_q_heads % num_kv_heads or head_dim % SPLIT:
+        raise ValueError(f"need num_q_heads % num_kv_heads == 0 and head_dim % {SPLIT} == 0")
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
+    HQ, HKV, D, BS = num_q_heads, num_kv_heads, head_dim, block_size
     GROUP = HQ // HKV
-    DC = D // LANES
+    KV = KV_DTYPES[kv_dtype]
     scale = 1.0 / math.sqrt(D)
     NEG = -3.0e38
 
@@ -48,13 +56,20 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         num_blocks = T.int64()
         max_blocks = T.int64()
         q = T.match_buffer(q_h, (num_tokens, HQ, D), "float32")
-        k_cache = T.match_buffer(k_h, (num_blocks, BS, HKV, D), "float32")
-        v_cache = T.match_buffer(v_h, (num_blocks, BS, HKV, D), "float32")
+        k_cache = T.match_buffer(k_h, (num_blocks, HKV, D, BS), KV)  # keys transposed per block
+        v_cache = T.match_buffer(v_h, (num_blocks, HKV, BS, D), KV)
         block_tables = T.match_buffer(tables_h, (num_seqs, max_blocks), "int32")
         query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
         context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
         out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
         for task in OUTER(num_seqs * HKV):
+            qs = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+            run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+            part = T.alloc_buffer((SPLIT, GROUP, BS), "float32", scope=SCOPE)
+            probs = T.alloc_buffer((GROUP, BS), "float32", scope=SCOPE)
+            block_max = T.alloc_buffer((1,), "float32", scope=SCOPE)
             b = task // HKV
             g = task % HKV
             q_begin = query_start[b]
@@ -62,54 +77,44 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             for i in range(num_q):
                 row = q_begin + i
                 num_keys = context_lens[b] - num_q + i + 1
-                run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
-                run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
-                acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
-                scores = T.alloc_buffer((GROUP, TILE), "float32", scope=SCOPE)
-                lane_acc = T.alloc_buffer((LANES,), "float32", scope=SCOPE)
-                tile_max = T.alloc_buffer((1,), "float32", scope=SCOPE)
                 for h in range(GROUP):
                     run_max[h] = T.float32(NEG)
                     run_sum[h] = T.float32(0)
                     for d in VEC(D):
+                        qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale)
                         acc[h, d] = T.float32(0)
-                for tile in range((num_keys + TILE - 1) // TILE):
-                    count = T.min(TILE, num_keys - tile * TILE)
+                for kb in range((num_keys + BS - 1) // BS):
+                    blk = block_tables[b, kb]
+                    count = T.min(BS, num_keys - kb * BS)
+                    for c in T.unroll(SPLIT):
+                        for h in T.unroll(GROUP):
+                            for jj in VEC(BS):
+                                part[c, h, jj] = T.float32(0)
+                    for dd in range(D // SPLIT):
+                        for c in T.unroll(SPLIT):
+                            for h in T.unroll(GROUP):
+                                for jj in VEC(BS):
+                                    part[c, h, jj] = part[c, h, jj] + qs[h, dd * SPLIT + c] * T.Cast(
+                                        "float32", k_cache[blk, g, dd * SPLIT + c, jj])
                     for h in range(GROUP):
-                        for jj in range(TILE):
-                            scores[h, jj] = T.float32(NEG)
-                    for jj in range(count):
-                        j = tile * TILE + jj
-                        blk = block_tables[b, j // BS]
-                        for h in range(GROUP):
-                            for l in VEC(LANES):
-                                lane_acc[l] = T.float32(0)
-                            for dc in range(DC):
-                                for l in VEC(LANES):
-                                    lane_acc[l] = lane_acc[l] + q[row, g * GROUP + h, dc * LANES + l] * k_cache[blk, j % BS, g, dc * LANES + l]
-                            scores[h, jj] = T.float32(0)
-                            for l in range(LANES):
-                                scores[h, jj] = scores[h, jj] + lane_acc[l]
-                            scores[h, jj] = scores[h, jj] * T.float32(scale)
-                    for h in range(GROUP):
-                        tile_max[0] = run_max[h]
-                        for jj in range(TILE):
-                            tile_max[0] = T.max(tile_max[0], scores[h, jj])
-                        for jj in VEC(TILE):
-                            scores[h, jj] = T.Select(scores[h, jj] > T.float32(NEG), exp_f32(scores[h, jj] - tile_max[0]), T.float32(0))
-                        alpha = exp_f32(run_max[h] - tile_max[0])
-                        run_max[h] = tile_max[0]
+                        for jj in VEC(BS):
+                            probs[h, jj] = T.Select(jj < count, (part[0, h, jj] + part[1, h, jj]) + (part[2, h, jj] + part[3, h, jj]),
+                                                    T.float32(NEG))
+                        block_max[0] = run_max[h]
+                        for jj in range(BS):
+                            block_max[0] = T.max(block_max[0], probs[h, jj])
+                        for jj in VEC(BS):
+                            probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - block_max[0]), T.float32(0))
+                        alpha = exp_f32(run_max[h] - block_max[0])
+                        run_max[h] = block_max[0]
                         run_sum[h] = run_sum[h] * alpha
-                        for jj in range(TILE):
-                            run_sum[h] = run_sum[h] + scores[h, jj]
+                        for jj in range(BS):
+                            run_sum[h] = run_sum[h] + probs[h, jj]
                         for d in VEC(D):
                             acc[h, d] = acc[h, d] * alpha
-                    for jj in range(count):
-                        j = tile * TILE + jj
-                        blk = block_tables[b, j // BS]
-                        for h in range(GROUP):
+                        for jj in range(count):
                             for d in VEC(D):
-                                acc[h, d] = acc[h, d] + scores[h, jj] * v_cache[blk, j % BS, g, d]
+                                acc[h, d] = acc[h, d] + probs[h, jj] * T.Cast("float32", v_cache[blk, g, jj, d])
                 for h in range(GROUP):
                     for d in VEC(D):
                         out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]

@@ -113,46 +113,61 @@ def test_rope_reads_qkv_view(tokens, heads, head_dim):
 
 
 ATTENTION_SHAPES = [(9, 3, 64, 16), (4, 4, 32, 8), (6, 2, 16, 5)]  # (Hq, Hkv, D, block_size)
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def attention_kernel(hq, hkv, d, bs):
-    return get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs})
+def attention_kernel(hq, hkv, d, bs, kv_dtype="fp32"):
+    return get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs,
+                                          "kv_dtype": kv_dtype})
 
 
-def random_cache(num_blocks, bs, hkv, d):
-    return torch.randn(num_blocks, bs, hkv, d), torch.randn(num_blocks, bs, hkv, d)
+def random_cache(num_blocks, bs, hkv, d, kv_dtype="fp32"):
+    """K [NB, Hkv, D, bs] and V [NB, Hkv, bs, D] in the kernel's layout."""
+    dtype = KV_DTYPES[kv_dtype]
+    return torch.randn(num_blocks, hkv, d, bs).to(dtype), torch.randn(num_blocks, hkv, bs, d).to(dtype)
 
 
+def reference_layout(k_cache, v_cache):
+    """The operators/ reference's [NB, bs, Hkv, D] views, in fp32 (bf16 widens exactly)."""
+    return k_cache.float().permute(0, 3, 1, 2), v_cache.float().permute(0, 2, 1, 3)
+
+
+# bf16 caches keep the fp32 tolerance: kernel and reference read the same widened values and
+# differ only in summation order.
+@pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
-def test_paged_decode_attention(hq, hkv, d, bs):
+def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype):
     lens = [1, 5, bs, 3 * bs + 1, 40]
     max_blocks = max(-(-n // bs) for n in lens)
-    k_cache, v_cache = random_cache(len(lens) * max_blocks + 3, bs, hkv, d)
+    k_cache, v_cache = random_cache(len(lens) * max_blocks + 3, bs, hkv, d, kv_dtype)
     tables = torch.randperm(k_cache.shape[0])[: len(lens) * max_blocks].view(len(lens), max_blocks).int().contiguous()
     q = torch.randn(len(lens), hq, d)
     context_lens = torch.tensor(lens, dtype=torch.int32)
     query_start = torch.arange(len(lens) + 1, dtype=torch.int32)
     out = poisoned(len(lens), hq, d)
-    attention_kernel(hq, hkv, d, bs)(q, k_cache, v_cache, tables, query_start, context_lens, out)
-    assert_fp32_close(out, ref.paged_decode_attention(q, k_cache, v_cache, tables, context_lens))
+    attention_kernel(hq, hkv, d, bs, kv_dtype)(q, k_cache, v_cache, tables, query_start, context_lens, out)
+    k_ref, v_ref = reference_layout(k_cache, v_cache)
+    assert_fp32_close(out, ref.paged_decode_attention(q, k_ref, v_ref, tables, context_lens))
 
 
+@pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
-def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs):
+def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv_dtype):
     # Sequence 0: a fresh prompt of 19 tokens; sequence 1: 6 new tokens after 11 cached ones.
     new, context = [19, 6], [19, 17]
     max_blocks = max(-(-n // bs) for n in context)
-    k_cache, v_cache = random_cache(2 * max_blocks + 1, bs, hkv, d)
+    k_cache, v_cache = random_cache(2 * max_blocks + 1, bs, hkv, d, kv_dtype)
     tables = torch.randperm(k_cache.shape[0])[: 2 * max_blocks].view(2, max_blocks).int().contiguous()
     query_start = torch.tensor([0, new[0], new[0] + new[1]], dtype=torch.int32)
     q = torch.randn(sum(new), hq, d)
     out = poisoned(sum(new), hq, d)
-    attention_kernel(hq, hkv, d, bs)(q, k_cache, v_cache, tables, query_start,
-                                     torch.tensor(context, dtype=torch.int32), out)
+    attention_kernel(hq, hkv, d, bs, kv_dtype)(q, k_cache, v_cache, tables, query_start,
+                                               torch.tensor(context, dtype=torch.int32), out)
+    k_ref, v_ref = reference_layout(k_cache, v_cache)
     for b in range(2):
         blocks = tables[b, : -(-context[b] // bs)].long()
-        k = k_cache[blocks].reshape(-1, hkv, d)[: context[b]]
-        v = v_cache[blocks].reshape(-1, hkv, d)[: context[b]]
+        k = k_ref[blocks].reshape(-1, hkv, d)[: context[b]]
+        v = v_ref[blocks].reshape(-1, hkv, d)[: context[b]]
         rows = slice(int(query_start[b]), int(query_start[b + 1]))
         assert_fp32_close(out[rows], ref.causal_attention(q[rows], k, v, q_start=context[b] - new[b]))
 

@@ -6,7 +6,7 @@ import torch
 
 from operators.tensor_ops import causal_attention, paged_decode_attention
 from runtime.batch import BatchRow, ScheduledBatch
-from runtime.model_runner import ModelRunner, PagedAttention, PagedKVCache
+from runtime.model_runner import ModelRunner, PagedKVCache
 
 
 class _Config:
@@ -17,11 +17,14 @@ class _Model:
     config = _Config()
 
 
+@pytest.mark.parametrize("attention_kernel", ["tvm", "torch"])
+@pytest.mark.parametrize("kv_cache_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("block_size", [1, 4, 16])
-def test_ragged_batch_attention_equals_per_sequence_reference(block_size):
+def test_ragged_batch_attention_equals_per_sequence_reference(block_size, kv_cache_dtype, attention_kernel):
     torch.manual_seed(block_size)
     c = _Config()
-    runner = ModelRunner(_Model(), num_blocks=128, block_size=block_size)
+    runner = ModelRunner(_Model(), num_blocks=128, block_size=block_size, kv_cache_dtype=kv_cache_dtype,
+                         attention_kernel=attention_kernel)
     # (cached tokens, new tokens) per row: decodes, a chunk after a cached prefix, a fresh prefill.
     shapes = [(9, 1), (0, 1), (5, 6), (0, 7), (17, 1), (3, 40), (0, 2)]  # 40 tokens: a group of its own
     next_block, rows, history = 0, [], []
@@ -30,6 +33,8 @@ def test_ragged_batch_attention_equals_per_sequence_reference(block_size):
         table = tuple(range(next_block, next_block + num_blocks))[::-1]  # deliberately not in order
         next_block += num_blocks
         k_old, v_old = torch.randn(cached, c.num_kv_heads, c.head_dim), torch.randn(cached, c.num_kv_heads, c.head_dim)
+        # what the cache holds is what attention sees (bf16 rounds once, on the way in)
+        k_old, v_old = k_old.to(runner.cache.dtype).float(), v_old.to(runner.cache.dtype).float()
         for pos in range(cached):
             runner.cache.block_view(0, "k")[table[pos // block_size], pos % block_size] = k_old[pos]
             runner.cache.block_view(0, "v")[table[pos // block_size], pos % block_size] = v_old[pos]
@@ -40,10 +45,12 @@ def test_ragged_batch_attention_equals_per_sequence_reference(block_size):
     T = batch.num_tokens
     q = torch.randn(T, c.num_heads, c.head_dim)  # [T, Hq, D]
     k, v = torch.randn(T, c.num_kv_heads, c.head_dim), torch.randn(T, c.num_kv_heads, c.head_dim)  # [T, Hkv, D]
-    out = PagedAttention(runner.cache, inputs, c.num_heads).attend(0, q, k, v)  # [T, Hq, D]
+    out = runner.attention(inputs).attend(0, q, k, v)  # [T, Hq, D]
+    k, v = k.to(runner.cache.dtype).float(), v.to(runner.cache.dtype).float()
     # The flat batch puts decodes first, then prefill chunks longest first.
     order = sorted(range(len(rows)), key=lambda i: (rows[i].num_tokens > 1, -rows[i].num_tokens))
-    assert len(inputs.groups) == 3
+    if attention_kernel == "torch":
+        assert len(inputs.groups) == 3  # decodes, the 40-token chunk, the rest
     begin = 0
     for i in order:
         row, (k_old, v_old) = rows[i], history[i]
@@ -52,7 +59,8 @@ def test_ragged_batch_attention_equals_per_sequence_reference(block_size):
                                 q_start=row.start)
         torch.testing.assert_close(out[begin:end], want, atol=1e-5, rtol=1e-5)
         if row.num_tokens == 1:  # and the operator library's paged reference agrees
-            got = paged_decode_attention(q[begin:end], runner.cache.block_view(0, "k"), runner.cache.block_view(0, "v"),
+            got = paged_decode_attention(q[begin:end], runner.cache.block_view(0, "k").float(),
+                                         runner.cache.block_view(0, "v").float(),
                                          torch.tensor([row.block_table]), torch.tensor([row.context_len]))
             torch.testing.assert_close(out[begin:end], got, atol=1e-5, rtol=1e-5)
         begin = end
