@@ -7,7 +7,9 @@ one a chunk of what is left. Waiting sequences are then admitted in policy order
 or shortest-predicted-first) while the budget, the batch cap and the KV pool allow.
 When the pool cannot hold a running sequence's next tokens, the lowest-precedence
 running sequence is preempted by recompute: its blocks are released (the computed ones
-stay in the prefix cache) and it goes back to the queue with its output so far.
+stay in the prefix cache) and it goes back to the queue with its output so far. A
+waiting sequence of higher priority than running ones preempts them the same way when
+the batch cap or the pool would otherwise keep it waiting.
 No torch here.
 """
 from __future__ import annotations
@@ -54,7 +56,9 @@ class Scheduler:
         self.waiting.append(seq)
 
     def schedule(self) -> ScheduledBatch:
-        budget, rows, copies, preempted = self.config.prefill_chunk_tokens, [], [], []
+        budget, rows, copies = self.config.prefill_chunk_tokens, [], []
+        yielded = self._make_room_for_priority()
+        preempted: list[Sequence] = []  # for lack of memory, this step
         queue = sorted(self.running, key=precedence)  # not yet scheduled this step
         while queue and budget > 0:
             seq = queue.pop(0)
@@ -70,7 +74,27 @@ class Scheduler:
             budget -= fit
         if not (preempted and rows):  # under memory pressure, admitting now would only preempt again
             self._admit(rows, copies, budget)
-        return ScheduledBatch(tuple(rows), tuple(copies), tuple(p.seq_id for p in preempted))
+        return ScheduledBatch(tuple(rows), tuple(copies), tuple(p.seq_id for p in yielded + preempted))
+
+    def _make_room_for_priority(self) -> list[Sequence]:
+        """Preempt lower-priority running sequences, lowest precedence first, until the first
+        waiting sequence fits the batch cap and the pool (its whole remaining prompt)."""
+        if not self.waiting or not self.running:
+            return []
+        first = min(self.waiting, key=self.admission_order)
+        victims = sorted((s for s in self.running if s.priority < first.priority), key=precedence)
+        yielded = []
+        while victims and not self._fits(first):
+            yielded.append(self._preempt(victims.pop()))
+        return yielded
+
+    def _fits(self, seq: Sequence) -> bool:
+        if len(self.running) >= self.config.max_batch_size:
+            return False
+        self.kv.match_prefix(seq)
+        fits = self.kv.blocks_needed(seq, seq.num_tokens_to_compute) <= self.kv.num_available_blocks
+        self.kv.free(seq)
+        return fits
 
     def _admit(self, rows: list[BatchRow], copies: list, budget: int) -> None:
         self.waiting.sort(key=self.admission_order)

@@ -29,18 +29,22 @@ def expected_output(prompt, max_new):
     return tokens[len(prompt):]
 
 
-def run(config: EngineConfig, num_blocks: int, requests, max_steps: int = 5000):
+def run(config: EngineConfig, num_blocks: int, requests, max_steps: int = 5000, arrivals=None):
+    """arrivals[i]: the step at which request i is submitted (default: all before the first)."""
     kv = KVCacheManager(num_blocks, config.kv_block_size, config.prefix_cache)
     scheduler = Scheduler(config, kv)
-    seqs = {}
-    for i, r in enumerate(requests):
-        seqs[i] = Sequence(i, f"r{i}", r, max_new_tokens=r.sampling.max_tokens,
-                           predicted_output_tokens=r.sampling.max_tokens)
-        scheduler.add(seqs[i])
+    arrivals = arrivals or [0] * len(requests)
+    seqs = {i: Sequence(i, f"r{i}", r, max_new_tokens=r.sampling.max_tokens, predicted_output_tokens=r.sampling.max_tokens)
+            for i, r in enumerate(requests)}
     finished_order = []
-    for _ in range(max_steps):
+    for step in range(max_steps):
+        for i in range(len(requests)):
+            if arrivals[i] == step:
+                scheduler.add(seqs[i])
         if not scheduler.has_work:
-            break
+            if step > max(arrivals):
+                break
+            continue
         batch = scheduler.schedule()
         assert batch.num_tokens <= config.prefill_chunk_tokens
         assert len(batch.rows) <= config.max_batch_size
@@ -77,7 +81,8 @@ def check_refcounts(kv: KVCacheManager, scheduler: Scheduler):
 
 
 prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=24)
-workloads = st.lists(st.tuples(st.sampled_from([(), (1, 2, 3, 4, 5, 6)]), prompts, st.integers(1, 8), st.integers(0, 2)),
+workloads = st.lists(st.tuples(st.sampled_from([(), (1, 2, 3, 4, 5, 6)]), prompts, st.integers(1, 8), st.integers(0, 2),
+                               st.integers(0, 12)),
                      min_size=1, max_size=10)
 
 
@@ -88,12 +93,12 @@ workloads = st.lists(st.tuples(st.sampled_from([(), (1, 2, 3, 4, 5, 6)]), prompt
 def test_every_request_completes_with_its_own_output_under_any_pressure(workload, block_size, budget, batch_cap,
                                                                         prefix_cache, policy, spare_blocks):
     requests = [GenerationRequest(tuple(prefix) + tuple(p), SamplingParams(max_tokens=n), priority=prio)
-                for prefix, p, n, prio in workload]
+                for prefix, p, n, prio, _ in workload]
     largest = max(-(-(len(r.prompt_token_ids) + r.sampling.max_tokens) // block_size) for r in requests)
     num_blocks = largest + spare_blocks  # always enough for any one request, rarely for all at once
     config = EngineConfig(kv_block_size=block_size, prefill_chunk_tokens=budget, max_batch_size=batch_cap,
                           prefix_cache=prefix_cache, scheduling=policy)
-    seqs, scheduler, kv, _ = run(config, num_blocks, requests)
+    seqs, scheduler, kv, _ = run(config, num_blocks, requests, arrivals=[arrival for *_, arrival in workload])
     for i, r in enumerate(requests):
         assert seqs[i].output_token_ids == expected_output(r.prompt_token_ids, r.sampling.max_tokens)
     assert kv.pool.peak_used <= num_blocks
@@ -113,6 +118,26 @@ def test_a_tight_pool_preempts_the_latest_lowest_priority_request():
     assert seqs[1].num_preemptions == 0  # the high-priority one is never the victim
     assert seqs[2].num_preemptions > 0  # the latest of the low-priority ones is
     assert order[0] == 1
+
+
+def test_a_late_high_priority_request_preempts_a_lower_one_at_the_batch_cap():
+    requests = [GenerationRequest((1,) * 4, SamplingParams(max_tokens=20)),
+                GenerationRequest((2,) * 4, SamplingParams(max_tokens=20)),
+                GenerationRequest((3,) * 4, SamplingParams(max_tokens=3), priority=5)]
+    config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=64, max_batch_size=2, prefix_cache=False)
+    seqs, scheduler, _, order = run(config, num_blocks=64, requests=requests, arrivals=[0, 0, 4])
+    assert seqs[1].num_preemptions == 1 and seqs[0].num_preemptions == 0  # the later low-priority one yields
+    assert order[0] == 2  # and the urgent request finishes first
+    for i, r in enumerate(requests):
+        assert seqs[i].output_token_ids == expected_output(r.prompt_token_ids, r.sampling.max_tokens)
+
+
+def test_equal_priority_never_preempts_for_admission():
+    requests = [GenerationRequest((1,) * 4, SamplingParams(max_tokens=10)),
+                GenerationRequest((2,) * 4, SamplingParams(max_tokens=10))]
+    config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=64, max_batch_size=1, prefix_cache=False)
+    _, scheduler, _, order = run(config, num_blocks=64, requests=requests, arrivals=[0, 2])
+    assert scheduler.num_preemptions == 0 and order == [0, 1]
 
 
 def test_decodes_and_prefill_chunks_share_the_token_budget():
