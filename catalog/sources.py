@@ -22,7 +22,7 @@ FILE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "c
 @dataclass(frozen=True)
 class TableSource:
     """Where a Scan's rows come from."""
-    kind: str  # 'parquet' | 'csv' | 'json' | 'arrow' (registered in memory) | 'values'
+    kind: str  # 'parquet' | 'csv' | 'json' | 'arrow' (registered in memory) | 'values' | 'request' (online, never scanned)
     location: str  # path, registered name, or a label for VALUES
     schema: pa.Schema = field(compare=False)
     table: pa.Table | None = field(default=None, compare=False, repr=False)  # for 'arrow' and 'values'

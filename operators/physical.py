@@ -35,7 +35,8 @@ class Choice:
     seconds: float
     runner_up: object = None
     runner_up_seconds: float | None = None
-    forced: bool = False  # a SET hint the optimizer obeyed
+    forced: bool = False  # a hint the optimizer obeyed
+    forced_by: str = "SET"  # or "the running engine": the server's shared engine already runs the model
     note: str = ""  # e.g. the estimated saving
 
 

@@ -1,12 +1,14 @@
 """Enumeration of alternatives: for each engine knob, cost every candidate and keep the cheapest.
 
 A knob the user SET is obeyed (the choice is marked forced, and the cost of the
-value the optimizer would have picked is still shown). Knobs are decided one at a
-time in dependency order (weights and kernels, then batch, chunk, block size,
-prefix cache, scheduling), each with the earlier ones fixed.
+value the optimizer would have picked is still shown); so is every knob of an engine
+already running the model (the server's shared engine), which no plan can change.
+Knobs are decided one at a time in dependency order (weights and kernels, then batch,
+chunk, block size, prefix cache, scheduling), each with the earlier ones fixed.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from operators import logical as L
@@ -23,6 +25,7 @@ BLOCK_SIZES = (16, 32, 8, 64)
 LABEL_TOKENS = 2  # a label's tokens plus the end-of-turn token, when the tokenizer is not at hand
 
 
+@functools.lru_cache(maxsize=1024)  # printing the prompt is the slow part, and every workload() asks
 def template_key(op: L.Generate | L.Classify) -> str:
     """The prompt's shape: keys output-length statistics across queries with the same template."""
     if isinstance(op, L.Classify):
@@ -57,23 +60,23 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
     return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint)
 
 
-def _auto_or(ctx: OptimizerContext, name: str, default):
-    return default if ctx.settings.is_auto(name) else getattr(ctx.settings, name)
+def _auto_or(settings, name: str, default):
+    return default if settings.is_auto(name) else getattr(settings, name)
 
 
 def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
     """Starting point of the search: the engine's defaults, with every SET value applied."""
-    memory = _auto_or(ctx, "kv_cache_memory", DEFAULT_KV_CACHE_MEMORY)
+    s = ctx.settings_for(facts.name)
     return EngineKnobs(
-        max_batch_size=_auto_or(ctx, "max_batch_size", 64),
-        prefill_chunk_tokens=_auto_or(ctx, "prefill_chunk_tokens", 512),
-        kv_block_size=_auto_or(ctx, "kv_block_size", 16),
-        kv_cache_memory=memory,
-        prefix_cache=ctx.settings.prefix_cache != "off",
-        scheduling=_auto_or(ctx, "scheduling", "fcfs"),
-        weight_format=_auto_or(ctx, "weight_format", "fp32" if "fp32" in facts.weight_formats else facts.weight_formats[0]),
-        kernels=_auto_or(ctx, "kernels", "torch"),
-        threads=None if ctx.settings.is_auto("threads") else ctx.settings.threads,
+        max_batch_size=_auto_or(s, "max_batch_size", 64),
+        prefill_chunk_tokens=_auto_or(s, "prefill_chunk_tokens", 512),
+        kv_block_size=_auto_or(s, "kv_block_size", 16),
+        kv_cache_memory=_auto_or(s, "kv_cache_memory", DEFAULT_KV_CACHE_MEMORY),
+        prefix_cache=s.prefix_cache != "off",
+        scheduling=_auto_or(s, "scheduling", "fcfs"),
+        weight_format=_auto_or(s, "weight_format", "fp32" if "fp32" in facts.weight_formats else facts.weight_formats[0]),
+        kernels=_auto_or(s, "kernels", "torch"),
+        threads=None if s.is_auto("threads") else s.threads,
     )
 
 
@@ -109,7 +112,7 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     facts = ctx.model(op.model)
     knobs = initial_knobs(ctx, facts)
     choices = []
-    s = ctx.settings
+    s = ctx.settings_for(op.model)
 
     forced = not (s.is_auto("weight_format") and s.is_auto("kernels"))
     # auto never loses precision against the model file: bf16 rounds the weights, so only a SET picks it
@@ -165,6 +168,8 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     choices.append(Choice("scheduling", chosen[1], chosen[0], other[1], other[0], is_forced,
                           "" if isinstance(op, L.Generate) else "classify has no decode tail"))
     knobs = replace(knobs, scheduling=chosen[1])
+    if op.model in ctx.running:
+        choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from catalog.hardware import HardwareProfile
+from catalog.hardware import HardwareProfile, hardware_profile
 from catalog.model_config import ModelConfig
 from catalog.settings import Settings
+from operators.physical import EngineKnobs
+from planner.calibration import fit_phase_factors
 from planner.statistics import Statistics
 
 
@@ -26,8 +28,19 @@ class ModelFacts:
         from catalog.model_catalog import config_of
 
         m = entry.meta
-        return ModelFacts(entry.name, config_of(entry), m["chat_prefix_tokens"], m["chat_suffix_tokens"],
-                          m["tokens_per_char"], MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]))
+        return ModelFacts.from_meta(entry.name, config_of(entry), entry.meta)
+
+    @staticmethod
+    def from_loaded(name: str, loaded) -> ModelFacts:
+        """For a model loaded without a catalog entry (`sqlm serve --model path`)."""
+        from catalog.model_catalog import describe_loaded
+
+        return ModelFacts.from_meta(name, loaded.config, describe_loaded(loaded))
+
+    @staticmethod
+    def from_meta(name: str, config: ModelConfig, m: dict) -> ModelFacts:
+        return ModelFacts(name, config, m["chat_prefix_tokens"], m["chat_suffix_tokens"], m["tokens_per_char"],
+                          MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]))
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,45 @@ class OptimizerContext:
     kernels: tuple[str, ...] = ("torch",)  # kernel implementations available on this target
     # (model, weight path) -> learned (prefill, decode) correction factors, see planner/calibration.py
     feedback: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # model name -> settings with the knobs of an engine already running it (the server's shared engine)
+    # set as hints: its knobs are facts a plan obeys, not choices (see engine_settings)
+    running: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def model(self, name: str) -> ModelFacts:
         return self.models[name]
+
+    def settings_for(self, model: str) -> Settings:
+        """The settings a model call obeys: the running engine's knobs where one runs the model."""
+        return self.running.get(model, self.settings)
+
+
+def engine_settings(settings: Settings, knobs: EngineKnobs) -> Settings:
+    """`settings` with every engine knob SET to a running engine's value."""
+    pinned = (("kv_cache_memory", knobs.kv_cache_memory), ("kv_block_size", knobs.kv_block_size),
+              ("max_batch_size", knobs.max_batch_size), ("prefill_chunk_tokens", knobs.prefill_chunk_tokens),
+              ("prefix_cache", "on" if knobs.prefix_cache else "off"), ("scheduling", knobs.scheduling),
+              ("weight_format", knobs.weight_format), ("kernels", knobs.kernels))
+    for name, value in pinned:
+        settings = settings.with_value(name, value)
+    return settings
+
+
+def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], statistics: Statistics,
+                    running: dict[str, EngineKnobs] | None = None) -> OptimizerContext:
+    """What the catalog knows for a plan: this machine's profile, the kernels it can run, learned cost corrections.
+
+    catalog: a catalog.store.Catalog; running: model name -> knobs of an engine already running it.
+    """
+    feedback = {}
+    for name in models:
+        for fmt in ("fp32", "bf16", "native"):
+            for kernels in ("torch", "tvm"):
+                observations = catalog.feedback(name, f"{fmt}/{kernels}")
+                if observations:
+                    feedback[(name, f"{fmt}/{kernels}")] = fit_phase_factors(observations)
+    hw = hardware_profile(catalog)
+    # TVM is a candidate where its kernels built and were timed on this machine
+    kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
+    pinned = {name: engine_settings(settings, knobs) for name, knobs in (running or {}).items()}
+    return OptimizerContext(settings, hw, statistics, MappingProxyType(dict(models)), kernels=kernels,
+                            feedback=MappingProxyType(feedback), running=MappingProxyType(pinned))

@@ -42,7 +42,8 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
         d["estimate"].update(prompt_tokens=e.prompt_tokens, computed_prompt_tokens=e.computed_prompt_tokens,
                              output_tokens=e.output_tokens, kv_bytes=e.kv_bytes, llm_calls=e.llm_calls)
         d["choices"] = [{"knob": c.knob, "value": c.value, "seconds": c.seconds, "runner_up": c.runner_up,
-                         "runner_up_seconds": c.runner_up_seconds, "forced": c.forced, "note": c.note}
+                         "runner_up_seconds": c.runner_up_seconds, "forced": c.forced, "forced_by": c.forced_by,
+                         "note": c.note}
                         for c in op.choices]
     if actuals is not None and node in actuals:
         a = actuals[node]
@@ -88,7 +89,7 @@ def _text_node(d: dict, depth: int, lines: list[str]) -> None:
     for k, v in d["params"].items():
         lines.append(f"{inner}{k}: {_value(v)}")
     for c in d.get("choices", []):
-        forced = " [forced by SET]" if c["forced"] else ""
+        forced = f" [forced by {c['forced_by']}]" if c["forced"] else ""
         alt = ""
         if c["runner_up"] is not None and c["runner_up_seconds"] is not None:
             alt = f"; runner-up {_value(c['runner_up'])} est. {c['runner_up_seconds']:.2f}s"

@@ -40,8 +40,8 @@ class Plan:
         self.graph.nodes[node]["op"] = op
 
     def inputs(self, node: int) -> list[int]:
-        preds = self.graph.in_edges(node, data="slot")
-        return [u for u, _, _ in sorted(preds, key=lambda e: e[2])]
+        preds = self.graph.pred[node]  # input -> edge attributes; read directly, as every rule asks per node
+        return sorted(preds, key=lambda u: preds[u]["slot"]) if len(preds) > 1 else list(preds)
 
     def consumer(self, node: int) -> int | None:
         succ = list(self.graph.successors(node))

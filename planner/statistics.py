@@ -78,9 +78,10 @@ class StatsStore(Protocol):
 class Statistics:
     """Read-through cache over the catalog's statistics tables."""
 
-    def __init__(self, store: StatsStore | None) -> None:
+    def __init__(self, store: StatsStore | None, known: dict[str, dict[str, ColumnStats]] | None = None) -> None:
+        """known: source fingerprint -> statistics known without reading the source (an online request's exact figures)."""
         self.store = store
-        self._columns: dict[str, dict[str, ColumnStats]] = {}
+        self._columns: dict[str, dict[str, ColumnStats]] = dict(known or {})
 
     def columns(self, source) -> dict[str, ColumnStats]:
         """Stats for every column of a catalog.sources.TableSource."""

@@ -20,8 +20,10 @@ from runtime.batch import ScheduledBatch
 from runtime.engine_config import EngineConfig
 from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
+from runtime.logprobs import token_logprobs
 from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
-from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
+from runtime.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
+                              TokenLogprobs)
 from runtime.sampler import make_generator, sample, suppress_eos
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
@@ -54,6 +56,22 @@ class EngineStats:
         return self.num_cached_prompt_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """How busy the engine is right now: what a server reports as gauges."""
+
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int  # held by sequences or by the prefix cache
+    kv_blocks_cached: int  # held only by the prefix cache (evictable on demand)
+    kv_blocks_total: int
+
+    @property
+    def kv_blocks_active(self) -> int:
+        """Blocks that running or waiting requests hold."""
+        return self.kv_blocks_used - self.kv_blocks_cached
+
+
 class RequestHandle:
     def __init__(self, seq: Sequence):
         self._seq = seq
@@ -77,8 +95,9 @@ class RequestHandle:
         if seq.is_score:
             return ScoreResult(seq.request_id, tuple(seq.request.prompt_token_ids), tuple(seq.request.continuation_token_ids),
                                list(seq.token_logprobs), seq.finish_reason, seq.num_cached_prompt_tokens)
+        logprobs = list(seq.output_logprobs) if seq.output_logprobs is not None else None
         return GenerationResult(seq.request_id, tuple(seq.request.prompt_token_ids), seq.output_token_ids,
-                                seq.detokenizer.text, seq.finish_reason, seq.num_cached_prompt_tokens)
+                                seq.detokenizer.text, seq.finish_reason, seq.num_cached_prompt_tokens, logprobs)
 
 
 class Engine:
@@ -204,13 +223,15 @@ class Engine:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             params = [s.request.sampling for s in seqs]
-            rows = suppress_eos(rows, params, self.tokenizer.eos_token_ids)
-            tokens = sample(rows, params, [s.generator for s in seqs])
-            for seq, token in zip(seqs, tokens):
+            tokens = sample(suppress_eos(rows, params, self.tokenizer.eos_token_ids), params, [s.generator for s in seqs])
+            logprobs = self._logprobs(rows, seqs, tokens)
+            for seq, token, logprob in zip(seqs, tokens, logprobs):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop
                     continue
+                if logprob is not None:
+                    seq.output_logprobs.append(logprob)
                 event = TokenEvent(seq.request_id, token, seq.append_token(token, self.tokenizer.eos_token_ids),
-                                   seq.finish_reason)
+                                   seq.finish_reason, logprob)
                 self._counters["num_generated_tokens"] += 1
                 if seq.finish_reason:
                     self._finish(seq, seq.finish_reason)
@@ -218,6 +239,18 @@ class Engine:
                     seq.on_token(event)
                 events.append(event)
         return events
+
+    @staticmethod
+    def _logprobs(rows: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> list[TokenLogprobs | None]:
+        """rows [B, V] raw logits: only the rows whose request asked pay for a log_softmax."""
+        asked = [i for i, seq in enumerate(seqs) if seq.output_logprobs is not None]
+        out: list[TokenLogprobs | None] = [None] * len(seqs)
+        if asked:
+            found = token_logprobs(rows[asked], [tokens[i] for i in asked],
+                                   [seqs[i].request.sampling.logprobs for i in asked])  # rows[asked]: [A, V]
+            for i, logprob in zip(asked, found):
+                out[i] = logprob
+        return out
 
     def _apply_scores(self, to_score, logits: torch.Tensor) -> None:
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]
@@ -245,6 +278,13 @@ class Engine:
         self.scheduler.finish(seq, reason)
         self._live.pop(seq.seq_id, None)
         self._by_request_id.pop(seq.request_id, None)
+
+    @property
+    def load(self) -> EngineLoad:
+        kv = self.kv
+        cached = kv.prefix_cache.num_evictable_blocks if kv.prefix_cache is not None else 0
+        return EngineLoad(len(self.scheduler.running), len(self.scheduler.waiting), kv.pool.num_used, cached,
+                          kv.pool.num_blocks)
 
     @property
     def stats(self) -> EngineStats:

@@ -10,6 +10,7 @@ import torch
 
 from operators.llama import ContiguousKVCache, LlamaModel
 from runtime.errors import check_context
+from runtime.logprobs import token_logprobs
 from runtime.requests import GenerationRequest, GenerationResult
 from runtime.sampler import make_generator, sample_one, suppress_eos
 from runtime.stop import find_stop, finish_reason
@@ -27,6 +28,7 @@ def generate(model: LlamaModel, tokenizer: Tokenizer, request: GenerationRequest
     generator = make_generator(params)
     detok = IncrementalDetokenizer(tokenizer)
     output: list[int] = []
+    logprobs = [] if params.logprobs is not None else None
     reason = "length" if max_new == 0 else None
     next_input = prompt
     while reason is None:
@@ -34,9 +36,12 @@ def generate(model: LlamaModel, tokenizer: Tokenizer, request: GenerationRequest
         positions = torch.arange(cache.length, cache.length + len(next_input))
         hidden = model.forward(ids, positions, cache)  # [T, H]
         cache.advance(len(next_input))
-        logits = suppress_eos(model.compute_logits(hidden[-1:]), [params], tokenizer.eos_token_ids)  # [1, V]
+        raw = model.compute_logits(hidden[-1:])  # [1, V]
+        logits = suppress_eos(raw, [params], tokenizer.eos_token_ids)  # [1, V]
         token = sample_one(logits[0], params, generator)
         output.append(token)
+        if logprobs is not None:
+            logprobs += token_logprobs(raw, [token], [params.logprobs])
         reason = finish_reason(token, len(output), params, tokenizer.eos_token_ids)
         if reason == "stop":
             break
@@ -55,4 +60,5 @@ def generate(model: LlamaModel, tokenizer: Tokenizer, request: GenerationRequest
         output_token_ids=output,
         text=detok.text,
         finish_reason=reason,
+        logprobs=logprobs,
     )

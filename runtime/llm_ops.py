@@ -5,20 +5,43 @@ a GenerationRequest. classify: each row becomes one ScoreRequest per label, all 
 the prompt (chat template + instruction + text), so the prefix cache computes the
 prompt once per row and the instruction once per query; the label with the highest
 log-likelihood (label tokens + end of turn) wins. Never free text.
+
+A model that a shared engine already runs (the server's, see SharedEngine) joins that
+engine's batch instead of getting an engine of its own: its weights are loaded once.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from codegen.model_kernels import build_model
 from operators.physical import EngineKnobs
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
-from runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
+from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated so far)
+Request = GenerationRequest | ScoreRequest
+Result = GenerationResult | ScoreResult
+
+
+@dataclass(frozen=True)
+class SharedEngine:
+    """An engine that another part drives (the server's engine thread), open to SQL's model calls.
+
+    run(requests, on_progress) blocks until every request has finished, beside whatever else the
+    engine is running, and returns the results in request order; on_progress(done, total, tokens
+    generated) may be called from the engine's thread.
+    """
+
+    model_path: str  # the model file it runs: a catalog model with the same file runs there
+    knobs: EngineKnobs  # fixed for as long as it runs: plans for its model obey them
+    run: Callable[[list[Request], Progress | None], list[Result]]
+
+    def runs(self, model_path: str) -> bool:
+        return Path(model_path).expanduser().resolve() == Path(self.model_path).expanduser().resolve()
 
 
 @dataclass
@@ -33,6 +56,19 @@ class LLMOutcome:
     num_generated_tokens: int = 0
     seconds: float = 0.0  # in the engine
     load_seconds: float = 0.0  # loading weights and building the engine (once per connection and knobs)
+    shared_engine: bool = False  # ran beside other work, so `seconds` says little about this plan's cost
+
+
+def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LLMOutcome:
+    generations = [r for r in results if isinstance(r, GenerationResult)]
+    prompt = sum(len(r.prompt_token_ids) for r in results)
+    cached = sum(r.num_cached_prompt_tokens for r in results)
+    return LLMOutcome(values=[], output_tokens=[len(r.output_token_ids) for r in generations],
+                      censored=[r.finish_reason == "length" for r in generations], num_requests=len(results),
+                      num_prompt_tokens=prompt, num_cached_prompt_tokens=cached,
+                      num_computed_prompt_tokens=prompt - cached,
+                      num_generated_tokens=sum(len(r.output_token_ids) for r in generations),
+                      seconds=seconds, shared_engine=shared_engine)
 
 
 def classify_prompt(tokenizer, instruction: str, text: str) -> list[int]:
@@ -47,15 +83,20 @@ def label_continuations(tokenizer, labels: tuple[str, ...]) -> list[tuple[int, .
 
 
 class LLMService:
-    """Loads models and keeps one engine per (model, weight format, knobs) for a connection."""
+    """Loads models and keeps one engine per (model, weight format, knobs) for a connection;
+    a model the shared engine runs goes there instead."""
 
-    def __init__(self, load_model: Callable[[str], object]) -> None:
+    def __init__(self, load_model: Callable[[str], object], shared: SharedEngine | None = None) -> None:
         self._load_model = load_model  # catalog model name -> catalog.loader.LoadedModel
+        self.shared = shared
         self._models: dict[tuple[str, str], object] = {}
         self._engines: dict[str, tuple[tuple, Engine]] = {}
 
     def loaded(self, model: str):
         return self._load_model(model)
+
+    def shared_engine_for(self, model_path: str) -> SharedEngine | None:
+        return self.shared if self.shared is not None and self.shared.runs(model_path) else None
 
     def engine(self, model: str, knobs: EngineKnobs) -> Engine:
         loaded = self._load_model(model)
@@ -80,37 +121,23 @@ class LLMService:
 
     def generate(self, model: str, knobs: EngineKnobs, prompts: list[str], sampling: SamplingParams, chat: bool,
                  on_progress: Progress | None = None) -> LLMOutcome:
-        t_load = time.perf_counter()
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
         requests = [GenerationRequest(tuple(encode(p)), sampling) for p in prompts]
-        t_load = time.perf_counter()
-        engine = self.engine(model, knobs)
-        before, t0 = engine.stats, time.perf_counter()
-        results = engine.generate(requests, on_progress=self._progress(engine, before, on_progress))
-        outcome = self._outcome(engine, before, time.perf_counter() - t0, len(requests))
-        outcome.load_seconds = t0 - t_load
+        results, outcome = self._run(model, knobs, requests, on_progress)
         outcome.values = [r.text for r in results]
-        outcome.output_tokens = [len(r.output_token_ids) for r in results]
-        outcome.censored = [r.finish_reason == "length" for r in results]
         return outcome
 
     def classify(self, model: str, knobs: EngineKnobs, texts: list[str], labels: tuple[str, ...], instruction: str,
                  on_progress: Progress | None = None) -> LLMOutcome:
-        t_load = time.perf_counter()
         tokenizer = self._load_model(model).tokenizer
         continuations = label_continuations(tokenizer, labels)
         requests = []
         for text in texts:
             prompt = tuple(classify_prompt(tokenizer, instruction, text))
             requests += [ScoreRequest(prompt, c) for c in continuations]
-        engine = self.engine(model, knobs)
-        before, t0 = engine.stats, time.perf_counter()
         per_row = len(labels)
-        progress = self._progress(engine, before, on_progress, per_row)
-        results = engine.generate(requests, on_progress=progress)
-        outcome = self._outcome(engine, before, time.perf_counter() - t0, len(requests))
-        outcome.load_seconds = t0 - t_load
+        results, outcome = self._run(model, knobs, requests, on_progress, per_row)
         values = []
         for i in range(len(texts)):
             scores = [r.logprob for r in results[i * per_row:(i + 1) * per_row]]
@@ -118,21 +145,22 @@ class LLMService:
         outcome.values = values
         return outcome
 
-    @staticmethod
-    def _progress(engine: Engine, before, on_progress: Progress | None, per_row: int = 1):
-        if on_progress is None:
-            return None
-        return lambda done, total: on_progress(done // per_row, total // per_row,
-                                               engine.stats.num_generated_tokens - before.num_generated_tokens)
-
-    @staticmethod
-    def _outcome(engine: Engine, before, seconds: float, num_requests: int) -> LLMOutcome:
-        after = engine.stats
-        return LLMOutcome(
-            values=[], num_requests=num_requests,
-            num_prompt_tokens=after.num_prompt_tokens - before.num_prompt_tokens,
-            num_cached_prompt_tokens=after.num_cached_prompt_tokens - before.num_cached_prompt_tokens,
-            num_computed_prompt_tokens=after.num_computed_prompt_tokens - before.num_computed_prompt_tokens,
-            num_generated_tokens=after.num_generated_tokens - before.num_generated_tokens,
-            seconds=seconds,
-        )
+    def _run(self, model: str, knobs: EngineKnobs, requests: list[Request], on_progress: Progress | None,
+             per_row: int = 1) -> tuple[list[Result], LLMOutcome]:
+        """The requests through the shared engine when it runs this model, else through this connection's own."""
+        t_load = time.perf_counter()
+        shared = self.shared_engine_for(str(self._load_model(model).path))
+        rows = None if on_progress is None else (
+            lambda done, total, tokens: on_progress(done // per_row, total // per_row, tokens))
+        if shared is not None:
+            t0 = time.perf_counter()
+            results = shared.run(requests, rows)
+        else:
+            engine = self.engine(model, knobs)
+            before, t0 = engine.stats.num_generated_tokens, time.perf_counter()
+            progress = None if rows is None else (
+                lambda done, total: rows(done, total, engine.stats.num_generated_tokens - before))
+            results = engine.generate(requests, on_progress=progress)
+        outcome = outcome_of(results, time.perf_counter() - t0, shared is not None)
+        outcome.load_seconds = t0 - t_load
+        return results, outcome

@@ -13,6 +13,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:
@@ -23,6 +24,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
@@ -37,6 +40,19 @@ class GenerationRequest:
     request_id: str | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated token's log-probability under the model, and the most likely alternatives.
+
+    Taken from log_softmax of the model's raw logits, before temperature, top-k / top-p and
+    ignore_eos masking (what OpenAI and vLLM report): the model's belief, not the sampler's.
+    """
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
 @dataclass
 class GenerationResult:
     request_id: str
@@ -45,6 +61,7 @@ class GenerationResult:
     text: str
     finish_reason: str  # "stop" (EOS or stop string), "length", "cancelled"
     num_cached_prompt_tokens: int = 0
+    logprobs: list[TokenLogprobs] | None = None  # one per output token, when SamplingParams.logprobs asked
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from runtime.requests import GenerationRequest, ScoreRequest
+from runtime.requests import GenerationRequest, ScoreRequest, TokenLogprobs
 from runtime.stop import find_stop, finish_reason
 
 
@@ -25,6 +25,7 @@ class TokenEvent:
     token_id: int
     text: str  # newly complete text ("" while a multi-byte character or a stop string is pending)
     finish_reason: str | None  # set on the sequence's last event
+    logprobs: TokenLogprobs | None = None  # when the request's SamplingParams.logprobs asked
 
 
 class Sequence:
@@ -56,6 +57,9 @@ class Sequence:
         self.num_cached_prompt_tokens = 0  # served from the prefix cache at first admission
         self.num_preemptions = 0
         self.token_logprobs: list[float] = []  # score requests
+        # generation requests that asked for logprobs: one per output token
+        wants = not self.is_score and request.sampling.logprobs is not None
+        self.output_logprobs: list[TokenLogprobs] | None = [] if wants else None
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -1,13 +1,15 @@
 """sqlm.connect() and the Connection: statements in, Arrow tables out.
 
 A query runs as: parse -> bind -> optimize -> lower -> execute -> record statistics.
+
+    con = sqlm.connect()                              # engines of its own, built per plan's knobs
+    con = sqlm.connect(shared_engine=server_engine)   # the server's: its model's calls join that batch
 """
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from types import MappingProxyType
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -15,17 +17,14 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from catalog.errors import ModelError
-from catalog.hardware import hardware_profile
 from catalog.model_catalog import create_model, ensure_model, load_entry
 from catalog.settings import Settings
 from catalog.sources import arrow_source, file_source, registered_file
 from catalog.store import Catalog
-from operators import logical as L
 from operators import physical as P
 from planner import plan_query
-from planner.calibration import fit_phase_factors
 from planner.choose import variant
-from planner.context import ModelFacts, OptimizerContext
+from planner.context import ModelFacts, OptimizerContext, catalog_context
 from planner.errors import SqlError, error_at
 from planner.explain import render_json, render_text
 from planner.lower import PhysicalPlan
@@ -33,7 +32,7 @@ from planner.optimizer import check_rule_names
 from planner.sql import CreateModel, Explain, Reset, parse
 from planner.statistics import Statistics
 from runtime.executor import Executor
-from runtime.llm_ops import LLMService
+from runtime.llm_ops import LLMService, SharedEngine
 from sqlm.result import Result
 
 COPY_FORMATS = {"parquet", "csv", "json"}
@@ -45,6 +44,7 @@ class _SessionCatalog:
     def __init__(self, con: Connection) -> None:
         self.con = con
         self.models: dict[str, ModelFacts] = {}
+        self.model_paths: dict[str, str] = {}
 
     def table(self, name: str):
         if name.lower() in self.con._tables:
@@ -57,15 +57,16 @@ class _SessionCatalog:
     def model(self, name: str):
         entry = ensure_model(self.con.catalog, name)
         self.models[entry.name] = ModelFacts.from_entry(entry)
+        self.model_paths[entry.name] = entry.path
         return entry
 
 
 class Connection:
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None) -> None:
         self.catalog = Catalog(path)
         self.settings: Settings = self.catalog.settings()
         self._tables: dict[str, object] = {}  # session-registered in-memory tables
-        self._llm = LLMService(lambda name: load_entry(ensure_model(self.catalog, name)))
+        self._llm = LLMService(lambda name: load_entry(ensure_model(self.catalog, name)), shared_engine)
         self.on_progress = None  # (rows done, rows total, tokens) callback, set by the CLI
         self.last_plan: PhysicalPlan | None = None
         self.last_actuals: dict | None = None
@@ -138,19 +139,9 @@ class Connection:
         raise error_at("Syntax error", f"unsupported statement: {stmt.sql()[:40]!r}", stmt, sql)
 
     def _context(self, view: _SessionCatalog) -> OptimizerContext:
-        feedback = {}
-        for name in view.models:
-            for fmt in ("fp32", "bf16", "native"):
-                for kernels in ("torch", "tvm"):
-                    observations = self.catalog.feedback(name, f"{fmt}/{kernels}")
-                    if observations:
-                        feedback[(name, f"{fmt}/{kernels}")] = fit_phase_factors(observations)
-        hw = hardware_profile(self.catalog)
-        # TVM is a candidate where its kernels built and were timed on this machine
-        kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
-        return OptimizerContext(self.settings, hw, Statistics(self.catalog),
-                                MappingProxyType(dict(view.models)), kernels=kernels,
-                                feedback=MappingProxyType(feedback))
+        running = {name: self._llm.shared.knobs for name, path in view.model_paths.items()
+                   if self._llm.shared_engine_for(path) is not None}
+        return catalog_context(self.catalog, self.settings, view.models, Statistics(self.catalog), running)
 
     def _plan(self, select: exp.Expr, sql: str) -> tuple[PhysicalPlan, OptimizerContext]:
         view = _SessionCatalog(self)
@@ -182,6 +173,8 @@ class Connection:
             if isinstance(op, P.BatchedGenerate):
                 self.catalog.record_output_lengths(op.model, op.template,
                                                    list(zip(actual.llm.output_tokens, actual.llm.censored)))
+            if actual.llm.shared_engine:
+                continue  # its time includes whatever else the shared engine ran: no lesson about speed
             key = variant(op.knobs)
             a, b = ctx.feedback.get((op.model, key), (1.0, 1.0))
             # learn only when the plan's row estimate was right: otherwise the error is cardinality, not speed
@@ -334,6 +327,7 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def connect(path: str | os.PathLike | None = None) -> Connection:
-    """path: the catalog directory (default $SQLM_HOME or ~/.sqlm)."""
-    return Connection(path)
+def connect(path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None) -> Connection:
+    """path: the catalog directory (default $SQLM_HOME or ~/.sqlm); shared_engine: an engine another part
+    runs (the server's), which model calls on its model join instead of building one of their own."""
+    return Connection(path, shared_engine)

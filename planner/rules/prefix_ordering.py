@@ -35,14 +35,14 @@ def ordering_saving(op, profile, rows: float, ctx: OptimizerContext) -> tuple[fl
 
 
 def prefix_ordering(plan: Plan, ctx: OptimizerContext) -> Plan:
-    if ctx.settings.prefix_cache == "off":
-        return plan
     plan = plan.copy()
     rows = estimate_rows(plan, ctx)
     stats = column_stats(plan, ctx)
     for node in plan.walk():
         op = plan.op(node)
         if not isinstance(op, L.LLM_NODES) or op.options.order == "prefix":
+            continue
+        if ctx.settings_for(op.model).prefix_cache == "off":
             continue
         input_rows = rows[plan.inputs(node)[0]]
         tokens, seconds = ordering_saving(op, prompt_profile(op, stats, ctx.model(op.model), input_rows), input_rows, ctx)

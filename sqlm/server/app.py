@@ -2,6 +2,9 @@
 
     app = create_app("smollm2")            # loads the model, builds the engine
     uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Every generation request is planned against that engine (planning.py) and joins its batch;
+/v1/sql's model calls on the served model join the same batch (runtime.llm_ops.SharedEngine).
 """
 from __future__ import annotations
 
@@ -14,13 +17,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from operators.physical import EngineKnobs
+from planner.context import ModelFacts
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
+from runtime.llm_ops import SharedEngine
 from sqlm.server import completions as C
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineLoop
 from sqlm.server.errors import install_error_handlers
 from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
+from sqlm.server.planning import FLUSH_SECONDS, RequestPlanner
 from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
 
 ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sql", "/health", "/metrics"})
@@ -35,21 +42,16 @@ class ServerSettings:
     catalog_path: str | None = None
 
 
-def load_served_model(model_name: str, settings: ServerSettings):
+def load_served_model(model_name: str, catalog):
     """A catalog model name (built-in or CREATE MODEL) or a path; returns (LoadedModel, catalog Settings)."""
     from catalog.model_catalog import ensure_model, load_entry
     from catalog.registry import load_cached
-    from catalog.store import Catalog
 
-    catalog = Catalog(settings.catalog_path)
-    try:
-        if Path(model_name).expanduser().exists():
-            loaded = load_cached(Path(model_name).expanduser().resolve())
-        else:
-            loaded = load_entry(ensure_model(catalog, model_name))
-        return loaded, catalog.settings()
-    finally:
-        catalog.close()
+    if Path(model_name).expanduser().exists():
+        loaded = load_cached(Path(model_name).expanduser().resolve())
+    else:
+        loaded = load_entry(ensure_model(catalog, model_name))
+    return loaded, catalog.settings()
 
 
 def weight_format_from(loaded, catalog_settings, requested: str | None) -> str:
@@ -75,29 +77,49 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
                served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """Loads the model and builds the engine now (errors surface before serving); the engine thread
     starts with the app and stops with it."""
+    from catalog.store import Catalog
     from codegen.model_kernels import build_model
 
-    loaded, catalog_settings = load_served_model(model_name, settings)
-    model = build_model(loaded, kernels=kernels_from(catalog_settings, settings.kernels),
-                        weight_format=weight_format_from(loaded, catalog_settings, settings.weight_format))
-    engine = Engine(model, loaded.tokenizer, engine_config or EngineConfig.from_settings(catalog_settings))
+    catalog = Catalog(settings.catalog_path)  # open while serving: the request planner reads and feeds it
+    try:
+        loaded, catalog_settings = load_served_model(model_name, catalog)
+        kernels = kernels_from(catalog_settings, settings.kernels)
+        weight_format = weight_format_from(loaded, catalog_settings, settings.weight_format)
+        model = build_model(loaded, kernels=kernels, weight_format=weight_format)
+        config = engine_config or EngineConfig.from_settings(catalog_settings)
+        engine = Engine(model, loaded.tokenizer, config)
+        name = served_name or model_name
+        knobs = EngineKnobs(config.max_batch_size, config.prefill_chunk_tokens, config.kv_block_size,
+                            engine.stats.kv_cache_bytes, config.prefix_cache, config.scheduling, weight_format, kernels)
+        planner = RequestPlanner.for_engine(catalog, catalog_settings, ModelFacts.from_loaded(name, loaded), knobs)
+    except BaseException:
+        catalog.close()
+        raise
     context = loaded.config.max_position_embeddings
     # The engine keeps one block of slack per sequence (copy-on-write of a fully cached prefix).
-    kv_tokens = (engine.kv.pool.num_blocks - 1) * engine.kv.block_size
-    served = C.ServedModel(served_name or model_name, loaded.tokenizer, context, loaded.config.vocab_size,
-                           min(context, kv_tokens))
+    kv_tokens = (engine.load.kv_blocks_total - 1) * engine.stats.block_size
+    served = C.ServedModel(name, loaded.tokenizer, context, loaded.config.vocab_size, min(context, kv_tokens), planner)
     engine_loop = EngineLoop(engine)
     metrics = Metrics(served.name)
-    sql = SqlService(settings.catalog_path)
+    sql = SqlService(settings.catalog_path, SharedEngine(str(loaded.path), knobs, engine_loop.run))
+
+    async def flush_statistics():
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await asyncio.to_thread(planner.flush)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         engine_loop.start(asyncio.get_running_loop())
+        flusher = asyncio.create_task(flush_statistics())
         try:
             yield
         finally:
+            flusher.cancel()
             engine_loop.stop()
             sql.close()
+            planner.flush()
+            catalog.close()
 
     app = FastAPI(title="sqlm", lifespan=lifespan)
     app.state.served, app.state.model, app.state.engine_loop, app.state.metrics = served, model, engine_loop, metrics
@@ -121,13 +143,13 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     @app.post("/v1/chat/completions")
     async def chat_completions(body: P.ChatCompletionRequest, request: Request):
         C.check_model(served, body.model)
-        job = C.make_job(served, body, [C.chat_prompt(served, body)], "chatcmpl", "messages")
+        job = C.make_job(served, body, [C.chat_prompt(served, body)], "chatcmpl", "messages", chat=True)
         return await _respond(body, request, job, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: P.CompletionRequest, request: Request):
         C.check_model(served, body.model)
-        job = C.make_job(served, body, C.completion_prompts(served, body), "cmpl", "prompt")
+        job = C.make_job(served, body, C.completion_prompts(served, body), "cmpl", "prompt", chat=False)
         return await _respond(body, request, job, chat=False)
 
     async def _respond(body, request: Request, job: C.Job, chat: bool):

@@ -1,7 +1,9 @@
 """OpenAI completion requests -> engine requests -> OpenAI responses (whole, or as SSE chunks).
 
-One HTTP request becomes one GenerationRequest per (prompt, choice); they join the shared
-engine's batch together and their tokens come back through one RequestStream.
+One HTTP request becomes one GenerationRequest per (prompt, choice) and a plan over them
+(planner/request.py: the engine's knobs, estimates, the template its output lengths are
+recorded under); they join the shared engine's batch together and their tokens come back
+through one RequestStream.
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ from typing import AsyncIterator
 import jinja2
 from fastapi import Request
 
+from planner.lower import PhysicalPlan
 from runtime.engine import KVCacheTooSmallError
 from runtime.errors import PromptTooLongError
-from runtime.requests import GenerationRequest, GenerationResult, SamplingParams
+from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, TokenLogprobs
 from runtime.tokenizer import ChatTemplateError
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineFailure, EngineLoop, RequestStream, TokenOutput
 from sqlm.server.errors import APIError, bad_request, context_length_exceeded, model_not_found
-from sqlm.server.logprobs import TokenLogprobs
 from sqlm.server.metrics import Metrics
+from sqlm.server.planning import RequestPlanner
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class ServedModel:
     context: int  # max_position_embeddings
     vocab_size: int
     max_sequence_tokens: int  # prompt + output one sequence can hold: the context, or less if the KV pool is smaller
+    planner: RequestPlanner
     created: int = field(default_factory=P.now)
 
 
@@ -47,6 +51,8 @@ class Job:
     stops: tuple[str, ...]
     ignore_eos: bool
     arrival: float
+    plan: PhysicalPlan
+    planning_seconds: float
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -99,25 +105,29 @@ def sampling_params(served: ServedModel, req, prompt_len: int, choice: int, para
     seed = None if req.seed is None else req.seed + choice
     try:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                              top_k=req.top_k, seed=seed, stop=req.stop_strings, ignore_eos=req.ignore_eos)
+                              top_k=req.top_k, seed=seed, stop=req.stop_strings, ignore_eos=req.ignore_eos,
+                              logprobs=req.num_top_logprobs)
     except ValueError as e:
         raise bad_request(str(e))
 
 
-def make_job(served: ServedModel, req, prompts: list[list[int]], prefix: str, param: str) -> Job:
+def make_job(served: ServedModel, req, prompts: list[list[int]], prefix: str, param: str, chat: bool) -> Job:
+    arrival = time.perf_counter()
     job_id = P.new_id(prefix)
     requests = []
     for i, prompt in enumerate(prompts):
         for j in range(req.n):
             sampling = sampling_params(served, req, len(prompt), j, param)
             requests.append(GenerationRequest(tuple(prompt), sampling, request_id=f"{job_id}-{i}-{j}"))
+    t0 = time.perf_counter()
+    plan = served.planner.plan([r.prompt_token_ids for r in requests], requests[0].sampling, chat)
     return Job(job_id, served, prompts, requests, req.num_top_logprobs, req.stop_strings, req.ignore_eos,
-               time.perf_counter())
+               arrival, plan, time.perf_counter() - t0)
 
 
 async def submit(engine_loop: EngineLoop, job: Job) -> RequestStream:
     try:
-        return await engine_loop.submit(job.requests, job.num_top_logprobs)
+        return await engine_loop.submit(job.requests)
     except (PromptTooLongError, KVCacheTooSmallError) as e:
         raise context_length_exceeded(str(e), "max_tokens")
     except EngineFailure as e:
@@ -213,7 +223,8 @@ def _usage(job: Job, choices: list[Choice]) -> P.Usage:
 
 def _observe(metrics: Metrics, job: Job, choices: list[Choice]) -> None:
     metrics.observe_request(sum(len(p) for p in job.prompts), job.arrival,
-                            [(c.times, c.finish_reason or "cancelled") for c in choices])
+                            [(c.times, c.finish_reason or "cancelled") for c in choices], job.planning_seconds)
+    job.served.planner.record(job.plan, [c.result for c in choices if c.result is not None])
 
 
 async def _watch_disconnect(request: Request, engine_loop: EngineLoop, stream: RequestStream) -> None:

@@ -6,24 +6,27 @@ and reads tokens from a per-request asyncio.Queue. After every engine step the
 thread hands that step's tokens to the event loop in one `call_soon_threadsafe`,
 so 64 streaming requests cost the loop one wake-up per step, not 64.
 
-    stream = await engine_loop.submit([request], num_top_logprobs=None)
+    stream = await engine_loop.submit([request])
     async for out in stream:        # TokenOutput, until every choice has finished
         ...
     engine_loop.cancel(stream)      # a client went away: its KV blocks are freed
+
+    results = engine_loop.run(requests)   # from another thread (/v1/sql): blocks until all finished
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
 
-from runtime.engine import Engine, EngineStats, RequestHandle
-from runtime.requests import GenerationRequest, GenerationResult
+from runtime.engine import Engine, EngineLoad, EngineStats, RequestHandle
+from runtime.llm_ops import Progress
+from runtime.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, TokenLogprobs
 from runtime.sequence import TokenEvent
-from sqlm.server.logprobs import LogprobTracker, TokenLogprobs
 
 log = logging.getLogger("sqlm.server")
 
@@ -39,7 +42,7 @@ class TokenOutput:
     text: str  # newly complete text
     finish_reason: str | None
     time: float  # time.perf_counter() when the engine produced it
-    logprobs: TokenLogprobs | None = None
+    logprobs: TokenLogprobs | None = None  # when the request's SamplingParams.logprobs asked
     result: GenerationResult | None = None  # on a choice's last output: the final text and tokens
 
 
@@ -47,18 +50,9 @@ class TokenOutput:
 class EngineSnapshot:
     """What the metrics endpoint reads; written by the engine thread after each step."""
 
-    num_running: int
-    num_waiting: int
-    kv_blocks_used: int  # held by sequences or by the prefix cache
-    kv_blocks_cached: int  # held only by the prefix cache (evictable on demand)
-    kv_blocks_total: int
-    num_step_failures: int
+    load: EngineLoad
     stats: EngineStats
-
-    @property
-    def kv_blocks_active(self) -> int:
-        """Blocks that running or waiting requests hold."""
-        return self.kv_blocks_used - self.kv_blocks_cached
+    num_step_failures: int
 
 
 class EngineFailure(RuntimeError):
@@ -106,12 +100,35 @@ class RequestStream:
 class _Live:
     """A submitted request as the engine thread keeps it."""
 
-    __slots__ = ("index", "stream", "handle", "tracker")
+    __slots__ = ("index", "stream", "handle")
 
     def __init__(self, index: int, stream: RequestStream):
         self.index, self.stream = index, stream
         self.handle: RequestHandle | None = None
-        self.tracker: LogprobTracker | None = None
+
+
+class _Run:
+    """Requests a blocking caller waits on as a whole (engine_loop.run)."""
+
+    def __init__(self, handles: list[RequestHandle], on_progress: Progress | None, done: concurrent.futures.Future):
+        self.handles, self.on_progress, self.done = handles, on_progress, done
+        self.num_finished = 0
+
+    def check(self) -> bool:
+        """Report progress; True once every request has finished (the caller then has its results)."""
+        finished = sum(h.finished for h in self.handles)
+        if self.on_progress is not None and finished != self.num_finished:
+            tokens = sum(len(h.output_token_ids) for h in self.handles)
+            try:
+                self.on_progress(finished, len(self.handles), tokens)
+            except Exception:  # a caller's progress display must not stop the engine thread
+                log.exception("a progress callback failed; no more progress for this run")
+                self.on_progress = None
+        self.num_finished = finished
+        if finished < len(self.handles):
+            return False
+        self.done.set_result([h.result() for h in self.handles])
+        return True
 
 
 class EngineLoop:
@@ -119,6 +136,7 @@ class EngineLoop:
         self.engine = engine
         self._commands: queue.Queue = queue.Queue()
         self._live: dict[str, _Live] = {}
+        self._runs: list[_Run] = []
         self._step_events: list[tuple[_Live, TokenEvent]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlm-engine", daemon=True)
@@ -142,15 +160,25 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    async def submit(self, requests: list[GenerationRequest], num_top_logprobs: int | None = None) -> RequestStream:
+    async def submit(self, requests: list[GenerationRequest]) -> RequestStream:
         """Queue the requests (one per choice) for the engine; raises what engine.submit raises."""
         if not self.alive:
             raise EngineFailure("the engine thread is not running")
         stream = RequestStream([r.request_id for r in requests])
         accepted = asyncio.get_running_loop().create_future()
-        self._commands.put(("submit", requests, stream, num_top_logprobs, accepted))
+        self._commands.put(("submit", requests, stream, accepted))
         await accepted
         return stream
+
+    def run(self, requests: list[GenerationRequest | ScoreRequest],
+            on_progress: Progress | None = None) -> list[GenerationResult | ScoreResult]:
+        """For a thread that is not the event loop's (the /v1/sql worker): the requests join the shared
+        batch and this blocks until all have finished; results in request order (runtime.llm_ops.SharedEngine)."""
+        if not self.alive:
+            raise EngineFailure("the engine thread is not running")
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(("run", requests, on_progress, done))
+        return done.result()
 
     def cancel(self, stream: RequestStream) -> None:
         """Stop every unfinished choice of the stream and free its KV blocks (no more outputs come)."""
@@ -181,7 +209,7 @@ class EngineLoop:
             except queue.Empty:
                 return
 
-    def _do_submit(self, requests, stream: RequestStream, num_top_logprobs, accepted: asyncio.Future) -> None:
+    def _do_submit(self, requests, stream: RequestStream, accepted: asyncio.Future) -> None:
         submitted: list[str] = []
         try:
             for index, request in enumerate(requests):
@@ -189,8 +217,6 @@ class EngineLoop:
                 live.handle = self.engine.submit(request, on_token=lambda event, live=live: self._on_token(live, event))
                 submitted.append(request.request_id)
                 self._live[request.request_id] = live
-                if num_top_logprobs is not None:  # before any token: events come only from step()
-                    live.tracker = LogprobTracker(self.engine.model, request.prompt_token_ids, num_top_logprobs)
                 if live.handle.finished:  # nothing to generate (the engine finished it at once)
                     self._step_events.append((live, None))
         except Exception as e:
@@ -202,6 +228,20 @@ class EngineLoop:
             return
         self._to_loop(_resolve, accepted, None)
         self._deliver()
+
+    def _do_run(self, requests, on_progress: Progress | None, done: concurrent.futures.Future) -> None:
+        handles: list[RequestHandle] = []
+        try:
+            for request in requests:
+                handles.append(self.engine.submit(request))
+        except Exception as e:
+            for handle in handles:  # all or nothing, as engine.generate does
+                self.engine.cancel(handle.request_id)
+            done.set_exception(e)
+            return
+        run = _Run(handles, on_progress, done)
+        if not run.check():  # with nothing to generate it is finished already
+            self._runs.append(run)
 
     def _on_token(self, live: _Live, event: TokenEvent) -> None:
         self._step_events.append((live, event))
@@ -222,6 +262,7 @@ class EngineLoop:
             self._fail_live(EngineFailure(f"the engine failed while running this request: {type(e).__name__}: {e}"))
             return
         self._deliver()
+        self._runs = [run for run in self._runs if not run.check()]
 
     def _deliver(self) -> None:
         """Turn this step's token events into outputs and hand them to the event loop in one call."""
@@ -237,25 +278,28 @@ class EngineLoop:
                 continue
             if event.request_id not in self._live:
                 continue  # cancelled by its client in this very step
-            logprobs = live.tracker.observe(event.token_id) if live.tracker is not None else None
             result = None
             if event.finish_reason is not None:
                 result = live.handle.result()
                 self._live.pop(event.request_id, None)
             batch.append((live.stream, TokenOutput(live.index, event.token_id, event.text, event.finish_reason,
-                                                   now, logprobs, result)))
+                                                   now, event.logprobs, result)))
         self._step_events = []
         self._to_loop(_put_all, batch)
 
     def _fail_live(self, error: BaseException) -> None:
-        """End every request in the engine; their streams raise `error`."""
+        """End every request in the engine; their streams and blocking callers raise `error`."""
         streams = {id(live.stream): live.stream for live in self._live.values()}
-        for request_id in list(self._live):
+        request_ids = list(self._live) + [h.request_id for run in self._runs for h in run.handles if not h.finished]
+        for request_id in request_ids:
             try:
                 self.engine.cancel(request_id)
             except Exception:
                 log.exception("cancelling %s failed", request_id)
         self._live.clear()
+        for run in self._runs:
+            run.done.set_exception(error)
+        self._runs = []
         self._to_loop(_put_all, [(stream, error) for stream in streams.values()])
 
     def _refuse_pending(self, error: BaseException) -> None:
@@ -266,7 +310,9 @@ class EngineLoop:
             except queue.Empty:
                 return
             if command is not None and command[0] == "submit":
-                self._to_loop(_resolve, command[4], error)
+                self._to_loop(_resolve, command[-1], error)
+            elif command is not None and command[0] == "run":
+                command[-1].set_exception(error)
 
     def _to_loop(self, fn, *args) -> None:
         try:
@@ -275,10 +321,7 @@ class EngineLoop:
             pass  # the event loop is closed: nobody is listening any more
 
     def _take_snapshot(self) -> EngineSnapshot:
-        kv = self.engine.kv
-        cached = kv.prefix_cache.num_evictable_blocks if kv.prefix_cache is not None else 0
-        return EngineSnapshot(len(self.engine.scheduler.running), len(self.engine.scheduler.waiting),
-                              kv.pool.num_used, cached, kv.pool.num_blocks, self.num_step_failures, self.engine.stats)
+        return EngineSnapshot(self.engine.load, self.engine.stats, self.num_step_failures)
 
 
 def _resolve(future: asyncio.Future, error: BaseException | None) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from sqlm.server.engine_loop import EngineSnapshot
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_PLANNING_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05)
 _TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
 
@@ -40,6 +41,9 @@ class Metrics:
                               _TPOT_BUCKETS)
         self.latency = histogram("sqlm_e2e_request_latency_seconds", "Time from request arrival to its last token",
                                  _LATENCY_BUCKETS)
+        self.planning = histogram("sqlm_request_planning_seconds",
+                                  "Time to plan a request (rules, cost model, knob choices) before it joins the batch",
+                                  _PLANNING_BUCKETS)
         self.running = gauge("sqlm_num_requests_running", "Sequences in the engine's running batch")
         self.waiting = gauge("sqlm_num_requests_waiting", "Sequences queued in the engine")
         self.kv_used = gauge("sqlm_kv_blocks_used", "KV blocks in use (requests and prefix cache)")
@@ -54,9 +58,11 @@ class Metrics:
         self.engine_steps = gauge("sqlm_engine_steps", "Engine steps since start")
         self.step_failures = gauge("sqlm_engine_step_failures", "Engine steps that raised (their requests failed)")
 
-    def observe_request(self, num_prompt_tokens: int, arrival: float, choices: list[tuple[list[float], str]]) -> None:
+    def observe_request(self, num_prompt_tokens: int, arrival: float, choices: list[tuple[list[float], str]],
+                        planning_seconds: float) -> None:
         """One generation request ended; per choice: its tokens' production times and its finish reason."""
         m = self.model
+        self.planning.labels(m).observe(planning_seconds)
         self.prompt_tokens.labels(m).inc(num_prompt_tokens)
         firsts, lasts = [], []
         for times, reason in choices:
@@ -72,14 +78,14 @@ class Metrics:
             self.latency.labels(m).observe(max(lasts) - arrival)
 
     def observe_engine(self, snap: EngineSnapshot) -> None:
-        m = self.model
-        self.running.labels(m).set(snap.num_running)
-        self.waiting.labels(m).set(snap.num_waiting)
-        self.kv_used.labels(m).set(snap.kv_blocks_used)
-        self.kv_active.labels(m).set(snap.kv_blocks_active)
-        self.kv_cached.labels(m).set(snap.kv_blocks_cached)
-        self.kv_total.labels(m).set(snap.kv_blocks_total)
-        self.kv_usage.labels(m).set(snap.kv_blocks_used / snap.kv_blocks_total if snap.kv_blocks_total else 0.0)
+        m, load = self.model, snap.load
+        self.running.labels(m).set(load.num_running)
+        self.waiting.labels(m).set(load.num_waiting)
+        self.kv_used.labels(m).set(load.kv_blocks_used)
+        self.kv_active.labels(m).set(load.kv_blocks_active)
+        self.kv_cached.labels(m).set(load.kv_blocks_cached)
+        self.kv_total.labels(m).set(load.kv_blocks_total)
+        self.kv_usage.labels(m).set(load.kv_blocks_used / load.kv_blocks_total if load.kv_blocks_total else 0.0)
         self.prefix_hit_rate.labels(m).set(snap.stats.prefix_cache_hit_rate)
         self.cached_prompt_tokens.labels(m).set(snap.stats.num_cached_prompt_tokens)
         self.preemptions.labels(m).set(snap.stats.preemptions)

@@ -2,7 +2,8 @@
 
 Statements run one at a time on one worker thread that owns the server's Connection
 (a Connection is a session: SET and registered tables persist between statements,
-as in `sqlm shell`), so the event loop never waits on a query.
+as in `sqlm shell`), so the event loop never waits on a query. Model calls on the
+served model join the server's engine (the shared engine), so its weights load once.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import pyarrow as pa
 from fastapi.responses import Response
 
+from sqlm.server.engine_loop import EngineFailure
 from sqlm.server.errors import APIError, bad_request
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -31,8 +33,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 class SqlService:
-    def __init__(self, catalog_path: str | None = None):
+    def __init__(self, catalog_path: str | None = None, shared_engine=None):
+        """shared_engine: a runtime.llm_ops.SharedEngine, the server's."""
         self.catalog_path = catalog_path
+        self.shared_engine = shared_engine
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-sql")
         self._con = None
 
@@ -40,13 +44,15 @@ class SqlService:
         if self._con is None:
             import sqlm
 
-            self._con = sqlm.connect(self.catalog_path)
+            self._con = sqlm.connect(self.catalog_path, shared_engine=self.shared_engine)
         result = self._con.sql(query)
         return result.arrow(), result.message
 
     async def execute(self, query: str) -> tuple[pa.Table, str | None]:
         try:
             return await asyncio.wrap_future(self._worker.submit(self._run, query))
+        except EngineFailure as e:
+            raise APIError(503, str(e), type="server_error", code="engine_unavailable")
         except _user_errors() as e:
             raise bad_request(str(e), param="query", code="sql_error")
         except OSError as e:

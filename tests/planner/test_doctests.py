@@ -9,7 +9,8 @@ import pytest
 from planner.rules import RULES
 
 MODULES = [f"planner.rules.{rule.__name__}" for rule in RULES] + [
-    "planner.examples", "planner.calibration", "planner.sql.dialect", "planner.errors", "catalog.settings", "runtime.expressions"]
+    "planner.examples", "planner.calibration", "planner.request", "planner.sql.dialect", "planner.errors", "catalog.settings",
+    "runtime.expressions"]
 
 
 @pytest.mark.parametrize("name", MODULES)
