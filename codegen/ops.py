@@ -29,33 +29,36 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [T, H] fp32, weight [H] -> [T, H]."""
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, H] fp32, weight [H] -> [T, H] in out_dtype (fp32 or bf16; default fp32)."""
     x = aligned(x)
-    out = torch.empty_like(x)
-    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)))(x, aligned(weight), out)
+    out_dtype = out_dtype or torch.float32
+    out = torch.empty(x.shape, dtype=out_dtype)
+    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)), ("out_dtype", DTYPE_NAMES[out_dtype]))(
+        x, aligned(weight), out)
     return out
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D] (a strided view is read in place), cos/sin [T, D] -> [T, heads, D]."""
-    if x.dtype != torch.float32 or x.stride(2) != 1 or x.stride(1) != x.shape[2]:  # bf16 q/k, odd strides
-        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    """x [T, heads, D] fp32 or bf16 (a strided view is read in place), cos/sin [T, D] -> [T, heads, D] fp32."""
+    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
+        x = x.contiguous()
     out = torch.empty(x.shape)
-    _kernel("rope", ("heads", x.shape[1]), ("head_dim", x.shape[2]))(x, cos.contiguous(), sin.contiguous(), out)
+    _kernel("rope", ("heads", x.shape[1]), ("head_dim", x.shape[2]), ("x_dtype", DTYPE_NAMES[x.dtype]))(
+        x, cos.contiguous(), sin.contiguous(), out)
     return out
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """gate, up [T, F] (row-strided views are read in place) -> [T, F]."""
-    gate = gate.float() if gate.dtype != torch.float32 else gate if gate.stride(1) == 1 else gate.contiguous()
-    up = up.float() if up.dtype != torch.float32 else up if up.stride(1) == 1 else up.contiguous()
-    out = torch.empty(gate.shape)
-    _kernel("silu_mul", ("ffn", gate.shape[1]))(gate, up, out)
+    """gate, up [T, F] fp32 or bf16 (row-strided views are read in place) -> [T, F] in their dtype."""
+    gate = gate if gate.stride(1) == 1 else gate.contiguous()
+    up = up if up.stride(1) == 1 else up.contiguous()
+    out = torch.empty(gate.shape, dtype=gate.dtype)
+    _kernel("silu_mul", ("ffn", gate.shape[1]), ("dtype", DTYPE_NAMES[gate.dtype]))(gate, up, out)
     return out
-
-
-KV_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -70,7 +73,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     out = torch.empty(q.shape)
     kernel = _kernel("paged_attention", ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
                      ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
-                     ("kv_dtype", KV_DTYPE_NAMES[k_cache.dtype]))
+                     ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))
     kernel(q.contiguous(), k_cache, v_cache, block_tables, query_start, context_lens, out)
     return out
 
@@ -81,12 +84,13 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens) -> t
     return paged_attention(q, k_cache, v_cache, block_tables, query_start, context_lens)
 
 
-def warm_up(config: ModelConfig, block_size: int = 16, kv_dtypes: tuple[str, ...] = ("fp32",)) -> None:
-    """Compile or load every elementwise/attention kernel the model will call."""
-    get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps)})
-    for heads in (config.num_heads, config.num_kv_heads):
-        get_kernel("rope", {"heads": heads, "head_dim": config.head_dim})
-    get_kernel("silu_mul", {"ffn": config.intermediate_size})
-    for kv_dtype in kv_dtypes:
+def warm_up(config: ModelConfig, block_size: int = 16, dtypes: tuple[str, ...] = ("fp32",)) -> None:
+    """Compile or load every elementwise/attention kernel the model will call with activations
+    (and KV cache) in `dtypes`."""
+    for dtype in dtypes:
+        get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "out_dtype": dtype})
+        for heads in (config.num_heads, config.num_kv_heads):
+            get_kernel("rope", {"heads": heads, "head_dim": config.head_dim, "x_dtype": dtype})
+        get_kernel("silu_mul", {"ffn": config.intermediate_size, "dtype": dtype})
         get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                                       "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype})
+                                       "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": dtype})

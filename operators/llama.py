@@ -54,6 +54,8 @@ class LlamaModel:
         self.lm_head = lm_head
         self.ops = ops
         self.weight_format = weight_format
+        # bf16 projections take bf16 inputs: norms write them directly (the residual stream stays fp32)
+        self.activation_dtype = torch.bfloat16 if weight_format == "bf16" else torch.float32
         self.inv_freq = tensor_ops.rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
 
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
@@ -63,7 +65,7 @@ class LlamaModel:
         x = self.embed[token_ids]  # [T, H]
         cos, sin = tensor_ops.rope_cos_sin(positions, self.inv_freq)  # [T, D]
         for i, layer in enumerate(self.layers):
-            h = ops.rms_norm(x, layer.input_norm, c.rms_norm_eps)  # [T, H]
+            h = ops.rms_norm(x, layer.input_norm, c.rms_norm_eps, self.activation_dtype)  # [T, H]
             qkv = layer.qkv_proj(h)  # [T, q_size + 2*kv_size]
             q = qkv[:, :q_size].reshape(num_tokens, c.num_heads, c.head_dim)
             k = qkv[:, q_size : q_size + kv_size].reshape(num_tokens, c.num_kv_heads, c.head_dim)
@@ -71,11 +73,11 @@ class LlamaModel:
             q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
             attn = attention.attend(i, q, k, v.contiguous())  # [T, Hq, D]
             x = x + layer.o_proj(attn.reshape(num_tokens, q_size))
-            h = ops.rms_norm(x, layer.post_norm, c.rms_norm_eps)
+            h = ops.rms_norm(x, layer.post_norm, c.rms_norm_eps, self.activation_dtype)
             gate_up = layer.gate_up_proj(h)  # [T, 2F]
             f = c.intermediate_size
             x = x + layer.down_proj(ops.silu_mul(gate_up[:, :f], gate_up[:, f:]))
-        return ops.rms_norm(x, self.final_norm, c.rms_norm_eps)  # [T, H]
+        return ops.rms_norm(x, self.final_norm, c.rms_norm_eps, self.activation_dtype)  # [T, H]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # [N, V] fp32 (bf16 weights give bf16-rounded values)

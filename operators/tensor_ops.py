@@ -16,11 +16,13 @@ def embedding(token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return table[token_ids]
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [T, H], weight [H] -> [T, H]; computed in fp32 like HF Llama."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, H], weight [H] -> [T, H]; computed in fp32 like HF Llama, then cast to out_dtype
+    (default: x's) — a bf16 linear takes the normalized row in bf16."""
     x32 = x.float()
     variance = x32.pow(2).mean(-1, keepdim=True)
-    return (x32 * torch.rsqrt(variance + eps)).to(x.dtype) * weight
+    out = (x32 * torch.rsqrt(variance + eps)).to(x.dtype) * weight
+    return out if out_dtype is None else out.to(out_dtype)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,8 +31,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """SwiGLU activation: silu(gate) * up, both [T, F]."""
-    return F.silu(gate) * up
+    """SwiGLU activation: silu(gate) * up, both [T, F], computed in fp32 and rounded once to
+    the inputs' dtype (bf16 in, bf16 out)."""
+    if gate.dtype == torch.float32:
+        return F.silu(gate) * up
+    return (F.silu(gate.float()) * up.float()).to(gate.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
@@ -62,7 +67,8 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D]; cos/sin [T, D]. Rotates halves (HF convention)."""
+    """x [T, heads, D] (fp32, or bf16 widened exactly); cos/sin [T, D] -> fp32. Rotates halves (HF convention)."""
+    x = x.float()
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos[:, None, :] + rotated * sin[:, None, :]

@@ -1,11 +1,18 @@
-"""RMSNorm, fused: out = x * rsqrt(mean(x^2) + eps) * weight, one pass per token row."""
+"""RMSNorm, fused: out = x * rsqrt(mean(x^2) + eps) * weight, one pass per token row.
+
+x is the fp32 residual stream; out_dtype 'bf16' writes the normalized row straight in the
+dtype a bf16 linear consumes (rounded to nearest even, as torch's cast), saving a cast pass.
+"""
 from __future__ import annotations
 
 from codegen.build import KernelSpec
 from codegen.kernels.common import symbolic, vectorize_inner
 
 
-def make_rms_norm(hidden: int, eps: float):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def make_rms_norm(hidden: int, eps: float, out_dtype: str = "fp32"):
     from tvm import te, tirx
 
     T = symbolic("T")
@@ -18,11 +25,11 @@ def make_rms_norm(hidden: int, eps: float):
                     name="sum_sq")
     inv = te.compute((T,), lambda t: tirx.rsqrt(sq[t] / tirx.const(hidden, "float32") + tirx.const(eps, "float32")),
                      name="inv_rms")
-    out = te.compute((T, hidden), lambda t, h: x[t, h] * inv[t] * w[h], name="out")
+    out = te.compute((T, hidden), lambda t, h: (x[t, h] * inv[t] * w[h]).astype(DTYPES[out_dtype]), name="out")
     return te.create_prim_func([x, w, out])
 
 
-def rms_norm_config(target, hidden: int, eps: float) -> dict:
+def rms_norm_config(target, hidden: int, eps: float, out_dtype: str = "fp32") -> dict:
     return {"lanes": 16 if hidden % 16 == 0 else 1}
 
 

@@ -6,7 +6,8 @@ and the output [T, H, D] are contiguous. For i < D/2:
     out[i]       = x[i] * cos[i] - x[i + D/2] * sin[i]
     out[i + D/2] = x[i + D/2] * cos[i + D/2] + x[i] * sin[i + D/2]
 Written as TIR loops (TE cannot declare a strided input): rows one after another (too
-little work to wake threads), the half dimension vectorized.
+little work to wake threads), the half dimension vectorized. x may be bf16 (the q/k of a
+bf16 projection), widened exactly on load; the output is fp32.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from codegen.build import KernelSpec
 from codegen.kernels.common import loop_kinds
 
 
-def make_rope(heads: int, head_dim: int, gpu: bool = False):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def make_rope(heads: int, head_dim: int, x_dtype: str = "fp32", gpu: bool = False):
     from tvm.script import tirx as T
 
     OUTER, VEC = loop_kinds(gpu, cpu_threads=False)
@@ -22,27 +26,31 @@ def make_rope(heads: int, head_dim: int, gpu: bool = False):
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even for rotate-half RoPE")
     H, D, HALF = heads, head_dim, head_dim // 2
+    XT = DTYPES[x_dtype]
+
+    def load(v):
+        return T.Cast("float32", v)
 
     @T.prim_func
     def rope(x_h: T.handle, cos_h: T.handle, sin_h: T.handle, out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         num_tokens = T.int64()
         row_stride = T.int64()
-        x = T.match_buffer(x_h, (num_tokens, H, D), "float32", strides=(row_stride, D, 1))
+        x = T.match_buffer(x_h, (num_tokens, H, D), XT, strides=(row_stride, D, 1))
         cos = T.match_buffer(cos_h, (num_tokens, D), "float32")
         sin = T.match_buffer(sin_h, (num_tokens, D), "float32")
         out = T.match_buffer(out_h, (num_tokens, H, D), "float32")
         for t in OUTER(num_tokens):
             for h in range(H):
                 for i in VEC(HALF):
-                    out[t, h, i] = x[t, h, i] * cos[t, i] - x[t, h, i + HALF] * sin[t, i]
+                    out[t, h, i] = load(x[t, h, i]) * cos[t, i] - load(x[t, h, i + HALF]) * sin[t, i]
                 for i in VEC(HALF):
-                    out[t, h, i + HALF] = x[t, h, i + HALF] * cos[t, i + HALF] + x[t, h, i] * sin[t, i + HALF]
+                    out[t, h, i + HALF] = load(x[t, h, i + HALF]) * cos[t, i + HALF] + load(x[t, h, i]) * sin[t, i + HALF]
 
     return rope
 
 
-def rope_config(target, heads: int, head_dim: int) -> dict:
+def rope_config(target, heads: int, head_dim: int, x_dtype: str = "fp32") -> dict:
     return {}
 
 

@@ -2,7 +2,9 @@
 
 gate and up [T, F] may be strided views (the two halves of the fused gate_up output,
 row stride 2F), read in place. exp is the vectorizable one from common.py (LLVM would
-call libm once per lane). TIR loops because TE cannot declare strided inputs.
+call libm once per lane). TIR loops because TE cannot declare strided inputs. dtype 'bf16'
+reads a bf16 projection's output and writes bf16 for the next bf16 projection; the
+arithmetic stays fp32 (one rounding, at the store).
 """
 from __future__ import annotations
 
@@ -10,13 +12,21 @@ from codegen.build import KernelSpec
 from codegen.kernels.common import exp_f32, loop_kinds
 
 
-def make_silu_mul(ffn: int, lanes: int = 16, gpu: bool = False):
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def make_silu_mul(ffn: int, dtype: str = "fp32", lanes: int = 16, gpu: bool = False):
     from tvm.script import tirx as T
 
     OUTER, VEC = loop_kinds(gpu, cpu_threads=False)
 
     F = ffn
     CHUNKS, TAIL = divmod(F, lanes)
+    DT = DTYPES[dtype]
+
+    def silu_times_up(g, u):
+        g32 = T.Cast("float32", g)
+        return T.Cast(DT, g32 / (T.float32(1) + exp_f32(-g32)) * T.Cast("float32", u))
 
     @T.prim_func
     def silu_mul(gate_h: T.handle, up_h: T.handle, out_h: T.handle):
@@ -24,20 +34,20 @@ def make_silu_mul(ffn: int, lanes: int = 16, gpu: bool = False):
         num_tokens = T.int64()
         gate_stride = T.int64()
         up_stride = T.int64()
-        gate = T.match_buffer(gate_h, (num_tokens, F), "float32", strides=(gate_stride, 1))
-        up = T.match_buffer(up_h, (num_tokens, F), "float32", strides=(up_stride, 1))
-        out = T.match_buffer(out_h, (num_tokens, F), "float32")
+        gate = T.match_buffer(gate_h, (num_tokens, F), DT, strides=(gate_stride, 1))
+        up = T.match_buffer(up_h, (num_tokens, F), DT, strides=(up_stride, 1))
+        out = T.match_buffer(out_h, (num_tokens, F), DT)
         for t in OUTER(num_tokens):
             for c in range(CHUNKS):
                 for l in VEC(lanes):
-                    out[t, c * lanes + l] = gate[t, c * lanes + l] / (T.float32(1) + exp_f32(-gate[t, c * lanes + l])) * up[t, c * lanes + l]
+                    out[t, c * lanes + l] = silu_times_up(gate[t, c * lanes + l], up[t, c * lanes + l])
             for l in range(TAIL):
-                out[t, CHUNKS * lanes + l] = gate[t, CHUNKS * lanes + l] / (T.float32(1) + exp_f32(-gate[t, CHUNKS * lanes + l])) * up[t, CHUNKS * lanes + l]
+                out[t, CHUNKS * lanes + l] = silu_times_up(gate[t, CHUNKS * lanes + l], up[t, CHUNKS * lanes + l])
 
     return silu_mul
 
 
-def silu_mul_config(target, ffn: int) -> dict:
+def silu_mul_config(target, ffn: int, dtype: str = "fp32") -> dict:
     return {}
 
 
