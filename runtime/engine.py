@@ -24,7 +24,7 @@ from runtime.logprobs import token_logprobs
 from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
 from runtime.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
-from runtime.sampler import make_generator, sample, suppress_eos
+from runtime.sampler import make_generator, sample
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -223,7 +223,7 @@ class Engine:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             params = [s.request.sampling for s in seqs]
-            tokens = sample(suppress_eos(rows, params, self.tokenizer.eos_token_ids), params, [s.generator for s in seqs])
+            tokens = sample(rows, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
             logprobs = self._logprobs(rows, seqs, tokens)
             for seq, token, logprob in zip(seqs, tokens, logprobs):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop

@@ -12,7 +12,7 @@ from operators.llama import ContiguousKVCache, LlamaModel
 from runtime.errors import check_context
 from runtime.logprobs import token_logprobs
 from runtime.requests import GenerationRequest, GenerationResult
-from runtime.sampler import make_generator, sample_one, suppress_eos
+from runtime.sampler import make_generator, sample_one
 from runtime.stop import find_stop, finish_reason
 from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -37,8 +37,7 @@ def generate(model: LlamaModel, tokenizer: Tokenizer, request: GenerationRequest
         hidden = model.forward(ids, positions, cache)  # [T, H]
         cache.advance(len(next_input))
         raw = model.compute_logits(hidden[-1:])  # [1, V]
-        logits = suppress_eos(raw, [params], tokenizer.eos_token_ids)  # [1, V]
-        token = sample_one(logits[0], params, generator)
+        token = sample_one(raw[0], params, generator, tokenizer.eos_token_ids)
         output.append(token)
         if logprobs is not None:
             logprobs += token_logprobs(raw, [token], [params.logprobs])

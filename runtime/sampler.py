@@ -15,19 +15,19 @@ def make_generator(params: SamplingParams) -> torch.Generator | None:
     return g
 
 
-def suppress_eos(logits: torch.Tensor, params: list[SamplingParams], eos_ids: frozenset[int]) -> torch.Tensor:
-    """ignore_eos masks the EOS tokens out (llama.cpp's and HF min_new_tokens' meaning): the
-    sequence runs to max_tokens with the best non-EOS token at each step. logits [B, V]; a masked copy
-    is returned when any row asks for it (the input may be an inference tensor)."""
-    rows = [i for i, p in enumerate(params) if p.ignore_eos]
-    if rows and eos_ids:
-        logits = logits.clone()
-        logits[torch.tensor(rows)[:, None], torch.tensor(sorted(eos_ids))[None, :]] = float("-inf")
-    return logits
+def _without_eos(row: torch.Tensor, eos_ids: frozenset[int]) -> torch.Tensor:
+    """A copy of one row [V] with the EOS tokens masked out."""
+    row = row.clone()
+    row[sorted(eos_ids)] = float("-inf")
+    return row
 
 
-def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """logits [V] fp32 -> token id."""
+def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+               eos_ids: frozenset[int] = frozenset()) -> int:
+    """logits [V] -> token id. ignore_eos masks the EOS tokens out (llama.cpp's and HF
+    min_new_tokens' meaning): the sequence runs to max_tokens with the best non-EOS token."""
+    if params.ignore_eos and eos_ids:
+        logits = _without_eos(logits, eos_ids)
     if params.greedy:
         return int(torch.argmax(logits))
     scores = logits.float() / params.temperature
@@ -44,7 +44,15 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
-    """logits [B, V] -> B token ids; greedy rows in one vectorized argmax."""
-    greedy_ids = torch.argmax(logits, dim=-1).tolist()
-    return [greedy_ids[i] if p.greedy else sample_one(logits[i], p, generators[i]) for i, p in enumerate(params)]
+def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+           eos_ids: frozenset[int] = frozenset()) -> list[int]:
+    """logits [B, V] -> B token ids. Greedy rows share one argmax; only a greedy row whose
+    best token is an EOS it must ignore pays for a masked copy (never the whole batch)."""
+    best = torch.argmax(logits, dim=-1).tolist()
+    tokens = []
+    for i, p in enumerate(params):
+        if p.greedy and not (p.ignore_eos and best[i] in eos_ids):
+            tokens.append(best[i])
+        else:
+            tokens.append(sample_one(logits[i], p, generators[i], eos_ids))
+    return tokens
