@@ -11,7 +11,8 @@ case n = context (causal_attention).
 Layout (vLLM's idea): a block holds, per KV head, its keys transposed [D, block_size]
 and its values [block_size, D], each one contiguous run. Scores for a whole block are
 then block_size-lane FMAs over the head dimension, no horizontal sums, and values fold
-into D-lane accumulators; 4 independent score accumulators per head hide FMA latency.
+into D-lane accumulators; 4 independent score accumulators per head, and all heads of a
+group interleaved, hide FMA latency.
 Loop extents depend on the data (context lengths), which TE cannot express, so the
 kernel is written as TIR loops: one task per (sequence, KV head), run in parallel,
 reading each block once per query-head group member, with an online softmax (running
@@ -40,11 +41,64 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         raise ValueError(f"need num_q_heads % num_kv_heads == 0 and head_dim % {SPLIT} == 0")
     if kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, got {kv_dtype!r}")
+    if block_size > 256:
+        raise ValueError(f"block_size must be at most 256, got {block_size}")
     HQ, HKV, D, BS = num_q_heads, num_kv_heads, head_dim, block_size
     GROUP = HQ // HKV
+    W = 1 << (BS - 1).bit_length()  # lanes of a block's score vector: BS rounded up to a power of two
     KV = KV_DTYPES[kv_dtype]
     scale = 1.0 / math.sqrt(D)
     NEG = -3.0e38
+
+    # A block's max and sum fold W lanes pairwise (log2 W vector steps): a serial fold over
+    # the lanes is a 4-cycle-latency chain per key, longer than all of the block's FMAs.
+    @T.macro
+    def halve_max(buf, h, width):
+        for l in VEC(width):
+            buf[h, l] = T.max(buf[h, l], buf[h, l + width])
+
+    @T.macro
+    def halve_add(buf, h, width):
+        for l in VEC(width):
+            buf[h, l] = buf[h, l] + buf[h, l + width]
+
+    @T.macro
+    def fold_max(buf, h):
+        if W >= 256:
+            halve_max(buf, h, 128)
+        if W >= 128:
+            halve_max(buf, h, 64)
+        if W >= 64:
+            halve_max(buf, h, 32)
+        if W >= 32:
+            halve_max(buf, h, 16)
+        if W >= 16:
+            halve_max(buf, h, 8)
+        if W >= 8:
+            halve_max(buf, h, 4)
+        if W >= 4:
+            halve_max(buf, h, 2)
+        if W >= 2:
+            halve_max(buf, h, 1)
+
+    @T.macro
+    def fold_add(buf, h):
+        if W >= 256:
+            halve_add(buf, h, 128)
+        if W >= 128:
+            halve_add(buf, h, 64)
+        if W >= 64:
+            halve_add(buf, h, 32)
+        if W >= 32:
+            halve_add(buf, h, 16)
+        if W >= 16:
+            halve_add(buf, h, 8)
+        if W >= 8:
+            halve_add(buf, h, 4)
+        if W >= 4:
+            halve_add(buf, h, 2)
+        if W >= 2:
+            halve_add(buf, h, 1)
 
     @T.prim_func
     def paged_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
@@ -68,8 +122,8 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             part = T.alloc_buffer((SPLIT, GROUP, BS), "float32", scope=SCOPE)
-            probs = T.alloc_buffer((GROUP, BS), "float32", scope=SCOPE)
-            block_max = T.alloc_buffer((1,), "float32", scope=SCOPE)
+            probs = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
+            fold = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
             b = task // HKV
             g = task % HKV
             q_begin = query_start[b]
@@ -96,23 +150,26 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                                 for jj in VEC(BS):
                                     part[c, h, jj] = part[c, h, jj] + qs[h, dd * SPLIT + c] * T.Cast(
                                         "float32", k_cache[blk, g, dd * SPLIT + c, jj])
-                    for h in range(GROUP):
-                        for jj in VEC(BS):
-                            probs[h, jj] = T.Select(jj < count, (part[0, h, jj] + part[1, h, jj]) + (part[2, h, jj] + part[3, h, jj]),
+                    for h in T.unroll(GROUP):
+                        for jj in VEC(W):
+                            probs[h, jj] = T.Select(jj < count, (part[0, h, T.min(jj, BS - 1)] + part[1, h, T.min(jj, BS - 1)])
+                                                    + (part[2, h, T.min(jj, BS - 1)] + part[3, h, T.min(jj, BS - 1)]),
                                                     T.float32(NEG))
-                        block_max[0] = run_max[h]
-                        for jj in range(BS):
-                            block_max[0] = T.max(block_max[0], probs[h, jj])
-                        for jj in VEC(BS):
-                            probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - block_max[0]), T.float32(0))
-                        alpha = exp_f32(run_max[h] - block_max[0])
-                        run_max[h] = block_max[0]
-                        run_sum[h] = run_sum[h] * alpha
-                        for jj in range(BS):
-                            run_sum[h] = run_sum[h] + probs[h, jj]
+                            fold[h, jj] = probs[h, jj]
+                        fold_max(fold, h)
+                        fold[h, 0] = T.max(fold[h, 0], run_max[h])  # the new running max
+                        for jj in VEC(W):
+                            probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - fold[h, 0]), T.float32(0))
+                        alpha = exp_f32(run_max[h] - fold[h, 0])
+                        run_max[h] = fold[h, 0]
+                        for jj in VEC(W):
+                            fold[h, jj] = probs[h, jj]
+                        fold_add(fold, h)
+                        run_sum[h] = run_sum[h] * alpha + fold[h, 0]
                         for d in VEC(D):
                             acc[h, d] = acc[h, d] * alpha
-                        for jj in range(count):
+                    for jj in range(count):
+                        for h in T.unroll(GROUP):  # GROUP x D/16 independent accumulators
                             for d in VEC(D):
                                 acc[h, d] = acc[h, d] + probs[h, jj] * T.Cast("float32", v_cache[blk, g, jj, d])
                 for h in range(GROUP):
