@@ -44,9 +44,8 @@ class PagedKVCache:
         """[NB, bs, Hkv, D] view of one layer, the layout of operators.tensor_ops.paged_decode_attention."""
         return self.k[layer].permute(0, 3, 1, 2) if which == "k" else self.v[layer].permute(0, 2, 1, 3)
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the K/V [T, Hkv, D] of the tokens at flat slots [T] (block * bs + offset)."""
-        blocks, offsets = slots // self.block_size, slots % self.block_size
+    def write(self, layer: int, blocks: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the K/V [T, Hkv, D] of tokens at (block, offset) slots, blocks/offsets [T] int64."""
         self.k[layer][blocks, :, :, offsets] = k.to(self.dtype)
         self.v[layer][blocks, :, offsets, :] = v.to(self.dtype)
 
@@ -87,7 +86,8 @@ class RaggedBatch:
 class ForwardInputs:
     token_ids: torch.Tensor  # [T] int64, decode rows first, then prefill chunks
     positions: torch.Tensor  # [T] int64
-    slot_mapping: torch.Tensor  # [T] int64, flat slot (block * block_size + offset) of each token's K/V
+    slot_blocks: torch.Tensor  # [T] int64, the KV block of each token
+    slot_offsets: torch.Tensor  # [T] int64, its offset in the block
     ragged: RaggedBatch
     groups: list[AttentionGroup]  # for the gather backend: decodes, then prefill chunks, in token order
     logits_indices: torch.Tensor  # [N] int64, flat rows whose logits the batch asked for, in batch order
@@ -105,7 +105,7 @@ class KernelPagedAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         inp = self.inputs
-        self.cache.write(layer, inp.slot_mapping, k, v)
+        self.cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
         r = inp.ragged
         return self._attention(q, self.cache.k[layer], self.cache.v[layer], r.block_tables, r.query_start,
                                r.context_lens)  # [T, Hq, D]
@@ -122,7 +122,7 @@ class GatherPagedAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         inp = self.inputs
-        self.cache.write(layer, inp.slot_mapping, k, v)
+        self.cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [NB, Hkv, D, bs], [NB, Hkv, bs, D]
         _, num_kv_heads, head_dim, bs = k_cache.shape
         outputs = []
@@ -170,7 +170,7 @@ class ModelRunner:
         bs = self.block_size
         # Decodes first, then prefill chunks longest first (so padding within a group stays small).
         order = sorted(range(len(batch.rows)), key=lambda i: (batch.rows[i].num_tokens > 1, -batch.rows[i].num_tokens))
-        token_ids, positions, slots, first_token = [], [], [], {}
+        token_ids, positions, blocks, first_token = [], [], [], {}
         for i in order:
             row = batch.rows[i]
             first_token[i] = len(token_ids)
@@ -178,7 +178,7 @@ class ModelRunner:
             pos = range(row.start, row.context_len)
             token_ids += row.token_ids
             positions += pos
-            slots += [table[p // bs] * bs + p % bs for p in pos]
+            blocks += [table[p // bs] for p in pos]
         decode = [i for i in order if batch.rows[i].num_tokens == 1]
         groups = []
         if self.attention_kernel == "torch":
@@ -189,7 +189,8 @@ class ModelRunner:
         return ForwardInputs(
             token_ids=torch.tensor(token_ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
-            slot_mapping=torch.tensor(slots, dtype=torch.long),
+            slot_blocks=torch.tensor(blocks, dtype=torch.long),
+            slot_offsets=torch.tensor(positions, dtype=torch.long) % bs,
             ragged=self._ragged([batch.rows[i] for i in order]),
             groups=groups,
             logits_indices=torch.tensor(logits_indices, dtype=torch.long),
