@@ -101,8 +101,10 @@ class OpTimer:
         model.lm_head = self.wrap(f"lm_head {model.lm_head.out_features}x{model.lm_head.in_features} "
                                   f"{model.lm_head.weight_format}", model.lm_head)
         ops = model.ops
-        model.ops = ModelOps(rms_norm=self.wrap("rms_norm", ops.rms_norm), apply_rope=self.wrap("rope", ops.apply_rope),
-                             silu_mul=self.wrap("silu_mul", ops.silu_mul), name=ops.name)
+        model.ops = ModelOps(rms_norm=self.wrap("rms_norm", ops.rms_norm),
+                             add_rms_norm=self.wrap("add + rms_norm", ops.add_rms_norm),
+                             apply_rope=self.wrap("rope", ops.apply_rope), silu_mul=self.wrap("silu_mul", ops.silu_mul),
+                             name=ops.name)
         cache_cls.attend = self.wrap("attention (KV write + kernel)", cache_cls.attend)
 
     def report(self, total_seconds: float, tokens: int) -> str:

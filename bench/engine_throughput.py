@@ -4,7 +4,8 @@
     python -m bench.engine_throughput --w2-rows 1000 --out engine.md
 
 W1: 64 chat prompts x 64 greedy tokens (EOS ignored) through sqlm's engine (fp32 and bf16
-weights) and through HF transformers' batched `generate` (fp32, one batch, left padding)
+weights; --kernels picks the elementwise/attention kernels, TVM by default, and --attention
+the attention kernel) and through HF transformers' batched `generate` (fp32, one batch, left padding)
 on the same GGUF, same token ids, same run, same thread count. W2: each review row scored
 against three labels (one ScoreRequest per label, as classify() does), prefix cache on vs off.
 Each engine runs in its own process (model load excluded from timings; peak RSS per process).
@@ -38,18 +39,29 @@ def _w1_token_ids(tokenizer, num_prompts: int) -> list[list[int]]:
     return [tokenizer.encode_chat(p) for p in W1_PROMPTS[:num_prompts]]
 
 
+def _sqlm_model(loaded, args):
+    from codegen.model_kernels import build_model
+
+    return build_model(loaded, kernels=args.kernels, weight_format=args.weight_format)
+
+
+def _engine_config(args, **options):
+    from runtime.engine_config import EngineConfig
+
+    return EngineConfig(kv_cache_memory=1 << 30, prefill_chunk_tokens=args.chunk, attention_kernel=args.attention,
+                        **options)
+
+
 def worker_w1_sqlm(args) -> dict:
     from catalog.registry import resolve_model
-    from operators.llama import build_model
     from runtime.engine import Engine
-    from runtime.engine_config import EngineConfig
     from runtime.requests import GenerationRequest, SamplingParams
 
     loaded = resolve_model("smollm2")
-    model = build_model(loaded, args.weight_format)
+    model = _sqlm_model(loaded, args)
     prompts = _w1_token_ids(loaded.tokenizer, args.prompts)
     requests = [GenerationRequest(tuple(p), SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)) for p in prompts]
-    config = EngineConfig(kv_cache_memory=1 << 30, prefill_chunk_tokens=args.chunk)
+    config = _engine_config(args)
     times, tokens, stats = [], None, None
     for _ in range(args.runs):
         engine = Engine(model, loaded.tokenizer, config)
@@ -90,21 +102,19 @@ def worker_w1_hf(args) -> dict:
 def worker_w2_sqlm(args) -> dict:
     from bench.w2_data import INSTRUCTION, make_table
     from catalog.registry import resolve_model
-    from operators.llama import build_model
     from runtime.engine import Engine
-    from runtime.engine_config import EngineConfig
     from runtime.llm_ops import classify_prompt, label_continuations
     from runtime.requests import ScoreRequest
 
     loaded = resolve_model("smollm2")
     tokenizer = loaded.tokenizer
-    model = build_model(loaded, args.weight_format)
+    model = _sqlm_model(loaded, args)
     bodies = make_table(args.w2_rows).column("body").to_pylist()
     prompts = [tuple(classify_prompt(tokenizer, INSTRUCTION, body)) for body in bodies]
     continuations = label_continuations(tokenizer, LABELS)
     requests = [ScoreRequest(p, c) for p in prompts for c in continuations]
     shared = len(os.path.commonprefix([list(p) for p in prompts]))
-    config = EngineConfig(kv_cache_memory=1 << 30, prefill_chunk_tokens=args.chunk, prefix_cache=args.prefix_cache == "on")
+    config = _engine_config(args, prefix_cache=args.prefix_cache == "on")
     times = []
     for _ in range(args.runs):
         engine = Engine(model, tokenizer, config)
@@ -129,7 +139,8 @@ WORKERS = {"w1-sqlm": worker_w1_sqlm, "w1-hf": worker_w1_hf, "w2-sqlm": worker_w
 def run_worker(name: str, args, **extra) -> dict:
     cmd = [sys.executable, "-m", "bench.engine_throughput", "--worker", name, "--runs", str(args.runs),
            "--threads", str(args.threads), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
-           "--w2-rows", str(args.w2_rows), "--chunk", str(args.chunk)]
+           "--w2-rows", str(args.w2_rows), "--chunk", str(args.chunk), "--kernels", args.kernels,
+           "--attention", args.attention]
     for key, value in extra.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     print(f"[bench] {name} {extra}", file=sys.stderr, flush=True)
@@ -220,6 +231,8 @@ def parse_args(argv=None):
     p.add_argument("--out")
     p.add_argument("--worker", choices=sorted(WORKERS))
     p.add_argument("--weight-format", default="bf16")
+    p.add_argument("--kernels", default="tvm", choices=["tvm", "torch"], help="sqlm's elementwise kernels")
+    p.add_argument("--attention", default="tvm", choices=["tvm", "torch"], help="sqlm's attention kernel")
     p.add_argument("--prefix-cache", default="on")
     return p.parse_args(argv)
 

@@ -5,6 +5,13 @@
 Ceilings are measured in the same run: memory bandwidth by a large tensor copy
 (read + write bytes), fp32 and bf16 FLOP/s by a 2048^3 torch matmul. Every kernel is
 timed interleaved with its torch twin (codegen.measure), minimum over rounds.
+
+"Bandwidth" needs care here: a decoder matrix (0.2-1.1 MB) called again and again stays in
+L2, so its GEMV can beat the DRAM copy figure; in decode every layer's weights come from
+L3/DRAM instead. Each row therefore also states the read bandwidth of a buffer of its size, warm in
+cache (bench.machine.read_bandwidth_gbs): the honest ceiling for that kernel. The
+decoder_linears row streams 30 layers' distinct weights through the GEMV, as decode does:
+that is the figure to hold against the copy bandwidth.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import time
 import torch
 
 from catalog.model_config import ModelConfig
-from bench.machine import ceilings
+from bench.machine import ceilings, read_bandwidth_gbs
 from codegen.measure import measure_kernel_cases
 
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
@@ -27,21 +34,29 @@ def report(rounds: int) -> str:
     lines = [f"Kernels on SmolLM2-135M shapes; torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
              f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}.",
              "",
-             f"Ceilings measured in this run: copy bandwidth {ceil['copy_gbs']:.1f} GB/s (read+write), "
-             f"torch fp32 GEMM {ceil['fp32_gflops']:.0f} GFLOP/s, bf16 GEMM {ceil['bf16_gflops']:.0f} GFLOP/s.",
+             f"Ceilings measured in this run: copy bandwidth {ceil['copy_gbs']:.1f} GB/s (1 GiB, read+write), "
+             f"torch fp32 GEMM {ceil['fp32_gflops']:.0f} GFLOP/s, bf16 GEMM {ceil['bf16_gflops']:.0f} GFLOP/s. "
+             "'read BW' is a warm read of a buffer the size of the row's weights (L2/L3-resident when small).",
              "",
-             "| op | impl | µs/call | GB/s | % of copy BW | GFLOP/s | speed-up vs torch_fp32/torch |",
-             "|---|---|---|---|---|---|---|"]
+             "| op | impl | µs/call | GB/s | % of copy BW | % of read BW (GB/s) | GFLOP/s "
+             "| speed-up vs torch_fp32/torch |",
+             "|---|---|---|---|---|---|---|---|"]
+    read_ceiling: dict[int, float] = {}
     for case, timings in measure_kernel_cases(SMOLLM2, rounds):
         base = timings.get("torch_fp32", timings.get("torch"))
+        resident = case.weight_bytes or case.bytes
+        if resident not in read_ceiling:
+            read_ceiling[resident] = read_bandwidth_gbs(resident)
+        read = read_ceiling[resident]
         for impl, seconds in timings.items():
             gbps = case.bytes / seconds / 1e9
             lines.append(f"| {case.op} | {impl} | {seconds * 1e6:.1f} | {gbps:.1f} | "
-                         f"{100 * gbps / ceil['copy_gbs']:.0f}% | {case.flops / seconds / 1e9:.1f} | "
-                         f"{base / seconds:.2f}x |")
+                         f"{100 * gbps / ceil['copy_gbs']:.0f}% | {100 * gbps / read:.0f}% ({read:.0f}) | "
+                         f"{case.flops / seconds / 1e9:.1f} | {base / seconds:.2f}x |")
     lines += ["", "Bytes count each input and output once (quantized linears: the GGUF blocks); the torch "
               "linears read fp32/bf16 weights, so their GB/s uses the quantized byte count too "
-              "(compare µs, not GB/s, across formats)."]
+              "(compare µs, not GB/s, across formats). tvm_gemv: fused VNNI GEMV; tvm_gemm: fused tiled GEMM; "
+              "tvm_dequant_*_torch_bf16: TVM dequantize + torch bf16 GEMM; tvm_fp32: TVM GEMV on fp32 weights."]
     return "\n".join(lines)
 
 

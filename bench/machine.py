@@ -22,6 +22,17 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30, repeat: int = 3) -> float:
     return 2 * nbytes / best_seconds(lambda: dst.copy_(src), repeat) / 1e9
 
 
+def read_bandwidth_gbs(nbytes: int, total: int = 1 << 28, repeat: int = 5) -> float:
+    """Bytes read per second by a sum over an `nbytes` buffer, warm in whichever cache holds it.
+
+    Small buffers are re-read through a stride-0 view until `total` bytes, so one call's overhead
+    does not count; buffers past 4 MiB are summed once per call."""
+    buf = torch.ones(max(16, nbytes // 4))
+    reps = max(1, total // (4 * buf.numel())) if nbytes <= 4 << 20 else 1
+    view = buf.as_strided((reps, buf.numel()), (0, 1))
+    return reps * 4 * buf.numel() / best_seconds(view.sum, repeat) / 1e9
+
+
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     return 2 * n**3 / best_seconds(lambda: a @ b, repeat) / 1e9

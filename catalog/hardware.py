@@ -27,6 +27,16 @@ class HardwareProfile:
     # weights x tokens per second of the fused TVM Q4_1 GEMV at 1 and 4 tokens; 0 when TVM is unavailable
     quant_gemv_rate_t1: float = 0.0
     quant_gemv_rate_t4: float = 0.0
+    # the fused TVM Q4_1 GEMM (above the GEMV crossover): seconds = weights / unpack rate (once per
+    # call) + weights x tokens / rate, fitted at 8 and 64 tokens; 0 when not measured
+    quant_gemm_unpack_rate: float = 0.0
+    quant_gemm_rate: float = 0.0
+    # achieved FLOP/s of the engine's attention backends (runtime/attention_timing.py), decode and
+    # prefill; 0 where a backend cannot run here (the cost model then prices it by the roofline)
+    attention_tvm_decode_flops: float = 0.0
+    attention_tvm_prefill_flops: float = 0.0
+    attention_torch_decode_flops: float = 0.0
+    attention_torch_prefill_flops: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("copy_bandwidth", "fp32_flops", "bf16_flops", "op_overhead_s"):
@@ -59,25 +69,44 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def measure_quant_gemv(rows: int = 1536, cols: int = 576) -> tuple[float, float]:
-    """The fused TVM Q4_1 kernel at a decoder-sized matrix: (rate at 1 token, rate at 4 tokens).
+def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 64 << 20) -> dict[str, float]:
+    """The fused TVM Q4_1 kernels at a decoder-sized matrix, as the HardwareProfile rates above.
 
-    Compiles once into the on-disk kernel cache; (0, 0) where TVM cannot build for this machine.
+    Decode reads every layer's weights once per step, from L3 or DRAM rather than L2, so each
+    rate is timed over a ring of copies of the weight (`ring_bytes`, about SmolLM2's 66 MB of
+    decoder linears). Compiles once into the on-disk kernel cache; all zero where TVM cannot
+    build for this machine.
     """
     try:
         from catalog.quant import quantize
-        from codegen.linear import TvmQuantizedLinear
+        from codegen.build import get_kernel
+        from codegen.packed import pack
 
-        layer = TvmQuantizedLinear(quantize("Q4_1", torch.randn(rows, cols) * 0.05), gemv_max_tokens=4)
-        x1, x4 = torch.randn(1, cols), torch.randn(4, cols)
-        t1 = best_seconds(lambda: [layer(x1) for _ in range(20)], 5) / 20
-        t4 = best_seconds(lambda: [layer(x4) for _ in range(10)], 5) / 10
+        packed = pack(quantize("Q4_1", torch.randn(rows, cols) * 0.05))
+        ring = [tuple(t.clone() for t in packed.tensors) for _ in range(max(1, ring_bytes // packed.nbytes))]
+        shape = {"qtype": "Q4_1", "n": rows, "k": cols}
+        gemv, gemm = get_kernel("quant_gemv", shape), get_kernel("quant_gemm", shape)
+
+        def seconds(kernel, tokens: int, weights: list, repeats: int) -> float:
+            x, out = torch.randn(tokens, cols), torch.empty(tokens, rows)
+            return best_seconds(lambda: [kernel(x, *weight, out) for weight in weights], repeats) / len(weights)
+
+        t1, t4 = seconds(gemv, 1, ring, 5), seconds(gemv, 4, ring, 3)
+        # the GEMM does >= 8 FMAs per weight it reads: a few copies keep it out of L2 long enough
+        t8, t64 = seconds(gemm, 8, ring[:8], 3), seconds(gemm, 64, ring[:8], 3)
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
-        return 0.0, 0.0
-    return rows * cols / t1, 4 * rows * cols / t4
+        return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
+                "quant_gemm_rate": 0.0}
+    weights = rows * cols
+    per_token = max((t64 - t8) / 56, 1e-12)
+    unpack = max(t8 - 8 * per_token, 1e-12)  # noise can push the fitted intercept to zero
+    return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
+            "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token}
 
 
 def measure() -> HardwareProfile:
+    from runtime.attention_timing import measure_attention  # times the runtime's own attention backends
+
     src = torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)  # 64 MiB, past every cache level
     dst = torch.empty_like(src)
     copy_s = best_seconds(lambda: dst.copy_(src), 5)
@@ -88,7 +117,6 @@ def measure() -> HardwareProfile:
     bf16_s = best_seconds(lambda: a16 @ b16, 3)
     tiny = torch.zeros(4)
     op_s = best_seconds(lambda: [tiny.add(1.0) for _ in range(200)], 3) / 200
-    rate_t1, rate_t4 = measure_quant_gemv()
     return HardwareProfile(
         copy_bandwidth=2 * src.numel() * 4 / copy_s,
         fp32_flops=2 * n**3 / fp32_s,
@@ -96,8 +124,8 @@ def measure() -> HardwareProfile:
         op_overhead_s=op_s,
         threads=torch.get_num_threads(),
         description=fingerprint(),
-        quant_gemv_rate_t1=rate_t1,
-        quant_gemv_rate_t4=rate_t4,
+        **measure_quant_kernels(),
+        **measure_attention(),
     )
 
 
@@ -105,7 +133,8 @@ def hardware_profile(catalog: Catalog, recalibrate: bool = False) -> HardwarePro
     """The cached profile for this machine, measuring it the first time."""
     key = fingerprint()
     stored = None if recalibrate else catalog.hardware_profile(key)
-    if stored is not None and "quant_gemv_rate_t1" in stored:
+    # profiles from before the GEMM or the attention timings are re-measured
+    if stored is not None and "quant_gemm_rate" in stored and "attention_tvm_decode_flops" in stored:
         return HardwareProfile(**stored)
     profile = measure()
     catalog.put_hardware_profile(key, asdict(profile))

@@ -95,9 +95,11 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
     Knob("kernels", "auto", _choice("kernels", "auto", "tvm", "torch"), "kernel implementation for model operators"),
     Knob("weight_format", "auto", _choice("weight_format", "auto", "native", "fp32", "bf16"),
          "keep GGUF quantized blocks (native) or dequantize"),
+    Knob("kv_cache_dtype", "auto", _choice("kv_cache_dtype", "auto", "fp32", "bf16"),
+         "KV cache element type (bf16 halves KV memory and rounds K/V)"),
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
-    Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for kernels"),
+    Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),
 )})
 
 

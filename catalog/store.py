@@ -2,7 +2,7 @@
 
 Holds models, registered tables, persisted settings, statistics (column stats per
 source, output-length histograms per model and prompt template, estimate-vs-actual
-feedback), the hardware profile and the kernel cost registry.
+observations), the hardware profile and the kernel cost registry.
 
 Several processes may open the same file: WAL journaling lets readers run beside
 one writer, every write is one short transaction, and `busy_timeout` makes a
@@ -15,8 +15,11 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from catalog.settings import Settings
 
@@ -34,9 +37,11 @@ CREATE TABLE IF NOT EXISTS column_stats (
 CREATE TABLE IF NOT EXISTS output_lengths (
     model TEXT NOT NULL, template TEXT NOT NULL, length INTEGER NOT NULL, censored INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY (model, template, length, censored));
-CREATE TABLE IF NOT EXISTS cost_feedback (
-    model TEXT NOT NULL, variant TEXT NOT NULL, prefill_estimate REAL NOT NULL, decode_estimate REAL NOT NULL,
-    actual REAL NOT NULL, recorded REAL NOT NULL);
+-- cost_feedback held (prefill, decode) estimates of cost model 1: nothing a later version can learn from
+DROP TABLE IF EXISTS cost_feedback;
+CREATE TABLE IF NOT EXISTS cost_observations (
+    model TEXT NOT NULL, variant TEXT NOT NULL, cost_model INTEGER NOT NULL, prefill_estimate REAL NOT NULL,
+    decode_estimate REAL NOT NULL, overhead_estimate REAL NOT NULL, actual REAL NOT NULL, recorded REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS hardware (fingerprint TEXT PRIMARY KEY, profile TEXT NOT NULL, measured REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS kernel_costs (
     op_signature TEXT NOT NULL, implementation TEXT NOT NULL, target TEXT NOT NULL,
@@ -44,9 +49,24 @@ CREATE TABLE IF NOT EXISTS kernel_costs (
 """
 
 
+_HOME: ContextVar[Path | None] = ContextVar("sqlm_home", default=None)
+
+
 def default_home() -> Path:
-    """$SQLM_HOME, else ~/.sqlm: the one place that decides where sqlm keeps its files."""
-    return Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm").expanduser()
+    """The home of the enclosing `using_home` block, else $SQLM_HOME, else ~/.sqlm: the one place that
+    decides where sqlm keeps its files (catalog, GGUF manifests, compiled kernels)."""
+    return _HOME.get() or Path(os.environ.get("SQLM_HOME") or Path.home() / ".sqlm").expanduser()
+
+
+@contextmanager
+def using_home(home: str | os.PathLike | None) -> Iterator[None]:
+    """Everything sqlm writes inside the block goes under `home` (None: the default), and nothing
+    outlives it: unlike setting $SQLM_HOME, later code in the process is not redirected."""
+    token = _HOME.set(Path(home).expanduser() if home is not None else None)
+    try:
+        yield
+    finally:
+        _HOME.reset(token)
 
 
 @dataclass(frozen=True)
@@ -203,21 +223,29 @@ class Catalog:
                            " ORDER BY length", (model.lower(), template))
         return [(n, bool(c), k) for n, c, k in rows]
 
-    # -- estimate-vs-actual feedback, used to correct the roofline for this machine ------
-    def record_feedback(self, model: str, variant: str, prefill_estimate: float, decode_estimate: float,
-                        actual: float) -> None:
-        """One model-call operator's uncorrected roofline estimate (per phase) beside its measured seconds."""
-        if prefill_estimate + decode_estimate <= 0 or actual <= 0:
+    # -- estimate-vs-actual observations, which calibrate the cost model for this machine ------
+    def record_cost_observation(self, model: str, variant: str, cost_model: int,
+                                estimate: tuple[float, float, float], actual: float) -> None:
+        """One model-call operator's uncorrected (prefill, decode, overhead) estimate beside its measured
+        seconds; cost_model: the version of planner/cost.py that priced it."""
+        if sum(estimate) <= 0 or actual <= 0:
             return
         with self._transaction() as db:
-            db.execute("INSERT INTO cost_feedback VALUES (?, ?, ?, ?, ?, ?)",
-                       (model.lower(), variant, prefill_estimate, decode_estimate, actual, time.time()))
+            db.execute("INSERT INTO cost_observations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (model.lower(), variant, cost_model, *estimate, actual, time.time()))
 
-    def feedback(self, model: str, variant: str, last: int = 20) -> list[tuple[float, float, float]]:
-        """The latest (prefill estimate, decode estimate, actual seconds) observations."""
-        rows = self._query("SELECT prefill_estimate, decode_estimate, actual FROM cost_feedback"
-                           " WHERE model = ? AND variant = ? ORDER BY recorded DESC LIMIT ?", (model.lower(), variant, last))
+    def cost_observations(self, model: str, variant: str, cost_model: int,
+                          last: int = 20) -> list[tuple[float, float, float, float]]:
+        """The latest (prefill, decode, overhead estimate, actual seconds) priced by this cost model version."""
+        rows = self._query("SELECT prefill_estimate, decode_estimate, overhead_estimate, actual FROM cost_observations"
+                           " WHERE model = ? AND variant = ? AND cost_model = ? ORDER BY recorded DESC LIMIT ?",
+                           (model.lower(), variant, cost_model, last))
         return [tuple(r) for r in rows]
+
+    def clear_cost_observations(self) -> int:
+        """Forget every observation (they were priced against a hardware profile now re-measured); how many."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM cost_observations").rowcount
 
     # -- hardware profile ----------------------------------------------------------------
     def hardware_profile(self, fingerprint: str) -> dict | None:

@@ -26,6 +26,7 @@ class KernelSpec:
     source_file: str
     schedule_gpu: Callable[[Any, dict], None] | None = None
     scheduled: bool = False  # `make` already writes the loop structure (plain TIR, no blocks)
+    depends: tuple[str, ...] = ()  # other source files the generated code depends on (helpers, layouts)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ def _has_root(sch) -> bool:
         return False
 
 
+def spec_source_digest(spec: KernelSpec) -> str:
+    """Digest of every source file that shapes the kernel's code: an edit to any recompiles it."""
+    return source_digest(spec.source_file, *spec.depends, __file__)
+
+
 def compile_kernel(spec: KernelSpec, params: dict, target: Target):
     import tvm
 
@@ -138,8 +144,7 @@ def get_kernel(name: str, params: dict, target: Target | None = None,
     with _lock:
         if memo_key in _memo:
             return _memo[memo_key]
-        key = KernelKey(name, frozen, target.key, tvm.__version__,
-                        source_digest(spec.source_file, __file__))
+        key = KernelKey(name, frozen, target.key, tvm.__version__, spec_source_digest(spec))
         module = cache.load_or_build(key, lambda: compile_kernel(spec, params, target))
         kernel = CompiledKernel(spec, frozen, target, module["main"])
         _memo[memo_key] = kernel

@@ -1,13 +1,13 @@
 """TVM-backed implementations of operators.linear.Linear.
 
 `TvmQuantizedLinear` keeps the weight quantized: its GGUF blocks are repacked once into
-codegen.packed's row-tile layout (same bytes). Up to `gemv_max_tokens` rows it runs the
-fused dequantize-GEMV kernel; above that it dequantizes once per call into a scratch
-W^T shared by every layer of the same shape and runs torch's GEMM (fp32, or bf16
-through AMX when `prefill_dtype='bf16'`).
+codegen.packed's row-tile layout (same bytes). Per call it picks a kernel by the number of
+tokens (codegen.quant_crossover): the fused VNNI GEMV for decode-sized batches, the fused
+tiled GEMM above that, and with `prefill_dtype='bf16'` for large batches a dequantize into a
+bf16 scratch W^T shared by every layer of the same shape plus torch's bf16 GEMM (AMX).
 `TvmDenseLinear` runs the fp32 GEMV kernel for small batches and torch's GEMM above.
 Either way one token's result does not depend on the batch it came in, as long as
-the batch stays on the same side of the threshold.
+the batch takes the same path.
 """
 from __future__ import annotations
 
@@ -18,51 +18,59 @@ from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
 from codegen.ops import aligned
 from codegen.packed import pack
+from codegen.quant_crossover import CROSSOVER, PATHS, QuantCrossover
 
-DEFAULT_GEMV_MAX_TOKENS = 4
+DEFAULT_GEMV_MAX_TOKENS = 4  # dense fp32 weights: the TVM GEMV up to here, torch's GEMM above
 _scratch: dict[tuple[int, int], torch.Tensor] = {}
 
 
 def _scratch_matrix(rows: int, cols: int) -> torch.Tensor:
-    """One reusable fp32 [rows, cols] buffer per shape (the dequantized weight of the moment)."""
+    """One reusable bf16 [rows, cols] buffer per shape (the dequantized weight of the moment)."""
     buf = _scratch.get((rows, cols))
     if buf is None:
-        buf = _scratch[(rows, cols)] = torch.empty(rows, cols)
+        buf = _scratch[(rows, cols)] = torch.empty(rows, cols, dtype=torch.bfloat16)
     return buf
 
 
 class TvmQuantizedLinear:
     kernel = "tvm"
 
-    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None,
-                 gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS, prefill_dtype: str = "fp32"):
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None, prefill_dtype: str = "fp32",
+                 crossover: QuantCrossover = CROSSOVER):
         if prefill_dtype not in ("fp32", "bf16"):
             raise ValueError(f"prefill_dtype must be 'fp32' or 'bf16', got {prefill_dtype!r}")
         self.packed = pack(weight)
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         self.weight_format = weight.qtype
-        self.gemv_max_tokens = gemv_max_tokens
         self.prefill_dtype = prefill_dtype
-        shape = {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols}
-        self._gemv = get_kernel("quant_matmul", shape).fn
-        self._dequantize = get_kernel("dequantize", shape).fn
+        self.crossover = crossover
+        self._shape = {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols}
+        self._gemv = get_kernel("quant_gemv", self._shape).fn
+        self._gemm = get_kernel("quant_gemm", self._shape).fn
+        self._dequantize = None  # built on first use: only the bf16 path needs it
 
     def dequantized_t(self) -> torch.Tensor:
-        """fp32 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
+        """bf16 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
+        if self._dequantize is None:
+            self._dequantize = get_kernel("dequantize", {**self._shape, "out_dtype": "bfloat16"}).fn
         dense_t = _scratch_matrix(self.in_features, self.out_features)  # [K, N]
         self._dequantize(*self.packed.tensors, dense_t)
         return dense_t
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(self.crossover.path(x.shape[0], self.prefill_dtype), x)
+
+    def run(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] through one of quant_crossover.PATHS, whatever T (benchmarks, tests)."""
         x = aligned(x)
-        if x.shape[0] <= self.gemv_max_tokens:
+        if path == "dequant_bf16":
+            out = torch.matmul(x.to(torch.bfloat16), self.dequantized_t()).float()  # [T, N]
+        elif path in ("gemv", "gemm"):
             out = torch.empty(x.shape[0], self.out_features)  # [T, N]
-            self._gemv(x, *self.packed.tensors, out)
-        elif self.prefill_dtype == "bf16":
-            out = torch.matmul(x.to(torch.bfloat16), self.dequantized_t().to(torch.bfloat16)).float()
+            (self._gemv if path == "gemv" else self._gemm)(x, *self.packed.tensors, out)
         else:
-            out = torch.matmul(x, self.dequantized_t())  # [T, N]
+            raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
         return out if self.bias is None else out + self.bias
 
 

@@ -26,6 +26,7 @@ class KernelCase:
     op: str
     bytes: int  # compulsory memory traffic of one call
     flops: int
+    weight_bytes: int = 0  # the part of `bytes` that stays resident between calls (weights, KV cache)
     impls: dict[str, Callable[[], object]] = field(default_factory=dict)
 
 
@@ -50,18 +51,22 @@ def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int = 7, mi
 
 
 def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelCase:
+    """One quantized linear at `tokens` rows: every fused TVM path that applies, against torch
+    on the dequantized weight (fp32, and bf16 through AMX)."""
     weight = quantize(qtype, torch.randn(n, k) * 0.05)
     dense = weight.dequantize()
     dense_bf16 = dense.to(torch.bfloat16)
     x = torch.randn(tokens, k)
-    weight_bytes = weight.nbytes
-    case = KernelCase(f"linear.{name}.T{tokens}", weight_bytes + 4 * tokens * (k + n), 2 * tokens * n * k)
-    tvm_layer = TvmQuantizedLinear(weight, gemv_max_tokens=tokens if tokens <= 16 else 0)
-    case.impls[f"tvm_{qtype}"] = lambda: tvm_layer(x)
-    if tokens > 16:
-        bf16_layer = TvmQuantizedLinear(weight, gemv_max_tokens=0, prefill_dtype="bf16")
-        case.impls[f"tvm_{qtype}_dequant_bf16"] = lambda: bf16_layer(x)
-    else:
+    case = KernelCase(f"linear.{name}.{qtype}.T{tokens}", weight.nbytes + 4 * tokens * (k + n), 2 * tokens * n * k,
+                      weight_bytes=weight.nbytes)
+    layer = TvmQuantizedLinear(weight, prefill_dtype="bf16")
+    if tokens <= 16:
+        case.impls[f"tvm_gemv_{qtype}"] = lambda: layer.run("gemv", x)
+    if tokens >= 4:
+        case.impls[f"tvm_gemm_{qtype}"] = lambda: layer.run("gemm", x)
+    if tokens >= 64:
+        case.impls[f"tvm_dequant_{qtype}_torch_bf16"] = lambda: layer.run("dequant_bf16", x)
+    if tokens <= 4:
         dense_layer = TvmDenseLinear(dense, gemv_max_tokens=tokens)
         case.impls["tvm_fp32"] = lambda: dense_layer(x)
     case.impls["torch_fp32"] = lambda: F.linear(x, dense)
@@ -69,18 +74,44 @@ def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelC
     return case
 
 
+def _decoder_stream_case(config: ModelConfig, qtype: str) -> KernelCase:
+    """One token through every decoder layer's four linears, each layer its own weights, as
+    in decode: the weights stream from the last-level cache or DRAM instead of staying in L2."""
+    c = config
+    shapes = [(c.num_heads * c.head_dim + 2 * c.num_kv_heads * c.head_dim, c.hidden_size),
+              (c.hidden_size, c.num_heads * c.head_dim), (2 * c.intermediate_size, c.hidden_size),
+              (c.hidden_size, c.intermediate_size)]
+    weights = [quantize(qtype, torch.randn(n, k) * 0.05) for _ in range(c.num_layers) for n, k in shapes]
+    layers = [TvmQuantizedLinear(w) for w in weights]
+    dense = [w.dequantize() for w in weights]
+    inputs = [torch.randn(1, w.cols) for w in weights]
+    nbytes = sum(w.nbytes for w in weights)
+    flops = 2 * sum(w.rows * w.cols for w in weights)
+    case = KernelCase(f"decoder_linears.{qtype}.T1.{c.num_layers}layers", nbytes, flops, weight_bytes=nbytes)
+    case.impls[f"tvm_gemv_{qtype}"] = lambda: [layer.run("gemv", x) for layer, x in zip(layers, inputs)]
+    case.impls["torch_fp32"] = lambda: [F.linear(x, w) for w, x in zip(dense, inputs)]
+    return case
+
+
 def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8_0",
+                 other_qtypes: tuple[str, ...] = ("Q4_0", "Q8_0"),
                  decode_context: int = 512, prefill_tokens: int = 128, block_size: int = 16) -> list[KernelCase]:
     c = config
     h, f, d = c.hidden_size, c.intermediate_size, c.head_dim
     q_size, kv_size = c.num_heads * d, c.num_kv_heads * d
     cases = []
-    for tokens in (1, 4, prefill_tokens):
+    for tokens in (1, 4, 8, 16, 64, prefill_tokens):
         cases.append(_linear_cases("qkv", q_size + 2 * kv_size, h, qtype, tokens))
         cases.append(_linear_cases("o", h, q_size, qtype, tokens))
         cases.append(_linear_cases("gate_up", 2 * f, h, qtype, tokens))
         cases.append(_linear_cases("down", h, f, qtype, tokens))
     cases.append(_linear_cases("lm_head", c.vocab_size, h, head_qtype, 1))
+    cases.append(_decoder_stream_case(c, qtype))
+    for other in other_qtypes:  # the decode GEMV of the other formats, one token
+        cases.append(_linear_cases("qkv", q_size + 2 * kv_size, h, other, 1))
+        cases.append(_linear_cases("o", h, q_size, other, 1))
+        cases.append(_linear_cases("gate_up", 2 * f, h, other, 1))
+        cases.append(_linear_cases("down", h, f, other, 1))
 
     for tokens in (1, prefill_tokens):
         x, w = torch.randn(tokens, h), torch.randn(h)
@@ -139,5 +170,5 @@ def measure_kernel_cases(config: ModelConfig, rounds: int = 7, **options) -> lis
 
 
 def measure_kernels(config: ModelConfig, rounds: int = 7, **options) -> dict[str, dict[str, float]]:
-    """{op: {impl: seconds per call}}, e.g. {'linear.qkv.T1': {'tvm_Q4_1': 3.1e-05, 'torch_fp32': ...}}."""
+    """{op: {impl: seconds per call}}, e.g. {'linear.qkv.Q4_1.T1': {'tvm_gemv_Q4_1': 1.6e-05, 'torch_fp32': ...}}."""
     return {case.op: timings for case, timings in measure_kernel_cases(config, rounds, **options)}

@@ -15,7 +15,7 @@ import torch
 
 from catalog.quant import QuantizedTensor
 from codegen import ops as tvm_ops
-from codegen.linear import DEFAULT_GEMV_MAX_TOKENS, TvmDenseLinear, TvmQuantizedLinear
+from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
 from operators.linear import DenseLinear, make_linear
 from operators.llama import LlamaModel, ModelOps
 from operators.llama import build_model as build_llama
@@ -39,16 +39,15 @@ def resolve(kernels: str, weight_format: str, loaded) -> tuple[str, str]:
     return kernels, weight_format
 
 
-def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *,
-               gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS, prefill_dtype: str = "fp32"):
+def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, prefill_dtype: str = "fp32"):
     """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch (AMX)."""
     if weight_format == "native" and isinstance(weight, QuantizedTensor):
-        return TvmQuantizedLinear(weight, bias, gemv_max_tokens, prefill_dtype)
+        return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype)
     dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
     if weight_format == "bf16":
         return DenseLinear(dense.to(torch.bfloat16), bias)
     if weight_format in ("fp32", "native"):
-        return TvmDenseLinear(dense, bias, gemv_max_tokens)
+        return TvmDenseLinear(dense, bias)
     raise ValueError(f"unknown weight format {weight_format!r}; expected fp32, bf16 or native")
 
 
@@ -59,13 +58,14 @@ def linear_factory(kernels: str, **options):
 def model_ops(kernels: str) -> ModelOps:
     if kernels == "torch":
         return ModelOps()
-    return ModelOps(rms_norm=tvm_ops.rms_norm, apply_rope=tvm_ops.apply_rope, silu_mul=tvm_ops.silu_mul, name="tvm")
+    return ModelOps(rms_norm=tvm_ops.rms_norm, add_rms_norm=tvm_ops.add_rms_norm, apply_rope=tvm_ops.apply_rope,
+                    silu_mul=tvm_ops.silu_mul, name="tvm")
 
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
     kernels, weight_format = resolve(kernels, weight_format, loaded)
     if kernels == "tvm":
-        tvm_ops.warm_up(loaded.config)
+        tvm_ops.warm_up(loaded.config, dtypes=("bf16",) if weight_format == "bf16" else ("fp32",))
     model = build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),
                         ops=model_ops(kernels))
     if kernels == "tvm":

@@ -42,6 +42,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch
     return out
 
 
+def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float,
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, H] fp32 += y [T, H] (fp32 or bf16) in place; returns rms_norm(x) [T, H] in out_dtype."""
+    if not (x.is_contiguous() and x.data_ptr() % 64 == 0):
+        raise ValueError("add_rms_norm updates x in place: it must be a contiguous, 64-byte aligned tensor")
+    y = aligned(y)
+    out_dtype = out_dtype or torch.float32
+    out = torch.empty(x.shape, dtype=out_dtype)
+    _kernel("add_rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)), ("y_dtype", DTYPE_NAMES[y.dtype]),
+            ("out_dtype", DTYPE_NAMES[out_dtype]))(x, y, aligned(weight), out)
+    return out
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [T, heads, D] fp32 or bf16 (a strided view is read in place), cos/sin [T, D] -> [T, heads, D] fp32."""
     if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
@@ -89,6 +102,8 @@ def warm_up(config: ModelConfig, block_size: int = 16, dtypes: tuple[str, ...] =
     (and KV cache) in `dtypes`."""
     for dtype in dtypes:
         get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "out_dtype": dtype})
+        get_kernel("add_rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "y_dtype": dtype,
+                                    "out_dtype": dtype})
         for heads in (config.num_heads, config.num_kv_heads):
             get_kernel("rope", {"heads": heads, "head_dim": config.head_dim, "x_dtype": dtype})
         get_kernel("silu_mul", {"ffn": config.intermediate_size, "dtype": dtype})

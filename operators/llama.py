@@ -29,6 +29,7 @@ class ModelOps:
     """The elementwise/normalization operators; codegen may supply faster twins."""
 
     rms_norm: Callable = tensor_ops.rms_norm
+    add_rms_norm: Callable = tensor_ops.add_rms_norm
     apply_rope: Callable = tensor_ops.apply_rope
     silu_mul: Callable = tensor_ops.silu_mul
     name: str = "torch"
@@ -59,25 +60,27 @@ class LlamaModel:
         self.inv_freq = tensor_ops.rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
 
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
-        c, ops = self.config, self.ops
+        c, ops, act = self.config, self.ops, self.activation_dtype
         num_tokens = token_ids.shape[0]
         q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        x = self.embed[token_ids]  # [T, H]
+        f = c.intermediate_size
+        x = self.embed[token_ids]  # [T, H] the fp32 residual stream (a fresh tensor: updated in place)
         cos, sin = tensor_ops.rope_cos_sin(positions, self.inv_freq)  # [T, D]
+        h = ops.rms_norm(x, self.layers[0].input_norm, c.rms_norm_eps, act)  # [T, H]
         for i, layer in enumerate(self.layers):
-            h = ops.rms_norm(x, layer.input_norm, c.rms_norm_eps, self.activation_dtype)  # [T, H]
             qkv = layer.qkv_proj(h)  # [T, q_size + 2*kv_size]
             q = qkv[:, :q_size].reshape(num_tokens, c.num_heads, c.head_dim)
             k = qkv[:, q_size : q_size + kv_size].reshape(num_tokens, c.num_kv_heads, c.head_dim)
             v = qkv[:, q_size + kv_size :].reshape(num_tokens, c.num_kv_heads, c.head_dim)
             q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
             attn = attention.attend(i, q, k, v.contiguous())  # [T, Hq, D]
-            x = x + layer.o_proj(attn.reshape(num_tokens, q_size))
-            h = ops.rms_norm(x, layer.post_norm, c.rms_norm_eps, self.activation_dtype)
+            # each residual add is fused with the norm that follows it
+            h = ops.add_rms_norm(x, layer.o_proj(attn.reshape(num_tokens, q_size)), layer.post_norm, c.rms_norm_eps, act)
             gate_up = layer.gate_up_proj(h)  # [T, 2F]
-            f = c.intermediate_size
-            x = x + layer.down_proj(ops.silu_mul(gate_up[:, :f], gate_up[:, f:]))
-        return ops.rms_norm(x, self.final_norm, c.rms_norm_eps, self.activation_dtype)  # [T, H]
+            down = layer.down_proj(ops.silu_mul(gate_up[:, :f], gate_up[:, f:]))  # [T, H]
+            next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
+            h = ops.add_rms_norm(x, down, next_norm, c.rms_norm_eps, act)
+        return h  # [T, H] final-normed
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # [N, V] fp32 (bf16 weights give bf16-rounded values)

@@ -25,6 +25,7 @@ class Estimate:
     llm_calls: float = 0.0  # sequences the engine runs
     prefill_seconds: float = 0.0  # of `seconds`, prompt processing (model calls only)
     decode_seconds: float = 0.0  # of `seconds`, token generation (model calls only)
+    overhead_seconds: float = 0.0  # of `seconds`, Python and kernel launches (model calls only)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class EngineKnobs:
     weight_format: str  # 'fp32' | 'bf16' | 'native'
     kernels: str  # 'torch' | 'tvm'
     threads: int | None = None
+    kv_cache_dtype: str = "fp32"  # 'fp32' | 'bf16': the element type of the KV cache
+    attention_kernel: str = "tvm"  # 'tvm' (codegen's paged kernel) | 'torch' (gather + SDPA)
 
 
 def _no_estimate() -> Estimate:

@@ -25,6 +25,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch
     return out if out_dtype is None else out.to(out_dtype)
 
 
+def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float,
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The residual add and the next norm: x += y in place (x is the fp32 residual stream [T, H]),
+    then rms_norm(x) in out_dtype."""
+    x.add_(y)
+    return rms_norm(x, weight, eps, out_dtype)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, K], weight [N, K] (HF layout) -> [T, N]."""
     return F.linear(x, weight, bias)

@@ -1,44 +1,54 @@
-"""Learned correction of the roofline: actual ~= a * prefill_estimate + b * decode_estimate.
+"""Learned correction of the cost model: actual ~= a * prefill + b * decode + c * overhead estimate.
 
-The roofline misses what this machine's software adds (Python per step, attention
-gathers, other processes); prefill and decode miss it by different factors, so each
-past query is one equation and the two factors are fitted by least squares on the
-relative error. With one kind of query only (all prefill, or all decode), one factor
-is fitted and applied to both phases.
+The roofline misses what this machine's software adds (Python, attention kernels below
+their peak, other processes on the cores), and misses it by different factors for the
+prefill, decode and per-step overhead parts of a query, so each past query is one equation
+in three unknowns. The fit minimizes the relative error. Queries rarely tell all three
+apart (a run of one workload is one equation), so each factor is pulled gently towards a
+prior: the overall ratio actual / estimate, or the factors fitted over all of a model's
+weight paths. A factor the data does not pin down stays at its prior, and one kind of
+query alone gets the overall ratio on every part.
 
->>> [round(f, 6) for f in fit_phase_factors([(10.0, 0.0, 20.0), (0.0, 5.0, 50.0)])]
-[2.0, 10.0]
->>> fit_phase_factors([(10.0, 0.0, 20.0), (20.0, 0.0, 40.0)])
-(2.0, 2.0)
->>> fit_phase_factors([])
-(1.0, 1.0)
+>>> [round(f, 1) for f in fit_cost_factors([(10.0, 0.0, 0.0, 20.0), (0.0, 5.0, 0.0, 50.0), (0.0, 0.0, 1.0, 3.0)])]
+[2.0, 9.9, 3.0]
+>>> [round(f, 2) for f in fit_cost_factors([(10.0, 0.0, 0.0, 20.0), (20.0, 0.0, 0.0, 40.0)])]
+[2.0, 2.0, 2.0]
+>>> fit_cost_factors([])
+(1.0, 1.0, 1.0)
+
+Given a prior (another weight path's factors on this machine), what the data leaves open stays there:
+
+>>> [round(f, 2) for f in fit_cost_factors([(10.0, 0.0, 0.0, 20.0)], prior=(1.5, 3.0, 2.5))]
+[2.0, 3.0, 2.5]
 """
 from __future__ import annotations
 
 import statistics
 
+import numpy as np
+
 LIMITS = (0.05, 100.0)  # a factor outside this is a broken observation, not a calibration
+PRIOR_WEIGHT = 1e-3  # how strongly a factor keeps the overall ratio: its relative deviation, squared, at this weight
 
 
 def _clip(x: float) -> float:
     return min(LIMITS[1], max(LIMITS[0], x))
 
 
-def fit_phase_factors(observations: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """observations: (prefill estimate, decode estimate, actual) seconds -> (prefill factor, decode factor)."""
-    obs = [(p, d, y) for p, d, y in observations if y > 0 and p + d > 0]
+def fit_cost_factors(observations: list[tuple[float, float, float, float]],
+                     prior: tuple[float, float, float] | None = None) -> tuple[float, float, float]:
+    """observations: (prefill, decode, overhead estimate, actual) seconds -> (prefill, decode, overhead) factors.
+
+    prior: where each factor stays when the observations do not pin it down (default: the overall ratio)."""
+    obs = [o for o in observations if o[3] > 0 and sum(o[:3]) > 0]
     if not obs:
-        return 1.0, 1.0
-    # weighted normal equations of min sum ((a p + b d - y) / y)^2
-    spp = sum((p / y) ** 2 for p, d, y in obs)
-    sdd = sum((d / y) ** 2 for p, d, y in obs)
-    spd = sum(p * d / y**2 for p, d, y in obs)
-    sp = sum(p / y for p, d, y in obs)
-    sd = sum(d / y for p, d, y in obs)
-    det = spp * sdd - spd * spd
-    if det > 1e-9 * max(spp * sdd, 1e-30):
-        a, b = (sp * sdd - sd * spd) / det, (sd * spp - sp * spd) / det
-        if a > 0 and b > 0:
-            return _clip(a), _clip(b)
-    ratio = statistics.median([y / (p + d) for p, d, y in obs])
-    return _clip(ratio), _clip(ratio)
+        return prior or (1.0, 1.0, 1.0)
+    if prior is None:
+        prior = (_clip(statistics.median([y / (p + d + o) for p, d, o, y in obs])),) * 3
+    # rows of the relative-error system, then the prior rows sqrt(w) * (factor / prior - 1) = 0
+    x = np.array([[p / y, d / y, o / y] for p, d, o, y in obs])
+    rows = np.vstack([x, np.sqrt(PRIOR_WEIGHT) * np.diag([1 / f for f in prior])])
+    target = np.concatenate([np.ones(len(obs)), np.full(3, np.sqrt(PRIOR_WEIGHT))])
+    factors, *_ = np.linalg.lstsq(rows, target, rcond=None)
+    a, b, c = (_clip(float(f)) for f in factors)
+    return a, b, c

@@ -3,8 +3,9 @@
 A knob the user SET is obeyed (the choice is marked forced, and the cost of the
 value the optimizer would have picked is still shown); so is every knob of an engine
 already running the model (the server's shared engine), which no plan can change.
-Knobs are decided one at a time in dependency order (weights and kernels, then batch,
-chunk, block size, prefix cache, scheduling), each with the earlier ones fixed.
+Knobs are decided one at a time in dependency order (weights and kernels, KV cache dtype,
+attention kernel, then batch, chunk, block size, prefix cache, scheduling), each with the
+earlier ones fixed.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from dataclasses import replace
 
 from operators import logical as L
 from operators.physical import Choice, EngineKnobs
-from planner.context import ModelFacts, OptimizerContext
-from planner.cost import LLMCost, LLMWorkload, llm_cost
+from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
+from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # when the budget is auto: what the engine may take on a shared box
@@ -57,7 +58,16 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
         shared = (shared + (requests_per_row - 1) * profile.tokens) / requests_per_row
     output, _ = expected_output_tokens(op, ctx)
     scored = LABEL_TOKENS if isinstance(op, L.Classify) else 0.0
-    return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint)
+    return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint,
+                       longest_output_tokens(op, ctx))
+
+
+def longest_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> float:
+    """The longest output a request of this template produces: a batch decodes until it is done."""
+    if isinstance(op, L.Classify):
+        return 0.0
+    seen = ctx.statistics.longest_output_tokens(op.model, template_key(op), op.sampling.max_tokens)
+    return float(op.sampling.max_tokens if seen is None else seen)
 
 
 def _auto_or(settings, name: str, default):
@@ -77,6 +87,8 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
         weight_format=_auto_or(s, "weight_format", "fp32" if "fp32" in facts.weight_formats else facts.weight_formats[0]),
         kernels=_auto_or(s, "kernels", "torch"),
         threads=None if s.is_auto("threads") else s.threads,
+        kv_cache_dtype=_auto_or(s, "kv_cache_dtype", "fp32"),
+        attention_kernel=_auto_or(s, "kernels", "tvm" if "tvm" in ctx.kernels else "torch"),
     )
 
 
@@ -85,26 +97,30 @@ def variant(knobs: EngineKnobs) -> str:
     return f"{knobs.weight_format}/{knobs.kernels}"
 
 
-def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> tuple[float, float]:
-    """Learned (prefill, decode) factors for this model and weight path on this machine ((1, 1) without history)."""
-    return ctx.feedback.get((model, variant(knobs)), (1.0, 1.0))
+def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> tuple[float, float, float]:
+    """Learned (prefill, decode, overhead) factors for this model and weight path on this machine; a path
+    without history takes the model's other paths' (the machine's load and Python are common to all), else 1s."""
+    return ctx.feedback.get((model, variant(knobs))) or ctx.feedback.get((model, ANY_VARIANT), (1.0, 1.0, 1.0))
 
 
 def cost_of(w: LLMWorkload, knobs: EngineKnobs, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
     return llm_cost(w, knobs, facts.config, dict(facts.weight_bytes), ctx.hardware, correction(ctx, facts.name, knobs))
 
 
-def _pick(name: str, candidates: list[tuple[object, EngineKnobs]], w, facts, ctx, forced: bool, note=None):
+def _pick(name: str, candidates: list[tuple[object, EngineKnobs]], w, facts, ctx, forced: bool, note=None,
+          eligible: tuple | None = None):
+    """The cheapest eligible candidate and the best other one as runner-up.
+
+    eligible: the values the choice may take (default: the first candidate when forced, else all);
+    the others are priced and shown, never picked."""
+    if eligible is None:
+        eligible = (candidates[0][0],) if forced else tuple(v for v, _ in candidates)
     costed = sorted(((cost_of(w, k, facts, ctx).seconds, i, v, k) for i, (v, k) in enumerate(candidates)),
                     key=lambda t: (t[0] * (1 - 1e-9), t[1]))
-    if forced:
-        chosen = next(c for c in costed if c[3] == candidates[0][1])
-        best_other = next((c for c in costed if c is not chosen), None)
-    else:
-        chosen = costed[0]
-        best_other = costed[1] if len(costed) > 1 else None
+    chosen = next(c for c in costed if c[2] in eligible)
+    best_other = next((c for c in costed if c is not chosen), None)
     choice = Choice(name, chosen[2], chosen[0], best_other[2] if best_other else None,
-                    best_other[0] if best_other else None, forced, note(chosen, best_other) if note else "")
+                    best_other[0] if best_other else None, forced, note=note(chosen, best_other) if note else "")
     return choice, chosen[3]
 
 
@@ -123,15 +139,21 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     # model knows no difference from torch, so unforced plans do not offer an unmeasured tie
     combos = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k)) for f in formats for k in kernels
               if forced or k != "tvm" or f == "native"]
-    if forced:
+    allowed = tuple(name for name, _ in combos)
+    if forced:  # the cheapest combination the SET values allow; every other one is priced as runner-up
         everything = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k))
                       for f in facts.weight_formats for k in ctx.kernels]
-        combos = combos[:1] + [c for c in everything if c[0] != combos[0][0]]
+        combos += [c for c in everything if c[0] not in allowed]
     c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced,
-                     None if forced else (lambda chosen, other: "bf16 is considered only when SET (it rounds weights)"))
+                     None if forced else (lambda chosen, other: "bf16 is considered only when SET (it rounds weights)"),
+                     eligible=allowed)
+    choices.append(c)
+    c, knobs = _pick_kv_cache_dtype(knobs, w, facts, ctx)
+    choices.append(c)
+    c, knobs = _pick_attention_kernel(knobs, w, facts, ctx)
     choices.append(c)
 
-    capacity_tokens = knobs.kv_cache_memory / facts.config.kv_bytes_per_token
+    capacity_tokens = knobs.kv_cache_memory / kv_bytes_per_token(facts.config, knobs.kv_cache_dtype)
     per_seq = max(1.0, w.prompt_tokens + w.output_tokens + w.scored_tokens)
     fits = [b for b in BATCH_SIZES if b * per_seq <= capacity_tokens] or [1]
     for name, values in (("max_batch_size", fits), ("prefill_chunk_tokens", list(CHUNK_SIZES)),
@@ -166,11 +188,39 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     chosen = costed[0] if is_forced else min(costed, key=lambda t: t[0])
     other = next(t for t in costed if t is not chosen)
     choices.append(Choice("scheduling", chosen[1], chosen[0], other[1], other[0], is_forced,
-                          "" if isinstance(op, L.Generate) else "classify has no decode tail"))
+                          note="" if isinstance(op, L.Generate) else "classify has no decode tail"))
     knobs = replace(knobs, scheduling=chosen[1])
     if op.model in ctx.running:
         choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
+
+
+def _pick_kv_cache_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """bf16 halves the KV bytes (more sequences fit the budget) but rounds K and V: auto takes it only
+    where the weights are bf16 already, as the engine's own auto does."""
+    s = ctx.settings_for(facts.name)
+    forced = not s.is_auto("kv_cache_dtype")
+    lossless = ("bf16", "fp32") if knobs.weight_format == "bf16" else ("fp32",)
+    order = [s.kv_cache_dtype] if forced else list(lossless)
+    order += [v for v in ("fp32", "bf16") if v not in order]
+    note = None if forced or "bf16" in lossless else (
+        lambda chosen, other: "bf16 is considered only when SET or with bf16 weights (it rounds K/V)")
+    return _pick("kv_cache_dtype", [(v, replace(knobs, kv_cache_dtype=v)) for v in order], w, facts, ctx, forced,
+                 note, eligible=None if forced else lossless)
+
+
+def _pick_attention_kernel(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """The attention operator's own kernel, by the measured speed of each backend: TVM's paged kernel
+    reads the KV blocks in place; torch gathers them and runs SDPA. A SET kernels applies to it too."""
+    s = ctx.settings_for(facts.name)
+    running = ctx.running.get(facts.name)
+    forced = running is not None or not s.is_auto("kernels")
+    first = running.attention_kernel if running is not None else knobs.attention_kernel
+    # unforced, TVM first: on a tie the engine's default wins
+    available = (first,) + tuple(k for k in ctx.kernels if k != first) if forced else tuple(
+        sorted(ctx.kernels, key=lambda k: k != "tvm"))
+    return _pick("attention_kernel", [(k, replace(knobs, attention_kernel=k)) for k in available], w, facts, ctx,
+                 forced)
 
 
 def profile_for(op, stats, ctx: OptimizerContext, rows: float) -> PromptProfile:

@@ -8,7 +8,8 @@ from catalog.hardware import HardwareProfile, hardware_profile
 from catalog.model_config import ModelConfig
 from catalog.settings import Settings
 from operators.physical import EngineKnobs
-from planner.calibration import fit_phase_factors
+from planner.calibration import fit_cost_factors
+from planner.cost import COST_MODEL_VERSION
 from planner.statistics import Statistics
 
 
@@ -43,6 +44,9 @@ class ModelFacts:
                           MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]))
 
 
+ANY_VARIANT = "*"  # feedback key: fitted over every weight path of a model
+
+
 @dataclass(frozen=True)
 class OptimizerContext:
     settings: Settings
@@ -50,10 +54,11 @@ class OptimizerContext:
     statistics: Statistics
     models: MappingProxyType  # model name -> ModelFacts
     kernels: tuple[str, ...] = ("torch",)  # kernel implementations available on this target
-    # (model, weight path) -> learned (prefill, decode) correction factors, see planner/calibration.py
+    # (model, weight path or ANY_VARIANT) -> learned (prefill, decode, overhead) correction factors,
+    # see planner/calibration.py
     feedback: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
-    # model name -> settings with the knobs of an engine already running it (the server's shared engine)
-    # set as hints: its knobs are facts a plan obeys, not choices (see engine_settings)
+    # model name -> knobs of an engine already running it (the server's shared engine): facts a plan
+    # obeys, not choices (settings_for turns them into SET hints)
     running: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def model(self, name: str) -> ModelFacts:
@@ -61,7 +66,8 @@ class OptimizerContext:
 
     def settings_for(self, model: str) -> Settings:
         """The settings a model call obeys: the running engine's knobs where one runs the model."""
-        return self.running.get(model, self.settings)
+        knobs = self.running.get(model)
+        return self.settings if knobs is None else engine_settings(self.settings, knobs)
 
 
 def engine_settings(settings: Settings, knobs: EngineKnobs) -> Settings:
@@ -69,7 +75,8 @@ def engine_settings(settings: Settings, knobs: EngineKnobs) -> Settings:
     pinned = (("kv_cache_memory", knobs.kv_cache_memory), ("kv_block_size", knobs.kv_block_size),
               ("max_batch_size", knobs.max_batch_size), ("prefill_chunk_tokens", knobs.prefill_chunk_tokens),
               ("prefix_cache", "on" if knobs.prefix_cache else "off"), ("scheduling", knobs.scheduling),
-              ("weight_format", knobs.weight_format), ("kernels", knobs.kernels))
+              ("weight_format", knobs.weight_format), ("kernels", knobs.kernels),
+              ("kv_cache_dtype", knobs.kv_cache_dtype))
     for name, value in pinned:
         settings = settings.with_value(name, value)
     return settings
@@ -83,14 +90,18 @@ def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], 
     """
     feedback = {}
     for name in models:
-        for fmt in ("fp32", "bf16", "native"):
-            for kernels in ("torch", "tvm"):
-                observations = catalog.feedback(name, f"{fmt}/{kernels}")
-                if observations:
-                    feedback[(name, f"{fmt}/{kernels}")] = fit_phase_factors(observations)
+        paths = {f"{fmt}/{kernels}": catalog.cost_observations(name, f"{fmt}/{kernels}", COST_MODEL_VERSION)
+                 for fmt in ("fp32", "bf16", "native") for kernels in ("torch", "tvm")}
+        seen = [o for observations in paths.values() for o in observations]
+        if not seen:
+            continue
+        # what this machine adds to every weight path: the prior of each path's own fit
+        common = feedback[(name, ANY_VARIANT)] = fit_cost_factors(seen)
+        for path, observations in paths.items():
+            if observations:
+                feedback[(name, path)] = fit_cost_factors(observations, prior=common)
     hw = hardware_profile(catalog)
     # TVM is a candidate where its kernels built and were timed on this machine
     kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
-    pinned = {name: engine_settings(settings, knobs) for name, knobs in (running or {}).items()}
     return OptimizerContext(settings, hw, statistics, MappingProxyType(dict(models)), kernels=kernels,
-                            feedback=MappingProxyType(feedback), running=MappingProxyType(pinned))
+                            feedback=MappingProxyType(feedback), running=MappingProxyType(dict(running or {})))

@@ -1,22 +1,33 @@
 """The cost model: a roofline per engine step against the calibrated hardware profile.
 
-A step's time is max(FLOPs / FLOP/s, bytes / bandwidth) plus the fixed cost of
-launching its operators. Prefill runs in chunks of prefill_chunk_tokens; decode
-runs up to max_batch_size sequences per step, each step reading every weight once.
+A query's model calls cost three kinds of time, which calibration corrects separately
+(planner/calibration.py):
+- prefill: the linears over each chunk of prompt tokens (FLOPs / FLOP/s + weight bytes /
+  bandwidth per step; the lm_head only over the rows whose logits are needed) plus attention
+  over the cached context, at the measured rate of the engine's attention backend;
+- decode: one step per generated token of the longest sequence in each wave of max_batch_size
+  sequences, every step reading every weight once, plus attention over each sequence's context;
+- overhead: Python and kernel launches, per engine step (per layer), per sequence in a step,
+  and per request (chat template, tokenizer, result).
 Estimates come in, seconds and bytes go out; nothing here chooses.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from catalog.hardware import HardwareProfile
-from codegen.linear import DEFAULT_GEMV_MAX_TOKENS as GEMV_MAX_TOKENS
+from codegen.quant_crossover import CROSSOVER
 from operators.physical import EngineKnobs
 
+COST_MODEL_VERSION = 2  # observations priced by another version do not calibrate this one
 OPS_PER_LAYER = 14  # torch ops one decoder layer launches (norms, matmuls, rope, attention, adds)
-OPS_PER_STEP = 40  # embedding, final norm, logits, sampling, batch preparation
+OPS_PER_STEP = 100  # embedding, final norm, logits, sampling, scheduling and batch tensors, in Python
+OPS_PER_ROW = 4  # per sequence in a step: its slots, its sampled token, detokenizing it (~35 us measured)
+OPS_PER_ROW_GATHER = 3  # the torch attention path also builds each row's gather indices and mask
+OPS_PER_REQUEST = 32  # chat template, tokenizer, submit, result (~270 us measured for a W1 prompt)
 QUANT_DEQUANT_FLOPS_PER_WEIGHT = 4  # scale, offset, unpack: what the torch 'native' path does per weight per call
+KV_ELEMENT_BYTES = {"fp32": 4, "bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class LLMWorkload:
     output_tokens: float  # mean generated tokens per request
     scored_tokens: float = 0.0  # continuation tokens scored per request (classify)
     cache_footprint_tokens: float = 0.0  # KV tokens the cache must keep for arrival order to find the sharing
+    longest_output_tokens: float = 0.0  # the longest request's output: a wave decodes until it ends (0: the mean)
 
 
 @dataclass(frozen=True)
@@ -36,9 +48,16 @@ class LLMCost:
     seconds: float
     prefill_seconds: float
     decode_seconds: float
+    overhead_seconds: float  # Python and launches: per step, per sequence in a step, per request
     computed_prompt_tokens: float  # all requests, after the prefix cache
     kv_bytes: float  # peak KV pool use
     batch: float  # effective concurrent sequences
+    steps: float = 0.0  # engine steps, prefill and decode
+
+
+def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
+    """K and V of one token in every layer, in the cache's element type."""
+    return config.kv_bytes_per_token * KV_ELEMENT_BYTES[kv_cache_dtype] / 4
 
 
 def _bytes_and_rate(knobs: EngineKnobs, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:
@@ -54,14 +73,17 @@ def _bytes_and_rate(knobs: EngineKnobs, weight_bytes: dict, params: float, hw: H
 
 
 def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict, hw: HardwareProfile) -> float:
-    """Fused TVM dequant-GEMV at its measured rates up to GEMV_MAX_TOKENS rows; above that the
-    linear dequantizes its blocks once per call into fp32 scratch and runs an fp32 GEMM."""
+    """What codegen.linear.TvmQuantizedLinear runs (fp32 activations), at its kernels' measured rates:
+    the fused GEMV up to the crossover's gemv_max_tokens rows, the fused GEMM above (unpacks each
+    weight once per call, then fp32 FMAs per token)."""
     if tokens <= 1:
         return params / hw.quant_gemv_rate_t1
-    if tokens <= GEMV_MAX_TOKENS:
+    if CROSSOVER.path(tokens) == "gemv":
         return tokens * params / hw.quant_gemv_rate_t4
-    dequantize = (weight_bytes["native"] + 8 * params) / hw.copy_bandwidth
-    return dequantize + tokens * 2 * params / hw.fp32_flops
+    if hw.quant_gemm_rate > 0:
+        return params / hw.quant_gemm_unpack_rate + tokens * params / hw.quant_gemm_rate
+    # GEMM not timed on this machine: read the blocks once, then torch's fp32 GEMM rate
+    return weight_bytes["native"] / hw.copy_bandwidth + tokens * 2 * params / hw.fp32_flops
 
 
 def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
@@ -76,14 +98,43 @@ def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
     return w.prompt_tokens + (w.requests - 1) * max(0.0, w.prompt_tokens - shared)
 
 
-def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw: HardwareProfile,
-             correction: tuple[float, float] = (1.0, 1.0)) -> LLMCost:
-    """correction: learned (prefill, decode) factors of this machine (planner/calibration.py)."""
-    kv_per_token = config.kv_bytes_per_token
-    params = config.num_parameters + (config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0)
-    flops_per_token = config.flops_per_token
+def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineKnobs, config, weight_bytes: dict,
+                    hw: HardwareProfile) -> float:
+    """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows`."""
+    head = config.vocab_size * config.hidden_size
+    layers = config.flops_per_token / 2 - head  # multiply-adds of one token through every layer
+    params = config.num_parameters + (head if config.tie_word_embeddings else 0)
+    if knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0:
+        share = {k: v * layers / params for k, v in weight_bytes.items()}
+        head_share = {k: v * head / params for k, v in weight_bytes.items()}
+        return (_tvm_native_matmul_seconds(tokens, layers, share, hw)
+                + (_tvm_native_matmul_seconds(logit_rows, head, head_share, hw) if logit_rows > 0 else 0.0))
     step_bytes, rate, extra_flops = _bytes_and_rate(knobs, weight_bytes, params, hw)
-    overhead = hw.op_overhead_s * (OPS_PER_LAYER * config.num_layers + OPS_PER_STEP)
+    flops = 2 * (tokens * layers + logit_rows * head) + extra_flops
+    # the sum, not the max: these linears do not hide streaming the weights behind their arithmetic
+    # (fp32 decode of 16 rows measured 196 ms a step on the 2-core box, the max says 100, the sum 156)
+    return flops / rate + step_bytes / hw.copy_bandwidth
+
+
+def _attention_seconds(pairs: float, phase: str, knobs: EngineKnobs, config, hw: HardwareProfile) -> float:
+    """Attention over `pairs` (query, cached key) pairs in every layer, at the measured FLOP/s of the
+    engine's backend for this phase; unmeasured, the roofline, where the torch backend's gather
+    copies the context (read + write) before SDPA reads it again and the TVM kernel reads it in place.
+    The rates were measured over an fp32 cache; a bf16 one is priced the same per FLOP (both backends
+    convert it to the activations' type before the arithmetic), so its gain is memory, not time."""
+    flops = 4 * config.num_layers * config.num_heads * config.head_dim * pairs
+    rate = getattr(hw, f"attention_{knobs.attention_kernel}_{phase}_flops", 0.0)
+    if rate > 0:
+        return flops / rate
+    reads = 1 if knobs.attention_kernel == "tvm" else 3
+    kv_read = reads * pairs * kv_bytes_per_token(config, knobs.kv_cache_dtype)
+    return max(flops / hw.fp32_flops, kv_read / hw.copy_bandwidth)
+
+
+def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw: HardwareProfile,
+             correction: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> LLMCost:
+    """correction: learned (prefill, decode, overhead) factors of this machine (planner/calibration.py)."""
+    kv_per_token = kv_bytes_per_token(config, knobs.kv_cache_dtype)
     seq_tokens = w.prompt_tokens + w.output_tokens + w.scored_tokens
     capacity = knobs.kv_cache_memory / kv_per_token  # tokens the KV pool holds
     batch = max(1.0, min(knobs.max_batch_size, w.requests, capacity / max(1.0, seq_tokens)))
@@ -93,37 +144,46 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
     if w.cache_footprint_tokens > capacity > 0:
         reuse = capacity / w.cache_footprint_tokens
         shared = w.static_prefix_tokens + (w.shared_tokens - w.static_prefix_tokens) * reuse
-    effective = LLMWorkload(w.requests, w.prompt_tokens, shared, w.static_prefix_tokens, w.output_tokens, w.scored_tokens)
-    prefill_tokens = computed_prompt_tokens(effective, knobs) + w.requests * w.scored_tokens
-    attn_flops_per_token = 4 * config.num_layers * config.num_heads * config.head_dim * (seq_tokens / 2)
+    prefill_tokens = computed_prompt_tokens(replace(w, shared_tokens=shared), knobs) + w.requests * w.scored_tokens
 
-    steps_prefill = math.ceil(prefill_tokens / knobs.prefill_chunk_tokens) if prefill_tokens else 0
-    chunk = prefill_tokens / steps_prefill if steps_prefill else 0.0
-    tvm_native = knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0
-    if tvm_native:
-        prefill_step = (_tvm_native_matmul_seconds(chunk, params, weight_bytes, hw)
-                        + chunk * attn_flops_per_token / hw.fp32_flops + overhead)
-    else:
-        prefill_step = max(chunk * (flops_per_token + attn_flops_per_token) / rate + extra_flops / rate,
-                           step_bytes / hw.copy_bandwidth) + overhead
-    prefill_s = steps_prefill * prefill_step
+    # prefill: chunks of at most prefill_chunk_tokens, at most max_batch_size sequences a step;
+    # its logits are each request's first generated token, or every scored token
+    steps_prefill = math.ceil(max(prefill_tokens / knobs.prefill_chunk_tokens, w.requests / knobs.max_batch_size)
+                              ) if prefill_tokens > 0 else 0
+    logit_rows = w.requests * (w.scored_tokens if w.scored_tokens else min(1.0, w.output_tokens))
+    prefill_s = 0.0
+    if steps_prefill:
+        prefill_s = steps_prefill * _matmul_seconds(prefill_tokens / steps_prefill, logit_rows / steps_prefill,
+                                                    knobs, config, weight_bytes, hw)
+        # each request computes its last `computed` tokens, each attending to everything before it
+        computed = prefill_tokens / max(w.requests, 1e-9)
+        sequence = w.prompt_tokens + w.scored_tokens
+        prefill_s += _attention_seconds(prefill_tokens * max(computed / 2, sequence - computed / 2), "prefill",
+                                        knobs, config, hw)
 
-    decode_tokens = w.requests * w.output_tokens
-    steps_decode = decode_tokens / batch if decode_tokens else 0.0
-    ctx = w.prompt_tokens + w.output_tokens / 2
-    attn_decode_flops = 4 * config.num_layers * config.num_heads * config.head_dim * ctx
-    if tvm_native:
-        decode_step = (_tvm_native_matmul_seconds(batch, params, weight_bytes, hw) + batch * attn_decode_flops / hw.fp32_flops
-                       + batch * ctx * kv_per_token / hw.copy_bandwidth + overhead)
-    else:
-        decode_step = max(batch * (flops_per_token + attn_decode_flops) / rate + extra_flops / rate,
-                          (step_bytes + batch * ctx * kv_per_token) / hw.copy_bandwidth) + overhead
-    decode_s = steps_decode * decode_step
+    # decode: the prefill step samples each request's first token; a wave of `batch` sequences
+    # steps until its longest one ends, later waves fill the slots as sequences finish
+    per_request = max(0.0, w.output_tokens - 1)
+    longest = max(per_request, (w.longest_output_tokens or w.output_tokens) - 1)
+    decode_tokens = w.requests * per_request
+    steps_decode = (math.ceil(w.requests / batch) - 1) * per_request + longest if decode_tokens > 0 else 0.0
+    decode_s = 0.0
+    if steps_decode:
+        rows = decode_tokens / steps_decode  # sequences in an average decode step
+        decode_s = steps_decode * _matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
+        context = w.prompt_tokens + w.output_tokens / 2
+        decode_s += _attention_seconds(decode_tokens * context, "decode", knobs, config, hw)
+
+    per_step = OPS_PER_LAYER * config.num_layers + OPS_PER_STEP
+    per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
+    ops = (steps_prefill + steps_decode) * per_step + (decode_tokens + w.requests) * per_row + w.requests * OPS_PER_REQUEST
+    overhead_s = hw.op_overhead_s * ops
+
     kv_bytes = min(knobs.kv_cache_memory, batch * seq_tokens * kv_per_token + w.static_prefix_tokens * kv_per_token)
-    prefill_s, decode_s = prefill_s * correction[0], decode_s * correction[1]
-    return LLMCost(seconds=prefill_s + decode_s, prefill_seconds=prefill_s,
-                   decode_seconds=decode_s, computed_prompt_tokens=prefill_tokens,
-                   kv_bytes=kv_bytes, batch=batch)
+    prefill_s, decode_s, overhead_s = prefill_s * correction[0], decode_s * correction[1], overhead_s * correction[2]
+    return LLMCost(seconds=prefill_s + decode_s + overhead_s, prefill_seconds=prefill_s, decode_seconds=decode_s,
+                   overhead_seconds=overhead_s, computed_prompt_tokens=prefill_tokens, kv_bytes=kv_bytes, batch=batch,
+                   steps=steps_prefill + steps_decode)
 
 
 def relational_seconds(rows: float, columns: int, hw: HardwareProfile) -> float:

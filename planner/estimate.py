@@ -12,6 +12,7 @@ from sqlglot import exp
 from operators import logical as L
 from planner.context import OptimizerContext
 from planner.graph import Plan
+from planner.range_selectivity import range_selectivity
 from planner.statistics import ColumnStats
 
 UNKNOWN_SELECTIVITY = 0.33  # textbook default for a predicate nothing is known about
@@ -64,7 +65,8 @@ def selectivity(pred: exp.Expr, stats: dict[str, ColumnStats], llm_ops: dict[str
         return stats[c].nulls / max(1, stats[c].rows) if c in stats else 0.05
     if isinstance(pred, (exp.Like, exp.ILike)):
         return LIKE_SELECTIVITY
-    return UNKNOWN_SELECTIVITY
+    ranged = range_selectivity(pred, stats)
+    return UNKNOWN_SELECTIVITY if ranged is None else ranged
 
 
 def estimate_rows(plan: Plan, ctx: OptimizerContext) -> dict[int, float]:

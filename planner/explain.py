@@ -40,7 +40,9 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
          "estimate": {"rows": e.rows, "seconds": e.seconds}}
     if isinstance(op, P.LLM_OPERATORS):
         d["estimate"].update(prompt_tokens=e.prompt_tokens, computed_prompt_tokens=e.computed_prompt_tokens,
-                             output_tokens=e.output_tokens, kv_bytes=e.kv_bytes, llm_calls=e.llm_calls)
+                             output_tokens=e.output_tokens, kv_bytes=e.kv_bytes, llm_calls=e.llm_calls,
+                             prefill_seconds=e.prefill_seconds, decode_seconds=e.decode_seconds,
+                             overhead_seconds=e.overhead_seconds)
         d["choices"] = [{"knob": c.knob, "value": c.value, "seconds": c.seconds, "runner_up": c.runner_up,
                          "runner_up_seconds": c.runner_up_seconds, "forced": c.forced, "forced_by": c.forced_by,
                          "note": c.note}
@@ -56,8 +58,9 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
                                prompt_tokens=o.num_prompt_tokens, computed_prompt_tokens=o.num_computed_prompt_tokens,
                                cached_prompt_tokens=o.num_cached_prompt_tokens, output_tokens=o.num_generated_tokens,
                                prefix_cache_hit_rate=hit, engine_seconds=o.seconds, load_seconds=o.load_seconds)
-            # the estimate prices the engine's work; loading weights happens once per connection
-            d["q_error"].update(seconds=q_error(e.seconds, o.seconds), prompt_tokens=q_error(e.prompt_tokens, o.num_prompt_tokens),
+            # the estimate prices the operator's work; loading weights happens once per connection
+            d["q_error"].update(seconds=q_error(e.seconds, a.seconds - o.load_seconds),
+                                prompt_tokens=q_error(e.prompt_tokens, o.num_prompt_tokens),
                                 output_tokens=q_error(e.output_tokens, o.num_generated_tokens))
     d["children"] = [node_dict(plan, c, actuals) for c in plan.inputs(node)]
     return d
@@ -88,6 +91,9 @@ def _text_node(d: dict, depth: int, lines: list[str]) -> None:
     inner = pad + ("     " if depth else "   ")
     for k, v in d["params"].items():
         lines.append(f"{inner}{k}: {_value(v)}")
+    if "overhead_seconds" in e:
+        lines.append(f"{inner}est. time: prefill {e['prefill_seconds']:.3f}s, decode {e['decode_seconds']:.3f}s, "
+                     f"overhead {e['overhead_seconds']:.3f}s")
     for c in d.get("choices", []):
         forced = f" [forced by {c['forced_by']}]" if c["forced"] else ""
         alt = ""

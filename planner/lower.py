@@ -59,7 +59,8 @@ def lower_llm(op: L.Generate | L.Classify, rows: float, stats, ctx: OptimizerCon
     estimate = P.Estimate(rows=rows, seconds=cost.seconds, prompt_tokens=w.requests * w.prompt_tokens,
                           computed_prompt_tokens=cost.computed_prompt_tokens,
                           output_tokens=w.requests * w.output_tokens, kv_bytes=cost.kv_bytes, llm_calls=w.requests,
-                          prefill_seconds=cost.prefill_seconds, decode_seconds=cost.decode_seconds)
+                          prefill_seconds=cost.prefill_seconds, decode_seconds=cost.decode_seconds,
+                          overhead_seconds=cost.overhead_seconds)
     common = dict(model=op.model, output=op.output, options=op.options, knobs=knobs, template=template_key(op),
                   estimate=estimate, choices=tuple(choices))
     if isinstance(op, L.Generate):

@@ -6,6 +6,7 @@ source's fingerprint, so a changed file gets fresh ones.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,8 @@ class ColumnStats:
     nulls: int
     avg_chars: float  # mean text length (numbers: length of their decimal form)
     sorted_lcp_chars: float  # mean common prefix of neighbours once sorted: what prefix ordering can share
+    min: int | float | None = None  # smallest value of a numeric column (an int for an integer column)
+    max: int | float | None = None  # largest; both None for other types
 
     @property
     def adjacent_equal_fraction(self) -> float:
@@ -59,14 +62,28 @@ def compute_column_stats(table: pa.Table) -> dict[str, ColumnStats]:
         avg = pc.mean(lengths).as_py() if lengths is not None and len(col) - col.null_count else 0.0
         distinct = pc.count_distinct(col).as_py() if len(col) else 0
         scale = table.num_rows / max(1, len(col))
+        low, high = _min_max(table.column(name))
         out[name] = ColumnStats(
             rows=table.num_rows,
             distinct=int(min(table.num_rows, round(distinct * scale if distinct > 0.9 * len(col) else distinct))),
             nulls=int(round(col.null_count * scale)),
             avg_chars=float(avg or 0.0),
             sorted_lcp_chars=_mean_sorted_lcp(text) if text is not None else 0.0,
+            min=low,
+            max=high,
         )
     return out
+
+
+def _min_max(column: pa.ChunkedArray) -> tuple[int | float | None, int | float | None]:
+    """Over the whole column, not the sample: a range estimate needs the true ends."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return None, None
+    ends = pc.min_max(column)
+    low, high = ends["min"].as_py(), ends["max"].as_py()
+    if low is None or (isinstance(low, float) and not (math.isfinite(low) and math.isfinite(high))):
+        return None, None  # all null, or infinities/NaN: no usable range
+    return low, high
 
 
 class StatsStore(Protocol):
@@ -89,7 +106,8 @@ class Statistics:
         if key in self._columns:
             return self._columns[key]
         stored = self.store.column_stats(key) if self.store is not None and source.fingerprint else {}
-        if stored and set(stored) >= {f.name for f in source.schema}:
+        # statistics stored before min/max were kept are computed again
+        if stored and set(stored) >= {f.name for f in source.schema} and all("min" in c for c in stored.values()):
             stats = {c: ColumnStats(**s) for c, s in stored.items()}
         else:
             from catalog.sources import load
@@ -110,3 +128,8 @@ class Statistics:
         total = sum(count for _, _, count in hist)
         expected = sum(min(n, max_tokens) * count for n, _, count in hist) / total
         return expected, total
+
+    def longest_output_tokens(self, model: str, template: str, max_tokens: int) -> int | None:
+        """The longest output seen (at most max_tokens), or None without history."""
+        hist = self.store.output_length_histogram(model, template) if self.store is not None else []
+        return max(min(n, max_tokens) for n, _, _ in hist) if hist else None

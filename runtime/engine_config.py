@@ -72,4 +72,5 @@ class EngineConfig:
             prefill_chunk_tokens=pick("prefill_chunk_tokens"),
             prefix_cache=settings.prefix_cache != "off",
             scheduling=pick("scheduling"),
+            kv_cache_dtype=settings.kv_cache_dtype,
         )

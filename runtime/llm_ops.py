@@ -105,7 +105,8 @@ class LLMService:
             self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format)
         config = EngineConfig(kv_cache_memory=knobs.kv_cache_memory, kv_block_size=knobs.kv_block_size,
                               max_batch_size=knobs.max_batch_size, prefill_chunk_tokens=knobs.prefill_chunk_tokens,
-                              prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling)
+                              prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling,
+                              kv_cache_dtype=knobs.kv_cache_dtype, attention_kernel=knobs.attention_kernel)
         cached = self._engines.get(model)
         if cached is None or cached[0] != (knobs.weight_format, knobs.kernels, config):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over

@@ -91,13 +91,20 @@ def cmd_models(args, con) -> None:
 
 
 def cmd_calibrate(args, con) -> None:
-    """Measure the machine again (bandwidth, FLOP/s, TVM kernel rates): the cost model prices plans with it."""
+    """Measure the machine again (bandwidth, FLOP/s, TVM kernel and attention rates): the cost model prices
+    plans with it. The corrections learned from earlier queries were fitted against the old profile, so they
+    start over: the next queries' estimate-vs-actual observations calibrate the new one."""
     from dataclasses import asdict
 
     from catalog.hardware import hardware_profile
+    from runtime.threads import torch_threads
 
-    for name, value in asdict(hardware_profile(con.catalog, recalibrate=True)).items():
+    # the profile of the thread count queries run with (SET GLOBAL threads = n), which keys it
+    with torch_threads(None if con.settings.is_auto("threads") else con.settings.threads):
+        profile = hardware_profile(con.catalog, recalibrate=True)
+    for name, value in asdict(profile).items():
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
+    print(f"cost observations cleared: {con.catalog.clear_cost_observations()}")
 
 
 def cmd_shell(args, con) -> None:
@@ -174,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         return cmd_serve(argv[1:])
     args = parser().parse_args(argv)
-    if args.home:
-        os.environ["SQLM_HOME"] = args.home
     errors = _known_errors()
     try:
+        from catalog.store import using_home
         from sqlm.connection import connect
 
-        with connect(args.home) as con:
+        # --home holds for this command only: manifests and kernels follow it, the environment is untouched
+        with using_home(args.home), connect(args.home) as con:
             args.run(args, con)
     except BrokenPipeError:  # `sqlm query ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

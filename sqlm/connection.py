@@ -23,8 +23,9 @@ from catalog.sources import arrow_source, file_source, registered_file
 from catalog.store import Catalog
 from operators import physical as P
 from planner import plan_query
-from planner.choose import variant
+from planner.choose import correction, variant
 from planner.context import ModelFacts, OptimizerContext, catalog_context
+from planner.cost import COST_MODEL_VERSION
 from planner.errors import SqlError, error_at
 from planner.explain import render_json, render_text
 from planner.lower import PhysicalPlan
@@ -33,6 +34,7 @@ from planner.sql import CreateModel, Explain, Reset, parse
 from planner.statistics import Statistics
 from runtime.executor import Executor
 from runtime.llm_ops import LLMService, SharedEngine
+from runtime.threads import torch_threads
 from sqlm.result import Result
 
 COPY_FORMATS = {"parquet", "csv", "json"}
@@ -143,6 +145,10 @@ class Connection:
                    if self._llm.shared_engine_for(path) is not None}
         return catalog_context(self.catalog, self.settings, view.models, Statistics(self.catalog), running)
 
+    def _threads(self):
+        """SET threads for this query's torch ops (the hardware profile it is planned with is that thread count's)."""
+        return torch_threads(None if self.settings.is_auto("threads") else self.settings.threads)
+
     def _plan(self, select: exp.Expr, sql: str) -> tuple[PhysicalPlan, OptimizerContext]:
         view = _SessionCatalog(self)
         holder = {}
@@ -150,13 +156,15 @@ class Connection:
         def make_context(_logical):
             holder["ctx"] = self._context(view)
             return holder["ctx"]
-        physical = plan_query(select, sql, view, make_context)
+        with self._threads():
+            physical = plan_query(select, sql, view, make_context)
         return physical, holder["ctx"]
 
     def _execute(self, select: exp.Expr, sql: str) -> tuple[pa.Table, PhysicalPlan, dict]:
         physical, ctx = self._plan(select, sql)
         t0 = time.perf_counter()
-        table, actuals = Executor(self._llm, self.on_progress).run(physical.plan)
+        with self._threads():
+            table, actuals = Executor(self._llm, self.on_progress).run(physical.plan)
         seconds = time.perf_counter() - t0
         table = table.rename_columns(list(physical.output_names))
         self._record_statistics(physical, actuals, ctx)
@@ -176,11 +184,13 @@ class Connection:
             if actual.llm.shared_engine:
                 continue  # its time includes whatever else the shared engine ran: no lesson about speed
             key = variant(op.knobs)
-            a, b = ctx.feedback.get((op.model, key), (1.0, 1.0))
+            factors = correction(ctx, op.model, op.knobs)
+            e = op.estimate
+            uncorrected = (e.prefill_seconds / factors[0], e.decode_seconds / factors[1], e.overhead_seconds / factors[2])
             # learn only when the plan's row estimate was right: otherwise the error is cardinality, not speed
-            if abs(op.estimate.llm_calls - actual.llm.num_requests) <= 0.5 * max(1.0, actual.llm.num_requests):
-                self.catalog.record_feedback(op.model, key, op.estimate.prefill_seconds / a,
-                                             op.estimate.decode_seconds / b, actual.llm.seconds)
+            if abs(e.llm_calls - actual.llm.num_requests) <= 0.5 * max(1.0, actual.llm.num_requests):
+                self.catalog.record_cost_observation(op.model, key, COST_MODEL_VERSION, uncorrected,
+                                                     actual.seconds - actual.llm.load_seconds)
 
     def _explain(self, stmt: Explain, sql: str) -> str:
         render = render_json if stmt.args.get("format") == "JSON" else render_text

@@ -11,7 +11,7 @@ from catalog.settings import Settings
 from catalog.sources import TableSource
 from planner.bind import bind
 from planner.context import OptimizerContext
-from planner.examples import EXAMPLE_HARDWARE, SMOLLM2_FACTS
+from planner.examples import EXAMPLE_HARDWARE, EXAMPLE_TVM_HARDWARE, SMOLLM2_FACTS
 from planner.lower import lower
 from planner.optimizer import optimize
 from planner.sql import parse
@@ -58,12 +58,22 @@ class StatsCatalog:
     def output_length_histogram(self, model, template):
         return []
 
-    def context(self, settings: Settings) -> OptimizerContext:
-        return OptimizerContext(settings, EXAMPLE_HARDWARE, Statistics(self), MappingProxyType({"smollm2": SMOLLM2_FACTS}))
+    def context(self, settings: Settings, kernels: tuple[str, ...] = ("torch",)) -> OptimizerContext:
+        """kernels: the implementations this target runs; with TVM, the example machine that timed its kernels."""
+        hardware = EXAMPLE_TVM_HARDWARE if "tvm" in kernels else EXAMPLE_HARDWARE
+        return OptimizerContext(settings, hardware, Statistics(self), MappingProxyType({"smollm2": SMOLLM2_FACTS}),
+                                kernels=kernels)
+
+
+def _number(text: str | None) -> int | float | None:
+    """'5' -> 5 (an integer column's bound), '2.5' -> 2.5, None -> None."""
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def parse_table_spec(spec: str) -> tuple[str, int, dict]:
-    """'reviews rows=100: id int ndv=100 len=3; body text ndv=100 len=120 lcp=8' -> table description."""
+    """'reviews rows=100: id int ndv=100 len=3 min=1 max=100; body text ndv=100 len=120 lcp=8' -> table description."""
     head, _, cols = spec.partition(":")
     name, rows = re.fullmatch(r"\s*(\w+)\s+rows=(\d+)\s*", head).groups()
     rows = int(rows)
@@ -73,13 +83,14 @@ def parse_table_spec(spec: str) -> tuple[str, int, dict]:
         cname, ctype = words[0], words[1]
         kv = dict(w.split("=") for w in words[2:])
         columns[cname] = (ctype, ColumnStats(rows=rows, distinct=int(kv.get("ndv", rows)), nulls=int(kv.get("nulls", 0)),
-                                             avg_chars=float(kv.get("len", 8)), sorted_lcp_chars=float(kv.get("lcp", 0))))
+                                             avg_chars=float(kv.get("len", 8)), sorted_lcp_chars=float(kv.get("lcp", 0)),
+                                             min=_number(kv.get("min")), max=_number(kv.get("max"))))
     return name, rows, columns
 
 
-def plan(sql: str, catalog: StatsCatalog, settings: Settings):
+def plan(sql: str, catalog: StatsCatalog, settings: Settings, kernels: tuple[str, ...] = ("torch",)):
     (statement,) = parse(sql)
-    ctx = catalog.context(settings)
+    ctx = catalog.context(settings, kernels)
     logical = bind(statement, catalog, sql)
     optimized, runs = optimize(logical, ctx)
     return lower(optimized, runs, ctx)

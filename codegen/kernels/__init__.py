@@ -1,11 +1,13 @@
 """Every kernel the project generates, by name."""
-from codegen.kernels import dense_matmul, dequantize, paged_attention, quant_matmul, rms_norm, rope, silu_mul
+from codegen.kernels import add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rms_norm, rope, silu_mul
 
 KERNELS = {spec.name: spec for spec in (
+    add_rms_norm.SPEC,
     dense_matmul.SPEC,
     dequantize.SPEC,
     paged_attention.SPEC,
-    quant_matmul.SPEC,
+    quant_gemm.SPEC,
+    quant_gemv.SPEC,
     rms_norm.SPEC,
     rope.SPEC,
     silu_mul.SPEC,

@@ -66,11 +66,12 @@ def weight_format_from(loaded, catalog_settings, requested: str | None) -> str:
 
 
 def kernels_from(catalog_settings, requested: str | None) -> str:
-    """A forced choice wins; 'auto' keeps torch: the fused TVM GEMV pays off at 1-4 tokens per step and
-    a server's batch size is not known in advance (the planner prices it per query)."""
+    """A forced choice wins; 'auto' takes TVM: its norm/RoPE/SiLU kernels and the paged attention that
+    reads KV blocks in place beat torch at every batch size measured, and its linears hand batches
+    above their GEMV range to torch's GEMM, so no batch size makes it the slower choice."""
     if requested:
         return requested
-    return "torch" if catalog_settings.is_auto("kernels") else catalog_settings.kernels
+    return "tvm" if catalog_settings.is_auto("kernels") else catalog_settings.kernels
 
 
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
@@ -90,7 +91,9 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         engine = Engine(model, loaded.tokenizer, config)
         name = served_name or model_name
         knobs = EngineKnobs(config.max_batch_size, config.prefill_chunk_tokens, config.kv_block_size,
-                            engine.stats.kv_cache_bytes, config.prefix_cache, config.scheduling, weight_format, kernels)
+                            engine.stats.kv_cache_bytes, config.prefix_cache, config.scheduling, weight_format, kernels,
+                            kv_cache_dtype=config.resolved_kv_cache_dtype(weight_format),
+                            attention_kernel=config.attention_kernel)
         planner = RequestPlanner.for_engine(catalog, catalog_settings, ModelFacts.from_loaded(name, loaded), knobs)
     except BaseException:
         catalog.close()

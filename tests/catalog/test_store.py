@@ -46,11 +46,12 @@ def test_output_length_histogram_accumulates(home):
     assert c.output_length_histogram("m", "other") == []
 
 
-def test_feedback_and_kernel_costs(home):
+def test_cost_observations_and_kernel_costs(home):
     c = Catalog(home)
-    c.record_feedback("m", "fp32/torch", 2.0, 1.0, 6.0)
-    c.record_feedback("m", "fp32/torch", 0.0, 0.0, 3.0)  # no estimate: nothing to learn
-    assert c.feedback("m", "fp32/torch") == [(2.0, 1.0, 6.0)]
+    c.record_cost_observation("m", "fp32/torch", 2, (2.0, 1.0, 0.5), 6.0)
+    c.record_cost_observation("m", "fp32/torch", 2, (0.0, 0.0, 0.0), 3.0)  # no estimate: nothing to learn
+    c.record_cost_observation("m", "fp32/torch", 1, (4.0, 1.0, 0.5), 6.0)  # priced by another cost model
+    assert c.cost_observations("m", "fp32/torch", 2) == [(2.0, 1.0, 0.5, 6.0)]
     c.record_kernel_cost("matmul[576x1536,fp32]", "tvm", "llvm", 0.002)
     c.record_kernel_cost("matmul[576x1536,fp32]", "torch", "llvm", 0.003)
     assert c.kernel_costs("matmul[576x1536,fp32]", "llvm") == {"tvm": 0.002, "torch": 0.003}

@@ -29,6 +29,27 @@ def test_other_shapes_get_other_files(tmp_path):
     assert len(list(tmp_path.glob("rms_norm-*.so"))) == 2
 
 
+def test_editing_a_kernel_dependency_changes_its_source_key(tmp_path):
+    from dataclasses import replace
+
+    from codegen.kernels import KERNELS
+
+    helper = tmp_path / "helper.py"
+    helper.write_text("LANES = 16\n")
+    spec = replace(KERNELS["quant_gemv"], depends=(str(helper),))
+    before = build.spec_source_digest(spec)
+    helper.write_text("LANES = 8\n")
+    assert build.spec_source_digest(spec) != before
+
+
+def test_quantized_kernels_depend_on_the_packed_layout():
+    from codegen import packed
+    from codegen.kernels import KERNELS
+
+    for name in ("quant_gemv", "quant_gemm", "dequantize"):
+        assert packed.__file__ in KERNELS[name].depends
+
+
 def test_detects_sapphire_rapids_features(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor : 0\nflags : fpu sse avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16 "

@@ -9,10 +9,12 @@ from codegen.build import cuda_source
 from codegen.kernels import KERNELS
 
 PARAMS = {
+    "add_rms_norm": {"hidden": 576, "eps": 1e-5, "y_dtype": "bf16", "out_dtype": "bf16"},
     "dense_matmul": {"n": 64, "k": 96},
     "dequantize": {"qtype": "Q4_1", "n": 64, "k": 96},
     "paged_attention": {"num_q_heads": 9, "num_kv_heads": 3, "head_dim": 64, "block_size": 16},
-    "quant_matmul": {"qtype": "Q4_1", "n": 64, "k": 96},
+    "quant_gemm": {"qtype": "Q4_1", "n": 72, "k": 96},
+    "quant_gemv": {"qtype": "Q4_1", "n": 64, "k": 96},
     "rms_norm": {"hidden": 576, "eps": 1e-5},
     "rope": {"heads": 9, "head_dim": 64},
     "silu_mul": {"ffn": 1536},
@@ -35,7 +37,7 @@ def test_cuda_source_compiles_with_nvcc(name, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-@pytest.mark.parametrize("name", ["quant_matmul", "dequantize"])
+@pytest.mark.parametrize("name", ["quant_gemv", "quant_gemm", "dequantize"])
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
 def test_other_quant_types_compile_with_nvcc(name, qtype, tmp_path):
     source = cuda_source(name, {"qtype": qtype, "n": 40, "k": 64}, arch="sm_90")

@@ -4,6 +4,7 @@ import torch
 
 from catalog.quant import quantize
 from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from codegen.quant_crossover import PATHS, QuantCrossover
 from operators.linear import DenseLinear, QuantizedLinear
 
 
@@ -12,24 +13,34 @@ def assert_fp32_close(out, expected):
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
-@pytest.mark.parametrize("tokens", [1, 3, 4, 5, 17])
+@pytest.mark.parametrize("tokens", [1, 3, 4, 5, 17, 40])
 def test_quantized_linear_matches_dequantize_then_reference(qtype, tokens):
     torch.manual_seed(tokens)
     weight = quantize(qtype, torch.randn(96, 160))
     bias = torch.randn(96)
-    ours = TvmQuantizedLinear(weight, bias, gemv_max_tokens=4)
+    ours = TvmQuantizedLinear(weight, bias, crossover=QuantCrossover(gemv_max_tokens=4, bf16_min_tokens=32))
     x = torch.randn(tokens, 160)
     assert (ours.in_features, ours.out_features, ours.weight_format, ours.kernel) == (160, 96, qtype, "tvm")
     assert_fp32_close(ours(x), QuantizedLinear(weight, bias)(x))
 
 
-def test_quantized_linear_bf16_prefill_is_within_bf16_error():
-    weight = quantize("Q4_1", torch.randn(64, 128))
-    ours = TvmQuantizedLinear(weight, gemv_max_tokens=1, prefill_dtype="bf16")
-    x = torch.randn(9, 128)
+def test_quantized_linear_picks_its_kernel_by_batch_size():
+    crossover = QuantCrossover(gemv_max_tokens=4, bf16_min_tokens=32)
+    assert [crossover.path(t) for t in (1, 4, 5, 32, 500)] == ["gemv", "gemv", "gemm", "gemm", "gemm"]
+    assert [crossover.path(t, "bf16") for t in (4, 31, 32)] == ["gemv", "gemm", "dequant_bf16"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_computes_the_same_linear(path):
+    weight = quantize("Q4_0", torch.randn(40, 96))
+    x = torch.randn(7, 96)
+    out = TvmQuantizedLinear(weight, prefill_dtype="bf16").run(path, x)
     expected = QuantizedLinear(weight)(x)
-    # bf16 keeps 8 mantissa bits: relative error per product ~4e-3, summed over K=128 terms
-    torch.testing.assert_close(ours(x), expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+    if path == "dequant_bf16":
+        # bf16 keeps 8 mantissa bits: relative error per product ~4e-3, summed over K=96 terms
+        torch.testing.assert_close(out, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+    else:
+        assert_fp32_close(out, expected)
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 6])
@@ -38,13 +49,14 @@ def test_dense_linear_matches_torch(tokens):
     assert_fp32_close(TvmDenseLinear(weight, gemv_max_tokens=4)(x), DenseLinear(weight)(x))
 
 
-def test_gemv_rows_do_not_depend_on_the_batch():
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_rows_do_not_depend_on_the_batch(path):
     weight = quantize("Q4_1", torch.randn(64, 96))
-    layer = TvmQuantizedLinear(weight, gemv_max_tokens=8)
+    layer = TvmQuantizedLinear(weight)
     x = torch.randn(8, 96)
-    batched = layer(x)
+    batched = layer.run(path, x)
     for i in range(8):
-        assert torch.equal(layer(x[i : i + 1]), batched[i : i + 1])
+        assert torch.equal(layer.run(path, x[i : i + 1]), batched[i : i + 1])
 
 
 def test_dense_linear_accepts_an_unaligned_weight_view():

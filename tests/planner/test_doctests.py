@@ -9,8 +9,8 @@ import pytest
 from planner.rules import RULES
 
 MODULES = [f"planner.rules.{rule.__name__}" for rule in RULES] + [
-    "planner.examples", "planner.calibration", "planner.request", "planner.sql.dialect", "planner.errors", "catalog.settings",
-    "runtime.expressions"]
+    "planner.examples", "planner.calibration", "planner.range_selectivity", "planner.request", "planner.sql.dialect",
+    "planner.errors", "catalog.settings", "runtime.expressions", "runtime.threads"]
 
 
 @pytest.mark.parametrize("name", MODULES)

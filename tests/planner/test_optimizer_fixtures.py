@@ -22,15 +22,17 @@ def load_cases() -> tuple[StatsCatalog, list[dict]]:
     cases = []
     for block in re.split(r"^-- case: ", text, flags=re.M)[1:]:
         lines = block.splitlines()
-        case = {"name": lines[0].strip(), "sql": [], "plan": [], "set": {}, "expect": {}}
+        case = {"name": lines[0].strip(), "sql": [], "plan": [], "set": {}, "kernels": ("torch",), "expect": {}}
         section = "sql"
         for line in lines[1:]:
             if line.startswith("-- plan:"):
                 section = "plan"
-            elif m := re.match(r"-- (set|fired|unchanged|choice|scan|rows): (.*)", line):
+            elif m := re.match(r"-- (set|kernels|fired|unchanged|choice|scan|rows): (.*)", line):
                 key, value = m.groups()
                 if key == "set":
                     case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+                elif key == "kernels":
+                    case["kernels"] = tuple(k.strip() for k in value.split(","))
                 else:
                     case["expect"][key] = value.strip()
                 section = "done" if section == "plan" else section
@@ -59,7 +61,7 @@ def test_case(case):
     settings = Settings()
     for k, v in case["set"].items():
         settings = settings.with_value(k, v)
-    physical = plan("\n".join(case["sql"]), CATALOG, settings)
+    physical = plan("\n".join(case["sql"]), CATALOG, settings, case["kernels"])
     if case["plan"]:
         assert physical.plan.describe() == "\n".join(case["plan"])
     status = {r.name: r.status for r in physical.rules}

@@ -58,16 +58,36 @@ def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys):
 
     from catalog.hardware import HardwareProfile, fingerprint
     from catalog.store import Catalog
+    from planner.cost import COST_MODEL_VERSION
 
     home = tmp_path / "home"
     catalog = Catalog(home)
     stale = HardwareProfile(copy_bandwidth=1.0, fp32_flops=1.0, bf16_flops=1.0, op_overhead_s=1.0, threads=2,
                             description="stale")
     catalog.put_hardware_profile(fingerprint(), asdict(stale))
+    catalog.record_cost_observation("smollm2", "fp32/torch", COST_MODEL_VERSION, (1.0, 2.0, 0.5), 9.0)
     catalog.close()
     assert main(["--home", str(home), "calibrate"]) == 0
     out = capsys.readouterr().out
-    assert "copy_bandwidth:" in out and "quant_gemv_rate_t1:" in out
+    assert "copy_bandwidth:" in out and "quant_gemv_rate_t1:" in out and "attention_tvm_decode_flops:" in out
+    # corrections fitted against the stale profile start over
+    assert "cost observations cleared: 1" in out
     catalog = Catalog(home)
     assert catalog.hardware_profile(fingerprint())["copy_bandwidth"] > 1e8
+    assert catalog.cost_observations("smollm2", "fp32/torch", COST_MODEL_VERSION) == []
     catalog.close()
+
+
+def test_home_holds_for_the_command_and_does_not_leak(tmp_path, monkeypatch, capsys):
+    import os
+
+    import sqlm.cli
+    from catalog.store import default_home
+
+    env, home_before = os.environ.get("SQLM_HOME"), default_home()
+    inside = []
+    monkeypatch.setattr(sqlm.cli, "cmd_query", lambda args, con: inside.append((default_home(), con.catalog.home)))
+    home = tmp_path / "elsewhere"
+    assert main(["--home", str(home), "query", "SELECT 1"]) == 0
+    assert inside == [(home, home)]  # the catalog, GGUF manifests and kernels all go under --home
+    assert os.environ.get("SQLM_HOME") == env and default_home() == home_before  # and nothing after it does

@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import sqlm
 from catalog.errors import ModelError
@@ -151,3 +152,30 @@ def test_tvm_kernels_give_the_torch_tokens(tiny, weight_format):
     assert tiny.sql(query).arrow().column("g").to_pylist() == expected
     plan = tiny.explain(query)
     assert f"weight_format/kernels = {weight_format}/tvm" in plan and "forced" in plan
+
+
+def test_planned_kv_cache_dtype_and_attention_kernel_reach_the_engine(tiny):
+    query = "SELECT generate('tiny', body, max_tokens => 2) AS g FROM t"
+    tiny.sql("SET kv_cache_dtype = bf16")
+    tiny.sql("SET kernels = torch")
+    tiny.sql(query)
+    (_, engine), = tiny._llm._engines.values()
+    assert engine.config.kv_cache_dtype == "bf16" and engine.config.attention_kernel == "torch"
+    assert engine.runner.cache.dtype == torch.bfloat16
+    plan = tiny.explain(query)
+    assert "choice kv_cache_dtype = bf16" in plan and "choice attention_kernel = torch" in plan
+    assert plan.count("[forced by SET]") >= 3  # weights/kernels, KV dtype, attention kernel
+
+
+def test_set_threads_holds_for_the_query_only(con, monkeypatch):
+    from runtime.executor import Executor
+
+    seen, run = [], Executor.run
+    monkeypatch.setattr(Executor, "run", lambda self, plan: seen.append(torch.get_num_threads()) or run(self, plan))
+    before = torch.get_num_threads()
+    con.sql("SET threads = 1")
+    assert con.sql("SELECT id FROM t").arrow().num_rows == 3
+    assert seen == [1] and torch.get_num_threads() == before
+    con.sql("RESET threads")
+    con.sql("SELECT id FROM t")
+    assert seen == [1, before]

@@ -9,6 +9,7 @@ import sqlm
 from catalog.registry import load_cached
 from operators.llama import build_model
 from operators.physical import EngineKnobs
+from planner.cost import COST_MODEL_VERSION
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
 from runtime.llm_ops import SharedEngine
@@ -26,7 +27,7 @@ def engine(tiny_llama):
 
 def feedback_count(con) -> int:
     """Estimate-vs-actual observations recorded for the tiny model, whatever its weight path."""
-    return sum(len(con.catalog.feedback("tiny", f"{fmt}/{kernels}"))
+    return sum(len(con.catalog.cost_observations("tiny", f"{fmt}/{kernels}", COST_MODEL_VERSION))
                for fmt in ("fp32", "bf16", "native") for kernels in ("torch", "tvm"))
 
 

@@ -1,0 +1,62 @@
+"""TIR expressions over codegen.packed's quantized layout, shared by the quantized kernels.
+
+Element e (0..31) of block b of row 16*tile + l sits in byte j of that row's block (4-bit:
+j = e mod 16, nibble e // 16; Q8_0: j = e), stored at qs[tile, b, j // 4, 4l + j % 4].
+"""
+from __future__ import annotations
+
+from codegen.packed import GROUP_BYTES, QUANT_BYTES, Q8_OFFSET, TILE_ROWS
+
+# What a packed quant byte (nibble) holds above the signed quant: w = d * (q - offset) [+ m].
+QUANT_OFFSET = {"Q4_1": 0, "Q4_0": 8, "Q8_0": Q8_OFFSET}
+# Calls with less work (weights x tokens) run on the calling thread. A parallel launch costs
+# ~2 us with idle workers, but one preempted worker stalls the whole call (576x576 Q4_1 at one
+# token: 13 us on one thread, 60 us on two while another process kept a core busy), and with
+# decode streaming the weights from L3/DRAM, running SmolLM2's small matrices on both threads
+# gained nothing (30 layers' linears: 5.74 vs 5.75 ms). At one token only lm_head (28M) is past it.
+PARALLEL_MIN_WORK = 1 << 21
+
+
+def check(qtype: str, k: int) -> None:
+    if qtype not in QUANT_BYTES:
+        raise ValueError(f"unsupported quantization type {qtype!r}")
+    if k % 32:
+        raise ValueError(f"K={k} is not a multiple of the GGUF block size 32")
+
+
+def num_tiles(n: int) -> int:
+    return -(-n // TILE_ROWS)
+
+
+def element(qtype: str, qs, tile, b, e, l):
+    """The unsigned quant (before the offset) of element e of row lane l, as int32 (scalar)."""
+    from tvm.script import tirx as T
+
+    if qtype == "Q8_0":
+        return T.Cast("int32", qs[tile, b, e // GROUP_BYTES, GROUP_BYTES * l + e % GROUP_BYTES])
+    j = e % 16
+    byte = T.Cast("int32", qs[tile, b, j // GROUP_BYTES, GROUP_BYTES * l + j % GROUP_BYTES])
+    return (byte >> (4 * (e // 16))) & 15
+
+
+def weight(qtype: str, q, d, m):
+    """fp32 weights from unsigned quants q (int32 or int32x16) and the block's d, m (fp32, same
+    lanes): the same two roundings as catalog.quant (d * q, then + m), so dequantization is bit-exact."""
+    from tvm import DataType
+    from tvm.script import tirx as T
+
+    lanes = DataType(str(q.ty)).lanes
+    as_float = "float32" if lanes == 1 else f"float32x{lanes}"
+    if qtype == "Q4_1":
+        return d * T.Cast(as_float, q) + m
+    offset = T.int32(QUANT_OFFSET[qtype]) if lanes == 1 else T.Broadcast(T.int32(QUANT_OFFSET[qtype]), lanes)
+    return d * T.Cast(as_float, q - offset)
+
+
+def group_quants(qtype: str, lanes, c, h):
+    """Unsigned quants (int32x16) of byte c, nibble h (4-bit; 0 for Q8_0) of a group loaded as
+    int32x16 `lanes`: one shift and one mask, no shuffles, thanks to the 4-bytes-per-lane layout."""
+    from tvm.script import tirx as T
+
+    mask = 255 if qtype == "Q8_0" else 15
+    return (lanes >> T.Broadcast(8 * c + 4 * h, TILE_ROWS)) & T.Broadcast(mask, TILE_ROWS)

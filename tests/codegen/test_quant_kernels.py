@@ -1,0 +1,99 @@
+"""The quantized-weight kernels against catalog.quant's dequantization on fresh random inputs.
+
+Outputs are filled with NaN before each run, so an element a kernel fails to write fails the
+comparison. Tolerances:
+  - quant_gemv, quant_gemm: the fp32 matmul tolerance, |err| <= 1e-5 * max(1, max|ref|) + 1e-5 * |ref|.
+    The GEMM differs from the reference in summation order and a fused d*q+m; the GEMV splits
+    x into three int8 pieces, exact to ~1e-7 of each block's largest |x|;
+  - dequantize: exact (same arithmetic on the same f16 scales; bf16 output rounded as torch rounds).
+"""
+import pytest
+import torch
+
+from catalog.quant import quantize
+from codegen.build import get_kernel
+from codegen.packed import pack
+from operators import tensor_ops as ref
+
+QTYPES = ["Q4_1", "Q4_0", "Q8_0"]
+# (N, K, T): partial last row tile (37, 33), odd tile counts (48, 80), one block (32);
+# tokens covering every tail of the GEMM's 6-token tiles and several of its K chunks.
+SHAPES = [(64, 96, 1), (37, 160, 3), (96, 576, 5), (48, 64, 2), (16, 32, 4), (33, 64, 7),
+          (80, 128, 9), (64, 64, 16), (200, 1536, 6), (72, 576, 13), (40, 192, 64),
+          (1000, 576, 4),  # enough work to run on the thread pool (quant_common.PARALLEL_MIN_WORK)
+          (24, 1536, 90)]  # more tokens than the GEMM's token block at this K (two passes)
+
+
+def poisoned(*shape):
+    return torch.full(shape, float("nan"))
+
+
+def assert_fp32_close(out, expected):
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+def run(kernel_name, weight, x):
+    out = poisoned(x.shape[0], weight.rows)
+    get_kernel(kernel_name, {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols})(x, *pack(weight).tensors, out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n,k,tokens", SHAPES)
+def test_matches_dequantized_reference(kernel, qtype, n, k, tokens):
+    weight = quantize(qtype, torch.randn(n, k))
+    x = torch.randn(tokens, k)
+    assert_fp32_close(run(kernel, weight, x), ref.linear(x, weight.dequantize()))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype):
+    weight = quantize(qtype, torch.randn(48, 256))
+    x = torch.randn(4, 256)
+    x[0, :32] = 0  # a block with max|x| = 0
+    x[1, 5] = 300.0  # one outlier dominating its block's scale
+    x[2] *= 1e4
+    x[3] *= 1e-6
+    out = run("quant_gemv", weight, x)
+    expected = ref.linear(x, weight.dequantize())
+    for row in range(4):  # each token at its own scale
+        assert_fp32_close(out[row], expected[row])
+
+
+@pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_token_does_not_depend_on_its_batch(kernel, qtype):
+    weight = quantize(qtype, torch.randn(72, 128))
+    packed = pack(weight)
+    kernel_fn = get_kernel(kernel, {"qtype": qtype, "n": 72, "k": 128})
+    x = torch.randn(19, 128)
+    together = poisoned(19, 72)
+    kernel_fn(x, *packed.tensors, together)
+    for size in (1, 2, 3, 5, 6, 7, 13):
+        part = poisoned(size, 72)
+        kernel_fn(x[-size:].contiguous(), *packed.tensors, part)
+        assert torch.equal(part, together[-size:])
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_packing_keeps_the_quantized_bytes(qtype):
+    weight = quantize(qtype, torch.randn(64, 96))
+    assert pack(weight).nbytes == weight.nbytes
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n", [37, 64])
+def test_dequantize_is_exact(qtype, n, out_dtype):
+    weight = quantize(qtype, torch.randn(n, 96) * 3)
+    dtype = getattr(torch, out_dtype)
+    out = poisoned(96, n).to(dtype)
+    get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96, "out_dtype": out_dtype})(*pack(weight).tensors, out)
+    assert torch.equal(out.T, weight.dequantize().to(dtype))  # bf16: round to nearest even, as torch
