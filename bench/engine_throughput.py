@@ -155,29 +155,8 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
     return same, statistics.mean(prefix)
 
 
-def main(args) -> str:
-    import torch
-
-    from bench import machine
-
-    torch.set_num_threads(args.threads)
-    ceilings = machine.ceilings()
-    from catalog.registry import resolve_model
-
-    flops_per_token = resolve_model("smollm2").config.flops_per_token
-    new_tokens = args.prompts * args.new_tokens
-    w1 = {"hf-fp32": None if args.skip_hf else run_worker("w1-hf", args),
-          "sqlm-fp32": run_worker("w1-sqlm", args, weight_format="fp32"),
-          "sqlm-bf16": run_worker("w1-sqlm", args, weight_format="bf16")}
-    w2 = {} if args.skip_w2 else {mode: run_worker("w2-sqlm", args, weight_format=args.w2_weight_format, prefix_cache=mode)
-                                  for mode in ("on", "off")}
-
-    lines = [f"## Engine throughput (bench/engine_throughput.py)", "",
-             f"Machine: {machine.describe()}. Ceilings measured in the same run: copy "
-             f"{ceilings['copy_gbs']:.1f} GB/s, fp32 matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul "
-             f"{ceilings['bf16_gflops']:.0f} GFLOP/s -> batched bounds {ceilings['fp32_gflops'] * 1e9 / flops_per_token:,.0f} "
-             f"tok/s (fp32), {ceilings['bf16_gflops'] * 1e9 / flops_per_token:,.0f} tok/s (bf16). Medians of {args.runs} runs.", "",
-             f"### W1: {args.prompts} chat prompts x {args.new_tokens} greedy tokens (EOS ignored)", "",
+def _w1_report(args, w1: dict, new_tokens: int) -> list[str]:
+    lines = [f"### W1: {args.prompts} chat prompts x {args.new_tokens} greedy tokens (EOS ignored)", "",
              "| engine | tok/s | wall s | peak RSS MB | vs HF |", "|---|---|---|---|---|"]
     hf_rate = None
     if w1["hf-fp32"]:
@@ -200,6 +179,34 @@ def main(args) -> str:
     if w1["hf-fp32"]:
         same, prefix = agreement(w1["sqlm-bf16"]["tokens"], w1["sqlm-fp32"]["tokens"])
         lines.append(f"- sqlm-bf16 vs sqlm-fp32: {same}/{args.prompts} identical; mean common prefix {prefix:.1f} tokens.")
+    return lines
+
+
+def main(args) -> str:
+    import torch
+
+    from bench import machine
+
+    torch.set_num_threads(args.threads)
+    ceilings = machine.ceilings()
+    from catalog.registry import resolve_model
+
+    flops_per_token = resolve_model("smollm2").config.flops_per_token
+    new_tokens = args.prompts * args.new_tokens
+    w1 = {} if args.skip_w1 else {"hf-fp32": None if args.skip_hf else run_worker("w1-hf", args),
+                                  "sqlm-fp32": run_worker("w1-sqlm", args, weight_format="fp32"),
+                                  "sqlm-bf16": run_worker("w1-sqlm", args, weight_format="bf16")}
+    w2 = {} if args.skip_w2 else {mode: run_worker("w2-sqlm", args, weight_format=args.w2_weight_format, prefix_cache=mode)
+                                  for mode in ("on", "off")}
+
+    lines = [f"## Engine throughput (bench/engine_throughput.py)", "",
+             f"Machine: {machine.describe()}. Ceilings measured in the same run: copy "
+             f"{ceilings['copy_gbs']:.1f} GB/s, fp32 matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul "
+             f"{ceilings['bf16_gflops']:.0f} GFLOP/s -> batched bounds {ceilings['fp32_gflops'] * 1e9 / flops_per_token:,.0f} "
+             f"tok/s (fp32), {ceilings['bf16_gflops'] * 1e9 / flops_per_token:,.0f} tok/s (bf16). Medians of {args.runs} runs.", "",
+             ]
+    if w1:
+        lines += _w1_report(args, w1, new_tokens)
     if not w2:
         return "\n".join(lines)
     lines += ["", f"### W2: {args.w2_rows} review rows x {len(LABELS)} labels scored ({args.w2_weight_format} weights)", "",
@@ -227,6 +234,7 @@ def parse_args(argv=None):
     p.add_argument("--w2-weight-format", default="bf16")
     p.add_argument("--chunk", type=int, default=2048, help="prefill_chunk_tokens (per-step token budget)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-w1", action="store_true")
     p.add_argument("--skip-w2", action="store_true")
     p.add_argument("--out")
     p.add_argument("--worker", choices=sorted(WORKERS))
