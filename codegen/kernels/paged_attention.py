@@ -53,52 +53,31 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
     # A block's max and sum fold W lanes pairwise (log2 W vector steps): a serial fold over
     # the lanes is a 4-cycle-latency chain per key, longer than all of the block's FMAs.
     @T.macro
-    def halve_max(buf, h, width):
+    def halve(buf, h, width, take_max):
         for l in VEC(width):
-            buf[h, l] = T.max(buf[h, l], buf[h, l + width])
+            if take_max:
+                buf[h, l] = T.max(buf[h, l], buf[h, l + width])
+            else:
+                buf[h, l] = buf[h, l] + buf[h, l + width]
 
     @T.macro
-    def halve_add(buf, h, width):
-        for l in VEC(width):
-            buf[h, l] = buf[h, l] + buf[h, l + width]
-
-    @T.macro
-    def fold_max(buf, h):
+    def fold_lanes(buf, h, take_max):
         if W >= 256:
-            halve_max(buf, h, 128)
+            halve(buf, h, 128, take_max)
         if W >= 128:
-            halve_max(buf, h, 64)
+            halve(buf, h, 64, take_max)
         if W >= 64:
-            halve_max(buf, h, 32)
+            halve(buf, h, 32, take_max)
         if W >= 32:
-            halve_max(buf, h, 16)
+            halve(buf, h, 16, take_max)
         if W >= 16:
-            halve_max(buf, h, 8)
+            halve(buf, h, 8, take_max)
         if W >= 8:
-            halve_max(buf, h, 4)
+            halve(buf, h, 4, take_max)
         if W >= 4:
-            halve_max(buf, h, 2)
+            halve(buf, h, 2, take_max)
         if W >= 2:
-            halve_max(buf, h, 1)
-
-    @T.macro
-    def fold_add(buf, h):
-        if W >= 256:
-            halve_add(buf, h, 128)
-        if W >= 128:
-            halve_add(buf, h, 64)
-        if W >= 64:
-            halve_add(buf, h, 32)
-        if W >= 32:
-            halve_add(buf, h, 16)
-        if W >= 16:
-            halve_add(buf, h, 8)
-        if W >= 8:
-            halve_add(buf, h, 4)
-        if W >= 4:
-            halve_add(buf, h, 2)
-        if W >= 2:
-            halve_add(buf, h, 1)
+            halve(buf, h, 1, take_max)
 
     @T.prim_func
     def paged_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
@@ -156,7 +135,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                                                     + (part[2, h, T.min(jj, BS - 1)] + part[3, h, T.min(jj, BS - 1)]),
                                                     T.float32(NEG))
                             fold[h, jj] = probs[h, jj]
-                        fold_max(fold, h)
+                        fold_lanes(fold, h, True)
                         fold[h, 0] = T.max(fold[h, 0], run_max[h])  # the new running max
                         for jj in VEC(W):
                             probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - fold[h, 0]), T.float32(0))
@@ -164,7 +143,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                         run_max[h] = fold[h, 0]
                         for jj in VEC(W):
                             fold[h, jj] = probs[h, jj]
-                        fold_add(fold, h)
+                        fold_lanes(fold, h, False)
                         run_sum[h] = run_sum[h] * alpha + fold[h, 0]
                         for d in VEC(D):
                             acc[h, d] = acc[h, d] * alpha
