@@ -1,11 +1,14 @@
-"""Batch-1 greedy decode latency of SmolLM2: sqlm (TVM kernels, Q4_1 kept quantized) vs
-sqlm's own fp32 torch path vs llama.cpp on the same GGUF file, measured in one run.
+"""Batch-1 greedy decode latency of SmolLM2 through sqlm's engine: TVM kernels with Q4_1
+kept quantized, against the engine's own fp32 torch path and llama.cpp on the same GGUF
+file, measured in one run.
 
-    python -m bench.decode_latency [--tokens 64] [--threads 1] [--rounds 3] [--profile]
+    python -m bench.decode_latency [--tokens 64] [--threads 2] [--rounds 3] [--profile]
                                    [--llama-python /work/bench-venv/bin/python]
 
-llama.cpp runs through llama-cpp-python in a separate environment (its own interpreter,
-given by --llama-python) and is skipped when that interpreter or package is missing.
+sqlm runs as a user's query does: one request through Engine (scheduler, paged KV cache,
+sampler); after the prompt's step, each decode step is timed. llama.cpp runs through
+llama-cpp-python in a separate environment (its own interpreter, given by --llama-python)
+and is skipped when that interpreter or package is missing.
 Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled.
 The engines take turns round after round (the machine is shared); each reports its best
 round. `--profile` adds the TVM path's time per operator (wall clock, best round).
@@ -17,22 +20,11 @@ import collections
 import json
 import os
 import subprocess
-import sys
 import time
 
+from bench.threads import pin_threads_from_argv
 
-def _threads_from_argv() -> int | None:
-    """--threads must reach TVM_NUM_THREADS before TVM is imported."""
-    for i, arg in enumerate(sys.argv):
-        if arg == "--threads" and i + 1 < len(sys.argv):
-            return int(sys.argv[i + 1])
-        if arg.startswith("--threads="):
-            return int(arg.split("=", 1)[1])
-    return None
-
-
-if _threads_from_argv():
-    os.environ["TVM_NUM_THREADS"] = os.environ["SQLM_THREADS"] = str(_threads_from_argv())
+pin_threads_from_argv()
 
 import torch  # noqa: E402
 
@@ -55,22 +47,21 @@ print(json.dumps({"seconds_per_token": best}))
 """
 
 
-@torch.inference_mode()
-def sqlm_seconds_per_token(model, cache_factory, prompt_ids, tokens: int, eos_id: int, rounds: int = 1,
-                           before_decode=lambda: None) -> float:
+def engine_seconds_per_token(engine, prompt_ids, tokens: int, rounds: int = 1,
+                            before_decode=lambda: None) -> float:
+    """Best over rounds of the mean decode step time of one greedy request (its prompt's step excluded)."""
+    from runtime.requests import GenerationRequest, SamplingParams
+
     best = float("inf")
     for _ in range(rounds):
-        cache = cache_factory()
-        hidden = model.forward(torch.tensor(prompt_ids), torch.arange(len(prompt_ids)), cache)
-        cache.advance(len(prompt_ids))
+        handle = engine.submit(GenerationRequest(prompt_ids, SamplingParams(max_tokens=tokens + 1, temperature=0.0,
+                                                                            ignore_eos=True)))
+        while not handle.output_token_ids:  # the prompt's step(s) make the first token
+            engine.step()
         before_decode()
         start = time.perf_counter()
-        for _ in range(tokens):
-            logits = model.compute_logits(hidden[-1:])[0]
-            logits[eos_id] = float("-inf")
-            token = int(logits.argmax())
-            hidden = model.forward(torch.tensor([token]), torch.tensor([cache.length]), cache)
-            cache.advance(1)
+        while not handle.finished:
+            engine.step()
         best = min(best, (time.perf_counter() - start) / tokens)
     return best
 
@@ -91,7 +82,7 @@ class OpTimer:
             return result
         return timed
 
-    def instrument(self, model, cache_cls):
+    def instrument(self, model, attention_cls):
         from operators.llama import ModelOps
 
         for layer in model.layers:
@@ -103,9 +94,8 @@ class OpTimer:
         ops = model.ops
         model.ops = ModelOps(rms_norm=self.wrap("rms_norm", ops.rms_norm),
                              add_rms_norm=self.wrap("add + rms_norm", ops.add_rms_norm),
-                             apply_rope=self.wrap("rope", ops.apply_rope), silu_mul=self.wrap("silu_mul", ops.silu_mul),
-                             name=ops.name)
-        cache_cls.attend = self.wrap("attention (KV write + kernel)", cache_cls.attend)
+                             silu_mul=self.wrap("silu_mul", ops.silu_mul), name=ops.name)
+        attention_cls.attend = self.wrap("attention (RoPE + KV write + kernel)", attention_cls.attend)
 
     def report(self, total_seconds: float, tokens: int) -> str:
         lines = ["| operator | ms/token | calls/token | µs/call |", "|---|---|---|---|"]
@@ -113,7 +103,7 @@ class OpTimer:
             lines.append(f"| {name} | {self.seconds[name] / tokens * 1e3:.2f} | {self.calls[name] / tokens:.0f} | "
                          f"{self.seconds[name] / self.calls[name] * 1e6:.1f} |")
         rest = total_seconds - sum(self.seconds.values()) / tokens
-        lines.append(f"| rest (embedding, RoPE tables, residual adds, argmax, Python) | {rest * 1e3:.2f} | | |")
+        lines.append(f"| rest (scheduler, batch inputs, embedding, RoPE tables, sampling, Python) | {rest * 1e3:.2f} | | |")
         return "\n".join(lines)
 
 
@@ -130,26 +120,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from catalog.registry import default_model_path, resolve_model
-    from codegen.attention import TvmSequenceKVCache
     from codegen.model_kernels import build_model
-    from operators.llama import ContiguousKVCache
-    from operators.llama import build_model as build_torch_model
+    from runtime.engine import Engine
+    from runtime.engine_config import EngineConfig
+    from runtime.model_runner import KernelPagedAttention
 
     loaded = resolve_model("smollm2")
     prompt = loaded.tokenizer.encode_chat("What is the capital of France?")
-    length = len(prompt) + args.tokens + 1
-    eos = min(loaded.tokenizer.eos_token_ids)
-    engines = {"sqlm tvm, Q4_1 native": (build_model(loaded, kernels="tvm", weight_format="native"),
-                                         lambda: TvmSequenceKVCache(loaded.config, length))}
+    engines = {"sqlm tvm, Q4_1 native": Engine(build_model(loaded, kernels="tvm", weight_format="native"),
+                                               loaded.tokenizer, EngineConfig(kv_cache_memory=64 << 20))}
     if not args.skip_torch:
-        engines["sqlm torch, fp32"] = (build_torch_model(loaded, "fp32"), lambda: ContiguousKVCache(loaded.config, length))
+        engines["sqlm torch, fp32"] = Engine(build_model(loaded, kernels="torch", weight_format="fp32"), loaded.tokenizer,
+                                             EngineConfig(kv_cache_memory=64 << 20, attention_kernel="torch"))
     has_llama = os.path.exists(args.llama_python)
     results = {name: float("inf") for name in engines}
     loads = []
     for _ in range(args.rounds):
         loads.append(os.getloadavg()[0])
-        for name, (model, cache_factory) in engines.items():
-            results[name] = min(results[name], sqlm_seconds_per_token(model, cache_factory, prompt, args.tokens, eos))
+        for name, engine in engines.items():
+            results[name] = min(results[name], engine_seconds_per_token(engine, prompt, args.tokens))
         if has_llama:
             run = subprocess.run([args.llama_python, "-c", LLAMA_SCRIPT, str(default_model_path()), json.dumps(prompt),
                                   str(args.tokens), str(torch.get_num_threads())], capture_output=True, text=True)
@@ -162,9 +151,11 @@ def main() -> None:
                 print(f"llama.cpp skipped: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
     torch_fp32 = results.get("sqlm torch, fp32")
     llama = results.get("llama.cpp (llama-cpp-python), Q4_1")
-    print(f"batch 1, {args.tokens} new tokens, best of {args.rounds} interleaved rounds, torch threads "
-          f"{torch.get_num_threads()}, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, "
-          f"1-min load average at each round {', '.join(f'{x:.1f}' for x in loads)} (2 cores)")
+    from bench.machine import describe
+
+    print(f"batch 1, {args.tokens} new tokens, best of {args.rounds} interleaved rounds; {describe()}, "
+          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}; "
+          f"1-min load average at each round {', '.join(f'{x:.1f}' for x in loads)}")
     print("| engine | ms/token | tokens/s | vs sqlm torch fp32 | vs llama.cpp |")
     print("|---|---|---|---|---|")
     for name, seconds in results.items():
@@ -173,15 +164,16 @@ def main() -> None:
         print(f"| {name} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {vs_torch} | {vs_llama} |")
     if args.profile:
         timer = OpTimer()
-        model, cache_factory = engines["sqlm tvm, Q4_1 native"]
-        timer.instrument(model, TvmSequenceKVCache)
+        engine = engines["sqlm tvm, Q4_1 native"]
+        timer.instrument(engine.model, KernelPagedAttention)
         best = None
+
         def reset():
             timer.seconds.clear()
             timer.calls.clear()
 
         for _ in range(args.rounds):
-            seconds = sqlm_seconds_per_token(model, cache_factory, prompt, args.tokens, eos, before_decode=reset)
+            seconds = engine_seconds_per_token(engine, prompt, args.tokens, before_decode=reset)
             if best is None or seconds < best[0]:
                 best = (seconds, dict(timer.seconds), collections.Counter(timer.calls))
         timer.seconds.update(best[1])

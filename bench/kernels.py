@@ -1,8 +1,8 @@
 """Per-kernel throughput on SmolLM2's shapes against this machine's measured ceilings.
 
-    python -m bench.kernels [--out bench/kernels.md] [--rounds 7]
+    python -m bench.kernels [--threads 1] [--out bench/results/kernels.md] [--rounds 7]
 
-Ceilings are measured in the same run: memory bandwidth by a large tensor copy
+Ceilings are measured in the same run, at the same thread count as the kernels: memory bandwidth by a large tensor copy
 (read + write bytes), fp32 and bf16 FLOP/s by a 2048^3 torch matmul. Every kernel is
 timed interleaved with its torch twin (codegen.measure), minimum over rounds.
 
@@ -19,11 +19,15 @@ import argparse
 import os
 import time
 
-import torch
+from bench.threads import pin_threads_from_argv
 
-from catalog.model_config import ModelConfig
-from bench.machine import ceilings, read_bandwidth_gbs
-from codegen.measure import measure_kernel_cases
+pin_threads_from_argv()
+
+import torch  # noqa: E402
+
+from bench.machine import ceilings, describe, read_bandwidth_gbs  # noqa: E402
+from catalog.model_config import ModelConfig  # noqa: E402
+from codegen.measure import measure_kernel_cases  # noqa: E402
 
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
                       num_kv_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
@@ -31,8 +35,8 @@ SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
 
 def report(rounds: int) -> str:
     ceil = ceilings()
-    lines = [f"Kernels on SmolLM2-135M shapes; torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-             f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}.",
+    lines = [f"Kernels on SmolLM2-135M shapes; {describe()}, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; "
+             f"{time.strftime('%Y-%m-%d %H:%M')}, 1-min load average {os.getloadavg()[0]:.1f}.",
              "",
              f"Ceilings measured in this run: copy bandwidth {ceil['copy_gbs']:.1f} GB/s (1 GiB, read+write), "
              f"torch fp32 GEMM {ceil['fp32_gflops']:.0f} GFLOP/s, bf16 GEMM {ceil['bf16_gflops']:.0f} GFLOP/s. "
@@ -64,7 +68,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=None)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch and TVM threads (default: all cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     text = report(args.rounds)
     print(text)
     if args.out:

@@ -1,9 +1,10 @@
-"""A single-sequence attention backend on the TVM paged-attention kernel.
+"""A single-sequence attention backend on the TVM rope_qkv and paged-attention kernels.
 
 Same interface as operators.llama.ContiguousKVCache (`attend`, `advance`, `length`):
-K/V live in per-layer paged caches in the kernel's layout (keys [num_blocks, Hkv, D,
-block_size], values [num_blocks, Hkv, block_size, D]) whose block table is simply 0, 1, 2, ...; the engine's own paged cache calls codegen.ops.paged_attention
-with its real block tables instead.
+K/V live in per-layer paged caches in the kernels' layout (keys [num_blocks, Hkv, D,
+block_size], values [num_blocks, Hkv, block_size, D]) whose block table is simply
+0, 1, 2, ...; the engine's runner (runtime/model_runner.py) calls the same kernels with
+its real block tables instead.
 """
 from __future__ import annotations
 
@@ -19,26 +20,26 @@ class TvmSequenceKVCache:
         heads, dim = config.num_kv_heads, config.head_dim
         self.k = torch.zeros(config.num_layers, num_blocks, heads, dim, block_size)
         self.v = torch.zeros(config.num_layers, num_blocks, heads, block_size, dim)
+        self.num_heads = config.num_heads
         self.block_size = block_size
         self.block_table = torch.arange(num_blocks, dtype=torch.int32)[None, :]  # [1, num_blocks]
         self.length = 0  # tokens whose K/V are complete in every layer
-        self._step: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+        self._step: tuple | None = None
 
-    def _metadata(self, start: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """query_start, context_lens of this step, built once and shared by every layer."""
+    def _metadata(self, start: int, num_tokens: int) -> tuple[torch.Tensor, ...]:
+        """Slot blocks/offsets, query_start and context_lens of this step, built once for every layer."""
         if self._step is None or self._step[:2] != (start, num_tokens):
-            self._step = (start, num_tokens, torch.tensor([0, num_tokens], dtype=torch.int32),
+            positions = torch.arange(start, start + num_tokens, dtype=torch.int32)
+            self._step = (start, num_tokens, positions // self.block_size, positions % self.block_size,
+                          torch.tensor([0, num_tokens], dtype=torch.int32),
                           torch.tensor([start + num_tokens], dtype=torch.int32))
-        return self._step[2], self._step[3]
+        return self._step[2:]
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        start, end = self.length, self.length + q.shape[0]
-        positions = torch.arange(start, end)
-        blocks, offsets = positions // self.block_size, positions % self.block_size
-        self.k[layer][blocks, :, :, offsets] = k  # [T, Hkv, D]
-        self.v[layer][blocks, :, offsets, :] = v
-        query_start, context_lens = self._metadata(start, q.shape[0])
-        return ops.paged_attention(q, self.k[layer], self.v[layer], self.block_table, query_start, context_lens)
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        blocks, offsets, query_start, context_lens = self._metadata(self.length, qkv.shape[0])
+        k_cache, v_cache = self.k[layer], self.v[layer]
+        q = ops.rope_qkv(qkv, cos, sin, k_cache, v_cache, blocks, offsets, self.num_heads)
+        return ops.paged_attention(q, k_cache, v_cache, self.block_table, query_start, context_lens)
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens

@@ -1,9 +1,10 @@
-"""Per-kernel timings for the planner: `measure_kernels(config) -> {op: {impl: seconds}}`.
+"""Per-kernel timing cases on a model's shapes, for bench/kernels.py.
 
 Each operator of the model is timed at decode and prefill sizes with every available
 implementation, interleaved in one process (the machine is shared) and reduced to the
-minimum over rounds. `measure_kernel_cases` also returns bytes and FLOPs per call, which
-bench/kernels.py turns into GB/s and GFLOP/s.
+minimum over rounds; each case also carries its bytes and FLOPs per call, which the
+benchmark turns into GB/s and GFLOP/s. Fused kernels and torch's fp32 GEMM write into
+preallocated outputs, so a row times the kernel, not the allocator.
 """
 from __future__ import annotations
 
@@ -60,16 +61,18 @@ def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelC
     case = KernelCase(f"linear.{name}.{qtype}.T{tokens}", weight.nbytes + 4 * tokens * (k + n), 2 * tokens * n * k,
                       weight_bytes=weight.nbytes)
     layer = TvmQuantizedLinear(weight, prefill_dtype="bf16")
+    out = torch.empty(tokens, n)  # the fused kernels and torch's fp32 GEMM write into it: kernel time alone
     if tokens <= 16:
-        case.impls[f"tvm_gemv_{qtype}"] = lambda: layer.run("gemv", x)
+        case.impls[f"tvm_gemv_{qtype}"] = lambda: layer.run_into("gemv", x, out)
     if tokens >= 4:
-        case.impls[f"tvm_gemm_{qtype}"] = lambda: layer.run("gemm", x)
+        case.impls[f"tvm_gemm_{qtype}"] = lambda: layer.run_into("gemm", x, out)
     if tokens >= 64:
         case.impls[f"tvm_dequant_{qtype}_torch_bf16"] = lambda: layer.run("dequant_bf16", x)
     if tokens <= 4:
         dense_layer = TvmDenseLinear(dense, gemv_max_tokens=tokens)
         case.impls["tvm_fp32"] = lambda: dense_layer(x)
-    case.impls["torch_fp32"] = lambda: F.linear(x, dense)
+    dense_t = dense.t()
+    case.impls["torch_fp32"] = lambda: torch.mm(x, dense_t, out=out)
     case.impls["torch_bf16"] = lambda: F.linear(x.to(torch.bfloat16), dense_bf16).float()
     return case
 
@@ -83,13 +86,13 @@ def _decoder_stream_case(config: ModelConfig, qtype: str) -> KernelCase:
               (c.hidden_size, c.intermediate_size)]
     weights = [quantize(qtype, torch.randn(n, k) * 0.05) for _ in range(c.num_layers) for n, k in shapes]
     layers = [TvmQuantizedLinear(w) for w in weights]
-    dense = [w.dequantize() for w in weights]
-    inputs = [torch.randn(1, w.cols) for w in weights]
+    dense_t = [w.dequantize().t() for w in weights]
+    calls = [(layer, torch.randn(1, w.cols), torch.empty(1, w.rows)) for layer, w in zip(layers, weights)]
     nbytes = sum(w.nbytes for w in weights)
     flops = 2 * sum(w.rows * w.cols for w in weights)
     case = KernelCase(f"decoder_linears.{qtype}.T1.{c.num_layers}layers", nbytes, flops, weight_bytes=nbytes)
-    case.impls[f"tvm_gemv_{qtype}"] = lambda: [layer.run("gemv", x) for layer, x in zip(layers, inputs)]
-    case.impls["torch_fp32"] = lambda: [F.linear(x, w) for w, x in zip(dense, inputs)]
+    case.impls[f"tvm_gemv_{qtype}"] = lambda: [layer.run_into("gemv", x, out) for layer, x, out in calls]
+    case.impls["torch_fp32"] = lambda: [torch.mm(x, w, out=out) for w, (_, x, out) in zip(dense_t, calls)]
     return case
 
 
@@ -113,7 +116,7 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
         cases.append(_linear_cases("gate_up", 2 * f, h, other, 1))
         cases.append(_linear_cases("down", h, f, other, 1))
 
-    for tokens in (1, prefill_tokens):
+    for tokens in (1, prefill_tokens, 2048):  # 2048 rows: past L2, the memory-bound size
         x, w = torch.randn(tokens, h), torch.randn(h)
         case = KernelCase(f"rms_norm.T{tokens}", 4 * (2 * tokens * h + h), 4 * tokens * h)
         case.impls["tvm"] = lambda x=x, w=w: ops.rms_norm(x, w, c.rms_norm_eps)
@@ -128,11 +131,21 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
         cases.append(case)
 
         qkv = torch.randn(tokens, q_size + 2 * kv_size)
-        q = qkv[:, :q_size].reshape(tokens, c.num_heads, d)
         cos, sin = ref.rope_cos_sin(torch.arange(tokens), ref.rope_inv_freq(d, c.rope_theta))
-        case = KernelCase(f"rope.T{tokens}", 4 * (2 * tokens * q_size + 2 * tokens * d), 3 * tokens * q_size)
-        case.impls["tvm"] = lambda q=q, cos=cos, sin=sin: ops.apply_rope(q, cos, sin)
-        case.impls["torch"] = lambda q=q, cos=cos, sin=sin: ref.apply_rope(q, cos, sin)
+        slots = torch.arange(tokens, dtype=torch.int32)
+        blocks, offsets = slots // block_size, slots % block_size
+        k_layer = torch.zeros(-(-tokens // block_size), c.num_kv_heads, d, block_size)
+        v_layer = torch.zeros(-(-tokens // block_size), c.num_kv_heads, block_size, d)
+        case = KernelCase(f"rope_qkv.T{tokens}", 4 * tokens * (2 * (q_size + 2 * kv_size) + 2 * d), 6 * tokens * (q_size + kv_size))
+        case.impls["tvm"] = lambda qkv=qkv, cos=cos, sin=sin, b=blocks, o=offsets, kl=k_layer, vl=v_layer: ops.rope_qkv(
+            qkv, cos, sin, kl, vl, b, o, c.num_heads)
+
+        def torch_rope_qkv(qkv=qkv, cos=cos, sin=sin, b=blocks, o=offsets, kl=k_layer, vl=v_layer):
+            q, k, v = ref.rope_qkv(qkv, cos, sin, c.num_heads, c.num_kv_heads)
+            kl.permute(0, 3, 1, 2)[b, o] = k
+            vl.permute(0, 2, 1, 3)[b, o] = v
+            return q
+        case.impls["torch"] = torch_rope_qkv
         cases.append(case)
 
     num_blocks = -(-max(decode_context, prefill_tokens) // block_size)
@@ -167,8 +180,3 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
 def measure_kernel_cases(config: ModelConfig, rounds: int = 7, **options) -> list[tuple[KernelCase, dict[str, float]]]:
     with torch.inference_mode():
         return [(case, time_interleaved(case.impls, rounds)) for case in kernel_cases(config, **options)]
-
-
-def measure_kernels(config: ModelConfig, rounds: int = 7, **options) -> dict[str, dict[str, float]]:
-    """{op: {impl: seconds per call}}, e.g. {'linear.qkv.Q4_1.T1': {'tvm_gemv_Q4_1': 1.6e-05, 'torch_fp32': ...}}."""
-    return {case.op: timings for case, timings in measure_kernel_cases(config, rounds, **options)}

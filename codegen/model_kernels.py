@@ -58,8 +58,8 @@ def linear_factory(kernels: str, **options):
 def model_ops(kernels: str) -> ModelOps:
     if kernels == "torch":
         return ModelOps()
-    return ModelOps(rms_norm=tvm_ops.rms_norm, add_rms_norm=tvm_ops.add_rms_norm, apply_rope=tvm_ops.apply_rope,
-                    silu_mul=tvm_ops.silu_mul, name="tvm")
+    return ModelOps(rms_norm=tvm_ops.rms_norm, add_rms_norm=tvm_ops.add_rms_norm, silu_mul=tvm_ops.silu_mul,
+                    name="tvm")
 
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:

@@ -55,14 +55,17 @@ def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: fl
     return out
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D] fp32 or bf16 (a strided view is read in place), cos/sin [T, D] -> [T, heads, D] fp32."""
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
-        x = x.contiguous()
-    out = torch.empty(x.shape)
-    _kernel("rope", ("heads", x.shape[1]), ("head_dim", x.shape[2]), ("x_dtype", DTYPE_NAMES[x.dtype]))(
-        x, cos.contiguous(), sin.contiguous(), out)
-    return out
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_blocks: torch.Tensor, slot_offsets: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """RoPE'd q [T, Hq, D] fp32 from the fused projection qkv [T, (Hq + 2 Hkv) D] (fp32 or bf16); the RoPE'd
+    keys and the values are written into one layer's paged cache (k_cache [NB, Hkv, D, bs], v_cache
+    [NB, Hkv, bs, D], fp32 or bf16) at slots (slot_blocks[t], slot_offsets[t]), int32 [T]. cos/sin [T, D]."""
+    _, num_kv_heads, head_dim, block_size = k_cache.shape
+    q = torch.empty(qkv.shape[0], num_q_heads, head_dim)
+    _kernel("rope_qkv", ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+            ("block_size", block_size), ("x_dtype", DTYPE_NAMES[qkv.dtype]), ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))(
+        aligned(qkv), cos.contiguous(), sin.contiguous(), slot_blocks, slot_offsets, k_cache, v_cache, q)
+    return q
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -104,8 +107,9 @@ def warm_up(config: ModelConfig, block_size: int = 16, dtypes: tuple[str, ...] =
         get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "out_dtype": dtype})
         get_kernel("add_rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "y_dtype": dtype,
                                     "out_dtype": dtype})
-        for heads in (config.num_heads, config.num_kv_heads):
-            get_kernel("rope", {"heads": heads, "head_dim": config.head_dim, "x_dtype": dtype})
+        get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                                "head_dim": config.head_dim, "block_size": block_size, "x_dtype": dtype,
+                                "kv_dtype": dtype})
         get_kernel("silu_mul", {"ffn": config.intermediate_size, "dtype": dtype})
         get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
                                        "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": dtype})

@@ -19,8 +19,10 @@ from operators.linear import Linear, make_linear
 
 
 class AttentionBackend(Protocol):
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [T, Hq, D], k/v [T, Hkv, D] of the new tokens -> [T, Hq, D]; stores k/v."""
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The new tokens' fused projection qkv [T, (Hq + 2 Hkv) D] and RoPE tables cos/sin [T, D] ->
+        attention output [T, Hq, D]. The backend applies RoPE and stores K/V (a kernel backend fuses
+        both into one call)."""
         ...
 
 
@@ -30,7 +32,6 @@ class ModelOps:
 
     rms_norm: Callable = tensor_ops.rms_norm
     add_rms_norm: Callable = tensor_ops.add_rms_norm
-    apply_rope: Callable = tensor_ops.apply_rope
     silu_mul: Callable = tensor_ops.silu_mul
     name: str = "torch"
 
@@ -62,18 +63,12 @@ class LlamaModel:
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend) -> torch.Tensor:
         c, ops, act = self.config, self.ops, self.activation_dtype
         num_tokens = token_ids.shape[0]
-        q_size, kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        f = c.intermediate_size
+        q_size, f = c.num_heads * c.head_dim, c.intermediate_size
         x = self.embed[token_ids]  # [T, H] the fp32 residual stream (a fresh tensor: updated in place)
         cos, sin = tensor_ops.rope_cos_sin(positions, self.inv_freq)  # [T, D]
         h = ops.rms_norm(x, self.layers[0].input_norm, c.rms_norm_eps, act)  # [T, H]
         for i, layer in enumerate(self.layers):
-            qkv = layer.qkv_proj(h)  # [T, q_size + 2*kv_size]
-            q = qkv[:, :q_size].reshape(num_tokens, c.num_heads, c.head_dim)
-            k = qkv[:, q_size : q_size + kv_size].reshape(num_tokens, c.num_kv_heads, c.head_dim)
-            v = qkv[:, q_size + kv_size :].reshape(num_tokens, c.num_kv_heads, c.head_dim)
-            q, k = ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin)
-            attn = attention.attend(i, q, k, v.contiguous())  # [T, Hq, D]
+            attn = attention.attend(i, layer.qkv_proj(h), cos, sin)  # [T, Hq, D]
             # each residual add is fused with the norm that follows it
             h = ops.add_rms_norm(x, layer.o_proj(attn.reshape(num_tokens, q_size)), layer.post_norm, c.rms_norm_eps, act)
             gate_up = layer.gate_up_proj(h)  # [T, 2F]
@@ -93,9 +88,11 @@ class ContiguousKVCache:
         shape = (config.num_layers, max_tokens, config.num_kv_heads, config.head_dim)
         self.k = torch.zeros(shape)
         self.v = torch.zeros(shape)
+        self.num_heads = config.num_heads
         self.length = 0  # tokens whose K/V are complete in every layer
 
-    def attend(self, layer: int, q, k, v):
+    def attend(self, layer: int, qkv, cos, sin):
+        q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_heads, self.k.shape[2])
         start, end = self.length, self.length + q.shape[0]
         self.k[layer, start:end] = k
         self.v[layer, start:end] = v

@@ -82,6 +82,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
+             num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused projection qkv [T, (Hq + 2 Hkv) D] -> RoPE'd q [T, Hq, D], RoPE'd k and v [T, Hkv, D]
+    (fp32; v in qkv's dtype)."""
+    num_tokens = qkv.shape[0]
+    head_dim = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q = qkv[:, :q_size].reshape(num_tokens, num_heads, head_dim)
+    k = qkv[:, q_size : q_size + kv_size].reshape(num_tokens, num_kv_heads, head_dim)
+    v = qkv[:, q_size + kv_size :].reshape(num_tokens, num_kv_heads, head_dim)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int) -> torch.Tensor:
     """Grouped-query attention of one sequence.
 

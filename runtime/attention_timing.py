@@ -44,15 +44,15 @@ def _seconds(kernel: str, batch: ScheduledBatch, repeats: int = 15) -> float:
     runner = ModelRunner(_Shape(), blocks, BLOCK_SIZE, "fp32", kernel)
     inputs = runner.prepare_batch(batch)
     tokens = batch.num_tokens
-    q = torch.randn(tokens, c.num_heads, c.head_dim)  # [T, Hq, D]
-    k, v = torch.randn(tokens, c.num_kv_heads, c.head_dim), torch.randn(tokens, c.num_kv_heads, c.head_dim)
+    qkv = torch.randn(tokens, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)  # [T, (Hq + 2 Hkv) D]
+    cos, sin = torch.randn(tokens, c.head_dim), torch.randn(tokens, c.head_dim)  # [T, D]
     backend = runner.attention(inputs)
     with torch.inference_mode():
-        backend.attend(0, q, k, v)  # warm-up: kernel load, first touch
+        backend.attend(0, qkv, cos, sin)  # warm-up: kernel load, first touch
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            backend.attend(0, q, k, v)
+            backend.attend(0, qkv, cos, sin)
             best = min(best, time.perf_counter() - t0)
     return best
 

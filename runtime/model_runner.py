@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from operators import tensor_ops
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
 
@@ -45,7 +46,7 @@ class PagedKVCache:
         return self.k[layer].permute(0, 3, 1, 2) if which == "k" else self.v[layer].permute(0, 2, 1, 3)
 
     def write(self, layer: int, blocks: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store the K/V [T, Hkv, D] of tokens at (block, offset) slots, blocks/offsets [T] int64."""
+        """Store the K/V [T, Hkv, D] of tokens at (block, offset) slots, blocks/offsets [T] int32."""
         self.k[layer][blocks, :, :, offsets] = k.to(self.dtype)
         self.v[layer][blocks, :, offsets, :] = v.to(self.dtype)
 
@@ -86,8 +87,8 @@ class RaggedBatch:
 class ForwardInputs:
     token_ids: torch.Tensor  # [T] int64, decode rows first, then prefill chunks
     positions: torch.Tensor  # [T] int64
-    slot_blocks: torch.Tensor  # [T] int64, the KV block of each token
-    slot_offsets: torch.Tensor  # [T] int64, its offset in the block
+    slot_blocks: torch.Tensor  # [T] int32, the KV block of each token
+    slot_offsets: torch.Tensor  # [T] int32, its offset in the block
     ragged: RaggedBatch
     groups: list[AttentionGroup]  # for the gather backend: decodes, then prefill chunks, in token order
     logits_indices: torch.Tensor  # [N] int64, flat rows whose logits the batch asked for, in batch order
@@ -96,19 +97,19 @@ class ForwardInputs:
 class KernelPagedAttention:
     """AttentionBackend on codegen's TVM paged-attention kernel: no gather, one call per layer."""
 
-    def __init__(self, cache: PagedKVCache, inputs: ForwardInputs):
+    def __init__(self, cache: PagedKVCache, inputs: ForwardInputs, num_q_heads: int):
         from codegen import ops
 
-        self._attention = ops.paged_attention
+        self._rope_qkv, self._attention = ops.rope_qkv, ops.paged_attention
         self.cache = cache
         self.inputs = inputs
+        self.num_q_heads = num_q_heads
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        inp = self.inputs
-        self.cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
-        r = inp.ragged
-        return self._attention(q, self.cache.k[layer], self.cache.v[layer], r.block_tables, r.query_start,
-                               r.context_lens)  # [T, Hq, D]
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        inp, r = self.inputs, self.inputs.ragged
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
+        q = self._rope_qkv(qkv, cos, sin, k_cache, v_cache, inp.slot_blocks, inp.slot_offsets, self.num_q_heads)
+        return self._attention(q, k_cache, v_cache, r.block_tables, r.query_start, r.context_lens)  # [T, Hq, D]
 
 
 class GatherPagedAttention:
@@ -120,8 +121,9 @@ class GatherPagedAttention:
         self.inputs = inputs
         self.num_q_heads = num_q_heads
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         inp = self.inputs
+        q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_q_heads, self.cache.k.shape[2])
         self.cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [NB, Hkv, D, bs], [NB, Hkv, bs, D]
         _, num_kv_heads, head_dim, bs = k_cache.shape
@@ -189,8 +191,8 @@ class ModelRunner:
         return ForwardInputs(
             token_ids=torch.tensor(token_ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
-            slot_blocks=torch.tensor(blocks, dtype=torch.long),
-            slot_offsets=torch.tensor(positions, dtype=torch.long) % bs,
+            slot_blocks=torch.tensor(blocks, dtype=torch.int32),
+            slot_offsets=torch.tensor([p % bs for p in positions], dtype=torch.int32),
             ragged=self._ragged([batch.rows[i] for i in order]),
             groups=groups,
             logits_indices=torch.tensor(logits_indices, dtype=torch.long),
@@ -230,7 +232,7 @@ class ModelRunner:
 
     def attention(self, inputs: ForwardInputs):
         if self.attention_kernel == "tvm":
-            return KernelPagedAttention(self.cache, inputs)
+            return KernelPagedAttention(self.cache, inputs, self.model.config.num_heads)
         return GatherPagedAttention(self.cache, inputs, self.model.config.num_heads)
 
     @torch.inference_mode()

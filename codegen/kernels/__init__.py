@@ -1,5 +1,6 @@
 """Every kernel the project generates, by name."""
-from codegen.kernels import add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rms_norm, rope, silu_mul
+from codegen.kernels import (add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rms_norm,
+                             rope_qkv, silu_mul)
 
 KERNELS = {spec.name: spec for spec in (
     add_rms_norm.SPEC,
@@ -9,6 +10,6 @@ KERNELS = {spec.name: spec for spec in (
     quant_gemm.SPEC,
     quant_gemv.SPEC,
     rms_norm.SPEC,
-    rope.SPEC,
+    rope_qkv.SPEC,
     silu_mul.SPEC,
 )}

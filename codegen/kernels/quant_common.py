@@ -10,11 +10,11 @@ from codegen.packed import GROUP_BYTES, QUANT_BYTES, Q8_OFFSET, TILE_ROWS
 # What a packed quant byte (nibble) holds above the signed quant: w = d * (q - offset) [+ m].
 QUANT_OFFSET = {"Q4_1": 0, "Q4_0": 8, "Q8_0": Q8_OFFSET}
 # Calls with less work (weights x tokens) run on the calling thread. A parallel launch costs
-# ~2 us with idle workers, but one preempted worker stalls the whole call (576x576 Q4_1 at one
-# token: 13 us on one thread, 60 us on two while another process kept a core busy), and with
-# decode streaming the weights from L3/DRAM, running SmolLM2's small matrices on both threads
-# gained nothing (30 layers' linears: 5.74 vs 5.75 ms). At one token only lm_head (28M) is past it.
-PARALLEL_MIN_WORK = 1 << 21
+# a few us with spinning workers; from SmolLM2's smallest decoder matrix (576x576 at one token)
+# up it pays: batch-1 decode through the engine at 2 threads ran 9.8-13.2 ms/token with every
+# decoder linear split over both cores, 16.9-18.0 with only lm_head past the old 2M threshold
+# (30 layers' linears streamed from L3/DRAM: 13.0 GB/s on one thread, 18.6 on two).
+PARALLEL_MIN_WORK = 1 << 18
 
 
 def check(qtype: str, k: int) -> None:

@@ -16,7 +16,7 @@ PARAMS = {
     "quant_gemm": {"qtype": "Q4_1", "n": 72, "k": 96},
     "quant_gemv": {"qtype": "Q4_1", "n": 64, "k": 96},
     "rms_norm": {"hidden": 576, "eps": 1e-5},
-    "rope": {"heads": 9, "head_dim": 64},
+    "rope_qkv": {"num_q_heads": 9, "num_kv_heads": 3, "head_dim": 64, "block_size": 16, "kv_dtype": "bf16"},
     "silu_mul": {"ffn": 1536},
 }
 

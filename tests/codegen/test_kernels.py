@@ -5,7 +5,8 @@ Outputs are filled with NaN before each run, so an element the kernel fails to w
 fails the comparison. Tolerances (fp32 throughout):
   - reductions (matmuls, norms, attention): |err| <= 1e-5 * max(1, max|ref|) + 1e-5 * |ref|,
     the reference and the kernel only differ in summation order;
-  - silu_mul, rope: rtol 1e-5 (the kernel's own exp is within 1e-7 relative).
+  - silu_mul, rope_qkv: rtol 1e-5 (the kernel's own exp is within 1e-7 relative); values copied
+    into the KV cache are exact.
 """
 import pytest
 import torch
@@ -89,16 +90,32 @@ def test_silu_mul_reads_strided_halves(tokens, ffn, dtype):
         assert_close_in(dtype, out, ref.silu_mul(gate, up))
 
 
-@pytest.mark.parametrize("x_dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("tokens,heads,head_dim", [(1, 9, 64), (7, 3, 10), (4, 2, 128)])
-def test_rope_reads_qkv_view(tokens, heads, head_dim, x_dtype):
-    qkv = torch.randn(tokens, (heads + 3) * head_dim).to(DTYPES[x_dtype])
-    x = qkv[:, head_dim : (heads + 1) * head_dim].reshape(tokens, heads, head_dim)  # strided like q in qkv
+@pytest.mark.parametrize("x_dtype,kv_dtype", [("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16")])
+@pytest.mark.parametrize("tokens,heads,kv_heads,head_dim,block_size", [(1, 9, 3, 64, 16), (7, 3, 1, 10, 4),
+                                                                        (4, 2, 2, 128, 1)])
+def test_rope_qkv_rotates_q_and_writes_k_v_into_their_slots(tokens, heads, kv_heads, head_dim, block_size, x_dtype,
+                                                             kv_dtype):
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(DTYPES[x_dtype])
     positions = torch.randint(0, 4000, (tokens,))
     cos, sin = ref.rope_cos_sin(positions, ref.rope_inv_freq(head_dim, 100000.0))
-    out = poisoned(tokens, heads, head_dim)
-    get_kernel("rope", {"heads": heads, "head_dim": head_dim, "x_dtype": x_dtype})(x, cos, sin, out)
-    torch.testing.assert_close(out, ref.apply_rope(x, cos, sin), rtol=1e-5, atol=1e-5)
+    num_blocks = tokens + 3
+    slots = torch.randperm(num_blocks * block_size)[:tokens].to(torch.int32)  # distinct, scattered
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache = torch.full((num_blocks, kv_heads, head_dim, block_size), 7.0).to(DTYPES[kv_dtype])
+    v_cache = torch.full((num_blocks, kv_heads, block_size, head_dim), 7.0).to(DTYPES[kv_dtype])
+    q = poisoned(tokens, heads, head_dim)
+    get_kernel("rope_qkv", {"num_q_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
+                            "block_size": block_size, "x_dtype": x_dtype, "kv_dtype": kv_dtype})(
+        qkv, cos, sin, blocks, offsets, k_cache, v_cache, q)
+    want_q, want_k, want_v = ref.rope_qkv(qkv, cos, sin, heads, kv_heads)
+    torch.testing.assert_close(q, want_q, rtol=1e-5, atol=1e-5)
+    got_k = k_cache.permute(0, 3, 1, 2)[blocks.long(), offsets.long()]  # [T, Hkv, D]
+    got_v = v_cache.permute(0, 2, 1, 3)[blocks.long(), offsets.long()]
+    assert_close_in(kv_dtype, got_k, want_k)
+    torch.testing.assert_close(got_v.float(), want_v.to(DTYPES[kv_dtype]).float(), rtol=0, atol=0)
+    written = torch.zeros(num_blocks, block_size, dtype=torch.bool)
+    written[blocks.long(), offsets.long()] = True  # every other slot keeps its old contents
+    assert (k_cache.permute(0, 3, 1, 2)[~written] == 7).all() and (v_cache.permute(0, 2, 1, 3)[~written] == 7).all()
 
 
 ATTENTION_SHAPES = [(9, 3, 64, 16), (4, 4, 32, 8), (6, 2, 16, 5)]  # (Hq, Hkv, D, block_size)

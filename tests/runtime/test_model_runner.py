@@ -1,10 +1,11 @@
-"""Paged attention over a ragged batch equals the reference attention of each sequence alone."""
+"""Paged attention over a ragged batch equals the reference attention of each sequence alone
+(RoPE and the KV write included: the backends take the fused qkv projection)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from operators.tensor_ops import causal_attention, paged_decode_attention
+from operators.tensor_ops import causal_attention, paged_decode_attention, rope_cos_sin, rope_inv_freq, rope_qkv
 from runtime.batch import BatchRow, ScheduledBatch
 from runtime.model_runner import ModelRunner, PagedKVCache
 
@@ -43,9 +44,10 @@ def test_ragged_batch_attention_equals_per_sequence_reference(block_size, kv_cac
     batch = ScheduledBatch(tuple(rows))
     inputs = runner.prepare_batch(batch)
     T = batch.num_tokens
-    q = torch.randn(T, c.num_heads, c.head_dim)  # [T, Hq, D]
-    k, v = torch.randn(T, c.num_kv_heads, c.head_dim), torch.randn(T, c.num_kv_heads, c.head_dim)  # [T, Hkv, D]
-    out = runner.attention(inputs).attend(0, q, k, v)  # [T, Hq, D]
+    qkv = torch.randn(T, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)  # [T, (Hq + 2 Hkv) D]
+    cos, sin = rope_cos_sin(inputs.positions, rope_inv_freq(c.head_dim, 10000.0))  # [T, D]
+    out = runner.attention(inputs).attend(0, qkv, cos, sin)  # [T, Hq, D]
+    q, k, v = rope_qkv(qkv, cos, sin, c.num_heads, c.num_kv_heads)
     k, v = k.to(runner.cache.dtype).float(), v.to(runner.cache.dtype).float()
     # The flat batch puts decodes first, then prefill chunks longest first.
     order = sorted(range(len(rows)), key=lambda i: (rows[i].num_tokens > 1, -rows[i].num_tokens))
