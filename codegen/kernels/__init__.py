@@ -1,6 +1,6 @@
 """Every kernel the project generates, by name."""
-from codegen.kernels import (add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rms_norm,
-                             rope_qkv, silu_mul)
+from codegen.kernels import (add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rope_qkv,
+                             silu_mul)
 
 KERNELS = {spec.name: spec for spec in (
     add_rms_norm.SPEC,
@@ -9,7 +9,7 @@ KERNELS = {spec.name: spec for spec in (
     paged_attention.SPEC,
     quant_gemm.SPEC,
     quant_gemv.SPEC,
-    rms_norm.SPEC,
+    add_rms_norm.RMS_NORM,
     rope_qkv.SPEC,
     silu_mul.SPEC,
 )}

@@ -72,9 +72,15 @@ def loop_kinds(gpu: bool, cpu_threads: bool = True):
 
     `cpu_threads=False` keeps the outer loop serial on the CPU: waking TVM's thread pool
     costs more than the whole of a row-wise elementwise kernel at decode sizes (measured
-    2.4 -> 11 µs for a 576-wide RMSNorm with two threads on a loaded machine)."""
+    2.4 -> 11 µs for a 576-wide RMSNorm with two threads on a loaded machine). Row-wise
+    kernels branch on the row count instead (PARALLEL_MIN_ROWS)."""
     from tvm.script import tirx as T
 
     if gpu:
         return (lambda extent: T.thread_binding(extent, thread="blockIdx.x")), T.serial
     return (T.parallel if cpu_threads else T.serial), T.vectorized
+
+
+# Row-wise kernels (norms, SiLU-mul, RoPE) split their rows over threads from this many rows
+# (prefill chunks): below it, at decode sizes, waking the pool costs more than the rows.
+PARALLEL_MIN_ROWS = 64

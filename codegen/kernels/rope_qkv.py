@@ -12,14 +12,14 @@ in HF's rotate-half layout (operators.tensor_ops.apply_rope): for i < D/2
     rope(x)[i]       = x[i] * cos[i] - x[i + D/2] * sin[i]
     rope(x)[i + D/2] = x[i + D/2] * cos[i + D/2] + x[i] * sin[i + D/2].
 The caches are one layer's [num_blocks, Hkv, D, block_size] / [num_blocks, Hkv,
-block_size, D] (codegen/kernels/paged_attention.py's layout). Tokens run one after
-another (too little work at decode sizes to wake threads); head dimensions are vectorized
-except the key scatter, whose elements are block_size apart.
+block_size, D] (codegen/kernels/paged_attention.py's layout). Tokens run on one thread
+at decode sizes and are split over threads from common.PARALLEL_MIN_ROWS; head
+dimensions are vectorized except the key scatter, whose elements are block_size apart.
 """
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.kernels.common import loop_kinds
+from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -38,6 +38,25 @@ def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
     def x(qkv, t, col):
         return T.Cast("float32", qkv[t, col])
 
+    @T.macro
+    def row(qkv, cos, sin, blocks, offsets, k_cache, v_cache, q, t):
+        for h in range(HQ):
+            for i in VEC(HALF):
+                q[t, h, i] = x(qkv, t, h * D + i) * cos[t, i] - x(qkv, t, h * D + i + HALF) * sin[t, i]
+            for i in VEC(HALF):
+                q[t, h, i + HALF] = (x(qkv, t, h * D + i + HALF) * cos[t, i + HALF]
+                                     + x(qkv, t, h * D + i) * sin[t, i + HALF])
+        for h in range(HKV):
+            for i in range(HALF):
+                k_cache[T.Cast("int64", blocks[t]), h, i, T.Cast("int64", offsets[t])] = T.Cast(
+                    KT, x(qkv, t, (HQ + h) * D + i) * cos[t, i] - x(qkv, t, (HQ + h) * D + i + HALF) * sin[t, i])
+                k_cache[T.Cast("int64", blocks[t]), h, i + HALF, T.Cast("int64", offsets[t])] = T.Cast(
+                    KT, x(qkv, t, (HQ + h) * D + i + HALF) * cos[t, i + HALF]
+                    + x(qkv, t, (HQ + h) * D + i) * sin[t, i + HALF])
+            for i in VEC(D):
+                v_cache[T.Cast("int64", blocks[t]), h, T.Cast("int64", offsets[t]), i] = T.Cast(
+                    KT, x(qkv, t, (HQ + HKV + h) * D + i))
+
     @T.prim_func
     def rope_qkv(qkv_h: T.handle, cos_h: T.handle, sin_h: T.handle, blocks_h: T.handle, offsets_h: T.handle,
                  k_cache_h: T.handle, v_cache_h: T.handle, q_h: T.handle):
@@ -52,23 +71,15 @@ def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
         k_cache = T.match_buffer(k_cache_h, (num_blocks, HKV, D, BS), KT)
         v_cache = T.match_buffer(v_cache_h, (num_blocks, HKV, BS, D), KT)
         q = T.match_buffer(q_h, (num_tokens, HQ, D), "float32")
-        for t in OUTER(num_tokens):
-            for h in range(HQ):
-                for i in VEC(HALF):
-                    q[t, h, i] = x(qkv, t, h * D + i) * cos[t, i] - x(qkv, t, h * D + i + HALF) * sin[t, i]
-                for i in VEC(HALF):
-                    q[t, h, i + HALF] = (x(qkv, t, h * D + i + HALF) * cos[t, i + HALF]
-                                         + x(qkv, t, h * D + i) * sin[t, i + HALF])
-            for h in range(HKV):
-                for i in range(HALF):
-                    k_cache[T.Cast("int64", blocks[t]), h, i, T.Cast("int64", offsets[t])] = T.Cast(
-                        KT, x(qkv, t, (HQ + h) * D + i) * cos[t, i] - x(qkv, t, (HQ + h) * D + i + HALF) * sin[t, i])
-                    k_cache[T.Cast("int64", blocks[t]), h, i + HALF, T.Cast("int64", offsets[t])] = T.Cast(
-                        KT, x(qkv, t, (HQ + h) * D + i + HALF) * cos[t, i + HALF]
-                        + x(qkv, t, (HQ + h) * D + i) * sin[t, i + HALF])
-                for i in VEC(D):
-                    v_cache[T.Cast("int64", blocks[t]), h, T.Cast("int64", offsets[t]), i] = T.Cast(
-                        KT, x(qkv, t, (HQ + HKV + h) * D + i))
+        if gpu:
+            for t in OUTER(num_tokens):
+                row(qkv, cos, sin, blocks, offsets, k_cache, v_cache, q, t)
+        elif num_tokens >= PARALLEL_MIN_ROWS:
+            for t in T.parallel(num_tokens):
+                row(qkv, cos, sin, blocks, offsets, k_cache, v_cache, q, t)
+        else:
+            for t in T.serial(num_tokens):
+                row(qkv, cos, sin, blocks, offsets, k_cache, v_cache, q, t)
 
     return rope_qkv
 

@@ -55,7 +55,7 @@ def assert_close_in(dtype: str, out, expected):
 
 
 @pytest.mark.parametrize("out_dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16)])
+@pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16), (70, 40)])  # 70: rows on threads
 def test_rms_norm(tokens, hidden, out_dtype):
     x, weight = torch.randn(tokens, hidden) * 3, torch.randn(hidden)
     out = poisoned(tokens, hidden).to(DTYPES[out_dtype])
@@ -64,7 +64,7 @@ def test_rms_norm(tokens, hidden, out_dtype):
 
 
 @pytest.mark.parametrize("y_dtype,out_dtype", [("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32")])
-@pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16)])
+@pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16), (70, 40)])  # 70: rows on threads
 def test_add_rms_norm_updates_the_residual_in_place(tokens, hidden, y_dtype, out_dtype):
     x, weight = torch.randn(tokens, hidden) * 3, torch.randn(hidden)
     y = torch.randn(tokens, hidden).to(DTYPES[y_dtype])
@@ -78,7 +78,7 @@ def test_add_rms_norm_updates_the_residual_in_place(tokens, hidden, y_dtype, out
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("tokens,ffn", [(1, 1536), (3, 37), (2, 16)])
+@pytest.mark.parametrize("tokens,ffn", [(1, 1536), (3, 37), (2, 16), (70, 40)])  # 70: rows on threads
 def test_silu_mul_reads_strided_halves(tokens, ffn, dtype):
     gate_up = (torch.randn(tokens, 2 * ffn) * 6).to(DTYPES[dtype])  # the fused gate|up output; halves are strided views
     gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
@@ -92,7 +92,7 @@ def test_silu_mul_reads_strided_halves(tokens, ffn, dtype):
 
 @pytest.mark.parametrize("x_dtype,kv_dtype", [("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "bf16")])
 @pytest.mark.parametrize("tokens,heads,kv_heads,head_dim,block_size", [(1, 9, 3, 64, 16), (7, 3, 1, 10, 4),
-                                                                        (4, 2, 2, 128, 1)])
+                                                                        (4, 2, 2, 128, 1), (70, 4, 2, 16, 8)])
 def test_rope_qkv_rotates_q_and_writes_k_v_into_their_slots(tokens, heads, kv_heads, head_dim, block_size, x_dtype,
                                                              kv_dtype):
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(DTYPES[x_dtype])
