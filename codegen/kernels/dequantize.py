@@ -14,7 +14,7 @@ from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, quant_common
 from codegen.kernels.common import loop_kinds
-from codegen.kernels.quant_common import check, element, group_quants, num_tiles, weight
+from codegen.kernels.quant_common import check, element, group_quants, num_tiles, quant_kernel, weight
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
 
 LANES = TILE_ROWS
@@ -56,25 +56,7 @@ def make_dequantize(qtype: str, n: int, k: int, out_dtype: str = "float32", gpu:
                                     qtype, element(qtype, qs, tile, b, e, l), T.Cast("float32", scales[tile, b, l]),
                                     T.Cast("float32", mins[tile, b, l])))
 
-    if qtype == "Q4_1":
-        @T.prim_func
-        def dequantize(qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (k, n), out_dtype)
-            body(qs, scales, mins, out)
-    else:
-        @T.prim_func
-        def dequantize(qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (k, n), out_dtype)
-            body(qs, scales, scales, out)
-
-    return dequantize
+    return quant_kernel("dequantize", qtype, n, k, body, (k, n), out_dtype)
 
 
 def dequantize_config(target, qtype: str, n: int, k: int, out_dtype: str = "float32") -> dict:

@@ -1,4 +1,5 @@
-"""TIR expressions over codegen.packed's quantized layout, shared by the quantized kernels.
+"""TIR expressions over codegen.packed's quantized layout and the PrimFunc signature around it,
+shared by the quantized kernels.
 
 Element e (0..31) of block b of row 16*tile + l sits in byte j of that row's block (4-bit:
 j = e mod 16, nibble e // 16; Q8_0: j = e), stored at qs[tile, b, j // 4, 4l + j % 4].
@@ -60,3 +61,38 @@ def group_quants(qtype: str, lanes, c, h):
 
     mask = 255 if qtype == "Q8_0" else 15
     return (lanes >> T.Broadcast(8 * c + 4 * h, TILE_ROWS)) & T.Broadcast(mask, TILE_ROWS)
+
+
+def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dtype: str = "float32", x_shape=None):
+    """The PrimFunc `name`([x,] qs, scales, [mins,] out) over an n x k matrix in codegen.packed's
+    layout, running body([x,] qs, scales, mins, out). x (fp32, only when x_shape is given) and out
+    take the given shapes, which may share a symbolic dimension (common.symbolic) with the body.
+    Only Q4_1 has mins: for the other types the body gets `scales` in their place and must not
+    read them."""
+    from tvm.script import tirx as T
+
+    NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    absent = {"x_h": None} if x_shape is None else {}
+    if qtype != "Q4_1":
+        absent["mins_h"] = None
+
+    @T.jit
+    def kernel(x_h: T.Optional(T.handle), qs_h: T.handle, scales_h: T.handle, mins_h: T.Optional(T.handle),
+               out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        if x_h is not None:
+            x = T.match_buffer(x_h, x_shape, "float32")
+        qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * TILE_ROWS), "uint8")
+        scales = T.match_buffer(scales_h, (TILES, NB, TILE_ROWS), "float16")
+        if mins_h is not None:
+            mins = T.match_buffer(mins_h, (TILES, NB, TILE_ROWS), "float16")
+        else:
+            mins = T.meta_var(scales)
+        out = T.match_buffer(out_h, out_shape, out_dtype)
+        if x_h is not None:
+            body(x, qs, scales, mins, out)
+        else:
+            body(qs, scales, mins, out)
+
+    # T.Optional parameters given as None are left out of the PrimFunc's parameters
+    return kernel.specialize(**absent).with_attr("global_symbol", name)

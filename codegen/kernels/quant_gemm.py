@@ -22,8 +22,8 @@ from __future__ import annotations
 from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, quant_common
-from codegen.kernels.common import loop_kinds
-from codegen.kernels.quant_common import QUANT_OFFSET, check, element, group_quants, num_tiles, weight
+from codegen.kernels.common import loop_kinds, symbolic
+from codegen.kernels.quant_common import QUANT_OFFSET, check, element, group_quants, num_tiles, quant_kernel, weight
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
 
 LANES = TILE_ROWS
@@ -74,13 +74,13 @@ def _make_cpu(qtype: str, n: int, k: int):
     if not detect_cpu().has("avx512f"):
         raise NotImplementedError("the CPU kernel uses AVX-512 table lookups; this CPU lacks avx512f")
 
-    NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    TILES, GROUPS = num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    num_tokens = symbolic("num_tokens")
     KC = k_chunk(k)
     TB = token_block(k)
     FULL_PANELS, LAST = divmod(TILES, PANEL_TILES)  # LAST: tiles of a final partial panel
     NUM_PANELS = FULL_PANELS + (LAST > 0)
     ROWS = PANEL_TILES * LANES
-    HAS_MIN = qtype == "Q4_1"
     NIBBLES = 2 if qtype != "Q8_0" else 1
 
     @T.macro
@@ -155,45 +155,24 @@ def _make_cpu(qtype: str, n: int, k: int):
                 panel(x, qs, scales, mins, out, FULL_PANELS * PANEL_TILES, LAST, first, count)
 
     @T.macro
-    def body(x, qs, scales, mins, out, num_tokens):
+    def body(x, qs, scales, mins, out):
         for tb in range((num_tokens + TB - 1) // TB):
             for p in T.parallel(NUM_PANELS):
                 any_panel(x, qs, scales, mins, out, p, tb * TB, T.min(num_tokens - tb * TB, TB))
 
-    if HAS_MIN:
-        @T.prim_func
-        def quant_gemm(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, mins, out, num_tokens)
-    else:
-        @T.prim_func
-        def quant_gemm(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, scales, out, num_tokens)
-
-    return quant_gemm
+    return quant_kernel("quant_gemm", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
 
 def _make_gpu(qtype: str, n: int, k: int):
     """One block per (row tile, token), one thread per row, fp32 dequantize-multiply."""
     from tvm.script import tirx as T
 
-    NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    NB, TILES = k // 32, num_tiles(n)
+    num_tokens = symbolic("num_tokens")
     OUTER, _ = loop_kinds(gpu=True)
 
     @T.macro
-    def body(x, qs, scales, mins, out, num_tokens):
+    def body(x, qs, scales, mins, out):
         for tile in OUTER(TILES):
             for t in T.thread_binding(num_tokens, thread="blockIdx.y"):
                 for l in T.thread_binding(LANES, thread="threadIdx.x"):
@@ -207,29 +186,7 @@ def _make_gpu(qtype: str, n: int, k: int):
                     if tile * LANES + l < n:
                         out[t, tile * LANES + l] = acc[0]
 
-    if qtype == "Q4_1":
-        @T.prim_func
-        def quant_gemm(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, mins, out, num_tokens)
-    else:
-        @T.prim_func
-        def quant_gemm(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, scales, out, num_tokens)
-
-    return quant_gemm
+    return quant_kernel("quant_gemm", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
 
 def quant_gemm_config(target, qtype: str, n: int, k: int) -> dict:

@@ -30,8 +30,8 @@ from __future__ import annotations
 from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, quant_common
-from codegen.kernels.common import loop_kinds
-from codegen.kernels.quant_common import PARALLEL_MIN_WORK, QUANT_OFFSET, check, element, num_tiles, weight
+from codegen.kernels.common import loop_kinds, symbolic
+from codegen.kernels.quant_common import PARALLEL_MIN_WORK, QUANT_OFFSET, check, element, num_tiles, quant_kernel, weight
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
 
 LANES = TILE_ROWS
@@ -89,6 +89,7 @@ def _make_cpu(qtype: str, n: int, k: int):
         raise NotImplementedError("the CPU kernel uses VNNI dot products; this CPU lacks avx512_vnni")
 
     NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    num_tokens = symbolic("num_tokens")
     G = 2 if TILES % 2 == 0 else 1  # two tiles per step: 6 independent dot-product chains
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
     HAS_OFFSET = OFFSET != 0
@@ -205,7 +206,7 @@ def _make_cpu(qtype: str, n: int, k: int):
                             out[t, (g * G + gi) * LANES + l] = facc[gi, l]
 
     @T.macro
-    def body(x, qs, scales, mins, out, num_tokens):
+    def body(x, qs, scales, mins, out):
         xq = T.alloc_buffer((num_tokens, PIECES, k), "int8")
         xblock = T.alloc_buffer((num_tokens, NB, BLOCK_FIELDS), "float32")
         split_activations(x, xq, xblock, num_tokens)
@@ -216,40 +217,19 @@ def _make_cpu(qtype: str, n: int, k: int):
             for g in range(TILES // G):
                 tile_group(x, xq, xblock, qs, scales, mins, out, g, num_tokens)
 
-    if HAS_MIN:
-        @T.prim_func
-        def quant_gemv(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, mins, out, num_tokens)
-    else:
-        @T.prim_func
-        def quant_gemv(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, scales, out, num_tokens)
-
-    return quant_gemv
+    return quant_kernel("quant_gemv", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
 
 def _make_gpu(qtype: str, n: int, k: int):
     """One block per row tile, one thread per row, fp32 dequantize-multiply."""
     from tvm.script import tirx as T
 
-    NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    NB, TILES = k // 32, num_tiles(n)
+    num_tokens = symbolic("num_tokens")
     OUTER, _ = loop_kinds(gpu=True)
 
     @T.macro
-    def body(x, qs, scales, mins, out, num_tokens):
+    def body(x, qs, scales, mins, out):
         for tile in OUTER(TILES):
             for l in T.thread_binding(LANES, thread="threadIdx.x"):
                 for t in range(num_tokens):
@@ -263,29 +243,7 @@ def _make_gpu(qtype: str, n: int, k: int):
                     if tile * LANES + l < n:
                         out[t, tile * LANES + l] = acc[0]
 
-    if qtype == "Q4_1":
-        @T.prim_func
-        def quant_gemv(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, mins_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            mins = T.match_buffer(mins_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, mins, out, num_tokens)
-    else:
-        @T.prim_func
-        def quant_gemv(x_h: T.handle, qs_h: T.handle, scales_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            num_tokens = T.int64()
-            x = T.match_buffer(x_h, (num_tokens, k), "float32")
-            qs = T.match_buffer(qs_h, (TILES, NB, GROUPS, GROUP_BYTES * LANES), "uint8")
-            scales = T.match_buffer(scales_h, (TILES, NB, LANES), "float16")
-            out = T.match_buffer(out_h, (num_tokens, n), "float32")
-            body(x, qs, scales, scales, out, num_tokens)
-
-    return quant_gemv
+    return quant_kernel("quant_gemv", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
 
 def quant_gemv_config(target, qtype: str, n: int, k: int) -> dict:
