@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -31,6 +31,11 @@ class HardwareProfile:
     # call) + weights x tokens / rate, fitted at 8 and 64 tokens; 0 when not measured
     quant_gemm_unpack_rate: float = 0.0
     quant_gemm_rate: float = 0.0
+    # the bf16 prefill path (prefill_dtype='bf16', from the crossover's bf16_min_tokens): seconds = weights /
+    # dequant rate (TVM unpacks Q4_1 into a bf16 W^T once per call) + weights x tokens / rate (torch's bf16
+    # GEMM on it, AMX where the CPU has it); 0 when not measured
+    quant_dequant_bf16_rate: float = 0.0
+    quant_bf16_gemm_rate: float = 0.0
     # achieved FLOP/s of the engine's attention backends (runtime/attention_timing.py), decode and
     # prefill; 0 where a backend cannot run here (the cost model then prices it by the roofline)
     attention_tvm_decode_flops: float = 0.0
@@ -42,6 +47,9 @@ class HardwareProfile:
         for name in ("copy_bandwidth", "fp32_flops", "bf16_flops", "op_overhead_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+
+
+_FIELDS = frozenset(f.name for f in fields(HardwareProfile))
 
 
 def cpu_model() -> str:
@@ -96,12 +104,37 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
         t8, t64 = seconds(gemm, 8, ring[:8], 3), seconds(gemm, 64, ring[:8], 3)
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
         return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
-                "quant_gemm_rate": 0.0}
+                "quant_gemm_rate": 0.0, "quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
     weights = rows * cols
     per_token = max((t64 - t8) / 56, 1e-12)
     unpack = max(t8 - 8 * per_token, 1e-12)  # noise can push the fitted intercept to zero
     return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
-            "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token}
+            "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token,
+            **measure_bf16_prefill(rows, cols)}
+
+
+def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tokens: int = 128) -> dict[str, float]:
+    """codegen.linear.TvmQuantizedLinear's 'dequant_bf16' path on a Q4_1 matrix, as the rates above.
+
+    The dequantize is timed alone (it is the part paid once per call, like the fused GEMM's unpack);
+    the GEMM's rate is what the whole path adds over it at `tokens` rows (the x and output conversions
+    included). `copies` layers keep the blocks out of L2 as in the GEMM's timing. Zero where the
+    dequantize kernel cannot build here.
+    """
+    try:
+        from catalog.quant import quantize
+        from codegen.linear import TvmQuantizedLinear
+
+        weight = quantize("Q4_1", torch.randn(rows, cols) * 0.05)
+        layers = [TvmQuantizedLinear(weight, prefill_dtype="bf16") for _ in range(copies)]  # each packs its own copy
+        x = torch.randn(tokens, cols)
+        dequant = best_seconds(lambda: [layer.dequantized_t() for layer in layers], 5) / copies
+        path = best_seconds(lambda: [layer.run("dequant_bf16", x) for layer in layers], 5) / copies
+    except Exception:  # noqa: BLE001 - a build failure means "the bf16 path is not priced from measurement"
+        return {"quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
+    weights = rows * cols
+    per_token = max((path - dequant) / tokens, 1e-12)
+    return {"quant_dequant_bf16_rate": weights / dequant, "quant_bf16_gemm_rate": weights / per_token}
 
 
 def measure() -> HardwareProfile:
@@ -133,9 +166,10 @@ def hardware_profile(catalog: Catalog, recalibrate: bool = False) -> HardwarePro
     """The cached profile for this machine, measuring it the first time."""
     key = fingerprint()
     stored = None if recalibrate else catalog.hardware_profile(key)
-    # profiles from before the GEMM or the attention timings are re-measured
-    if stored is not None and "quant_gemm_rate" in stored and "attention_tvm_decode_flops" in stored:
-        return HardwareProfile(**stored)
+    # a profile stored before a figure was added to HardwareProfile (the GEMM, the attention timings, the
+    # bf16 prefill path, ...) is re-measured: a missing figure would read as "cannot run here"
+    if stored is not None and set(stored) >= _FIELDS:
+        return HardwareProfile(**{k: v for k, v in stored.items() if k in _FIELDS})
     profile = measure()
     catalog.put_hardware_profile(key, asdict(profile))
     return profile

@@ -97,6 +97,8 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
          "keep GGUF quantized blocks (native) or dequantize"),
     Knob("kv_cache_dtype", "auto", _choice("kv_cache_dtype", "auto", "fp32", "bf16"),
          "KV cache element type (bf16 halves KV memory and rounds K/V)"),
+    Knob("prefill_dtype", "auto", _choice("prefill_dtype", "auto", "fp32", "bf16"),
+         "element type of quantized (native/tvm) matmuls over >= 64 rows (bf16 rounds activations and weights)"),
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
     Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),

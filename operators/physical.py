@@ -54,6 +54,9 @@ class EngineKnobs:
     threads: int | None = None
     kv_cache_dtype: str = "fp32"  # 'fp32' | 'bf16': the element type of the KV cache
     attention_kernel: str = "tvm"  # 'tvm' (codegen's paged kernel) | 'torch' (gather + SDPA)
+    # 'fp32' | 'bf16': what the native/tvm path's quantized linears compute batches of >= bf16_min_tokens rows
+    # in (codegen.quant_crossover); 'bf16' for bf16 weights, 'fp32' on every other path, where it is no choice
+    prefill_dtype: str = "fp32"
 
 
 def _no_estimate() -> Estimate:

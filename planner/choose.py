@@ -3,7 +3,7 @@
 A knob the user SET is obeyed (the choice is marked forced, and the cost of the
 value the optimizer would have picked is still shown); so is every knob of an engine
 already running the model (the server's shared engine), which no plan can change.
-Knobs are decided one at a time in dependency order (weights and kernels, KV cache dtype,
+Knobs are decided one at a time in dependency order (weights and kernels, prefill dtype, KV cache dtype,
 attention kernel, then batch, chunk, block size, prefix cache, scheduling), each with the
 earlier ones fixed.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from codegen.quant_crossover import CROSSOVER
 from operators import logical as L
 from operators.physical import Choice, EngineKnobs
 from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
@@ -88,6 +89,7 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
         kernels=_auto_or(s, "kernels", "torch"),
         threads=None if s.is_auto("threads") else s.threads,
         kv_cache_dtype=_auto_or(s, "kv_cache_dtype", "fp32"),
+        prefill_dtype=_auto_or(s, "prefill_dtype", "fp32"),
         attention_kernel=_auto_or(s, "kernels", "tvm" if "tvm" in ctx.kernels else "torch"),
     )
 
@@ -148,6 +150,8 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
                      None if forced else (lambda chosen, other: "bf16 is considered only when SET (it rounds weights)"),
                      eligible=allowed)
     choices.append(c)
+    c, knobs = _pick_prefill_dtype(knobs, w, facts, ctx)
+    choices.append(c)
     c, knobs = _pick_kv_cache_dtype(knobs, w, facts, ctx)
     choices.append(c)
     c, knobs = _pick_attention_kernel(knobs, w, facts, ctx)
@@ -193,6 +197,43 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     if op.model in ctx.running:
         choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
+
+
+BF16_PREFILL_LOSS = ("bf16 prefill rounds activations and dequantized weights to 8 mantissa bits (~0.4% relative "
+                     "per element; greedy outputs may differ from fp32)")
+
+
+def _pick_prefill_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """The native/tvm path's matmuls over >= bf16_min_tokens rows (prefill chunks, decode steps of that many
+    sequences): fp32 in the fused GEMM, or bf16 (dequantize + torch's bf16 GEMM), faster and lossy. Like
+    bf16 weights and a bf16 KV cache, auto never takes it (it loses precision against the model file), but
+    prices it as the runner-up and says what it would save. On every other weight path it is no choice."""
+    s = ctx.settings_for(facts.name)
+    path = f"{knobs.weight_format}/{knobs.kernels}"
+    if path != "native/tvm":
+        # bf16 weights run every matmul in bf16 already; the other paths compute in fp32 whatever the knob
+        knobs = replace(knobs, prefill_dtype="bf16" if knobs.weight_format == "bf16" else "fp32")
+        why = ("bf16 weights compute every matmul in bf16 already" if knobs.weight_format == "bf16"
+               else f"{path} computes in fp32")
+        # (a running engine's knobs come in as SET values; only the user's own SET is worth answering)
+        user_set = not ctx.settings.is_auto("prefill_dtype") and facts.name not in ctx.running
+        ignored = "SET prefill_dtype has no effect here" if user_set else "does not apply"
+        note = f"{ignored}: only native/tvm has a bf16 prefill path; {why}"
+        return Choice("prefill_dtype", knobs.prefill_dtype, cost_of(w, knobs, facts, ctx).seconds, note=note), knobs
+    forced = not s.is_auto("prefill_dtype")
+    order = [s.prefill_dtype, "bf16" if s.prefill_dtype == "fp32" else "fp32"] if forced else ["fp32", "bf16"]
+
+    def note(chosen, other) -> str:
+        seconds = {chosen[2]: chosen[0], other[2]: other[0]}
+        saved = seconds["fp32"] - seconds["bf16"]
+        if saved == 0:
+            return f"no matmul here has {CROSSOVER.bf16_min_tokens} or more rows, so bf16 changes nothing"
+        if saved < 0:
+            return f"{BF16_PREFILL_LOSS}; bf16 is {-saved:.3g}s slower here"
+        take = "" if chosen[2] == "bf16" else " — SET prefill_dtype = 'bf16' to take it"
+        return f"{BF16_PREFILL_LOSS}; saves {saved:.3g}s{take}"
+    return _pick("prefill_dtype", [(v, replace(knobs, prefill_dtype=v)) for v in order], w, facts, ctx, forced,
+                 note, eligible=None if forced else ("fp32",))
 
 
 def _pick_kv_cache_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):

@@ -72,14 +72,22 @@ def _bytes_and_rate(knobs: EngineKnobs, weight_bytes: dict, params: float, hw: H
     return weight_bytes["fp32"], hw.fp32_flops, 0.0
 
 
-def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict, hw: HardwareProfile) -> float:
-    """What codegen.linear.TvmQuantizedLinear runs (fp32 activations), at its kernels' measured rates:
-    the fused GEMV up to the crossover's gemv_max_tokens rows, the fused GEMM above (unpacks each
-    weight once per call, then fp32 FMAs per token)."""
+def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict, hw: HardwareProfile,
+                               prefill_dtype: str = "fp32") -> float:
+    """What codegen.linear.TvmQuantizedLinear runs, at its kernels' measured rates, along the crossover's
+    paths: the fused GEMV up to gemv_max_tokens rows, the fused GEMM above (unpacks each weight once per
+    call, then fp32 FMAs per token), and with prefill_dtype 'bf16' from bf16_min_tokens rows a dequantize
+    to bf16 (once per call) plus torch's bf16 GEMM."""
+    path = CROSSOVER.path(tokens, prefill_dtype)
     if tokens <= 1:
         return params / hw.quant_gemv_rate_t1
-    if CROSSOVER.path(tokens) == "gemv":
+    if path == "gemv":
         return tokens * params / hw.quant_gemv_rate_t4
+    if path == "dequant_bf16":
+        if hw.quant_bf16_gemm_rate > 0:
+            return params / hw.quant_dequant_bf16_rate + tokens * params / hw.quant_bf16_gemm_rate
+        # not timed on this machine: read the blocks, write + read the bf16 W^T, then torch's bf16 GEMM rate
+        return (weight_bytes["native"] + 4 * params) / hw.copy_bandwidth + tokens * 2 * params / hw.bf16_flops
     if hw.quant_gemm_rate > 0:
         return params / hw.quant_gemm_unpack_rate + tokens * params / hw.quant_gemm_rate
     # GEMM not timed on this machine: read the blocks once, then torch's fp32 GEMM rate
@@ -107,8 +115,9 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineKnobs, config
     if knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0:
         share = {k: v * layers / params for k, v in weight_bytes.items()}
         head_share = {k: v * head / params for k, v in weight_bytes.items()}
-        return (_tvm_native_matmul_seconds(tokens, layers, share, hw)
-                + (_tvm_native_matmul_seconds(logit_rows, head, head_share, hw) if logit_rows > 0 else 0.0))
+        return (_tvm_native_matmul_seconds(tokens, layers, share, hw, knobs.prefill_dtype)
+                + (_tvm_native_matmul_seconds(logit_rows, head, head_share, hw, knobs.prefill_dtype)
+                   if logit_rows > 0 else 0.0))
     step_bytes, rate, extra_flops = _bytes_and_rate(knobs, weight_bytes, params, hw)
     flops = 2 * (tokens * layers + logit_rows * head) + extra_flops
     # the sum, not the max: these linears do not hide streaming the weights behind their arithmetic

@@ -34,10 +34,13 @@ SMOLLM2_FACTS = ModelFacts("smollm2", SMOLLM2_CONFIG, chat_prefix_tokens=24, cha
 # a 2-core machine's measured ceilings (catalog.hardware.measure on the development box)
 EXAMPLE_HARDWARE = HardwareProfile(copy_bandwidth=6.2e9, fp32_flops=3.4e10, bf16_flops=1.1e11,
                                    op_overhead_s=8e-6, threads=2, description="example 2-core machine")
-# the same machine where TVM builds: its fused Q4_1 kernels and both attention backends timed
-# (bench/results/kernels.md, 2 threads: TVM's paged kernel leads in decode, torch's SDPA in long prefill)
+# the same machine where TVM builds: its fused Q4_1 kernels, the bf16 prefill path (dequantize ~2.5 G
+# weights/s, then AMX bf16 GEMM ~1.5e11 weights x tokens/s: catalog.hardware.measure_bf16_prefill) and both
+# attention backends timed (bench/results/kernels.md, 2 threads: TVM's paged kernel leads in decode, torch's
+# SDPA in long prefill)
 EXAMPLE_TVM_HARDWARE = replace(EXAMPLE_HARDWARE, quant_gemv_rate_t1=3.0e10, quant_gemv_rate_t4=1.7e10,
                                quant_gemm_unpack_rate=8e9, quant_gemm_rate=4.5e10,
+                               quant_dequant_bf16_rate=2.5e9, quant_bf16_gemm_rate=1.5e11,
                                attention_tvm_decode_flops=5.4e9, attention_tvm_prefill_flops=1.04e10,
                                attention_torch_decode_flops=1.8e9, attention_torch_prefill_flops=1.68e10)
 

@@ -82,8 +82,17 @@ def label_continuations(tokenizer, labels: tuple[str, ...]) -> list[tuple[int, .
     return [tuple(tokenizer.encode(label, add_special_tokens=False)) + end for label in labels]
 
 
+def model_options(knobs: EngineKnobs) -> dict[str, str]:
+    """codegen.model_kernels.build_model's options the knobs set: prefill_dtype reaches only the native/tvm
+    path's quantized linears (every other path computes as its weights say), so only there does it key a
+    model of its own."""
+    if knobs.weight_format == "native" and knobs.kernels == "tvm":
+        return {"prefill_dtype": knobs.prefill_dtype}
+    return {}
+
+
 class LLMService:
-    """Loads models and keeps one engine per (model, weight format, knobs) for a connection;
+    """Loads models and keeps one engine per (model, weight path and its options, knobs) for a connection;
     a model the shared engine runs goes there instead."""
 
     def __init__(self, load_model: Callable[[str], object], shared: SharedEngine | None = None) -> None:
@@ -100,19 +109,21 @@ class LLMService:
 
     def engine(self, model: str, knobs: EngineKnobs) -> Engine:
         loaded = self._load_model(model)
-        key = (model, knobs.weight_format, knobs.kernels)
+        options = model_options(knobs)
+        key = (model, knobs.weight_format, knobs.kernels, tuple(sorted(options.items())))
         if key not in self._models:
-            self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format)
+            self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format,
+                                            **options)
         config = EngineConfig(kv_cache_memory=knobs.kv_cache_memory, kv_block_size=knobs.kv_block_size,
                               max_batch_size=knobs.max_batch_size, prefill_chunk_tokens=knobs.prefill_chunk_tokens,
                               prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling,
                               kv_cache_dtype=knobs.kv_cache_dtype, attention_kernel=knobs.attention_kernel)
         cached = self._engines.get(model)
-        if cached is None or cached[0] != (knobs.weight_format, knobs.kernels, config):
+        if cached is None or cached[0] != (key, config):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
             self._engines.pop(model, None)
-            cached = ((knobs.weight_format, knobs.kernels, config), Engine(self._models[key], loaded.tokenizer, config))
+            cached = ((key, config), Engine(self._models[key], loaded.tokenizer, config))
             self._engines[model] = cached
         return cached[1]
 

@@ -26,6 +26,10 @@ def parser() -> argparse.ArgumentParser:
                    help="default: the catalog's weight_format setting ('auto' means fp32)")
     p.add_argument("--kernels", choices=["torch", "tvm"],
                    help="kernel implementation (default: the catalog's kernels setting; 'auto' means torch)")
+    p.add_argument("--prefill-dtype", choices=["fp32", "bf16"],
+                   help="element type of the native/tvm path's matmuls over >= 64 rows; bf16 is faster and rounds "
+                        "activations and weights to 8 mantissa bits (default: the catalog's prefill_dtype "
+                        "setting; 'auto' means fp32)")
     p.add_argument("--kv-cache-memory", help="KV pool budget in bytes or as '2GB' (default: the catalog setting)")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the catalog's threads setting)")
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(settings.threads)
         app = create_app(args.model, EngineConfig.from_settings(settings), args.served_model_name,
-                         ServerSettings(weight_format=args.weight_format, kernels=args.kernels, catalog_path=args.home))
+                         ServerSettings(weight_format=args.weight_format, kernels=args.kernels,
+                                        prefill_dtype=args.prefill_dtype, catalog_path=args.home))
     except (ModelError, SettingError, ValueError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
 from sqlm.server.planning import FLUSH_SECONDS, RequestPlanner
 from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
 
+log = logging.getLogger("sqlm.server")
 ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sql", "/health", "/metrics"})
 
 
@@ -39,6 +41,7 @@ class ServerSettings:
 
     weight_format: str | None = None  # 'fp32' | 'bf16' | 'native'
     kernels: str | None = None  # 'torch' | 'tvm'
+    prefill_dtype: str | None = None  # 'fp32' | 'bf16': the native/tvm path's large-batch matmuls
     catalog_path: str | None = None
 
 
@@ -74,6 +77,19 @@ def kernels_from(catalog_settings, requested: str | None) -> str:
     return "tvm" if catalog_settings.is_auto("kernels") else catalog_settings.kernels
 
 
+def prefill_dtype_from(catalog_settings, requested: str | None, weight_format: str, kernels: str) -> str:
+    """What the model's large-batch matmuls compute in: a forced choice wins on the native/tvm path, 'auto'
+    keeps fp32 there (lossless, the planner's auto too); bf16 weights compute in bf16 and every other path
+    in fp32 whatever is asked (the planner's EXPLAIN says so)."""
+    if weight_format == "bf16":
+        return "bf16"
+    if (weight_format, kernels) != ("native", "tvm"):
+        return "fp32"
+    if requested:
+        return requested
+    return "fp32" if catalog_settings.is_auto("prefill_dtype") else catalog_settings.prefill_dtype
+
+
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
                served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """Loads the model and builds the engine now (errors surface before serving); the engine thread
@@ -86,14 +102,18 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         loaded, catalog_settings = load_served_model(model_name, catalog)
         kernels = kernels_from(catalog_settings, settings.kernels)
         weight_format = weight_format_from(loaded, catalog_settings, settings.weight_format)
-        model = build_model(loaded, kernels=kernels, weight_format=weight_format)
+        prefill_dtype = prefill_dtype_from(catalog_settings, settings.prefill_dtype, weight_format, kernels)
+        if settings.prefill_dtype not in (None, prefill_dtype):
+            log.warning("--prefill-dtype %s has no effect on the %s/%s path (only native/tvm has a bf16 prefill)",
+                        settings.prefill_dtype, weight_format, kernels)
+        model = build_model(loaded, kernels=kernels, weight_format=weight_format, prefill_dtype=prefill_dtype)
         config = engine_config or EngineConfig.from_settings(catalog_settings)
         engine = Engine(model, loaded.tokenizer, config)
         name = served_name or model_name
         knobs = EngineKnobs(config.max_batch_size, config.prefill_chunk_tokens, config.kv_block_size,
                             engine.stats.kv_cache_bytes, config.prefix_cache, config.scheduling, weight_format, kernels,
                             kv_cache_dtype=config.resolved_kv_cache_dtype(weight_format),
-                            attention_kernel=config.attention_kernel)
+                            attention_kernel=config.attention_kernel, prefill_dtype=prefill_dtype)
         planner = RequestPlanner.for_engine(catalog, catalog_settings, ModelFacts.from_loaded(name, loaded), knobs)
     except BaseException:
         catalog.close()

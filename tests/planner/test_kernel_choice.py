@@ -50,3 +50,36 @@ def test_unmeasured_gemm_is_priced_at_torch_fp32_flops():
 def test_unmeasured_tvm_does_not_divide_by_zero():
     assert EXAMPLE_HARDWARE.quant_gemv_rate_t1 == 0
     assert 0 < seconds(KNOBS, EXAMPLE_HARDWARE) < float("inf")
+
+
+LONG_PROMPTS = LLMWorkload(requests=8, prompt_tokens=400, shared_tokens=0, static_prefix_tokens=0, output_tokens=1)
+BF16 = replace(KNOBS, prefill_dtype="bf16")
+# catalog.hardware.measure_bf16_prefill on the 2-core machine: dequantize ~2.5 G weights/s, AMX GEMM ~1.5e11
+FAST_BF16 = replace(FAST_TVM, quant_dequant_bf16_rate=2.5e9, quant_bf16_gemm_rate=1.5e11)
+
+
+def prefill_seconds(knobs, hw, workload=LONG_PROMPTS):
+    return llm_cost(workload, knobs, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, hw).prefill_seconds
+
+
+def test_bf16_prefill_is_priced_by_its_measured_rates():
+    assert prefill_seconds(BF16, FAST_BF16) < prefill_seconds(KNOBS, FAST_BF16) / 1.5
+    slow_gemm = replace(FAST_BF16, quant_bf16_gemm_rate=FAST_BF16.quant_gemm_rate / 2)
+    assert prefill_seconds(BF16, slow_gemm) > prefill_seconds(KNOBS, slow_gemm)
+
+
+def test_bf16_prefill_dtype_changes_nothing_below_the_crossover():
+    short = LLMWorkload(requests=1, prompt_tokens=40, shared_tokens=0, static_prefix_tokens=0, output_tokens=64)
+    assert seconds(BF16, FAST_BF16, short) == seconds(KNOBS, FAST_BF16, short)
+
+
+def test_bf16_prefill_dtype_only_prices_the_native_tvm_path():
+    for fmt, kernels in (("fp32", "torch"), ("native", "torch"), ("bf16", "torch")):
+        k = replace(KNOBS, weight_format=fmt, kernels=kernels)
+        assert prefill_seconds(replace(k, prefill_dtype="bf16"), FAST_BF16) == prefill_seconds(k, FAST_BF16)
+
+
+def test_unmeasured_bf16_prefill_falls_back_to_bf16_flops():
+    assert FAST_TVM.quant_bf16_gemm_rate == 0
+    unmeasured = prefill_seconds(BF16, FAST_TVM)
+    assert 0 < unmeasured < prefill_seconds(KNOBS, FAST_TVM)  # the 2-core box's AMX bf16 beats the fp32 GEMM

@@ -27,7 +27,7 @@ def load_cases() -> tuple[StatsCatalog, list[dict]]:
         for line in lines[1:]:
             if line.startswith("-- plan:"):
                 section = "plan"
-            elif m := re.match(r"-- (set|kernels|fired|unchanged|choice|scan|rows): (.*)", line):
+            elif m := re.match(r"-- (set|kernels|fired|unchanged|choice|runner_up|forced|note|scan|rows): (.*)", line):
                 key, value = m.groups()
                 if key == "set":
                     case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
@@ -76,6 +76,17 @@ def test_case(case):
         for pair in expect["choice"].split(","):
             knob, value = (s.strip() for s in pair.split("=", 1))
             assert str(choices[knob]) == value, f"{knob}: {choices[knob]} != {value}"
+    if "runner_up" in expect or "forced" in expect or "note" in expect:
+        op = _first(physical, P.LLM_OPERATORS)
+        by_knob = {c.knob: c for c in op.choices}
+        for pair in filter(None, expect.get("runner_up", "").split(",")):
+            knob, value = (s.strip() for s in pair.split("=", 1))
+            assert str(by_knob[knob].runner_up) == value, f"{knob} runner-up: {by_knob[knob].runner_up} != {value}"
+        for knob in filter(None, (k.strip() for k in expect.get("forced", "").split(","))):
+            assert by_knob[knob].forced, f"{knob} should be forced"
+        if "note" in expect:
+            knob, text = (s.strip() for s in expect["note"].split("~", 1))
+            assert text in by_knob[knob].note, f"{knob} note {by_knob[knob].note!r} lacks {text!r}"
     if "scan" in expect:
         scan = _first(physical, (P.TableScan,))
         assert ", ".join(scan.read) == expect["scan"]

@@ -59,3 +59,12 @@ def test_serve_with_an_unknown_model_exits_with_a_message():
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "no-such-model" in stderr
+
+
+def test_serve_takes_a_prefill_dtype():
+    from sqlm.server import parser
+
+    assert parser().parse_args(["--prefill-dtype", "bf16"]).prefill_dtype == "bf16"
+    assert parser().parse_args([]).prefill_dtype is None  # the catalog's setting
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--prefill-dtype", "fp16"])

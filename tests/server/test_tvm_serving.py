@@ -21,3 +21,39 @@ def test_tvm_native_server_matches_the_reference_loop(tiny_llama, tiny_reference
                                                         max_tokens=16, temperature=0)
     text, _ = reference_text(ref_model, tokenizer, chat_ids(tokenizer, HELLO), 16)
     assert reply.choices[0].message.content == text
+
+
+def test_prefill_dtype_bf16_builds_the_served_model_and_pins_the_plans(tiny_llama):
+    from conftest import TINY_ENGINE
+
+    from codegen.linear import TvmQuantizedLinear
+    from runtime.requests import SamplingParams
+
+    app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
+                     settings=ServerSettings(weight_format="native", kernels="tvm", prefill_dtype="bf16"))
+    quantized = [linear for layer in app.state.model.layers for linear in vars(layer).values()
+                 if isinstance(linear, TvmQuantizedLinear)]
+    assert quantized and all(linear.prefill_dtype == "bf16" for linear in quantized)
+    with RunningServer(app) as server:
+        plan = app.state.served.planner.plan([tuple(range(5, 105))], SamplingParams(max_tokens=4), chat=False)
+        op = plan.plan.op(plan.llm_nodes()[0])
+        choice = next(c for c in op.choices if c.knob == "prefill_dtype")
+        assert op.knobs.prefill_dtype == "bf16" and choice.value == "bf16"
+        assert choice.forced and choice.forced_by == "the running engine" and "8 mantissa bits" in choice.note
+        reply = server.client().completions.create(model=TINY, prompt=HELLO * 20, max_tokens=4)
+    assert reply.choices[0].text
+
+
+def test_prefill_dtype_does_not_change_a_dense_weight_path(tiny_llama):
+    from conftest import TINY_ENGINE
+
+    from runtime.requests import SamplingParams
+
+    app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
+                     settings=ServerSettings(weight_format="fp32", kernels="tvm", prefill_dtype="bf16"))
+    with RunningServer(app):
+        planner = app.state.served.planner
+        assert planner.ctx.running[TINY].prefill_dtype == "fp32"
+        plan = planner.plan([tuple(range(5, 105))], SamplingParams(max_tokens=4), chat=False)
+        choice = next(c for c in plan.plan.op(plan.llm_nodes()[0]).choices if c.knob == "prefill_dtype")
+        assert choice.value == "fp32" and choice.note.startswith("does not apply: only native/tvm")

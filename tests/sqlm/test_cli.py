@@ -70,6 +70,7 @@ def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys):
     assert main(["--home", str(home), "calibrate"]) == 0
     out = capsys.readouterr().out
     assert "copy_bandwidth:" in out and "quant_gemv_rate_t1:" in out and "attention_tvm_decode_flops:" in out
+    assert "quant_bf16_gemm_rate:" in out
     # corrections fitted against the stale profile start over
     assert "cost observations cleared: 1" in out
     catalog = Catalog(home)

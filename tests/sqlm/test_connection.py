@@ -179,3 +179,40 @@ def test_set_threads_holds_for_the_query_only(con, monkeypatch):
     con.sql("RESET threads")
     con.sql("SELECT id FROM t")
     assert seen == [1, before]
+
+
+def test_set_prefill_dtype_and_its_errors(con):
+    con.sql("SET prefill_dtype = 'bf16'")
+    assert con.settings.prefill_dtype == "bf16"
+    con.sql("RESET prefill_dtype")
+    assert con.settings.is_auto("prefill_dtype")
+    with pytest.raises(SqlError, match=r"prefill_dtype must be one of auto, fp32, bf16, got 'fp16' \(line 1"):
+        con.sql("SET prefill_dtype = 'fp16'")
+    con.sql("SET GLOBAL prefill_dtype = fp32")  # persisted: a new connection starts with it
+    again = sqlm.connect(con.catalog.home)
+    assert again.settings.prefill_dtype == "fp32"
+    again.close()
+
+
+def test_set_prefill_dtype_bf16_builds_bf16_prefill_linears_and_generates(tiny, monkeypatch):
+    from codegen.linear import TvmQuantizedLinear
+
+    paths, run = [], TvmQuantizedLinear.run
+    monkeypatch.setattr(TvmQuantizedLinear, "run", lambda self, path, x: paths.append(path) or run(self, path, x))
+    prompt = "the quick brown fox jumps over the lazy dog. " * 8
+    assert len(tiny._llm.loaded("tiny").tokenizer.encode(prompt)) >= 64  # past CROSSOVER.bf16_min_tokens
+    query = f"SELECT generate('tiny', '{prompt}', max_tokens => 4, chat => false) AS g"
+    tiny.sql("SET weight_format = native; SET kernels = tvm; SET prefill_dtype = 'bf16'")
+    (text,) = tiny.sql(query).arrow().column("g").to_pylist()
+    assert isinstance(text, str) and text
+    assert "dequant_bf16" in paths and "gemv" in paths  # the prompt's prefill in bf16, decode on the GEMV
+    (model,) = tiny._llm._models.values()
+    quantized = [linear for layer in model.layers for linear in vars(layer).values()
+                 if isinstance(linear, TvmQuantizedLinear)]
+    assert quantized and all(linear.prefill_dtype == "bf16" for linear in quantized)
+    plan = tiny.explain(query)
+    assert "choice prefill_dtype = bf16" in plan and "runner-up fp32" in plan and "8 mantissa bits" in plan
+    # the knob is part of the model's key: fp32 prefill builds (and runs) a model of its own
+    tiny.sql("SET prefill_dtype = fp32")
+    tiny.sql(query)
+    assert sorted(m.layers[0].gate_up_proj.prefill_dtype for m in tiny._llm._models.values()) == ["bf16", "fp32"]
