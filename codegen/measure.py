@@ -3,8 +3,9 @@
 Each operator of the model is timed at decode and prefill sizes with every available
 implementation, interleaved in one process (the machine is shared) and reduced to the
 minimum over rounds; each case also carries its bytes and FLOPs per call, which the
-benchmark turns into GB/s and GFLOP/s. Fused kernels and torch's fp32 GEMM write into
-preallocated outputs, so a row times the kernel, not the allocator.
+benchmark turns into GB/s and GFLOP/s. TVM kernels (and torch's fp32 GEMM) write into
+preallocated outputs, so a row times the kernel, not the allocator (a fresh multi-MB output
+costs page faults on every call). The torch references allocate as they do in the model.
 """
 from __future__ import annotations
 
@@ -119,14 +120,14 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
     for tokens in (1, prefill_tokens, 2048):  # 2048 rows: past L2, the memory-bound size
         x, w = torch.randn(tokens, h), torch.randn(h)
         case = KernelCase(f"rms_norm.T{tokens}", 4 * (2 * tokens * h + h), 4 * tokens * h)
-        case.impls["tvm"] = lambda x=x, w=w: ops.rms_norm(x, w, c.rms_norm_eps)
+        case.impls["tvm"] = lambda x=x, w=w, out=torch.empty(tokens, h): ops.rms_norm(x, w, c.rms_norm_eps, out=out)
         case.impls["torch"] = lambda x=x, w=w: ref.rms_norm(x, w, c.rms_norm_eps)
         cases.append(case)
 
         gate_up = torch.randn(tokens, 2 * f)
         gate, up = gate_up[:, :f], gate_up[:, f:]
         case = KernelCase(f"silu_mul.T{tokens}", 4 * 3 * tokens * f, 6 * tokens * f)
-        case.impls["tvm"] = lambda gate=gate, up=up: ops.silu_mul(gate, up)
+        case.impls["tvm"] = lambda gate=gate, up=up, out=torch.empty(tokens, f): ops.silu_mul(gate, up, out)
         case.impls["torch"] = lambda gate=gate, up=up: ref.silu_mul(gate, up)
         cases.append(case)
 
@@ -137,8 +138,8 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
         k_layer = torch.zeros(-(-tokens // block_size), c.num_kv_heads, d, block_size)
         v_layer = torch.zeros(-(-tokens // block_size), c.num_kv_heads, block_size, d)
         case = KernelCase(f"rope_qkv.T{tokens}", 4 * tokens * (2 * (q_size + 2 * kv_size) + 2 * d), 6 * tokens * (q_size + kv_size))
-        case.impls["tvm"] = lambda qkv=qkv, cos=cos, sin=sin, b=blocks, o=offsets, kl=k_layer, vl=v_layer: ops.rope_qkv(
-            qkv, cos, sin, kl, vl, b, o, c.num_heads)
+        case.impls["tvm"] = lambda qkv=qkv, cos=cos, sin=sin, b=blocks, o=offsets, kl=k_layer, vl=v_layer, \
+            q=torch.empty(tokens, c.num_heads, d): ops.rope_qkv(qkv, cos, sin, kl, vl, b, o, c.num_heads, q)
 
         def torch_rope_qkv(qkv=qkv, cos=cos, sin=sin, b=blocks, o=offsets, kl=k_layer, vl=v_layer):
             q, k, v = ref.rope_qkv(qkv, cos, sin, c.num_heads, c.num_kv_heads)
@@ -158,7 +159,7 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
     lens = torch.tensor([decode_context], dtype=torch.int32)
     case = KernelCase(f"decode_attention.ctx{decode_context}", kv_bytes * decode_context,
                       4 * c.num_heads * d * decode_context)
-    case.impls["tvm"] = lambda: ops.paged_decode_attention(q1, k_cache, v_cache, table, lens)
+    case.impls["tvm"] = lambda out=torch.empty(q1.shape): ops.paged_decode_attention(q1, k_cache, v_cache, table, lens, out)
     k_flat = k_cache.permute(0, 3, 1, 2).reshape(-1, c.num_kv_heads, d)[:decode_context]  # [S, Hkv, D]
     v_flat = v_cache.permute(0, 2, 1, 3).reshape(-1, c.num_kv_heads, d)[:decode_context]
     case.impls["torch"] = lambda: ref.causal_attention(q1, k_flat, v_flat, q_start=decode_context - 1)
@@ -169,7 +170,7 @@ def kernel_cases(config: ModelConfig, qtype: str = "Q4_1", head_qtype: str = "Q8
     case = KernelCase(f"prefill_attention.T{t}", kv_bytes * t + 8 * t * q_size, 4 * c.num_heads * d * t * (t + 1) // 2)
     qstart = torch.tensor([0, t], dtype=torch.int32)
     plen = torch.tensor([t], dtype=torch.int32)
-    case.impls["tvm"] = lambda: ops.paged_attention(qp, k_cache, v_cache, table, qstart, plen)
+    case.impls["tvm"] = lambda out=torch.empty(qp.shape): ops.paged_attention(qp, k_cache, v_cache, table, qstart, plen, out)
     kp = k_cache.permute(0, 3, 1, 2).reshape(-1, c.num_kv_heads, d)[:t]
     vp = v_cache.permute(0, 2, 1, 3).reshape(-1, c.num_kv_heads, d)[:t]
     case.impls["torch"] = lambda: ref.causal_attention(qp, kp, vp, q_start=0)

@@ -35,6 +35,8 @@ class PagedKVCache:
         # Zeroed, not empty: masked slots of a gathered block must not hold NaNs (0 * NaN = NaN).
         self.k = torch.zeros(num_layers, num_blocks, num_kv_heads, head_dim, block_size, dtype=dtype)
         self.v = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size, head_dim, dtype=dtype)
+        # per-layer views made once: indexing self.k[layer] costs ~1 us per call, twice per layer and step
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
         self.block_size = block_size
 
     @property
@@ -107,7 +109,7 @@ class KernelPagedAttention:
 
     def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         inp, r = self.inputs, self.inputs.ragged
-        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
+        k_cache, v_cache = self.cache.layers[layer]
         q = self._rope_qkv(qkv, cos, sin, k_cache, v_cache, inp.slot_blocks, inp.slot_offsets, self.num_q_heads)
         return self._attention(q, k_cache, v_cache, r.block_tables, r.query_start, r.context_lens)  # [T, Hq, D]
 
@@ -125,7 +127,7 @@ class GatherPagedAttention:
         inp = self.inputs
         q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_q_heads, self.cache.k.shape[2])
         self.cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
-        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]  # [NB, Hkv, D, bs], [NB, Hkv, bs, D]
+        k_cache, v_cache = self.cache.layers[layer]  # [NB, Hkv, D, bs], [NB, Hkv, bs, D]
         _, num_kv_heads, head_dim, bs = k_cache.shape
         outputs = []
         for g in inp.groups:
