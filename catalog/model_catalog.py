@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from catalog.errors import ModelNotFoundError
+from catalog.errors import ModelError, ModelNotFoundError
 from catalog.model_config import ModelConfig
 from catalog.quant import QuantizedTensor
 from catalog.store import Catalog, ModelEntry
+from operators.llama import linear_formats
 
 # A fixed English sample: the first estimate of characters per token, refined from real prompts.
 _SAMPLE = ("The delivery was quick and the price was fair, but the quality of the stitching is poor. "
@@ -17,7 +18,8 @@ _MARKER = "\x00USER\x00"
 
 
 def describe_loaded(loaded) -> dict:
-    """Planner-facing facts: chat template overhead, tokens per character, weight bytes per format."""
+    """Planner-facing facts: chat template overhead, tokens per character, weight bytes per format, the format
+    each linear is stored in as the model is built (qkv, o, gate_up, down, lm_head: 'Q4_1', 'Q8_0', 'fp32', ...)."""
     tok = loaded.tokenizer
     chat = tok.apply_chat_template([{"role": "user", "content": _MARKER}])
     head, _, tail = chat.partition(_MARKER)
@@ -34,6 +36,7 @@ def describe_loaded(loaded) -> dict:
                          "native": native + 4 * head_params},
         "weight_formats": list(loaded.weight_formats),
         "native_format": loaded.native_format,
+        "linear_formats": linear_formats(loaded.weights, loaded.config),
     }
 
 
@@ -46,7 +49,7 @@ def ensure_model(catalog: Catalog, name: str) -> ModelEntry:
     """The catalog entry for `name`; built-in models register themselves on first use."""
     entry = catalog.get_model(name)
     if entry is not None:
-        return entry
+        return _with_linear_formats(catalog, entry)
     from catalog.registry import builtin_models, load_cached
 
     builtins = builtin_models()
@@ -54,6 +57,21 @@ def ensure_model(catalog: Catalog, name: str) -> ModelEntry:
         known = sorted({m.name for m in catalog.list_models()} | set(builtins))
         raise ModelNotFoundError(f"unknown model {name!r} (known: {', '.join(known)}; add one with CREATE MODEL)")
     return register_loaded(catalog, name, load_cached(builtins[name.lower()], name.lower()))
+
+
+def _with_linear_formats(catalog: Catalog, entry: ModelEntry) -> ModelEntry:
+    """An entry registered before describe_loaded recorded each linear's format gets it once, from its file
+    (a model load, which the first query would do anyway); where the file cannot be read, the entry stays as
+    it is and the planner explains its weight path without per-operator formats."""
+    if "linear_formats" in entry.meta or not Path(entry.path).exists():
+        return entry
+    try:
+        loaded = load_entry(entry)
+    except ModelError:
+        return entry
+    formats = linear_formats(loaded.weights, loaded.config)
+    catalog.update_model_meta(entry.name, linear_formats=formats)
+    return dataclasses.replace(entry, meta={**entry.meta, "linear_formats": formats})
 
 
 def create_model(catalog: Catalog, name: str, path: str, replace: bool = False) -> ModelEntry:

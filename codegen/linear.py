@@ -18,9 +18,8 @@ from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
 from codegen.ops import aligned
 from codegen.packed import pack
-from codegen.quant_crossover import CROSSOVER, PATHS, QuantCrossover
+from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, QuantCrossover
 
-DEFAULT_GEMV_MAX_TOKENS = 4  # dense fp32 weights: the TVM GEMV up to here, torch's GEMM above
 _scratch: dict[tuple[int, int], torch.Tensor] = {}
 
 
@@ -84,7 +83,7 @@ class TvmDenseLinear:
     weight_format = "fp32"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 gemv_max_tokens: int = DEFAULT_GEMV_MAX_TOKENS):
+                 gemv_max_tokens: int = DENSE_GEMV_MAX_TOKENS):
         self.weight = aligned(weight.float())  # TVM's vector loads assume 64-byte alignment
         self.bias = bias
         self.out_features, self.in_features = self.weight.shape

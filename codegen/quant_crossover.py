@@ -1,4 +1,5 @@
 """Which kernel a quantized linear runs for a batch of T tokens: data measured on this machine.
+(The dense twin, `DENSE_GEMV_MAX_TOKENS`, is here too: the planner reads both without importing the kernels.)
 
 Measured 2026-11-22 on SmolLM2-135M's four decoder matrices in Q4_1 (qkv 960x576, o 576x576,
 gate_up 3072x576, down 576x1536), one thread, implementations interleaved, thread CPU time
@@ -40,3 +41,4 @@ class QuantCrossover:
 
 
 CROSSOVER = QuantCrossover(gemv_max_tokens=8, bf16_min_tokens=64)
+DENSE_GEMV_MAX_TOKENS = 4  # codegen.linear.TvmDenseLinear (fp32 weights): the TVM GEMV up to here, torch's GEMM above

@@ -2,7 +2,8 @@
 
 Like the logical nodes they only describe themselves (`name`, `params()`);
 planner/explain.py renders them. `estimate` is the cost model's prediction,
-`choices` the optimizer's decisions with their runner-ups.
+`choices` the optimizer's decisions with their runner-ups, and a model call's
+`operator_kernels` what each of the model's operators runs under those decisions.
 """
 from __future__ import annotations
 
@@ -59,6 +60,30 @@ class EngineKnobs:
     prefill_dtype: str = "fp32"
 
 
+@dataclass(frozen=True)
+class OperatorKernel:
+    """What one operator of the model runs under the chosen knobs, and why (planner/operator_kernels.py).
+
+    Seconds are the cost model's price of one step's worth of the operator, every layer together: on the
+    chosen weight path and on the runner-up's (None where it prices the operator only as launch overhead).
+    """
+    # 'qkv' | 'o' | 'gate_up' | 'down' | 'lm_head' | 'norms' | 'silu_mul' | 'attention'; 'linears' (all five, where
+    # the catalog does not know their formats: only the weight path is said)
+    operator: str
+    stored: str = ""  # the weight's format as the model is built ('Q4_1', 'fp32'); '' without one
+    computed: str = ""  # what the kernels read: 'kept quantized', 'dequantized to fp32 at load', ...
+    decode: str = ""  # the kernel of a decode step ('' when nothing decodes)
+    prefill: str = ""  # the kernel of a prefill step ('' when nothing is prefilled)
+    decode_rows: float = 0.0  # rows a step gives it: sequences decoding, prompt tokens (lm_head: logit rows)
+    prefill_rows: float = 0.0
+    decode_seconds: float | None = None
+    prefill_seconds: float | None = None
+    runner_up: str | None = None  # the weight path priced against the chosen one
+    runner_up_decode_seconds: float | None = None
+    runner_up_prefill_seconds: float | None = None
+    why: str = ""
+
+
 def _no_estimate() -> Estimate:
     return Estimate(rows=0)
 
@@ -112,6 +137,7 @@ class BatchedGenerate:
     template: str  # the prompt's shape, keying output-length statistics
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
+    operator_kernels: tuple[OperatorKernel, ...] = ()
     name = "BatchedGenerate"
 
     def params(self):
@@ -133,6 +159,7 @@ class BatchedClassify:
     template: str
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
+    operator_kernels: tuple[OperatorKernel, ...] = ()
     name = "BatchedClassify"
 
     def params(self):

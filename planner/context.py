@@ -23,12 +23,14 @@ class ModelFacts:
     tokens_per_char: float
     weight_bytes: MappingProxyType  # weight format -> bytes read per forward pass
     weight_formats: tuple[str, ...]
+    # linear (qkv, o, gate_up, down, lm_head) -> its weight format as the model is built ('Q4_1', 'fp32', ...);
+    # None for a catalog entry described before they were recorded
+    linear_formats: MappingProxyType | None = None
 
     @staticmethod
     def from_entry(entry) -> ModelFacts:
         from catalog.model_catalog import config_of
 
-        m = entry.meta
         return ModelFacts.from_meta(entry.name, config_of(entry), entry.meta)
 
     @staticmethod
@@ -40,8 +42,10 @@ class ModelFacts:
 
     @staticmethod
     def from_meta(name: str, config: ModelConfig, m: dict) -> ModelFacts:
+        linears = m.get("linear_formats")
         return ModelFacts(name, config, m["chat_prefix_tokens"], m["chat_suffix_tokens"], m["tokens_per_char"],
-                          MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]))
+                          MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]),
+                          None if linears is None else MappingProxyType(dict(linears)))
 
 
 ANY_VARIANT = "*"  # feedback key: fitted over every weight path of a model

@@ -53,6 +53,11 @@ class LLMCost:
     kv_bytes: float  # peak KV pool use
     batch: float  # effective concurrent sequences
     steps: float = 0.0  # engine steps, prefill and decode
+    # the rows each step's linears were priced at (means): prefill steps' tokens and logit rows, decode steps'
+    # sequences (planner/operator_kernels.py shows the kernels these rows take)
+    prefill_rows: float = 0.0
+    prefill_logit_rows: float = 0.0
+    decode_rows: float = 0.0
 
 
 def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
@@ -106,23 +111,61 @@ def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
     return w.prompt_tokens + (w.requests - 1) * max(0.0, w.prompt_tokens - shared)
 
 
+def linear_seconds(rows: float, weights: float, knobs: EngineKnobs, weight_bytes: dict, hw: HardwareProfile) -> float:
+    """`rows` through linears of `weights` weights in all (weight_bytes: their bytes in each format) on the knobs'
+    weight path: TVM's quantized kernels at their measured rates, else the roofline of the format's matmul."""
+    if _measured_tvm(knobs, hw):
+        return _tvm_native_matmul_seconds(rows, weights, weight_bytes, hw, knobs.prefill_dtype)
+    step_bytes, rate, extra_flops = _bytes_and_rate(knobs, weight_bytes, weights, hw)
+    # the sum, not the max: these linears do not hide streaming the weights behind their arithmetic
+    # (fp32 decode of 16 rows measured 196 ms a step on the 2-core box, the max says 100, the sum 156)
+    return (2 * rows * weights + extra_flops) / rate + step_bytes / hw.copy_bandwidth
+
+
+def linear_rates(rows: float, knobs: EngineKnobs, hw: HardwareProfile) -> tuple[str, ...]:
+    """The HardwareProfile figures linear_seconds prices `rows` with on the knobs' weight path."""
+    if _measured_tvm(knobs, hw):
+        path = CROSSOVER.path(rows, knobs.prefill_dtype)
+        if path == "gemv":
+            return ("quant_gemv_rate_t1",) if rows <= 1 else ("quant_gemv_rate_t4",)
+        if path == "dequant_bf16":
+            return (("quant_dequant_bf16_rate", "quant_bf16_gemm_rate") if hw.quant_bf16_gemm_rate > 0
+                    else ("copy_bandwidth", "bf16_flops"))
+        if hw.quant_gemm_rate > 0:
+            return "quant_gemm_unpack_rate", "quant_gemm_rate"
+        return "copy_bandwidth", "fp32_flops"
+    return ("bf16_flops" if knobs.weight_format == "bf16" else "fp32_flops", "copy_bandwidth")
+
+
+def _measured_tvm(knobs: EngineKnobs, hw: HardwareProfile) -> bool:
+    return knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0
+
+
+def priced_weights(config) -> float:
+    """The weights whose bytes weight_bytes counts: every parameter, a tied lm_head's twice."""
+    head = config.vocab_size * config.hidden_size
+    return config.num_parameters + (head if config.tie_word_embeddings else 0)
+
+
+def weight_share(weight_bytes: dict, weights: float, config) -> dict:
+    """The bytes, in each format, of `weights` of the model's weights (at the model's mean bytes per weight)."""
+    total = priced_weights(config)
+    return {k: v * weights / total for k, v in weight_bytes.items()}
+
+
 def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineKnobs, config, weight_bytes: dict,
                     hw: HardwareProfile) -> float:
     """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows`."""
     head = config.vocab_size * config.hidden_size
     layers = config.flops_per_token / 2 - head  # multiply-adds of one token through every layer
-    params = config.num_parameters + (head if config.tie_word_embeddings else 0)
-    if knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0:
-        share = {k: v * layers / params for k, v in weight_bytes.items()}
-        head_share = {k: v * head / params for k, v in weight_bytes.items()}
-        return (_tvm_native_matmul_seconds(tokens, layers, share, hw, knobs.prefill_dtype)
-                + (_tvm_native_matmul_seconds(logit_rows, head, head_share, hw, knobs.prefill_dtype)
-                   if logit_rows > 0 else 0.0))
-    step_bytes, rate, extra_flops = _bytes_and_rate(knobs, weight_bytes, params, hw)
-    flops = 2 * (tokens * layers + logit_rows * head) + extra_flops
-    # the sum, not the max: these linears do not hide streaming the weights behind their arithmetic
-    # (fp32 decode of 16 rows measured 196 ms a step on the 2-core box, the max says 100, the sum 156)
-    return flops / rate + step_bytes / hw.copy_bandwidth
+    seconds = linear_seconds(tokens, layers, knobs, weight_share(weight_bytes, layers, config), hw)
+    if _measured_tvm(knobs, hw):
+        return seconds + (linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
+                          if logit_rows > 0 else 0.0)
+    # the roofline streams every weight on every pass, the embedding table and norms included
+    rest = priced_weights(config) - layers - head
+    return (seconds + linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
+            + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
 
 
 def _attention_seconds(pairs: float, phase: str, knobs: EngineKnobs, config, hw: HardwareProfile) -> float:
@@ -160,10 +203,10 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
     steps_prefill = math.ceil(max(prefill_tokens / knobs.prefill_chunk_tokens, w.requests / knobs.max_batch_size)
                               ) if prefill_tokens > 0 else 0
     logit_rows = w.requests * (w.scored_tokens if w.scored_tokens else min(1.0, w.output_tokens))
-    prefill_s = 0.0
+    prefill_s = prefill_rows = prefill_logit_rows = 0.0
     if steps_prefill:
-        prefill_s = steps_prefill * _matmul_seconds(prefill_tokens / steps_prefill, logit_rows / steps_prefill,
-                                                    knobs, config, weight_bytes, hw)
+        prefill_rows, prefill_logit_rows = prefill_tokens / steps_prefill, logit_rows / steps_prefill
+        prefill_s = steps_prefill * _matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw)
         # each request computes its last `computed` tokens, each attending to everything before it
         computed = prefill_tokens / max(w.requests, 1e-9)
         sequence = w.prompt_tokens + w.scored_tokens
@@ -176,7 +219,7 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
     longest = max(per_request, (w.longest_output_tokens or w.output_tokens) - 1)
     decode_tokens = w.requests * per_request
     steps_decode = (math.ceil(w.requests / batch) - 1) * per_request + longest if decode_tokens > 0 else 0.0
-    decode_s = 0.0
+    decode_s = rows = 0.0
     if steps_decode:
         rows = decode_tokens / steps_decode  # sequences in an average decode step
         decode_s = steps_decode * _matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
@@ -192,7 +235,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw:
     prefill_s, decode_s, overhead_s = prefill_s * correction[0], decode_s * correction[1], overhead_s * correction[2]
     return LLMCost(seconds=prefill_s + decode_s + overhead_s, prefill_seconds=prefill_s, decode_seconds=decode_s,
                    overhead_seconds=overhead_s, computed_prompt_tokens=prefill_tokens, kv_bytes=kv_bytes, batch=batch,
-                   steps=steps_prefill + steps_decode)
+                   steps=steps_prefill + steps_decode, prefill_rows=prefill_rows,
+                   prefill_logit_rows=prefill_logit_rows, decode_rows=rows)
 
 
 def relational_seconds(rows: float, columns: int, hw: HardwareProfile) -> float:

@@ -30,7 +30,9 @@ SMOLLM2_CONFIG = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_siz
 SMOLLM2_FACTS = ModelFacts("smollm2", SMOLLM2_CONFIG, chat_prefix_tokens=24, chat_suffix_tokens=6,
                            tokens_per_char=0.22,
                            weight_bytes=MappingProxyType({"fp32": 651306240, "bf16": 325653120, "native": 209822976}),
-                           weight_formats=("native", "fp32", "bf16"))
+                           weight_formats=("native", "fp32", "bf16"),
+                           linear_formats=MappingProxyType({"qkv": "Q4_1", "o": "Q4_1", "gate_up": "Q4_1",
+                                                            "down": "Q4_1", "lm_head": "Q8_0"}))
 # a 2-core machine's measured ceilings (catalog.hardware.measure on the development box)
 EXAMPLE_HARDWARE = HardwareProfile(copy_bandwidth=6.2e9, fp32_flops=3.4e10, bf16_flops=1.1e11,
                                    op_overhead_s=8e-6, threads=2, description="example 2-core machine")

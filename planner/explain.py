@@ -4,6 +4,7 @@ Operators only describe themselves (name, params, estimate, choices); all layout
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from operators import physical as P
@@ -47,6 +48,7 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
                          "runner_up_seconds": c.runner_up_seconds, "forced": c.forced, "forced_by": c.forced_by,
                          "note": c.note}
                         for c in op.choices]
+        d["operator_kernels"] = [dataclasses.asdict(k) for k in op.operator_kernels]
     if actuals is not None and node in actuals:
         a = actuals[node]
         d["actual"] = {"rows": a.rows, "seconds": a.seconds}
@@ -70,7 +72,52 @@ def _fmt_q(q) -> str:
     return "n/a" if q is None else f"{q:.2f}"
 
 
-def _text_node(d: dict, depth: int, lines: list[str]) -> None:
+def _step_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def _rows(n: float) -> str:
+    return f"{n:,.0f} row{'' if round(n) == 1 else 's'}"
+
+
+def _weight(k: dict) -> str:
+    return " ".join(filter(None, (k["stored"], k["computed"])))
+
+
+def _runs(k: dict) -> str:
+    """An operator's kernels: one where both phases run the same, else each with the rows of its step."""
+    decode, prefill = k["decode"], k["prefill"]
+    if decode == prefill or not (decode and prefill):
+        return decode or prefill
+    return f"decode {decode} ({_rows(k['decode_rows'])}), prefill {prefill} ({_rows(k['prefill_rows'])})"
+
+
+def _kernels_summary(kernels: list[dict]) -> str:
+    """One line: operators that run alike grouped, with their weight and kernels."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in kernels:
+        groups.setdefault((_weight(k), _runs(k)), []).append(k["operator"])
+    return "; ".join(f"{', '.join(names)}{' ' + weight if weight else ''}{': ' + runs if runs else ''}"
+                     for (weight, runs), names in groups.items())
+
+
+def _kernel_line(k: dict) -> str:
+    """One operator: its weight, each phase's kernel with the rows of a step and its estimated time, the
+    runner-up weight path's time, and why."""
+    parts = [_weight(k)] if _weight(k) else []
+    for phase in ("decode", "prefill"):
+        if k[phase]:
+            est = f", est. {_step_time(k[f'{phase}_seconds'])}/step" if k[f"{phase}_seconds"] is not None else ""
+            parts.append(f"{phase} {k[phase]} ({_rows(k[f'{phase}_rows'])}{est})")
+    if k["runner_up"] is not None:
+        times = ", ".join(_step_time(k[f"runner_up_{phase}_seconds"]) for phase in ("decode", "prefill") if k[phase])
+        parts.append(f"runner-up {k['runner_up']} {times}")
+    return f"kernel {k['operator']}: " + "; ".join(parts + ([k["why"]] if k["why"] else []))
+
+
+def _text_node(d: dict, depth: int, lines: list[str], verbose: bool = False) -> None:
     pad = "  " * depth
     e = d["estimate"]
     head = f"{pad}{'-> ' if depth else ''}{d['operator']}  (est. rows={e['rows']:,.0f} time={e['seconds']:.3f}s"
@@ -101,11 +148,15 @@ def _text_node(d: dict, depth: int, lines: list[str]) -> None:
             alt = f"; runner-up {_value(c['runner_up'])} est. {c['runner_up_seconds']:.2f}s"
         note = f"; {c['note']}" if c["note"] else ""
         lines.append(f"{inner}choice {c['knob']} = {_value(c['value'])} (est. {c['seconds']:.2f}s{alt}){forced}{note}")
+    if d.get("operator_kernels"):
+        lines.append(f"{inner}kernels: {_kernels_summary(d['operator_kernels'])}")
+        if verbose:
+            lines += [f"{inner}{_kernel_line(k)}" for k in d["operator_kernels"]]
     if "q_error" in d:
         q = d["q_error"]
         lines.append(f"{inner}q-error: " + ", ".join(f"{k}={_fmt_q(v)}" for k, v in q.items()))
     for child in d["children"]:
-        _text_node(child, depth + 1, lines)
+        _text_node(child, depth + 1, lines, verbose)
 
 
 def plan_dict(physical, actuals: dict | None = None, total_seconds: float | None = None, verbose: bool = False) -> dict:
@@ -125,7 +176,7 @@ def plan_dict(physical, actuals: dict | None = None, total_seconds: float | None
 def render_text(physical, actuals: dict | None = None, total_seconds: float | None = None, verbose: bool = False) -> str:
     d = plan_dict(physical, actuals, total_seconds, verbose)
     lines: list[str] = []
-    _text_node(d["plan"], 0, lines)
+    _text_node(d["plan"], 0, lines, verbose)
     lines.append(f"Estimated total: {d['estimated_seconds']:.2f}s")
     if "actual_seconds" in d:
         lines.append(f"Actual total: {d['actual_seconds']:.2f}s, of which model loading {d['model_load_seconds']:.1f}s "

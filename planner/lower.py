@@ -12,6 +12,7 @@ from planner.context import OptimizerContext
 from planner.cost import relational_seconds
 from planner.estimate import column_stats, estimate_rows, prompt_profile
 from planner.graph import Plan
+from planner.operator_kernels import operator_kernels
 from planner.optimizer import RuleRun
 
 
@@ -62,7 +63,8 @@ def lower_llm(op: L.Generate | L.Classify, rows: float, stats, ctx: OptimizerCon
                           prefill_seconds=cost.prefill_seconds, decode_seconds=cost.decode_seconds,
                           overhead_seconds=cost.overhead_seconds)
     common = dict(model=op.model, output=op.output, options=op.options, knobs=knobs, template=template_key(op),
-                  estimate=estimate, choices=tuple(choices))
+                  estimate=estimate, choices=tuple(choices),
+                  operator_kernels=operator_kernels(knobs, cost, facts, ctx, choices))
     if isinstance(op, L.Generate):
         return P.BatchedGenerate(prompt=op.prompt, sampling=op.sampling, chat=op.chat, **common)
     return P.BatchedClassify(text=op.text, labels=op.labels, instruction=op.instruction, **common)

@@ -31,6 +31,7 @@ class StatsCatalog:
     def __init__(self) -> None:
         self.sources: dict[str, TableSource] = {}
         self.stats: dict[str, dict] = {}
+        self.facts = SMOLLM2_FACTS  # what the catalog knows of the model (tests may swap in an older entry's)
 
     def add_table(self, name: str, rows: int, columns: dict[str, tuple[str, ColumnStats]]) -> None:
         schema = pa.schema([(c, _TYPES[t]) for c, (t, _) in columns.items()])
@@ -61,7 +62,7 @@ class StatsCatalog:
     def context(self, settings: Settings, kernels: tuple[str, ...] = ("torch",)) -> OptimizerContext:
         """kernels: the implementations this target runs; with TVM, the example machine that timed its kernels."""
         hardware = EXAMPLE_TVM_HARDWARE if "tvm" in kernels else EXAMPLE_HARDWARE
-        return OptimizerContext(settings, hardware, Statistics(self), MappingProxyType({"smollm2": SMOLLM2_FACTS}),
+        return OptimizerContext(settings, hardware, Statistics(self), MappingProxyType({"smollm2": self.facts}),
                                 kernels=kernels)
 
 

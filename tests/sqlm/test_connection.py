@@ -216,3 +216,18 @@ def test_set_prefill_dtype_bf16_builds_bf16_prefill_linears_and_generates(tiny, 
     tiny.sql("SET prefill_dtype = fp32")
     tiny.sql(query)
     assert sorted(m.layers[0].gate_up_proj.prefill_dtype for m in tiny._llm._models.values()) == ["bf16", "fp32"]
+
+
+def test_explain_says_what_each_linear_of_the_model_runs(tiny, monkeypatch):
+    from planner.examples import EXAMPLE_TVM_HARDWARE
+
+    monkeypatch.setattr("planner.context.hardware_profile", lambda catalog: EXAMPLE_TVM_HARDWARE)
+    tiny.sql("SET weight_format = 'native'")
+    text = tiny.explain("SELECT generate('tiny', body, max_tokens => 4) FROM t")
+    (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("kernels: ")]
+    # the tiny GGUF's q, k and v differ in type (stacked as fp32 at load) and o is F16 (read as fp32): both run
+    # codegen.linear.TvmDenseLinear, the GEMV for a few rows and torch above; gate/up (Q4_1) and down (Q8_0)
+    # stay quantized on the fused kernels
+    assert line.startswith("kernels: qkv, o fp32 as stored: decode tvm dense_matmul (3 rows), prefill torch fp32 "
+                           "matmul (62 rows); gate_up Q4_1 kept quantized: decode tvm quant_gemv (3 rows), prefill "
+                           "tvm quant_gemm (62 rows); down Q8_0 kept quantized: decode tvm quant_gemv (3 rows)")

@@ -1,0 +1,131 @@
+"""Runs tests/planner/fixtures/operator_kernels.sql: each case plans a query against statistics (no data, no
+model) and checks what EXPLAIN says each of the model's operators runs, in JSON and in text."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from catalog.settings import Settings
+from planner.examples import SMOLLM2_FACTS
+from planner.explain import render_json, render_text
+from stats_catalog import StatsCatalog, parse_table_spec, plan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "operator_kernels.sql"
+
+
+def load_cases() -> tuple[StatsCatalog, list[dict]]:
+    catalog = StatsCatalog()
+    text = FIXTURES.read_text()
+    for spec in re.findall(r"^-- table: (.+)$", text, flags=re.M):
+        catalog.add_table(*parse_table_spec(spec))
+    cases = []
+    for block in re.split(r"^-- case: ", text, flags=re.M)[1:]:
+        lines = block.splitlines()
+        case = {"name": lines[0].strip(), "sql": [], "set": {}, "kernels": ("torch",), "expect": [], "why": [],
+                "summary": None}
+        section = "sql"
+        for line in lines[1:]:
+            if line.startswith("-- expect:"):
+                section = "expect"
+            elif m := re.match(r"-- (set|kernels|why|summary): (.*)", line):
+                key, value = m.groups()
+                if key == "set":
+                    case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+                elif key == "kernels":
+                    case["kernels"] = tuple(k.strip() for k in value.split(","))
+                elif key == "why":
+                    case["why"].append(tuple(s.strip() for s in value.split("~", 1)))
+                else:
+                    case["summary"] = value.strip()
+                section = "done" if section == "expect" else section
+            elif line.strip():
+                case[section if section in ("sql", "expect") else "sql"].append(line.rstrip())
+        cases.append(case)
+    return catalog, cases
+
+
+CATALOG, CASES = load_cases()
+
+
+def explain(case: dict, catalog: StatsCatalog = CATALOG) -> tuple[dict, str]:
+    """The first model call's JSON node and the whole EXPLAIN (VERBOSE) text."""
+    settings = Settings()
+    for k, v in case["set"].items():
+        settings = settings.with_value(k, v)
+    physical = plan("\n".join(case["sql"]), catalog, settings, case["kernels"])
+    node = json.loads(render_json(physical))["plan"]
+    while "operator_kernels" not in node:
+        (node,) = node["children"]
+    return node, render_text(physical, verbose=True)
+
+
+def rows(n: float) -> str:
+    return f"{n:,.0f} row{'' if round(n) == 1 else 's'}"
+
+
+def described(k: dict) -> str:
+    """An operator's JSON entry as a fixture's expect line."""
+    parts = [" ".join(filter(None, (k["stored"], k["computed"])))]
+    parts += [f"{phase} {k[phase]} ({rows(k[f'{phase}_rows'])})" for phase in ("decode", "prefill") if k[phase]]
+    return f"{k['operator']}: " + "; ".join(filter(None, parts))
+
+
+def test_there_are_cases_for_every_weight_path():
+    paths = {(c["set"].get("weight_format"), c["set"].get("kernels"), "tvm" in c["kernels"]) for c in CASES}
+    assert len(CASES) >= 7 and len(paths) >= 5
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_case(case):
+    node, text = explain(case)
+    kernels = node["operator_kernels"]
+    assert [described(k) for k in kernels] == case["expect"]
+    why = {k["operator"]: k["why"] for k in kernels}
+    for operator, fragment in case["why"]:
+        assert fragment in why[operator], f"{operator}: {why[operator]!r} lacks {fragment!r}"
+    lines = [line.strip() for line in text.splitlines()]
+    if case["summary"] is not None:
+        assert f"kernels: {case['summary']}" in lines
+    # EXPLAIN (VERBOSE) has one line per operator, ending with its reason
+    verbose = [line for line in lines if line.startswith("kernel ")]
+    assert [line.split(":", 1)[0] for line in verbose] == [f"kernel {k['operator']}" for k in kernels]
+    assert all(line.endswith(k["why"]) for line, k in zip(verbose, kernels))
+
+
+def test_the_default_explain_has_the_summary_but_not_the_per_operator_lines():
+    physical = plan("\n".join(CASES[0]["sql"]), CATALOG, Settings(), CASES[0]["kernels"])
+    lines = [line.strip() for line in render_text(physical).splitlines()]
+    assert sum(line.startswith("kernels: ") for line in lines) == 1
+    assert not any(line.startswith("kernel ") for line in lines)
+
+
+def test_linears_are_priced_on_the_chosen_path_and_the_runner_up():
+    node, _ = explain(CASES[0])
+    choice = next(c for c in node["choices"] if c["knob"] == "weight_format/kernels")
+    for k in node["operator_kernels"][:5]:
+        assert k["runner_up"] == choice["runner_up"] == "fp32/torch"
+        # single-digit rows: the fused GEMV beats torch's fp32 matmul, which streams 6x the bytes
+        assert 0 < k["decode_seconds"] < k["runner_up_decode_seconds"]
+        assert k["prefill_seconds"] > 0 and k["runner_up_prefill_seconds"] > 0
+
+
+def test_an_entry_without_linear_formats_still_explains_its_weight_path():
+    old = StatsCatalog()
+    old.sources, old.stats = CATALOG.sources, CATALOG.stats
+    old.facts = replace(SMOLLM2_FACTS, linear_formats=None)
+    case = next(c for c in CASES if c["name"] == "native_tvm_small_batch_512_token_chunk")
+    node, text = explain(case, old)
+    assert [k["operator"] for k in node["operator_kernels"]] == ["linears", "norms", "silu_mul", "attention"]
+    assert "kernels: linears weight path native/tvm; norms: tvm rms_norm, add_rms_norm; silu_mul: tvm silu_mul; " \
+           "attention KV cache fp32: tvm rope_qkv + paged_attention" in [line.strip() for line in text.splitlines()]
+    assert "CREATE OR REPLACE MODEL" in node["operator_kernels"][0]["why"]
+
+
+def test_the_linears_are_every_matmul_weight_the_cost_model_prices():
+    from planner.operator_kernels import linear_weights
+
+    assert sum(linear_weights(SMOLLM2_FACTS).values()) == SMOLLM2_FACTS.config.flops_per_token / 2
