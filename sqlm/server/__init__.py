@@ -23,9 +23,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2", help="catalog model name or a path to a GGUF file / HF directory")
     p.add_argument("--served-model-name", help="the model id clients use (default: --model)")
     p.add_argument("--weight-format", choices=["fp32", "bf16", "native"],
-                   help="default: the catalog's weight_format setting ('auto' means fp32)")
+                   help="default: the catalog's weight_format setting; 'auto' takes the optimizer's pick for a typical "
+                        "request on this machine")
     p.add_argument("--kernels", choices=["torch", "tvm"],
-                   help="kernel implementation (default: the catalog's kernels setting; 'auto' means torch)")
+                   help="kernel implementation (default: the catalog's kernels setting; 'auto' means tvm)")
     p.add_argument("--prefill-dtype", choices=["fp32", "bf16"],
                    help="element type of the native/tvm path's matmuls over >= 64 rows; bf16 is faster and rounds "
                         "activations and weights to 8 mantissa bits (default: the catalog's prefill_dtype "

@@ -1,6 +1,8 @@
 """`sqlm serve --kernels tvm --weight-format native`: the same greedy text as the torch reference loop."""
 from __future__ import annotations
 
+import pytest
+
 from serving_helpers import TINY, RunningServer, chat_ids, reference_text
 
 from sqlm.server import ServerSettings, create_app
@@ -57,3 +59,32 @@ def test_prefill_dtype_does_not_change_a_dense_weight_path(tiny_llama):
         plan = planner.plan([tuple(range(5, 105))], SamplingParams(max_tokens=4), chat=False)
         choice = next(c for c in plan.plan.op(plan.llm_nodes()[0]).choices if c.knob == "prefill_dtype")
         assert choice.value == "fp32" and choice.note.startswith("does not apply: only native/tvm")
+
+
+@pytest.mark.parametrize("hardware,expected", [
+    ("fast quantized GEMV", "native"),  # planner/examples.py's 2-core machine with TVM timed
+    ("slow quantized GEMV", "fp32"),  # the same machine where the fused GEMV crawls
+])
+def test_auto_weight_format_is_the_optimizers_pick_for_a_typical_request(tiny_llama, tmp_path, hardware, expected):
+    from dataclasses import asdict, replace
+
+    from conftest import TINY_ENGINE
+
+    from catalog.hardware import fingerprint
+    from catalog.store import Catalog
+    from planner.examples import EXAMPLE_TVM_HARDWARE
+
+    profile = EXAMPLE_TVM_HARDWARE
+    if hardware == "slow quantized GEMV":
+        profile = replace(profile, quant_gemv_rate_t1=1e6, quant_gemv_rate_t4=1e6, quant_gemm_rate=1e6,
+                          quant_gemm_unpack_rate=1e6)
+    path = str(tmp_path / "catalog.db")
+    catalog = Catalog(path)
+    catalog.put_hardware_profile(fingerprint(), asdict(profile))
+    catalog.close()
+    app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY, settings=ServerSettings(catalog_path=path))
+    assert app.state.model.weight_format == expected
+    # a --weight-format still wins over the optimizer
+    forced = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
+                        settings=ServerSettings(catalog_path=path, weight_format="fp32"))
+    assert forced.state.model.weight_format == "fp32"
