@@ -89,6 +89,31 @@ def parse_table_spec(spec: str) -> tuple[str, int, dict]:
     return name, rows, columns
 
 
+def fixture_catalog(text: str) -> StatsCatalog:
+    """The tables a fixture file declares in its `-- table: <spec>` lines (parse_table_spec)."""
+    catalog = StatsCatalog()
+    for spec in re.findall(r"^-- table: (.+)$", text, flags=re.M):
+        catalog.add_table(*parse_table_spec(spec))
+    return catalog
+
+
+def parse_settings(value: str) -> dict[str, str]:
+    """A fixture's `-- set: a=1, b=x` -> {'a': '1', 'b': 'x'} (a value may itself contain commas)."""
+    return dict(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+
+
+def parse_kernels(value: str) -> tuple[str, ...]:
+    """A fixture's `-- kernels: torch, tvm` -> ('torch', 'tvm')."""
+    return tuple(k.strip() for k in value.split(","))
+
+
+def settings_with(values: dict[str, str]) -> Settings:
+    settings = Settings()
+    for name, value in values.items():
+        settings = settings.with_value(name, value)
+    return settings
+
+
 def plan(sql: str, catalog: StatsCatalog, settings: Settings, kernels: tuple[str, ...] = ("torch",)):
     (statement,) = parse(sql)
     ctx = catalog.context(settings, kernels)

@@ -12,16 +12,14 @@ import pytest
 from catalog.settings import Settings
 from planner.examples import SMOLLM2_FACTS
 from planner.explain import render_json, render_text
-from stats_catalog import StatsCatalog, parse_table_spec, plan
+from stats_catalog import StatsCatalog, fixture_catalog, parse_kernels, parse_settings, plan, settings_with
 
 FIXTURES = Path(__file__).parent / "fixtures" / "operator_kernels.sql"
 
 
 def load_cases() -> tuple[StatsCatalog, list[dict]]:
-    catalog = StatsCatalog()
     text = FIXTURES.read_text()
-    for spec in re.findall(r"^-- table: (.+)$", text, flags=re.M):
-        catalog.add_table(*parse_table_spec(spec))
+    catalog = fixture_catalog(text)
     cases = []
     for block in re.split(r"^-- case: ", text, flags=re.M)[1:]:
         lines = block.splitlines()
@@ -34,9 +32,9 @@ def load_cases() -> tuple[StatsCatalog, list[dict]]:
             elif m := re.match(r"-- (set|kernels|why|summary): (.*)", line):
                 key, value = m.groups()
                 if key == "set":
-                    case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+                    case["set"].update(parse_settings(value))
                 elif key == "kernels":
-                    case["kernels"] = tuple(k.strip() for k in value.split(","))
+                    case["kernels"] = parse_kernels(value)
                 elif key == "why":
                     case["why"].append(tuple(s.strip() for s in value.split("~", 1)))
                 else:
@@ -53,10 +51,7 @@ CATALOG, CASES = load_cases()
 
 def explain(case: dict, catalog: StatsCatalog = CATALOG) -> tuple[dict, str]:
     """The first model call's JSON node and the whole EXPLAIN (VERBOSE) text."""
-    settings = Settings()
-    for k, v in case["set"].items():
-        settings = settings.with_value(k, v)
-    physical = plan("\n".join(case["sql"]), catalog, settings, case["kernels"])
+    physical = plan("\n".join(case["sql"]), catalog, settings_with(case["set"]), case["kernels"])
     node = json.loads(render_json(physical))["plan"]
     while "operator_kernels" not in node:
         (node,) = node["children"]

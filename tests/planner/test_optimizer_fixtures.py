@@ -6,19 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from catalog.settings import Settings
 from operators import physical as P
-from stats_catalog import StatsCatalog, parse_table_spec, plan
+from stats_catalog import StatsCatalog, fixture_catalog, parse_kernels, parse_settings, plan, settings_with
 
 FIXTURES = Path(__file__).parent / "fixtures" / "optimizer.sql"
 
 
 def load_cases() -> tuple[StatsCatalog, list[dict]]:
-    catalog = StatsCatalog()
     text = FIXTURES.read_text()
-    for spec in re.findall(r"^-- table: (.+)$", text, flags=re.M):
-        name, rows, columns = parse_table_spec(spec)
-        catalog.add_table(name, rows, columns)
+    catalog = fixture_catalog(text)
     cases = []
     for block in re.split(r"^-- case: ", text, flags=re.M)[1:]:
         lines = block.splitlines()
@@ -30,9 +26,9 @@ def load_cases() -> tuple[StatsCatalog, list[dict]]:
             elif m := re.match(r"-- (set|kernels|fired|unchanged|choice|runner_up|forced|note|scan|rows): (.*)", line):
                 key, value = m.groups()
                 if key == "set":
-                    case["set"].update(kv.strip().split("=", 1) for kv in re.split(r",\s*(?=\w+=)", value))
+                    case["set"].update(parse_settings(value))
                 elif key == "kernels":
-                    case["kernels"] = tuple(k.strip() for k in value.split(","))
+                    case["kernels"] = parse_kernels(value)
                 else:
                     case["expect"][key] = value.strip()
                 section = "done" if section == "plan" else section
@@ -58,10 +54,7 @@ def _first(physical, kinds):
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_case(case):
-    settings = Settings()
-    for k, v in case["set"].items():
-        settings = settings.with_value(k, v)
-    physical = plan("\n".join(case["sql"]), CATALOG, settings, case["kernels"])
+    physical = plan("\n".join(case["sql"]), CATALOG, settings_with(case["set"]), case["kernels"])
     if case["plan"]:
         assert physical.plan.describe() == "\n".join(case["plan"])
     status = {r.name: r.status for r in physical.rules}
