@@ -63,6 +63,29 @@ def group_quants(qtype: str, lanes, c, h):
     return (lanes >> T.Broadcast(8 * c + 4 * h, TILE_ROWS)) & T.Broadcast(mask, TILE_ROWS)
 
 
+def gpu_row_dot(qtype: str, n: int, k: int):
+    """The GPU twins' inner loop, as a T.macro row_dot(x, qs, scales, mins, out, tile, t, l):
+    out[t, 16 tile + l] = x[t] . row 16 tile + l of W, each weight dequantized to fp32 (rows past n are
+    not written). One thread per (row, token); the kernels differ in how they spread tiles and tokens."""
+    from tvm.script import tirx as T
+
+    NB = k // 32
+
+    @T.macro
+    def row_dot(x, qs, scales, mins, out, tile, t, l):
+        acc = T.alloc_buffer((1,), "float32", scope="local")
+        acc[0] = T.float32(0)
+        for b in range(NB):
+            for e in range(32):
+                acc[0] = acc[0] + x[t, b * 32 + e] * weight(
+                    qtype, element(qtype, qs, tile, b, e, l), T.Cast("float32", scales[tile, b, l]),
+                    T.Cast("float32", mins[tile, b, l]))
+        if tile * TILE_ROWS + l < n:
+            out[t, tile * TILE_ROWS + l] = acc[0]
+
+    return row_dot
+
+
 def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dtype: str = "float32", x_shape=None):
     """The PrimFunc `name`([x,] qs, scales, [mins,] out) over an n x k matrix in codegen.packed's
     layout, running body([x,] qs, scales, mins, out). x (fp32, only when x_shape is given) and out

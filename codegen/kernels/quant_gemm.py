@@ -23,7 +23,7 @@ from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, quant_common
 from codegen.kernels.common import loop_kinds, symbolic
-from codegen.kernels.quant_common import QUANT_OFFSET, check, element, group_quants, num_tiles, quant_kernel, weight
+from codegen.kernels.quant_common import QUANT_OFFSET, check, gpu_row_dot, group_quants, num_tiles, quant_kernel
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
 
 LANES = TILE_ROWS
@@ -167,7 +167,8 @@ def _make_gpu(qtype: str, n: int, k: int):
     """One block per (row tile, token), one thread per row, fp32 dequantize-multiply."""
     from tvm.script import tirx as T
 
-    NB, TILES = k // 32, num_tiles(n)
+    TILES = num_tiles(n)
+    row_dot = gpu_row_dot(qtype, n, k)
     num_tokens = symbolic("num_tokens")
     OUTER, _ = loop_kinds(gpu=True)
 
@@ -176,15 +177,7 @@ def _make_gpu(qtype: str, n: int, k: int):
         for tile in OUTER(TILES):
             for t in T.thread_binding(num_tokens, thread="blockIdx.y"):
                 for l in T.thread_binding(LANES, thread="threadIdx.x"):
-                    acc = T.alloc_buffer((1,), "float32", scope="local")
-                    acc[0] = T.float32(0)
-                    for b in range(NB):
-                        for e in range(32):
-                            acc[0] = acc[0] + x[t, b * 32 + e] * weight(
-                                qtype, element(qtype, qs, tile, b, e, l), T.Cast("float32", scales[tile, b, l]),
-                                T.Cast("float32", mins[tile, b, l]))
-                    if tile * LANES + l < n:
-                        out[t, tile * LANES + l] = acc[0]
+                    row_dot(x, qs, scales, mins, out, tile, t, l)
 
     return quant_kernel("quant_gemm", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
