@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from codegen.cache import KernelCache, KernelKey, source_digest
-from codegen.target import Target, detect_cpu
+from codegen.target import Target, host_target
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,9 @@ def schedule(spec: KernelSpec, params: dict, target: Target):
 
     cfg = spec.config(target, **params)
     if spec.scheduled:
-        # Plain-TIR kernels write their loops themselves; the GPU twin binds the outer
-        # loop to blocks instead of CPU threads.
-        return tvm.IRModule({"main": spec.make(**params, gpu=target.kind == "cuda")})
+        # Plain-TIR kernels write their loops themselves, with the target's intrinsics; the GPU
+        # twin binds the outer loop to blocks instead of CPU threads.
+        return tvm.IRModule({"main": spec.make(**params, target=target)})
     func = spec.make(**params)
     if target.kind == "cuda":
         if spec.schedule_gpu is not None:
@@ -137,7 +137,7 @@ def get_kernel(name: str, params: dict, target: Target | None = None,
     from codegen.kernels import KERNELS
 
     spec = KERNELS[name]
-    target = target or detect_cpu()
+    target = target or host_target()
     cache = cache or default_cache()
     frozen = _freeze(params)
     memo_key = (name, frozen, target.key, str(cache.root))

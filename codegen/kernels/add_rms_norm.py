@@ -14,6 +14,7 @@ split over threads from common.PARALLEL_MIN_ROWS.
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -89,12 +90,12 @@ def _make(hidden: int, eps: float, y_dtype: str | None, out_dtype: str, gpu: boo
     return rms_norm
 
 
-def make_rms_norm(hidden: int, eps: float, out_dtype: str = "fp32", gpu: bool = False):
-    return _make(hidden, eps, None, out_dtype, gpu)
+def make_rms_norm(hidden: int, eps: float, out_dtype: str = "fp32", *, target: Target):
+    return _make(hidden, eps, None, out_dtype, target.is_gpu)
 
 
-def make_add_rms_norm(hidden: int, eps: float, y_dtype: str = "fp32", out_dtype: str = "fp32", gpu: bool = False):
-    return _make(hidden, eps, y_dtype, out_dtype, gpu)
+def make_add_rms_norm(hidden: int, eps: float, y_dtype: str = "fp32", out_dtype: str = "fp32", *, target: Target):
+    return _make(hidden, eps, y_dtype, out_dtype, target.is_gpu)
 
 
 def norm_config(target, **params) -> dict:

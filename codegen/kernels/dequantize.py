@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from codegen import packed
 from codegen.build import KernelSpec
+from codegen.target import Target
 from codegen.kernels import common, quant_common
 from codegen.kernels.common import loop_kinds
 from codegen.kernels.quant_common import check, element, group_quants, num_tiles, quant_kernel, weight
@@ -21,7 +22,8 @@ LANES = TILE_ROWS
 OUT_DTYPES = ("float32", "bfloat16")
 
 
-def make_dequantize(qtype: str, n: int, k: int, out_dtype: str = "float32", gpu: bool = False):
+def make_dequantize(qtype: str, n: int, k: int, out_dtype: str = "float32", *, target: Target):
+    gpu = target.is_gpu
     from tvm.script import tirx as T
 
     check(qtype, k)

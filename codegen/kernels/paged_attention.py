@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from codegen.build import KernelSpec
+from codegen.target import Target
 from codegen.kernels.common import exp_f32, loop_kinds
 
 KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -31,7 +32,8 @@ SPLIT = 4  # independent partial sums per score vector
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
-                         kv_dtype: str = "fp32", gpu: bool = False):
+                         kv_dtype: str = "fp32", *, target: Target):
+    gpu = target.is_gpu
     from tvm.script import tirx as T
 
     OUTER, VEC = loop_kinds(gpu)

@@ -19,23 +19,39 @@ The GPU twin is the plain dequantize-multiply loop.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, quant_common
 from codegen.kernels.common import loop_kinds, symbolic
 from codegen.kernels.quant_common import QUANT_OFFSET, check, gpu_row_dot, group_quants, num_tiles, quant_kernel
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
+from codegen.target import Target
 
 LANES = TILE_ROWS
-PANEL_TILES = 4
-TOKEN_TILE = 6
 X_BLOCK_BYTES = 512 * 1024
 
 
-def token_block(k: int) -> int:
+@dataclass(frozen=True)
+class GemmTile:
+    """The register tile: token_tile tokens x 16 * panel_tiles rows of fp32 accumulators."""
+    panel_tiles: int
+    token_tile: int
+    table_lookup: bool  # AVX-512's vpermps turns a nibble into its float in one instruction
+
+
+def gemm_tile(target: Target) -> GemmTile:
+    """6 x 64 (24 of AVX-512's 32 registers); 3 x 32 (12 of AVX2's 16 ymm, or 24 of NEON's 32 q)."""
+    if target.arch == "x86_64" and target.has("avx512f"):
+        return GemmTile(4, 6, True)
+    return GemmTile(2, 3, False)
+
+
+def token_block(k: int, token_tile: int) -> int:
     """Tokens per pass over the weights: their rows of x (<= ~512 KB) stay in L2 while every
     panel streams through them; each extra pass unpacks the weights once more."""
-    return max(TOKEN_TILE, X_BLOCK_BYTES // (4 * k) // TOKEN_TILE * TOKEN_TILE)
+    return max(token_tile, X_BLOCK_BYTES // (4 * k) // token_tile * token_tile)
 
 
 def k_chunk(k: int) -> int:
@@ -43,12 +59,17 @@ def k_chunk(k: int) -> int:
     return next(c for c in (128, 96, 64, 32) if k % c == 0)
 
 
-def _weights(qtype: str, qs, scales, mins, tile, b, i, c, h):
+def _weights(qtype: str, qs, scales, mins, tile, b, i, c, h, table_lookup: bool):
     """fp32x16: element 16h + 4i + c of block b for the 16 rows of `tile` (fused d * q + m)."""
     from tvm.script import tirx as T
 
     lanes = T.reinterpret("int32x16", qs[tile, b, i, T.ramp(0, 1, GROUP_BYTES * LANES)])
     d = T.Cast("float32x16", scales[tile, b, T.ramp(0, 1, LANES)])
+    if not table_lookup:
+        q = T.Cast("float32x16", group_quants(qtype, lanes, c, h) - T.Broadcast(QUANT_OFFSET[qtype], LANES))
+        if qtype == "Q4_1":
+            return T.fma(d, q, T.Cast("float32x16", mins[tile, b, T.ramp(0, 1, LANES)]))
+        return d * q
     if qtype == "Q8_0":
         return d * T.Cast("float32x16", group_quants(qtype, lanes, c, h) - T.Broadcast(QUANT_OFFSET[qtype], LANES))
     # 4-bit: a 16-entry table lookup (vpermps reads only the index's low 4 bits) does the nibble
@@ -61,23 +82,19 @@ def _weights(qtype: str, qs, scales, mins, tile, b, i, c, h):
     return d * q
 
 
-def make_quant_gemm(qtype: str, n: int, k: int, gpu: bool = False):
+def make_quant_gemm(qtype: str, n: int, k: int, *, target: Target):
     check(qtype, k)
-    return _make_gpu(qtype, n, k) if gpu else _make_cpu(qtype, n, k)
+    return _make_gpu(qtype, n, k) if target.is_gpu else _make_cpu(qtype, n, k, gemm_tile(target))
 
 
-def _make_cpu(qtype: str, n: int, k: int):
+def _make_cpu(qtype: str, n: int, k: int, tile: GemmTile):
     from tvm.script import tirx as T
 
-    from codegen.target import detect_cpu
-
-    if not detect_cpu().has("avx512f"):
-        raise NotImplementedError("the CPU kernel uses AVX-512 table lookups; this CPU lacks avx512f")
-
+    PANEL_TILES, TOKEN_TILE, LOOKUP = tile.panel_tiles, tile.token_tile, tile.table_lookup
     TILES, GROUPS = num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
     num_tokens = symbolic("num_tokens")
     KC = k_chunk(k)
-    TB = token_block(k)
+    TB = token_block(k, TOKEN_TILE)
     FULL_PANELS, LAST = divmod(TILES, PANEL_TILES)  # LAST: tiles of a final partial panel
     NUM_PANELS = FULL_PANELS + (LAST > 0)
     ROWS = PANEL_TILES * LANES
@@ -93,7 +110,7 @@ def _make_cpu(qtype: str, n: int, k: int):
                     for c in T.unroll(GROUP_BYTES):
                         for h in T.unroll(NIBBLES):
                             wt[bb * 32 + 16 * h + GROUP_BYTES * i + c, T.ramp(r * LANES, 1, LANES)] = _weights(
-                                qtype, qs, scales, mins, tile0 + r, kc * (KC // 32) + bb, i, c, h)
+                                qtype, qs, scales, mins, tile0 + r, kc * (KC // 32) + bb, i, c, h, LOOKUP)
 
     @T.macro
     def token_tile(x, wt, out, tile0, tiles, kc, t0, TT):
@@ -133,16 +150,8 @@ def _make_cpu(qtype: str, n: int, k: int):
             dequantize_chunk(qs, scales, mins, wt, tile0, tiles, kc)
             for i in range(count // TOKEN_TILE):
                 token_tile(x, wt, out, tile0, tiles, kc, first + i * TOKEN_TILE, TOKEN_TILE)
-            if count % TOKEN_TILE == 1:
-                token_tile(x, wt, out, tile0, tiles, kc, first + count - 1, 1)
-            elif count % TOKEN_TILE == 2:
-                token_tile(x, wt, out, tile0, tiles, kc, first + count - 2, 2)
-            elif count % TOKEN_TILE == 3:
-                token_tile(x, wt, out, tile0, tiles, kc, first + count - 3, 3)
-            elif count % TOKEN_TILE == 4:
-                token_tile(x, wt, out, tile0, tiles, kc, first + count - 4, 4)
-            elif count % TOKEN_TILE == 5:
-                token_tile(x, wt, out, tile0, tiles, kc, first + count - 5, 5)
+            for i in range(count % TOKEN_TILE):  # the last few tokens one by one
+                token_tile(x, wt, out, tile0, tiles, kc, first + count // TOKEN_TILE * TOKEN_TILE + i, 1)
 
     @T.macro
     def any_panel(x, qs, scales, mins, out, p, first, count):

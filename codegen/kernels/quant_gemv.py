@@ -29,10 +29,12 @@ from __future__ import annotations
 
 from codegen import packed
 from codegen.build import KernelSpec
-from codegen.kernels import common, quant_common
+from codegen.kernels import common, int_dot, quant_common
 from codegen.kernels.common import loop_kinds, symbolic
+from codegen.kernels.int_dot import IntDot, int_dot_for
 from codegen.kernels.quant_common import PARALLEL_MIN_WORK, QUANT_OFFSET, check, gpu_row_dot, num_tiles, quant_kernel
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
+from codegen.target import Target
 
 LANES = TILE_ROWS
 PIECES = 3
@@ -42,13 +44,11 @@ SCALE, SUM, CORRECTION = 0, 1, 2  # s; sum(x) (Q4_1); offset * sum(a_p) for the 
 BLOCK_FIELDS = CORRECTION + PIECES
 
 
-def _dot(acc, quants, xq, t, p, e):
-    """acc (int32x16) + per lane the 4-byte dot product of `quants` with x pieces p[e : e + 4]."""
+def _dot(dot: IntDot, acc, quants, xq, t, p, e):
+    """acc + per lane the 4-byte dot product of `quants` with x pieces p[e : e + 4]."""
     from tvm.script import tirx as T
 
-    x4 = T.reinterpret("int32", xq.vload([t, p, e], "int8x4"))
-    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, quants,
-                                   T.reinterpret("int8x64", T.Broadcast(x4, 16)))
+    return dot.dot(acc, quants, T.reinterpret("int32", xq.vload([t, p, e], "int8x4")))
 
 
 def _prefetch(buf, *index):
@@ -59,13 +59,13 @@ def _prefetch(buf, *index):
                               T.int32(1))
 
 
-def _nibbles(quants, high: int):
-    """The low (high=0) or high nibble of every byte of a uint8x64 vector."""
+def _nibbles(quants, high: int, num_bytes: int):
+    """The low (high=0) or high nibble of every byte of a uint8 x num_bytes vector."""
     from tvm.script import tirx as T
 
     if high:
-        return quants >> T.Broadcast(T.uint8(4), GROUP_BYTES * LANES)
-    return quants & T.Broadcast(T.uint8(15), GROUP_BYTES * LANES)
+        return quants >> T.Broadcast(T.uint8(4), num_bytes)
+    return quants & T.Broadcast(T.uint8(15), num_bytes)
 
 
 def _exact(dot, correction, has_offset: bool):
@@ -75,26 +75,28 @@ def _exact(dot, correction, has_offset: bool):
     return T.Cast("float32", dot) - correction if has_offset else T.Cast("float32", dot)
 
 
-def make_quant_gemv(qtype: str, n: int, k: int, gpu: bool = False):
+def make_quant_gemv(qtype: str, n: int, k: int, *, target: Target):
     check(qtype, k)
-    return _make_gpu(qtype, n, k) if gpu else _make_cpu(qtype, n, k)
+    return _make_gpu(qtype, n, k) if target.is_gpu else _make_cpu(qtype, n, k, int_dot_for(target))
 
 
-def _make_cpu(qtype: str, n: int, k: int):
+def tiles_per_step(dot: IntDot, tiles: int) -> int:
+    """Two tiles per step (6 independent dot-product chains) where their accumulators fit the registers."""
+    registers_per_tile = (PIECES + 1) * LANES // dot.lanes  # int32 piece sums + the fp32 sum
+    return 2 if tiles % 2 == 0 and 2 * registers_per_tile <= dot.registers // 2 else 1
+
+
+def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
     from tvm.script import tirx as T
-
-    from codegen.target import detect_cpu
-
-    if not detect_cpu().has("avx512_vnni"):
-        raise NotImplementedError("the CPU kernel uses VNNI dot products; this CPU lacks avx512_vnni")
 
     NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
     num_tokens = symbolic("num_tokens")
-    G = 2 if TILES % 2 == 0 else 1  # two tiles per step: 6 independent dot-product chains
+    G = tiles_per_step(dot, TILES)
+    W, UNITS = dot.lanes, LANES // dot.lanes  # each tile's 16 rows as UNITS dot products of W lanes
+    SPLIT_BYTES = qtype == "Q8_0" and dot.nibbles_only  # 8-bit quants as 16 * high + low nibble
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
     HAS_OFFSET = OFFSET != 0
     R1, R2 = 1 / PIECE_RADIX, 1 / PIECE_RADIX**2
-    ALL_BYTES = T.ramp(0, 1, GROUP_BYTES * LANES)
 
     @T.macro
     def pairwise_sum(buf, row):
@@ -171,18 +173,28 @@ def _make_cpu(qtype: str, n: int, k: int):
                         acc[gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
                 for i in T.unroll(GROUPS):
                     for gi in T.unroll(G):
-                        # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
-                        if FOUR_BIT:
+                        for u in T.unroll(UNITS):
+                            # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
                             for p in T.unroll(PIECES):
-                                acc[gi, p, T.ramp(0, 1, LANES)] = _dot(
-                                    _dot(acc[gi, p, T.ramp(0, 1, LANES)], _nibbles(qs[g * G + gi, b, i, ALL_BYTES], 0),
-                                         xq, t, p, b * 32 + 4 * i),
-                                    _nibbles(qs[g * G + gi, b, i, ALL_BYTES], 1), xq, t, p, b * 32 + 16 + 4 * i)
-                        else:
-                            for p in T.unroll(PIECES):
-                                acc[gi, p, T.ramp(0, 1, LANES)] = _dot(acc[gi, p, T.ramp(0, 1, LANES)],
-                                                                       qs[g * G + gi, b, i, ALL_BYTES], xq, t, p,
-                                                                       b * 32 + 4 * i)
+                                if FOUR_BIT:
+                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, _dot(dot, acc[gi, p, T.ramp(u * W, 1, W)],
+                                                  _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                                  xq, t, p, b * 32 + 4 * i),
+                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq, t, p,
+                                        b * 32 + 16 + 4 * i)
+                                elif SPLIT_BYTES:
+                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, acc[gi, p, T.ramp(u * W, 1, W)],
+                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                        xq, t, p, b * 32 + 4 * i) + (_dot(
+                                            dot, T.Broadcast(T.int32(0), W),
+                                            _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                            xq, t, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
+                                else:
+                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, acc[gi, p, T.ramp(u * W, 1, W)],
+                                        qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t, p, b * 32 + 4 * i)
                 if HAS_MIN:
                     for gi in T.unroll(G):
                         for l in T.vectorized(LANES):
@@ -249,4 +261,4 @@ def schedule_quant_gemv(sch, cfg: dict) -> None:
 
 SPEC = KernelSpec("quant_gemv", make_quant_gemv, quant_gemv_config, schedule_quant_gemv,
                   args=("x", "qs", "scales", "mins (Q4_1 only)", "out"), source_file=__file__, scheduled=True,
-                  depends=(common.__file__, quant_common.__file__, packed.__file__))
+                  depends=(common.__file__, quant_common.__file__, int_dot.__file__, packed.__file__))

@@ -19,13 +19,15 @@ dimensions are vectorized except the key scatter, whose elements are block_size 
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, x_dtype: str = "fp32",
-                  kv_dtype: str = "fp32", gpu: bool = False):
+                  kv_dtype: str = "fp32", *, target: Target):
+    gpu = target.is_gpu
     from tvm.script import tirx as T
 
     if head_dim % 2:

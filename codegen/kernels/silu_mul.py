@@ -10,13 +10,15 @@ arithmetic stays fp32 (one rounding, at the store).
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, exp_f32, loop_kinds
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def make_silu_mul(ffn: int, dtype: str = "fp32", lanes: int = 16, gpu: bool = False):
+def make_silu_mul(ffn: int, dtype: str = "fp32", lanes: int = 16, *, target: Target):
+    gpu = target.is_gpu
     from tvm.script import tirx as T
 
     OUTER, VEC = loop_kinds(gpu, cpu_threads=False)
