@@ -1,4 +1,5 @@
 """The on-disk kernel cache and CPU target detection."""
+import pytest
 import torch
 
 from codegen import build
@@ -69,3 +70,40 @@ def test_detects_avx2_only_cpu(tmp_path):
 def test_target_key_names_what_changes_code():
     assert Target("llvm", "sapphirerapids", ("avx512f",), 2).key != Target("llvm", "sapphirerapids", ("avx512f",), 4).key
     assert Target("cuda", "sm_90").key != Target("cuda", "sm_80").key
+
+
+def test_detects_arm_dot_product_extension(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nFeatures : fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\n")
+    target = detect_cpu.__wrapped__(str(info), machine="aarch64")
+    assert (target.arch, target.features, target.vector_lanes) == ("aarch64", ("neon", "dotprod"), 4)
+    assert target.tvm_target().attrs["mtriple"] == "aarch64-linux-gnu"
+
+
+def test_a_kernel_built_for_one_level_is_never_loaded_for_another(tmp_path):
+    from codegen.target import level
+
+    params = {"hidden": 48, "eps": 1e-6}
+    cache = KernelCache(tmp_path)
+    build.get_kernel("rms_norm", params, level("x86-64-v3"), cache=cache)
+    build.clear_memo()
+    build.get_kernel("rms_norm", params, level("avx512-vnni"), cache=cache)
+    assert (cache.stats.num_compiled, cache.stats.num_loaded) == (2, 0)
+    assert len(list(tmp_path.glob("rms_norm-*.so"))) == 2
+
+
+def test_forced_level_must_run_here(monkeypatch):
+    from codegen.target import host_target
+
+    if detect_cpu().arch != "x86_64" or not detect_cpu().has("avx2"):
+        pytest.skip("forces the x86-64-v3 level: needs an x86-64 host with AVX2")
+    host_target.cache_clear()
+    monkeypatch.setenv("SQLM_CPU_TARGET", "aarch64-dotprod")
+    try:
+        with pytest.raises(ValueError, match="SQLM_CPU_TARGET='aarch64-dotprod' needs"):
+            host_target()
+        monkeypatch.setenv("SQLM_CPU_TARGET", "x86-64-v3")
+        assert host_target().features == ("avx2", "fma", "f16c")
+    finally:
+        monkeypatch.delenv("SQLM_CPU_TARGET")
+        host_target.cache_clear()

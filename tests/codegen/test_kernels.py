@@ -33,10 +33,10 @@ MATMUL_SHAPES = [(64, 96, 1), (37, 160, 3), (96, 576, 5)]  # (N, K, T)
 
 
 @pytest.mark.parametrize("n,k,tokens", MATMUL_SHAPES + [(5, 161, 2), (33, 17, 4)])
-def test_dense_matmul(n, k, tokens):
+def test_dense_matmul(n, k, tokens, target=None):
     weight, x = torch.randn(n, k), torch.randn(tokens, k)
     out = poisoned(tokens, n)
-    get_kernel("dense_matmul", {"n": n, "k": k})(x, weight, out)
+    get_kernel("dense_matmul", {"n": n, "k": k}, target)(x, weight, out)
     assert_fp32_close(out, ref.linear(x, weight))
 
 
@@ -56,34 +56,34 @@ def assert_close_in(dtype: str, out, expected):
 
 @pytest.mark.parametrize("out_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16), (70, 40)])  # 70: rows on threads
-def test_rms_norm(tokens, hidden, out_dtype):
+def test_rms_norm(tokens, hidden, out_dtype, target=None):
     x, weight = torch.randn(tokens, hidden) * 3, torch.randn(hidden)
     out = poisoned(tokens, hidden).to(DTYPES[out_dtype])
-    get_kernel("rms_norm", {"hidden": hidden, "eps": 1e-5, "out_dtype": out_dtype})(x, weight, out)
+    get_kernel("rms_norm", {"hidden": hidden, "eps": 1e-5, "out_dtype": out_dtype}, target)(x, weight, out)
     assert_close_in(out_dtype, out, ref.rms_norm(x, weight, 1e-5, DTYPES[out_dtype]))
 
 
 @pytest.mark.parametrize("y_dtype,out_dtype", [("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32")])
 @pytest.mark.parametrize("tokens,hidden", [(1, 576), (5, 77), (3, 16), (70, 40)])  # 70: rows on threads
-def test_add_rms_norm_updates_the_residual_in_place(tokens, hidden, y_dtype, out_dtype):
+def test_add_rms_norm_updates_the_residual_in_place(tokens, hidden, y_dtype, out_dtype, target=None):
     x, weight = torch.randn(tokens, hidden) * 3, torch.randn(hidden)
     y = torch.randn(tokens, hidden).to(DTYPES[y_dtype])
     want_x = x.clone()
     want = ref.add_rms_norm(want_x, y, weight, 1e-5, DTYPES[out_dtype])
     out = poisoned(tokens, hidden).to(DTYPES[out_dtype])
-    get_kernel("add_rms_norm", {"hidden": hidden, "eps": 1e-5, "y_dtype": y_dtype, "out_dtype": out_dtype})(
-        x, y, weight, out)
+    get_kernel("add_rms_norm", {"hidden": hidden, "eps": 1e-5, "y_dtype": y_dtype, "out_dtype": out_dtype},
+               target)(x, y, weight, out)
     assert_fp32_close(x, want_x)
     assert_close_in(out_dtype, out, want)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("tokens,ffn", [(1, 1536), (3, 37), (2, 16), (70, 40)])  # 70: rows on threads
-def test_silu_mul_reads_strided_halves(tokens, ffn, dtype):
+def test_silu_mul_reads_strided_halves(tokens, ffn, dtype, target=None):
     gate_up = (torch.randn(tokens, 2 * ffn) * 6).to(DTYPES[dtype])  # the fused gate|up output; halves are strided views
     gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
     out = poisoned(tokens, ffn).to(DTYPES[dtype])
-    get_kernel("silu_mul", {"ffn": ffn, "dtype": dtype})(gate, up, out)
+    get_kernel("silu_mul", {"ffn": ffn, "dtype": dtype}, target)(gate, up, out)
     if dtype == "fp32":
         torch.testing.assert_close(out, ref.silu_mul(gate, up), rtol=1e-5, atol=1e-6)
     else:
@@ -94,7 +94,7 @@ def test_silu_mul_reads_strided_halves(tokens, ffn, dtype):
 @pytest.mark.parametrize("tokens,heads,kv_heads,head_dim,block_size", [(1, 9, 3, 64, 16), (7, 3, 1, 10, 4),
                                                                         (4, 2, 2, 128, 1), (70, 4, 2, 16, 8)])
 def test_rope_qkv_rotates_q_and_writes_k_v_into_their_slots(tokens, heads, kv_heads, head_dim, block_size, x_dtype,
-                                                             kv_dtype):
+                                                             kv_dtype, target=None):
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(DTYPES[x_dtype])
     positions = torch.randint(0, 4000, (tokens,))
     cos, sin = ref.rope_cos_sin(positions, ref.rope_inv_freq(head_dim, 100000.0))
@@ -105,7 +105,7 @@ def test_rope_qkv_rotates_q_and_writes_k_v_into_their_slots(tokens, heads, kv_he
     v_cache = torch.full((num_blocks, kv_heads, block_size, head_dim), 7.0).to(DTYPES[kv_dtype])
     q = poisoned(tokens, heads, head_dim)
     get_kernel("rope_qkv", {"num_q_heads": heads, "num_kv_heads": kv_heads, "head_dim": head_dim,
-                            "block_size": block_size, "x_dtype": x_dtype, "kv_dtype": kv_dtype})(
+                            "block_size": block_size, "x_dtype": x_dtype, "kv_dtype": kv_dtype}, target)(
         qkv, cos, sin, blocks, offsets, k_cache, v_cache, q)
     want_q, want_k, want_v = ref.rope_qkv(qkv, cos, sin, heads, kv_heads)
     torch.testing.assert_close(q, want_q, rtol=1e-5, atol=1e-5)
@@ -122,9 +122,9 @@ ATTENTION_SHAPES = [(9, 3, 64, 16), (4, 4, 32, 8), (6, 2, 16, 5)]  # (Hq, Hkv, D
 KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def attention_kernel(hq, hkv, d, bs, kv_dtype="fp32"):
+def attention_kernel(hq, hkv, d, bs, kv_dtype="fp32", target=None):
     return get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs,
-                                          "kv_dtype": kv_dtype})
+                                          "kv_dtype": kv_dtype}, target)
 
 
 def random_cache(num_blocks, bs, hkv, d, kv_dtype="fp32"):
@@ -142,7 +142,7 @@ def reference_layout(k_cache, v_cache):
 # differ only in summation order.
 @pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
-def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype):
+def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype, target=None):
     lens = [1, 5, bs, 3 * bs + 1, 40]
     max_blocks = max(-(-n // bs) for n in lens)
     k_cache, v_cache = random_cache(len(lens) * max_blocks + 3, bs, hkv, d, kv_dtype)
@@ -151,14 +151,14 @@ def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype):
     context_lens = torch.tensor(lens, dtype=torch.int32)
     query_start = torch.arange(len(lens) + 1, dtype=torch.int32)
     out = poisoned(len(lens), hq, d)
-    attention_kernel(hq, hkv, d, bs, kv_dtype)(q, k_cache, v_cache, tables, query_start, context_lens, out)
+    attention_kernel(hq, hkv, d, bs, kv_dtype, target)(q, k_cache, v_cache, tables, query_start, context_lens, out)
     k_ref, v_ref = reference_layout(k_cache, v_cache)
     assert_fp32_close(out, ref.paged_decode_attention(q, k_ref, v_ref, tables, context_lens))
 
 
 @pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
-def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv_dtype):
+def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv_dtype, target=None):
     # Sequence 0: a fresh prompt of 19 tokens; sequence 1: 6 new tokens after 11 cached ones.
     new, context = [19, 6], [19, 17]
     max_blocks = max(-(-n // bs) for n in context)
@@ -167,7 +167,7 @@ def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv
     query_start = torch.tensor([0, new[0], new[0] + new[1]], dtype=torch.int32)
     q = torch.randn(sum(new), hq, d)
     out = poisoned(sum(new), hq, d)
-    attention_kernel(hq, hkv, d, bs, kv_dtype)(q, k_cache, v_cache, tables, query_start,
+    attention_kernel(hq, hkv, d, bs, kv_dtype, target)(q, k_cache, v_cache, tables, query_start,
                                                torch.tensor(context, dtype=torch.int32), out)
     k_ref, v_ref = reference_layout(k_cache, v_cache)
     for b in range(2):

@@ -33,9 +33,10 @@ def assert_fp32_close(out, expected):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
-def run(kernel_name, weight, x):
+def run(kernel_name, weight, x, target=None):
     out = poisoned(x.shape[0], weight.rows)
-    get_kernel(kernel_name, {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols})(x, *pack(weight).tensors, out)
+    get_kernel(kernel_name, {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols}, target)(
+        x, *pack(weight).tensors, out)
     return out
 
 
@@ -47,21 +48,21 @@ def seeded():
 @pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n,k,tokens", SHAPES)
-def test_matches_dequantized_reference(kernel, qtype, n, k, tokens):
+def test_matches_dequantized_reference(kernel, qtype, n, k, tokens, target=None):
     weight = quantize(qtype, torch.randn(n, k))
     x = torch.randn(tokens, k)
-    assert_fp32_close(run(kernel, weight, x), ref.linear(x, weight.dequantize()))
+    assert_fp32_close(run(kernel, weight, x, target), ref.linear(x, weight.dequantize()))
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype):
+def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype, target=None):
     weight = quantize(qtype, torch.randn(48, 256))
     x = torch.randn(4, 256)
     x[0, :32] = 0  # a block with max|x| = 0
     x[1, 5] = 300.0  # one outlier dominating its block's scale
     x[2] *= 1e4
     x[3] *= 1e-6
-    out = run("quant_gemv", weight, x)
+    out = run("quant_gemv", weight, x, target)
     expected = ref.linear(x, weight.dequantize())
     for row in range(4):  # each token at its own scale
         assert_fp32_close(out[row], expected[row])
@@ -69,10 +70,10 @@ def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype):
 
 @pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
-def test_token_does_not_depend_on_its_batch(kernel, qtype):
+def test_token_does_not_depend_on_its_batch(kernel, qtype, target=None):
     weight = quantize(qtype, torch.randn(72, 128))
     packed = pack(weight)
-    kernel_fn = get_kernel(kernel, {"qtype": qtype, "n": 72, "k": 128})
+    kernel_fn = get_kernel(kernel, {"qtype": qtype, "n": 72, "k": 128}, target)
     x = torch.randn(19, 128)
     together = poisoned(19, 72)
     kernel_fn(x, *packed.tensors, together)
@@ -91,9 +92,9 @@ def test_packing_keeps_the_quantized_bytes(qtype):
 @pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n", [37, 64])
-def test_dequantize_is_exact(qtype, n, out_dtype):
+def test_dequantize_is_exact(qtype, n, out_dtype, target=None):
     weight = quantize(qtype, torch.randn(n, 96) * 3)
     dtype = getattr(torch, out_dtype)
     out = poisoned(96, n).to(dtype)
-    get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96, "out_dtype": out_dtype})(*pack(weight).tensors, out)
+    get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96, "out_dtype": out_dtype}, target)(*pack(weight).tensors, out)
     assert torch.equal(out.T, weight.dequantize().to(dtype))  # bf16: round to nearest even, as torch
