@@ -64,7 +64,10 @@ def cpu_model() -> str:
 
 
 def fingerprint() -> str:
-    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    """The machine as calibration sees it; a forced kernel level (SQLM_CPU_TARGET) is another machine."""
+    level = os.environ.get("SQLM_CPU_TARGET", "").strip() or "native"
+    return (f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}|{torch.get_num_threads()} threads"
+            f"|kernels {level}")
 
 
 def best_seconds(fn, repeats: int) -> float:

@@ -69,6 +69,11 @@ class Target:
             return 4
         return 16 if "avx512f" in self.features else 8
 
+    def describe(self) -> str:
+        """For EXPLAIN and benchmark headers: 'x86_64 haswell (avx2, fma, f16c)'."""
+        where = self.arch if self.kind == "llvm" else "cuda"
+        return f"{where} {self.mcpu} ({', '.join(self.features) or 'baseline'})"
+
     def has(self, feature: str) -> bool:
         return feature in self.features
 

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from catalog.hardware import HardwareProfile, hardware_profile
 from catalog.model_config import ModelConfig
 from catalog.settings import Settings
+from codegen.target import host_target
 from operators.physical import EngineKnobs
 from planner.calibration import fit_cost_factors
 from planner.cost import COST_MODEL_VERSION
@@ -58,6 +59,7 @@ class OptimizerContext:
     statistics: Statistics
     models: MappingProxyType  # model name -> ModelFacts
     kernels: tuple[str, ...] = ("torch",)  # kernel implementations available on this target
+    cpu_target: str = ""  # what TVM's kernels are built for (codegen.target.Target.describe)
     # (model, weight path or ANY_VARIANT) -> learned (prefill, decode, overhead) correction factors,
     # see planner/calibration.py
     feedback: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
@@ -108,4 +110,5 @@ def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], 
     # TVM is a candidate where its kernels built and were timed on this machine
     kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
     return OptimizerContext(settings, hw, statistics, MappingProxyType(dict(models)), kernels=kernels,
+                            cpu_target=host_target().describe(),
                             feedback=MappingProxyType(feedback), running=MappingProxyType(dict(running or {})))

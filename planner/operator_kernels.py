@@ -114,7 +114,9 @@ def _linear(name: str, weights: float, knobs: EngineKnobs, cost: LLMCost, facts:
     alt = _runner_up(knobs, choice, facts, ctx)
     why = f"forced by {choice.forced_by}" if choice.forced else "the cheapest weight path"
     if "tvm" not in ctx.kernels:
-        why += " (TVM's kernels were not timed on this machine)"
+        why += f" (TVM's kernels did not build or run for this CPU{_on(ctx)}: torch only)"
+    elif knobs.kernels == "tvm" and ctx.cpu_target:
+        why += f"; TVM kernels built for {ctx.cpu_target}"
     names = dict.fromkeys(n for phase in rows if rows[phase] > 0 for n in linear_rates(rows[phase], knobs, hw))
     why += "; priced at " + ", ".join(_rate(n, hw) for n in names)
     if knobs.weight_format == "native" and knobs.kernels == "tvm" and stored != MEASURED_FORMAT and \
@@ -124,6 +126,10 @@ def _linear(name: str, weights: float, knobs: EngineKnobs, cost: LLMCost, facts:
                           kernel("prefill"), rows["decode"], rows["prefill"], seconds(knobs, "decode"),
                           seconds(knobs, "prefill"), choice.runner_up if alt else None, seconds(alt, "decode"),
                           seconds(alt, "prefill"), why)
+
+
+def _on(ctx: OptimizerContext) -> str:
+    return f", {ctx.cpu_target}" if ctx.cpu_target else ""
 
 
 def _rate(name: str, hw) -> str:
@@ -150,7 +156,7 @@ def _attention(knobs: EngineKnobs, cost: LLMCost, choice: Choice, ctx: Optimizer
     if choice.forced:
         why = f"forced by {choice.forced_by}"
     elif "tvm" not in ctx.kernels:
-        why = "the only backend here (TVM's kernels were not timed on this machine)"
+        why = f"the only backend here (TVM's kernels did not build or run for this CPU{_on(ctx)})"
     else:
         def rate(k: str, phase: str) -> str:
             flops = getattr(hw, f"attention_{k}_{phase}_flops")

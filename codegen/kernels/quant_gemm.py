@@ -2,10 +2,12 @@
 of tokens (batched decode, prefill chunks).
 
 out[t, n] = sum_k x[t, k] * W[n, k], W in codegen.packed's layout. Each thread takes panels
-of PANEL_TILES row tiles (64 rows); per panel and chunk of KC columns of K it dequantizes the
-chunk once into an fp32 buffer [KC, 64] that stays in L1 (24-32 KB), then runs every token
-of the batch over it with a register tile of TOKEN_TILE tokens x 64 rows (24 vector
-accumulators, 4 loads and 6 broadcasts per 24 FMAs). Partial sums go back to `out` between
+of `panel_tiles` row tiles (64 rows with AVX-512); per panel and chunk of KC columns of K it
+dequantizes the chunk once into an fp32 buffer [KC, 64] that stays in L1 (24-32 KB), then
+runs every token of the batch over it with a register tile of `token_tile` tokens x 64 rows
+(24 vector accumulators, 4 loads and 6 broadcasts per 24 FMAs). The tile is the target's
+(gemm_tile): AVX2's 16 and NEON's 32 narrower registers take 3 tokens x 32 rows, and the
+nibble-to-float table lookup (vpermps) becomes a shift, mask and convert. Partial sums go back to `out` between
 K chunks, so the weights are read and unpacked once per block of token_block(K) tokens (222
 at K=576) instead of dequantizing the whole matrix to a scratch buffer in memory. Panels
 always run on the thread pool: above the GEMV crossover (codegen.quant_crossover) every

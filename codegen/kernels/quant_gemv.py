@@ -3,8 +3,10 @@
 out[t, n] = sum_k x[t, k] * W[n, k], W in codegen.packed's layout (16-row tiles, 4 quant
 bytes of each row per 32-bit lane).
 
-CPU: integer dot products (AVX512-VNNI vpdpbusd, 64 unsigned x signed byte products per
-instruction) on the quants as stored, instead of unpacking every weight to fp32. Each
+CPU: integer dot products on the quants as stored, instead of unpacking every weight to fp32,
+through the target's own instruction (codegen.kernels.int_dot: AVX512-VNNI vpdpbusd, 64
+unsigned x signed byte products per instruction; AVX512-BW / AVX2 pmaddubsw + pmaddwd; Arm
+sdot; a portable expression elsewhere). Each
 token's x is split, per 32-element block, into three int8 pieces
 
     x ~= s * (a1 + a2 / 254 + a3 / 254^2),   s = max|x_block| / 127,
@@ -17,8 +19,11 @@ in int32, and
     acc += d * s * ((D_1 - o S_1) + (D_2 - o S_2) / 254 + (D_3 - o S_3) / 254^2)  [+ m * sum(x_block)]
 
 with o the quant offset (Q4_0 8, Q8_0 128: packed as offset binary) and S_p = sum_j a_pj.
-Per 512 weights and token that is 24 dot products, 8 unpack and ~13 scaling instructions,
-against 128 for unpacking to fp32 and FMAs (2.4-2.9x faster than that at one token, one thread).
+Per 512 weights and token that is 24 dot products, 8 unpack and ~13 scaling instructions with
+VNNI, against 128 for unpacking to fp32 and FMAs (2.4-2.9x faster than that at one token, one
+thread). Without VNNI each dot product is two instructions per vector, on half-width vectors with
+AVX2 (which also keeps one tile per step: 16 registers), and Q8_0's 8-bit quants go through as
+two nibbles (pmaddubsw saturates at int16).
 
 Tokens run one after another over a tile whose blocks stay in L1, each through exactly this
 sequence, so a token's output does not depend on what it is batched with. Row tiles are
