@@ -2,7 +2,8 @@
 
 Holds models, registered tables, persisted settings, statistics (column stats per
 source, output-length histograms per model and prompt template, estimate-vs-actual
-observations), the hardware profile and the kernel cost registry.
+observations) and the kernel cost registry. The hardware profile belongs to the machine, not
+to a catalog: catalog.hardware.
 
 Several processes may open the same file: WAL journaling lets readers run beside
 one writer, every write is one short transaction, and `busy_timeout` makes a
@@ -42,7 +43,6 @@ DROP TABLE IF EXISTS cost_feedback;
 CREATE TABLE IF NOT EXISTS cost_observations (
     model TEXT NOT NULL, variant TEXT NOT NULL, cost_model INTEGER NOT NULL, prefill_estimate REAL NOT NULL,
     decode_estimate REAL NOT NULL, overhead_estimate REAL NOT NULL, actual REAL NOT NULL, recorded REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS hardware (fingerprint TEXT PRIMARY KEY, profile TEXT NOT NULL, measured REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS kernel_costs (
     op_signature TEXT NOT NULL, implementation TEXT NOT NULL, target TEXT NOT NULL,
     seconds REAL NOT NULL, measured REAL NOT NULL, PRIMARY KEY (op_signature, implementation, target));
@@ -246,15 +246,6 @@ class Catalog:
         """Forget every observation (they were priced against a hardware profile now re-measured); how many."""
         with self._transaction() as db:
             return db.execute("DELETE FROM cost_observations").rowcount
-
-    # -- hardware profile ----------------------------------------------------------------
-    def hardware_profile(self, fingerprint: str) -> dict | None:
-        rows = self._query("SELECT profile FROM hardware WHERE fingerprint = ?", (fingerprint,))
-        return json.loads(rows[0][0]) if rows else None
-
-    def put_hardware_profile(self, fingerprint: str, profile: dict) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO hardware VALUES (?, ?, ?)", (fingerprint, json.dumps(profile), time.time()))
 
     # -- kernel cost registry (codegen records measured alternatives; the cost model picks) --
     def record_kernel_cost(self, op_signature: str, implementation: str, target: str, seconds: float) -> None:

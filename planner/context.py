@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from catalog.hardware import HardwareProfile, hardware_profile
+from catalog.hardware import HardwareProfile
 from catalog.model_config import ModelConfig
 from catalog.settings import Settings
 from codegen.target import host_target
 from operators.physical import EngineKnobs
 from planner.calibration import fit_cost_factors
 from planner.cost import COST_MODEL_VERSION
+from planner.hardware_calibration import hardware_profile
 from planner.statistics import Statistics
 
 
@@ -106,7 +107,7 @@ def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], 
         for path, observations in paths.items():
             if observations:
                 feedback[(name, path)] = fit_cost_factors(observations, prior=common)
-    hw = hardware_profile(catalog)
+    hw = hardware_profile(with_kernels=bool(models))  # a plan without model calls needs no kernel rates
     # TVM is a candidate where its kernels built and were timed on this machine
     kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
     return OptimizerContext(settings, hw, statistics, MappingProxyType(dict(models)), kernels=kernels,

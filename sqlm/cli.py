@@ -92,16 +92,17 @@ def cmd_models(args, con) -> None:
 
 def cmd_calibrate(args, con) -> None:
     """Measure the machine again (bandwidth, FLOP/s, TVM kernel and attention rates): the cost model prices
-    plans with it. The corrections learned from earlier queries were fitted against the old profile, so they
-    start over: the next queries' estimate-vs-actual observations calibrate the new one."""
+    plans with it, in every catalog on this machine. The corrections this catalog learned from earlier
+    queries were fitted against the old profile, so they start over: the next queries' estimate-vs-actual
+    observations calibrate the new one."""
     from dataclasses import asdict
 
-    from catalog.hardware import hardware_profile
+    from planner.hardware_calibration import hardware_profile
     from runtime.threads import torch_threads
 
     # the profile of the thread count queries run with (SET GLOBAL threads = n), which keys it
     with torch_threads(None if con.settings.is_auto("threads") else con.settings.threads):
-        profile = hardware_profile(con.catalog, recalibrate=True)
+        profile = hardware_profile(recalibrate=True)
     for name, value in asdict(profile).items():
         print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
     print(f"cost observations cleared: {con.catalog.clear_cost_observations()}")

@@ -16,10 +16,24 @@ from tiny_llama import write_tiny_llama  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def sqlm_home(tmp_path_factory):
-    """Keep the catalog and kernel cache of a test run out of the user's ~/.sqlm."""
+    """Keep the catalog, kernel cache and hardware profile of a test run out of the user's ~/.sqlm and
+    ~/.cache/sqlm: the machine is measured once per run, whatever the number of catalogs."""
     home = tmp_path_factory.mktemp("sqlm_home")
     os.environ["SQLM_HOME"] = str(home)
+    os.environ["SQLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("machine_cache"))
     return home
+
+
+@pytest.fixture
+def machine_profile(tmp_path, monkeypatch):
+    """store(profile): this test's machine has `profile` stored (a cache directory of its own, so a made-up
+    profile never reaches other tests)."""
+    from dataclasses import asdict
+
+    from catalog.hardware import store_part
+
+    monkeypatch.setenv("SQLM_CACHE_DIR", str(tmp_path / "machine_cache"))
+    return lambda profile: store_part(asdict(profile))
 
 
 @pytest.fixture(scope="session")

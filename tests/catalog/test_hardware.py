@@ -1,34 +1,78 @@
-"""The stored hardware profile: reused while it has every figure the cost model reads, measured again when not."""
+"""The hardware profile belongs to the machine: stored once under the cache directory, shared by every catalog,
+each part measured when first needed and again when a figure is missing."""
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import catalog.hardware as hardware
-from catalog.hardware import HardwareProfile, fingerprint, hardware_profile, measure_bf16_prefill
-from catalog.store import Catalog
+import pytest
+
+import planner.hardware_calibration as calibration
+from catalog.hardware import CEILINGS, KERNEL_RATES, HardwareProfile, fingerprint, store_part, stored_part
+from planner.hardware_calibration import hardware_profile, measure_bf16_prefill
 
 MEASURED = HardwareProfile(copy_bandwidth=6.2e9, fp32_flops=3.4e10, bf16_flops=1.1e11, op_overhead_s=8e-6, threads=2,
                            description="fresh", quant_gemv_rate_t1=3e10, quant_dequant_bf16_rate=2.5e9,
                            quant_bf16_gemm_rate=1.5e11)
 
 
-def test_a_profile_stored_before_the_bf16_prefill_rates_is_measured_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(hardware, "measure", lambda: MEASURED)
-    catalog = Catalog(tmp_path / "home")
+def never(*_):
+    raise AssertionError("measured again")
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """This test's machine cache is empty; measuring yields MEASURED and is counted per part."""
+    monkeypatch.setenv("SQLM_CACHE_DIR", str(tmp_path / "cache"))
+    counts = {"ceilings": 0, "kernels": 0}
+
+    def ceilings():
+        counts["ceilings"] += 1
+        return {k: v for k, v in asdict(MEASURED).items() if k in CEILINGS}
+
+    def kernels():
+        counts["kernels"] += 1
+        return {k: v for k, v in asdict(MEASURED).items() if k in KERNEL_RATES}
+    monkeypatch.setattr(calibration, "measure_ceilings", ceilings)
+    monkeypatch.setattr(calibration, "measure_kernel_rates", kernels)
+    return counts
+
+
+def test_measured_once_per_machine_then_read_back(measured, monkeypatch):
+    assert hardware_profile() == MEASURED
+    monkeypatch.setattr(calibration, "measure_ceilings", never)
+    monkeypatch.setattr(calibration, "measure_kernel_rates", never)
+    assert hardware_profile() == MEASURED  # any catalog, any process: the machine's file
+    assert measured == {"ceilings": 1, "kernels": 1}
+
+
+def test_a_plan_without_model_calls_measures_no_kernels(measured):
+    profile = hardware_profile(with_kernels=False)
+    assert profile.copy_bandwidth == MEASURED.copy_bandwidth and profile.quant_gemv_rate_t1 == 0
+    assert measured == {"ceilings": 1, "kernels": 0}
+    assert hardware_profile() == MEASURED  # the first model call measures the kernels, the ceilings are kept
+    assert measured == {"ceilings": 1, "kernels": 1}
+
+
+def test_a_profile_stored_before_a_figure_existed_is_measured_again(measured):
     old = asdict(replace(MEASURED, description="stored by an older sqlm"))
     del old["quant_dequant_bf16_rate"], old["quant_bf16_gemm_rate"]
-    catalog.put_hardware_profile(fingerprint(), old)
-    assert hardware_profile(catalog) == MEASURED
-    assert catalog.hardware_profile(fingerprint())["quant_bf16_gemm_rate"] == 1.5e11
-    catalog.close()
+    store_part(old)
+    assert hardware_profile().quant_bf16_gemm_rate == 1.5e11
+    assert measured == {"ceilings": 0, "kernels": 1}  # the ceilings were complete
+    assert stored_part(KERNEL_RATES)["quant_bf16_gemm_rate"] == 1.5e11
 
 
-def test_a_complete_stored_profile_is_reused(tmp_path, monkeypatch):
-    catalog = Catalog(tmp_path / "home")
-    catalog.put_hardware_profile(fingerprint(), asdict(MEASURED))
-    monkeypatch.setattr(hardware, "measure", lambda: (_ for _ in ()).throw(AssertionError("measured again")))
-    assert hardware_profile(catalog) == MEASURED
-    catalog.close()
+def test_profiles_are_keyed_by_machine(measured):
+    store_part(asdict(MEASURED), key="another CPU|64 cores")
+    hardware_profile()
+    assert measured == {"ceilings": 1, "kernels": 1}  # another machine's profile is not this one's
+    assert stored_part(CEILINGS, key=fingerprint())["description"] == "fresh"
+
+
+def test_an_unreadable_store_is_measured_again(measured, tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "hardware_profiles.json").write_text("{not json")
+    assert hardware_profile() == MEASURED
 
 
 def test_the_bf16_prefill_path_is_timed():

@@ -65,13 +65,12 @@ def test_prefill_dtype_does_not_change_a_dense_weight_path(tiny_llama):
     ("fast quantized GEMV", "native"),  # planner/examples.py's 2-core machine with TVM timed
     ("slow quantized GEMV", "fp32"),  # the same machine where the fused GEMV crawls
 ])
-def test_auto_weight_format_is_the_optimizers_pick_for_a_typical_request(tiny_llama, tmp_path, hardware, expected):
-    from dataclasses import asdict, replace
+def test_auto_weight_format_is_the_optimizers_pick_for_a_typical_request(tiny_llama, tmp_path, hardware, expected,
+                                                                         machine_profile):
+    from dataclasses import replace
 
     from conftest import TINY_ENGINE
 
-    from catalog.hardware import fingerprint
-    from catalog.store import Catalog
     from planner.examples import EXAMPLE_TVM_HARDWARE
 
     profile = EXAMPLE_TVM_HARDWARE
@@ -79,9 +78,7 @@ def test_auto_weight_format_is_the_optimizers_pick_for_a_typical_request(tiny_ll
         profile = replace(profile, quant_gemv_rate_t1=1e6, quant_gemv_rate_t4=1e6, quant_gemm_rate=1e6,
                           quant_gemm_unpack_rate=1e6)
     path = str(tmp_path / "catalog.db")
-    catalog = Catalog(path)
-    catalog.put_hardware_profile(fingerprint(), asdict(profile))
-    catalog.close()
+    machine_profile(profile)
     app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY, settings=ServerSettings(catalog_path=path))
     assert app.state.model.weight_format == expected
     # a --weight-format still wins over the optimizer

@@ -53,18 +53,15 @@ def test_progress_bar_draws_rows_rate_and_eta():
     assert "5/10 rows" in out.getvalue() and "tok/s" in out.getvalue() and "ETA" in out.getvalue()
 
 
-def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys):
-    from dataclasses import asdict
-
-    from catalog.hardware import HardwareProfile, fingerprint
+def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys, machine_profile):
+    from catalog.hardware import CEILINGS, HardwareProfile, stored_part
     from catalog.store import Catalog
     from planner.cost import COST_MODEL_VERSION
 
     home = tmp_path / "home"
     catalog = Catalog(home)
-    stale = HardwareProfile(copy_bandwidth=1.0, fp32_flops=1.0, bf16_flops=1.0, op_overhead_s=1.0, threads=2,
-                            description="stale")
-    catalog.put_hardware_profile(fingerprint(), asdict(stale))
+    machine_profile(HardwareProfile(copy_bandwidth=1.0, fp32_flops=1.0, bf16_flops=1.0, op_overhead_s=1.0, threads=2,
+                                    description="stale"))
     catalog.record_cost_observation("smollm2", "fp32/torch", COST_MODEL_VERSION, (1.0, 2.0, 0.5), 9.0)
     catalog.close()
     assert main(["--home", str(home), "calibrate"]) == 0
@@ -73,8 +70,8 @@ def test_calibrate_replaces_the_stored_hardware_profile(tmp_path, capsys):
     assert "quant_bf16_gemm_rate:" in out
     # corrections fitted against the stale profile start over
     assert "cost observations cleared: 1" in out
+    assert stored_part(CEILINGS)["copy_bandwidth"] > 1e8
     catalog = Catalog(home)
-    assert catalog.hardware_profile(fingerprint())["copy_bandwidth"] > 1e8
     assert catalog.cost_observations("smollm2", "fp32/torch", COST_MODEL_VERSION) == []
     catalog.close()
 

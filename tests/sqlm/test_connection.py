@@ -221,7 +221,7 @@ def test_set_prefill_dtype_bf16_builds_bf16_prefill_linears_and_generates(tiny, 
 def test_explain_says_what_each_linear_of_the_model_runs(tiny, monkeypatch):
     from planner.examples import EXAMPLE_TVM_HARDWARE
 
-    monkeypatch.setattr("planner.context.hardware_profile", lambda catalog: EXAMPLE_TVM_HARDWARE)
+    monkeypatch.setattr("planner.context.hardware_profile", lambda **_: EXAMPLE_TVM_HARDWARE)
     tiny.sql("SET weight_format = 'native'")
     text = tiny.explain("SELECT generate('tiny', body, max_tokens => 4) FROM t")
     (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("kernels: ")]

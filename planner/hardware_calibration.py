@@ -1,0 +1,119 @@
+"""Measuring this machine for the cost model (catalog.hardware stores what is measured here).
+
+The ceilings are torch's own rates; the kernel rates time codegen's TVM kernels and the runtime's
+attention backends exactly as the engine calls them, so a fresh machine prices TVM from measurement
+and the optimizer can choose it. `sqlm calibrate` measures again.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from catalog.hardware import CEILINGS, KERNEL_RATES, HardwareProfile, fingerprint, store_part, stored_part
+from catalog.quant import quantize
+from codegen.build import get_kernel
+from codegen.linear import TvmQuantizedLinear
+from codegen.packed import pack
+from runtime.attention_timing import measure_attention
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: first touch of pages, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 64 << 20) -> dict[str, float]:
+    """The fused TVM Q4_1 kernels at a decoder-sized matrix, as the HardwareProfile rates above.
+
+    Decode reads every layer's weights once per step, from L3 or DRAM rather than L2, so each
+    rate is timed over a ring of copies of the weight (`ring_bytes`, about SmolLM2's 66 MB of
+    decoder linears). Compiles once into the on-disk kernel cache; all zero where TVM cannot
+    build for this machine.
+    """
+    try:
+        packed = pack(quantize("Q4_1", torch.randn(rows, cols) * 0.05))
+        ring = [tuple(t.clone() for t in packed.tensors) for _ in range(max(1, ring_bytes // packed.nbytes))]
+        shape = {"qtype": "Q4_1", "n": rows, "k": cols}
+        gemv, gemm = get_kernel("quant_gemv", shape), get_kernel("quant_gemm", shape)
+
+        def seconds(kernel, tokens: int, weights: list, repeats: int) -> float:
+            x, out = torch.randn(tokens, cols), torch.empty(tokens, rows)
+            return best_seconds(lambda: [kernel(x, *weight, out) for weight in weights], repeats) / len(weights)
+
+        t1, t4 = seconds(gemv, 1, ring, 5), seconds(gemv, 4, ring, 3)
+        # the GEMM does >= 8 FMAs per weight it reads: a few copies keep it out of L2 long enough
+        t8, t64 = seconds(gemm, 8, ring[:8], 3), seconds(gemm, 64, ring[:8], 3)
+    except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
+        return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
+                "quant_gemm_rate": 0.0, "quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
+    weights = rows * cols
+    per_token = max((t64 - t8) / 56, 1e-12)
+    unpack = max(t8 - 8 * per_token, 1e-12)  # noise can push the fitted intercept to zero
+    return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
+            "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token,
+            **measure_bf16_prefill(rows, cols)}
+
+
+def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tokens: int = 128) -> dict[str, float]:
+    """codegen.linear.TvmQuantizedLinear's 'dequant_bf16' path on a Q4_1 matrix, as the rates above.
+
+    The dequantize is timed alone (it is the part paid once per call, like the fused GEMM's unpack);
+    the GEMM's rate is what the whole path adds over it at `tokens` rows (the x and output conversions
+    included). `copies` layers keep the blocks out of L2 as in the GEMM's timing. Zero where the
+    dequantize kernel cannot build here.
+    """
+    try:
+        weight = quantize("Q4_1", torch.randn(rows, cols) * 0.05)
+        layers = [TvmQuantizedLinear(weight, prefill_dtype="bf16") for _ in range(copies)]  # each packs its own copy
+        x = torch.randn(tokens, cols)
+        dequant = best_seconds(lambda: [layer.dequantized_t() for layer in layers], 5) / copies
+        path = best_seconds(lambda: [layer.run("dequant_bf16", x) for layer in layers], 5) / copies
+    except Exception:  # noqa: BLE001 - a build failure means "the bf16 path is not priced from measurement"
+        return {"quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
+    weights = rows * cols
+    per_token = max((path - dequant) / tokens, 1e-12)
+    return {"quant_dequant_bf16_rate": weights / dequant, "quant_bf16_gemm_rate": weights / per_token}
+
+
+def measure_ceilings() -> dict:
+    """Copy bandwidth, matmul FLOP/s and the floor under every op: a fraction of a second."""
+    src = torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)  # 64 MiB, past every cache level
+    dst = torch.empty_like(src)
+    copy_s = best_seconds(lambda: dst.copy_(src), 5)
+    n = 512
+    a32, b32 = torch.randn(n, n), torch.randn(n, n)
+    fp32_s = best_seconds(lambda: a32 @ b32, 5)
+    a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
+    bf16_s = best_seconds(lambda: a16 @ b16, 3)
+    tiny = torch.zeros(4)
+    op_s = best_seconds(lambda: [tiny.add(1.0) for _ in range(200)], 3) / 200
+    return {"copy_bandwidth": 2 * src.numel() * 4 / copy_s, "fp32_flops": 2 * n**3 / fp32_s,
+            "bf16_flops": 2 * n**3 / bf16_s, "op_overhead_s": op_s, "threads": torch.get_num_threads(),
+            "description": fingerprint()}
+
+
+def measure_kernel_rates() -> dict:
+    """TVM's quantized kernels and both attention backends, compiling what is not in the kernel cache."""
+    return {**measure_quant_kernels(), **measure_attention()}
+
+
+def hardware_profile(with_kernels: bool = True, recalibrate: bool = False) -> HardwareProfile:
+    """This machine's profile: each part read from the per-machine store, or measured now and stored.
+    Without `with_kernels` (plans that call no model) the kernel rates are left at 0 and not measured."""
+    parts = {CEILINGS: measure_ceilings, KERNEL_RATES: measure_kernel_rates}
+    figures = {}
+    for part, measure in parts.items():
+        if part is KERNEL_RATES and not with_kernels:
+            continue
+        stored = None if recalibrate else stored_part(part)
+        if stored is None:
+            stored = measure()
+            store_part(stored)
+        figures.update(stored)
+    return HardwareProfile(**figures)
