@@ -50,7 +50,7 @@ print(json.dumps({"seconds_per_token": best}))
 def engine_seconds_per_token(engine, prompt_ids, tokens: int, rounds: int = 1,
                             before_decode=lambda: None) -> float:
     """Best over rounds of the mean decode step time of one greedy request (its prompt's step excluded)."""
-    from runtime.requests import GenerationRequest, SamplingParams
+    from operators.requests import GenerationRequest, SamplingParams
 
     best = float("inf")
     for _ in range(rounds):

@@ -55,7 +55,7 @@ def _engine_config(args, **options):
 def worker_w1_sqlm(args) -> dict:
     from catalog.registry import resolve_model
     from runtime.engine import Engine
-    from runtime.requests import GenerationRequest, SamplingParams
+    from operators.requests import GenerationRequest, SamplingParams
 
     loaded = resolve_model("smollm2")
     model = _sqlm_model(loaded, args)
@@ -104,7 +104,7 @@ def worker_w2_sqlm(args) -> dict:
     from catalog.registry import resolve_model
     from runtime.engine import Engine
     from runtime.llm_ops import classify_prompt, label_continuations
-    from runtime.requests import ScoreRequest
+    from operators.requests import ScoreRequest
 
     loaded = resolve_model("smollm2")
     tokenizer = loaded.tokenizer

@@ -1,1 +1,1 @@
-import runtime.threading_env  # noqa: F401  (before torch loads OpenMP)
+import catalog.threading_env  # noqa: F401  (before torch loads OpenMP)

@@ -33,7 +33,7 @@ class TensorEntry:
 class GGUFManifest:
     config: ModelConfig
     architecture: str
-    tokenizer: object  # runtime.tokenizer.Tokenizer
+    tokenizer: object  # catalog.tokenizer.Tokenizer
     tensors: tuple[TensorEntry, ...]
 
     def to_json(self) -> str:
@@ -51,7 +51,7 @@ class GGUFManifest:
     def from_json(cls, text: str) -> "GGUFManifest":
         from tokenizers import Tokenizer as HFTokenizer
 
-        from runtime.tokenizer import Tokenizer
+        from catalog.tokenizer import Tokenizer
 
         d = json.loads(text)
         cfg = d["config"]

@@ -29,7 +29,7 @@ def _pre_tokenizer(pre: str | None):
 
 
 def tokenizer_from_gguf(reader, config):
-    from runtime.tokenizer import Tokenizer
+    from catalog.tokenizer import Tokenizer
 
     def field(key, default=None):
         f = reader.fields.get(key)

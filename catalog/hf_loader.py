@@ -46,7 +46,7 @@ def config_from_hf(cfg: dict) -> ModelConfig:
 def _tokenizer(path: Path, config: ModelConfig):
     from tokenizers import Tokenizer as HFTokenizer
 
-    from runtime.tokenizer import Tokenizer
+    from catalog.tokenizer import Tokenizer
 
     tok_file = path / "tokenizer.json"
     if not tok_file.exists():

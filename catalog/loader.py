@@ -17,7 +17,7 @@ class LoadedModel:
     path: Path
     format: str  # 'gguf' | 'hf'
     config: ModelConfig
-    tokenizer: object  # runtime.tokenizer.Tokenizer
+    tokenizer: object  # catalog.tokenizer.Tokenizer
     weights: dict[str, torch.Tensor | QuantizedTensor] = field(repr=False)
 
     @property

@@ -6,10 +6,10 @@ import dataclasses
 from pathlib import Path
 
 from catalog.errors import ModelError, ModelNotFoundError
+from catalog.linear_layout import linear_formats
 from catalog.model_config import ModelConfig
 from catalog.quant import QuantizedTensor
 from catalog.store import Catalog, ModelEntry
-from operators.llama import linear_formats
 
 # A fixed English sample: the first estimate of characters per token, refined from real prompts.
 _SAMPLE = ("The delivery was quick and the price was fair, but the quality of the stitching is poor. "

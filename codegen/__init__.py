@@ -10,7 +10,7 @@ to `SQLM_THREADS` (the `threads` setting) or the CPU count.
 """
 import os
 
-import runtime.threading_env  # noqa: F401  (before torch loads OpenMP)
+import catalog.threading_env  # noqa: F401  (before torch loads OpenMP)
 
 os.environ.setdefault("TVM_NUM_THREADS", os.environ.get("SQLM_THREADS", str(os.cpu_count() or 1)))
 # TVM's idle workers spin between parallel kernels; the model interleaves TVM kernels with

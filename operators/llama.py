@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from catalog.linear_layout import LAYER_LINEARS, lm_head_weight, stacked_format
 from catalog.model_config import ModelConfig
 from catalog.quant import QUANT_TYPES, QuantizedTensor
 from operators import tensor_ops
@@ -102,20 +103,6 @@ class ContiguousKVCache:
         self.length += num_tokens
 
 
-# A decoder layer's linears: each stacks loaded matrices (model.layers.{i}.<name>.weight) along rows
-# into one matmul (fewer, larger GEMVs)
-LAYER_LINEARS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
-                 "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def stacked_format(weights: list) -> str:
-    """The format of matrices stacked as one linear: the one they share (quantized blocks stay quantized), else
-    fp32 (dequantized to be stacked)."""
-    formats = {w.qtype if isinstance(w, QuantizedTensor) else _DTYPE_NAMES.get(w.dtype, str(w.dtype)) for w in weights}
-    return formats.pop() if len(formats) == 1 else "fp32"
-
-
 def _concat_rows(weights: list) -> torch.Tensor | QuantizedTensor:
     """Stack matrices along rows; quantized blocks stay quantized when the types agree."""
     if len(weights) == 1:
@@ -124,22 +111,6 @@ def _concat_rows(weights: list) -> torch.Tensor | QuantizedTensor:
         blocks = torch.cat([w.blocks for w in weights])
         return QuantizedTensor(weights[0].qtype, blocks, blocks.shape[0], weights[0].cols)
     return torch.cat([w.dequantize() if isinstance(w, QuantizedTensor) else w for w in weights])
-
-
-def _lm_head_weight(weights: dict, config: ModelConfig):
-    return weights["model.embed_tokens.weight"] if config.tie_word_embeddings else weights["lm_head.weight"]
-
-
-def linear_formats(weights: dict, config: ModelConfig) -> dict[str, str]:
-    """Each linear's weight format as build_model assembles it: qkv, o, gate_up, down, lm_head (where layers
-    differ, their formats joined by '+'). catalog.model_catalog.describe_loaded records it for the planner."""
-    formats = {}
-    for name, parts in LAYER_LINEARS.items():
-        seen = {stacked_format([weights[f"model.layers.{i}.{part}.weight"] for part in parts])
-                for i in range(config.num_layers)}
-        formats[name] = "+".join(sorted(seen))
-    formats["lm_head"] = stacked_format([_lm_head_weight(weights, config)])
-    return formats
 
 
 def _dense(w) -> torch.Tensor:
@@ -174,4 +145,4 @@ def build_model(loaded, weight_format: str = "fp32", linear_factory: LinearFacto
             down_proj=linear_factory(stacked["down"], weight_format, None),
         ))
     return LlamaModel(c, _dense(w["model.embed_tokens.weight"]), layers, _dense(w["model.norm.weight"]),
-                      linear_factory(_lm_head_weight(w, c), weight_format, None), ops=ops, weight_format=weight_format)
+                      linear_factory(lm_head_weight(w, c), weight_format, None), ops=ops, weight_format=weight_format)

@@ -15,13 +15,31 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from catalog.sources import TableSource
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 
-def sql(e: exp.Expr) -> str:
-    from planner.sql.dialect import Sqlm  # the dialect prints generate()/classify() calls
+@dataclass(frozen=True)
+class SqlText:
+    """A param's SQL text as literal pieces and expressions; EXPLAIN renders the expressions in sqlm's
+    dialect (the planner owns the dialect, so nodes never format expressions themselves)."""
+    parts: tuple[str | exp.Expr, ...]
 
-    return e.sql(dialect=Sqlm)
+    def render(self, to_sql) -> str:
+        """to_sql: exp.Expr -> str."""
+        return "".join(p if isinstance(p, str) else to_sql(p) for p in self.parts)
+
+
+def sql(*parts: str | exp.Expr | SqlText) -> SqlText:
+    """SqlText of the pieces in order (a SqlText's own pieces spliced in)."""
+    return SqlText(tuple(q for p in parts for q in (p.parts if isinstance(p, SqlText) else (p,))))
+
+
+def sql_join(separator: str, items) -> SqlText:
+    """SqlText of items (pieces or SqlTexts) with `separator` between them."""
+    pieces = []
+    for i, item in enumerate(items):
+        pieces += [separator, item] if i else [item]
+    return sql(*pieces)
 
 
 def referenced_columns(e: exp.Expr) -> set[str]:
@@ -53,7 +71,7 @@ class Filter:
         return inputs[0]
 
     def params(self):
-        return [("predicate", " AND ".join(sql(p) for p in self.predicates))]
+        return [("predicate", sql_join(" AND ", self.predicates))]
 
 
 @dataclass(frozen=True)
@@ -65,8 +83,8 @@ class Project:
         return tuple(n for n, _ in self.outputs)
 
     def params(self):
-        return [("columns", ", ".join(n if isinstance(e, exp.Column) and e.name == n else f"{sql(e)} AS {n}"
-                                      for n, e in self.outputs))]
+        return [("columns", sql_join(", ", (n if isinstance(e, exp.Column) and e.name == n else sql(e, f" AS {n}")
+                                            for n, e in self.outputs)))]
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,14 @@ class SortKey:
     nulls_first: bool = False
 
 
+def sort_keys(keys) -> SqlText:
+    return sql_join(", ", (sql(k.expr, " DESC" if k.descending else "") for k in keys))
+
+
+def join_keys(left_keys, right_keys, none: str) -> SqlText:
+    return sql_join(", ", (sql(a, " = ", b) for a, b in zip(left_keys, right_keys))) if left_keys else sql(none)
+
+
 @dataclass(frozen=True)
 class Sort:
     keys: tuple[SortKey, ...]
@@ -158,7 +184,7 @@ class Sort:
         return inputs[0]
 
     def params(self):
-        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys))]
+        return [("keys", sort_keys(self.keys))]
 
 
 @dataclass(frozen=True)
@@ -186,8 +212,7 @@ class Join:
         return inputs[0] + inputs[1]
 
     def params(self):
-        keys = ", ".join(f"{sql(a)} = {sql(b)}" for a, b in zip(self.left_keys, self.right_keys))
-        p = [("type", self.kind), ("keys", keys or "(none)")]
+        p = [("type", self.kind), ("keys", join_keys(self.left_keys, self.right_keys, "(none)"))]
         if self.residual is not None:
             p.append(("residual", sql(self.residual)))
         return p

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from operators.logical import AggregateCall, LLMOptions, SortKey, TableSource, sql
-from runtime.requests import SamplingParams
+from operators.logical import AggregateCall, LLMOptions, SortKey, TableSource, join_keys, sort_keys, sql, sql_join
+from operators.requests import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class Filter:
     name = "Filter"
 
     def params(self):
-        return [("predicate", " AND ".join(sql(p) for p in self.predicates))]
+        return [("predicate", sql_join(" AND ", self.predicates))]
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ class Project:
     name = "Project"
 
     def params(self):
-        return [("columns", ", ".join(n if isinstance(e, exp.Column) and e.name == n else f"{sql(e)} AS {n}"
-                                      for n, e in self.outputs))]
+        return [("columns", sql_join(", ", (n if isinstance(e, exp.Column) and e.name == n else sql(e, f" AS {n}")
+                                            for n, e in self.outputs)))]
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class Sort:
     name = "Sort"
 
     def params(self):
-        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys))]
+        return [("keys", sort_keys(self.keys))]
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class TopN:
     name = "TopN"
 
     def params(self):
-        return [("keys", ", ".join(sql(k.expr) + (" DESC" if k.descending else "") for k in self.keys)),
+        return [("keys", sort_keys(self.keys)),
                 ("count", self.count)] + ([("offset", self.offset)] if self.offset else [])
 
 
@@ -216,8 +216,7 @@ class HashJoin:
     name = "HashJoin"
 
     def params(self):
-        keys = ", ".join(f"{sql(a)} = {sql(b)}" for a, b in zip(self.left_keys, self.right_keys))
-        return [("type", self.kind), ("keys", keys or "(cross)")] + (
+        return [("type", self.kind), ("keys", join_keys(self.left_keys, self.right_keys, "(cross)"))] + (
             [("residual", sql(self.residual))] if self.residual is not None else [])
 
 

@@ -1,7 +1,7 @@
 """SQL -> logical plan -> optimized physical plan. The whole pipeline is `plan_query`."""
 from __future__ import annotations
 
-import runtime.threading_env  # noqa: F401  (before torch loads OpenMP)
+import catalog.threading_env  # noqa: F401  (before torch loads OpenMP)
 
 from sqlglot import exp
 

@@ -21,8 +21,9 @@ from operators import logical as L
 from planner.errors import SqlError, error_at
 from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, file_source, kind_of
+from planner.sql.dialect import Sqlm
 from planner.sql.nodes import LLMCall, LLMClassify, LLMGenerate
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 DEFAULT_MAX_TOKENS = 64
 _AGGREGATES = {exp.Count: "count", exp.Sum: "sum", exp.Avg: "mean", exp.Min: "min", exp.Max: "max"}
@@ -483,7 +484,7 @@ class Binder:
             elif isinstance(e, exp.Column):
                 names.append(e.name)
             else:
-                names.append(L.sql(e))
+                names.append(e.sql(dialect=Sqlm))
         return names
 
     def group_expr(self, g: exp.Expr, aliases: dict[str, exp.Expr]) -> exp.Expr:

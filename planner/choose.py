@@ -18,6 +18,7 @@ from operators.physical import Choice, EngineKnobs
 from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
 from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
+from planner.sql.dialect import Sqlm
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # when the budget is auto: what the engine may take on a shared box
 # candidates in tie-break order: on equal cost the first wins (more parallelism, the engine's defaults)
@@ -32,7 +33,7 @@ def template_key(op: L.Generate | L.Classify) -> str:
     """The prompt's shape: keys output-length statistics across queries with the same template."""
     if isinstance(op, L.Classify):
         return f"classify|{op.instruction}|{'|'.join(op.labels)}"
-    return f"generate|{L.sql(op.prompt)}|chat={op.chat}"
+    return f"generate|{op.prompt.sql(dialect=Sqlm)}|chat={op.chat}"
 
 
 def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> tuple[float, str]:

@@ -22,7 +22,7 @@ from operators import logical as L
 from planner.context import ModelFacts, OptimizerContext
 from planner.graph import Plan
 from planner.statistics import Statistics
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 # SmolLM2-135M's shape, so costs in examples are realistic without loading it
 SMOLLM2_CONFIG = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,

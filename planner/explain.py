@@ -8,6 +8,8 @@ import dataclasses
 import json
 
 from operators import physical as P
+from operators.logical import SqlText
+from planner.sql.dialect import Sqlm
 
 
 def q_error(estimate: float, actual: float) -> float | None:
@@ -33,11 +35,17 @@ def _value(v) -> str:
     return str(v)
 
 
+def _param(v):
+    """A param as JSON: expressions in sqlm's dialect, plain values as they are."""
+    if isinstance(v, SqlText):
+        return v.render(lambda e: e.sql(dialect=Sqlm))
+    return v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v)
+
+
 def node_dict(plan, node: int, actuals: dict | None) -> dict:
     op = plan.op(node)
     e = op.estimate
-    d = {"operator": op.name, "params": {k: v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v)
-                                         for k, v in op.params()},
+    d = {"operator": op.name, "params": {k: _param(v) for k, v in op.params()},
          "estimate": {"rows": e.rows, "seconds": e.seconds}}
     if isinstance(op, P.LLM_OPERATORS):
         d["estimate"].update(prompt_tokens=e.prompt_tokens, computed_prompt_tokens=e.computed_prompt_tokens,

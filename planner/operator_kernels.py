@@ -49,7 +49,7 @@ def operator_kernels(knobs: EngineKnobs, cost: LLMCost, facts: ModelFacts, ctx: 
 
 
 def linear_weights(facts: ModelFacts) -> dict[str, float]:
-    """Weights of each linear, every layer together (operators.llama.LAYER_LINEARS, and the lm_head)."""
+    """Weights of each linear, every layer together (catalog.linear_layout.LAYER_LINEARS, and the lm_head)."""
     c = facts.config
     h, f, d = c.hidden_size, c.intermediate_size, c.head_dim
     per_layer = {"qkv": (c.num_heads + 2 * c.num_kv_heads) * d * h, "o": h * c.num_heads * d, "gate_up": 2 * f * h,

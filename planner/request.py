@@ -30,7 +30,7 @@ from planner.graph import Plan
 from planner.lower import PhysicalPlan, lower
 from planner.optimizer import optimize
 from planner.statistics import ColumnStats, Statistics
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 SOURCE = "request"  # alias and fingerprint of the rows; templates read 'generate|"request.prompt"|chat=...'
 _SCHEMA = pa.schema([("prompt", pa.string())])

@@ -22,12 +22,12 @@ from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
 from runtime.logprobs import token_logprobs
 from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
-from runtime.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
+from operators.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
 from runtime.sampler import make_generator, sample
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
-from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
+from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
 class KVCacheTooSmallError(ValueError):

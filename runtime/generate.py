@@ -11,10 +11,10 @@ import torch
 from operators.llama import ContiguousKVCache, LlamaModel
 from runtime.errors import check_context
 from runtime.logprobs import token_logprobs
-from runtime.requests import GenerationRequest, GenerationResult
+from operators.requests import GenerationRequest, GenerationResult
 from runtime.sampler import make_generator, sample_one
 from runtime.stop import find_stop, finish_reason
-from runtime.tokenizer import IncrementalDetokenizer, Tokenizer
+from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
 @torch.inference_mode()

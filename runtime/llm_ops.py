@@ -20,7 +20,7 @@ from codegen.model_kernels import build_model
 from operators.physical import EngineKnobs
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
-from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
+from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated so far)
 Request = GenerationRequest | ScoreRequest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.requests import TokenLogprobs
+from operators.requests import TokenLogprobs
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: list[int], num_top: list[int]) -> list[TokenLogprobs]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from runtime.requests import GenerationRequest, ScoreRequest, TokenLogprobs
+from operators.requests import GenerationRequest, ScoreRequest, TokenLogprobs
 from runtime.stop import find_stop, finish_reason
 
 

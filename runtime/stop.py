@@ -1,7 +1,7 @@
 """Stop conditions shared by the reference loop and the engine."""
 from __future__ import annotations
 
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 
 
 def find_stop(text: str, stops: tuple[str, ...], search_from: int = 0) -> int | None:

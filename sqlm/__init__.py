@@ -4,7 +4,7 @@
     con = sqlm.connect()
     con.sql("SELECT generate('smollm2', 'What is the capital of France?', max_tokens => 16) AS answer").show()
 """
-import runtime.threading_env  # noqa: F401  (before torch loads OpenMP)
+import catalog.threading_env  # noqa: F401  (before torch loads OpenMP)
 from sqlm.connection import Connection, connect
 from sqlm.result import Result
 

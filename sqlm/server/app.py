@@ -25,7 +25,7 @@ from planner.statistics import Statistics
 from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
 from runtime.llm_ops import SharedEngine
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 from sqlm.server import completions as C
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineLoop

@@ -19,8 +19,8 @@ from fastapi import Request
 from planner.lower import PhysicalPlan
 from runtime.engine import KVCacheTooSmallError
 from runtime.errors import PromptTooLongError
-from runtime.requests import GenerationRequest, GenerationResult, SamplingParams, TokenLogprobs
-from runtime.tokenizer import ChatTemplateError
+from operators.requests import GenerationRequest, GenerationResult, SamplingParams, TokenLogprobs
+from catalog.tokenizer import ChatTemplateError
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineFailure, EngineLoop, RequestStream, TokenOutput
 from sqlm.server.errors import APIError, bad_request, context_length_exceeded, model_not_found
@@ -31,7 +31,7 @@ from sqlm.server.planning import RequestPlanner
 @dataclass(frozen=True)
 class ServedModel:
     name: str
-    tokenizer: object  # runtime.tokenizer.Tokenizer
+    tokenizer: object  # catalog.tokenizer.Tokenizer
     context: int  # max_position_embeddings
     vocab_size: int
     max_sequence_tokens: int  # prompt + output one sequence can hold: the context, or less if the KV pool is smaller

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from runtime.engine import Engine, EngineLoad, EngineStats, RequestHandle
 from runtime.llm_ops import Progress
-from runtime.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, TokenLogprobs
+from operators.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, TokenLogprobs
 from runtime.sequence import TokenEvent
 
 log = logging.getLogger("sqlm.server")

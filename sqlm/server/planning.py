@@ -24,7 +24,7 @@ from planner.context import ModelFacts, OptimizerContext, catalog_context
 from planner.lower import PhysicalPlan
 from planner.request import plan_request
 from planner.statistics import Statistics
-from runtime.requests import GenerationResult, SamplingParams
+from operators.requests import GenerationResult, SamplingParams
 
 log = logging.getLogger("sqlm.server")
 

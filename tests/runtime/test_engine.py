@@ -13,7 +13,7 @@ from runtime.engine import Engine, KVCacheTooSmallError
 from runtime.engine_config import EngineConfig
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
-from runtime.requests import GenerationRequest, SamplingParams, ScoreRequest
+from operators.requests import GenerationRequest, SamplingParams, ScoreRequest
 
 
 

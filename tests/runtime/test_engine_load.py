@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from runtime.engine import Engine, EngineLoad
 from runtime.engine_config import EngineConfig
-from runtime.requests import GenerationRequest, SamplingParams
+from operators.requests import GenerationRequest, SamplingParams
 
 
 def test_load_follows_requests_through_the_engine(tiny):

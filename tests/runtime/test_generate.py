@@ -6,7 +6,7 @@ from catalog.loader import load_model
 from operators.llama import build_model
 from runtime.errors import PromptTooLongError
 from runtime.generate import generate
-from runtime.requests import GenerationRequest, SamplingParams
+from operators.requests import GenerationRequest, SamplingParams
 from runtime.sampler import sample_one
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from runtime.kv_blocks import BlockPool, KVCacheManager, OutOfBlocksError
-from runtime.requests import GenerationRequest
+from operators.requests import GenerationRequest
 from runtime.sequence import Sequence
 
 

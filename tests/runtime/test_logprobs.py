@@ -9,7 +9,7 @@ from runtime.engine import Engine
 from runtime.engine_config import EngineConfig
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
-from runtime.requests import GenerationRequest, SamplingParams
+from operators.requests import GenerationRequest, SamplingParams
 
 
 def forward_logprobs(model, prompt, output) -> torch.Tensor:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from runtime.engine_config import EngineConfig
 from runtime.kv_blocks import KVCacheManager
-from runtime.requests import GenerationRequest, SamplingParams
+from operators.requests import GenerationRequest, SamplingParams
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from runtime.generate import generate
-from runtime.requests import GenerationRequest, SamplingParams
+from operators.requests import GenerationRequest, SamplingParams
 
 CHAT_PROMPTS = [
     "What is the capital of France?",

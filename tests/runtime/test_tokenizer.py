@@ -1,7 +1,7 @@
 """The tokenizer built from GGUF metadata agrees with transformers' on SmolLM2; streaming decode is exact."""
 import pytest
 
-from runtime.tokenizer import IncrementalDetokenizer
+from catalog.tokenizer import IncrementalDetokenizer
 
 TEXTS = [
     "Hello, world!",

@@ -63,7 +63,7 @@ class RunningServer:
 def reference_text(model, tokenizer, prompt_ids, max_tokens: int, **sampling) -> tuple[str, str]:
     """(text, finish_reason) of the reference single-sequence loop: the ground truth for the server."""
     from runtime.generate import generate
-    from runtime.requests import GenerationRequest, SamplingParams
+    from operators.requests import GenerationRequest, SamplingParams
 
     request = GenerationRequest(tuple(prompt_ids), SamplingParams(max_tokens=max_tokens, **sampling))
     result = generate(model, tokenizer, request)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.requests import GenerationResult
+from operators.requests import GenerationResult
 from sqlm.server.completions import Choice
 from sqlm.server.engine_loop import TokenOutput
 

@@ -114,7 +114,7 @@ def test_n_choices_with_a_seed_are_reproducible(tiny_server):
 def test_chat_logprobs_are_the_models_distribution(tiny_server, tiny_reference):
     from operators.llama import ContiguousKVCache
     from runtime.generate import generate
-    from runtime.requests import GenerationRequest, SamplingParams
+    from operators.requests import GenerationRequest, SamplingParams
 
     model, tokenizer = tiny_reference
     reply = tiny_server.client().chat.completions.create(model=TINY, messages=HELLO, max_tokens=6, temperature=0,

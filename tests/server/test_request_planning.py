@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from catalog.store import Catalog
-from runtime.requests import SamplingParams
+from operators.requests import SamplingParams
 from serving_helpers import TINY
 
 KNOBS = ("max_batch_size", "prefill_chunk_tokens", "kv_block_size", "weight_format/kernels", "prefix_cache",

@@ -29,7 +29,7 @@ def test_prefill_dtype_bf16_builds_the_served_model_and_pins_the_plans(tiny_llam
     from conftest import TINY_ENGINE
 
     from codegen.linear import TvmQuantizedLinear
-    from runtime.requests import SamplingParams
+    from operators.requests import SamplingParams
 
     app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
                      settings=ServerSettings(weight_format="native", kernels="tvm", prefill_dtype="bf16"))
@@ -49,7 +49,7 @@ def test_prefill_dtype_bf16_builds_the_served_model_and_pins_the_plans(tiny_llam
 def test_prefill_dtype_does_not_change_a_dense_weight_path(tiny_llama):
     from conftest import TINY_ENGINE
 
-    from runtime.requests import SamplingParams
+    from operators.requests import SamplingParams
 
     app = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
                      settings=ServerSettings(weight_format="fp32", kernels="tvm", prefill_dtype="bf16"))
