@@ -48,6 +48,8 @@ class Binder:
     def __init__(self, catalog: CatalogView, sql: str) -> None:
         self.catalog, self.sql = catalog, sql
         self.llm_count = 0
+        # the CTEs visible where the binder is: name -> (its SELECT, the CTEs visible to that SELECT)
+        self.ctes: dict[str, tuple[exp.CTE, dict]] = {}
 
     def error(self, message: str, node: exp.Expr | None) -> SqlError:
         return error_at("Binder error", message, node, self.sql)
@@ -68,7 +70,9 @@ class Binder:
     def bind_relation(self, plan: Plan, rel: exp.Expr) -> tuple[int, list[ScopeColumn]]:
         alias = rel.alias_or_name if not isinstance(rel, exp.Values) else (rel.alias or "values")
         if isinstance(rel, exp.Subquery):
-            return self.bind_subquery(plan, rel)
+            return self.bind_subquery(plan, rel.this, rel.alias or "subquery", rel)
+        if isinstance(rel, exp.Table) and not rel.args.get("db") and rel.name.lower() in self.ctes:
+            return self.bind_cte(plan, rel)
         if isinstance(rel, exp.Values):
             source = self.values_source(rel)
         elif isinstance(rel, exp.Table) and isinstance(rel.this, exp.Anonymous) or isinstance(rel.this, exp.Func):
@@ -143,15 +147,49 @@ class Binder:
             return -self.constant(e.this)
         raise self.error(f"expected a constant, got {e.sql()!r}", e)
 
-    def bind_subquery(self, plan: Plan, sub: exp.Subquery) -> tuple[int, list[ScopeColumn]]:
-        alias = sub.alias or "subquery"
-        inner = self.bind_select_into(plan, sub.this)
-        node, names = inner
+    def bind_subquery(self, plan: Plan, select: exp.Expr, alias: str, rel: exp.Expr) -> tuple[int, list[ScopeColumn]]:
+        """A query in FROM (a subquery or a CTE's body) under `alias`, its columns renamed by the alias's column
+        list where `rel` has one. Each reference binds the query anew (CTEs are inlined, as DuckDB and
+        PostgreSQL do for CTEs without side effects), so filters and LIMITs above reach into it."""
+        node, names = self.bind_select_into(plan, select)
+        alias_node = rel.args.get("alias")
+        renamed = [c.name for c in (alias_node.args.get("columns") or [])] if alias_node else []
+        if renamed:
+            if len(renamed) > len(names):
+                raise self.error(f"{alias} has {len(names)} columns but {len(renamed)} names were given", rel)
+            names = [(new, internal) for new, (_, internal) in zip(renamed, names)] + names[len(renamed):]
         outputs = tuple((f"{alias}.{n}", exp.column(internal, quoted=True)) for n, internal in names)
         proj = plan.add(L.Project(outputs))
         plan.graph.add_edge(node, proj, slot=0)
         scope = [ScopeColumn(alias, n, f"{alias}.{n}", None) for n, _ in names]
         return proj, scope
+
+    def bind_cte(self, plan: Plan, table: exp.Table) -> tuple[int, list[ScopeColumn]]:
+        cte, visible = self.ctes[table.name.lower()]
+        outer, self.ctes = self.ctes, visible  # the CTE's body sees the CTEs defined before it
+        try:
+            node, scope = self.bind_subquery(plan, cte.this, table.name, cte)
+        finally:
+            self.ctes = outer
+        alias = table.alias
+        if not alias:
+            return node, scope
+        outputs = tuple((f"{alias}.{c.name}", exp.column(c.internal, quoted=True)) for c in scope)
+        proj = plan.add(L.Project(outputs))
+        plan.graph.add_edge(node, proj, slot=0)
+        return proj, [ScopeColumn(alias, c.name, f"{alias}.{c.name}", c.type) for c in scope]
+
+    def define_ctes(self, with_: exp.With) -> None:
+        """Make the WITH list's CTEs visible to the rest of the query, each one to those after it."""
+        if with_.args.get("recursive"):
+            raise self.error("WITH RECURSIVE is not supported", with_)
+        for cte in with_.expressions:
+            name = cte.alias_or_name.lower()
+            if not isinstance(cte.this, exp.Select):
+                raise self.error(f"the CTE {cte.alias_or_name} must be a SELECT, got {cte.this.key.upper()}", cte)
+            if cte.args.get("materialized") is not None:
+                raise self.error("MATERIALIZED / NOT MATERIALIZED is not supported on a CTE", cte)
+            self.ctes = {**self.ctes, name: (cte, self.ctes)}
 
     def bind_join(self, plan, join: exp.Join, left, left_scope, right, right_scope):
         scope = left_scope + right_scope
@@ -316,9 +354,18 @@ class Binder:
         """Adds the query's nodes; returns its top node and (output name, internal column) pairs."""
         if not isinstance(select, exp.Select):
             raise self.error(f"only SELECT queries are supported here, got {select.key.upper()}", select)
-        for unsupported in ("with_", "windows", "qualify"):
+        for unsupported in ("windows", "qualify"):
             if select.args.get(unsupported):
                 raise self.error(f"{unsupported.strip('_').upper()} is not supported yet", select.args[unsupported])
+        outer_ctes = self.ctes
+        if select.args.get("with_"):
+            self.define_ctes(select.args["with_"])
+        try:
+            return self.bind_select_body(plan, select)
+        finally:
+            self.ctes = outer_ctes  # a query's CTEs are not visible outside it
+
+    def bind_select_body(self, plan: Plan, select: exp.Select) -> tuple[int, list[tuple[str, str]]]:
         node, scope = self.bind_from(plan, select)
 
         def then(op) -> int:

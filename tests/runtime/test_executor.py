@@ -2,11 +2,14 @@
 (on the tiny random Llama, so these run in seconds)."""
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pytest
 
 import sqlm
 from operators import physical as P
+from planner.errors import SqlError
 
 
 @pytest.fixture
@@ -49,6 +52,26 @@ def test_values_distinct_and_having(con):
         {"grp": "a", "n": 5}, {"grp": "b", "n": 5}]
 
 
+def test_ctes_see_earlier_ctes_and_rename_columns(con):
+    assert rows(con, "WITH a AS (SELECT id, grp FROM t WHERE id >= 3), b(n, g) AS (SELECT id, grp FROM a) "
+                     "SELECT n FROM b WHERE g = 'a' AND n < 6 ORDER BY n") == [{"n": 3}, {"n": 5}]
+    assert rows(con, "WITH a AS (SELECT id FROM t) SELECT x.id FROM a x JOIN a y ON x.id = y.id "
+                     "WHERE x.id <= 2 ORDER BY 1") == [{"id": 1}, {"id": 2}]
+    assert rows(con, "SELECT * FROM (WITH z AS (SELECT 1 AS one) SELECT one FROM z) s") == [{"one": 1}]
+
+
+@pytest.mark.parametrize("query,message", [
+    ("WITH RECURSIVE r AS (SELECT 1 AS x) SELECT * FROM r", "WITH RECURSIVE is not supported"),
+    ("WITH a AS (SELECT 1 AS x) SELECT * FROM b", "unknown table 'b'"),
+    ("WITH a AS (SELECT * FROM a) SELECT * FROM a", "unknown table 'a'"),  # a CTE does not see itself
+    ("SELECT * FROM (WITH z AS (SELECT 1 AS one) SELECT one FROM z) s, z", "unknown table 'z'"),  # nor outside
+    ("WITH a(x, y) AS (SELECT 1 AS one) SELECT * FROM a", "a has 1 columns but 2 names were given"),
+])
+def test_cte_errors_name_the_problem(con, query, message):
+    with pytest.raises(SqlError, match=re.escape(message)):
+        con.sql(query)
+
+
 def test_select_without_from(con):
     assert rows(con, "SELECT 1 + 2 AS three, 'x' || 'y' AS xy") == [{"three": 3, "xy": "xy"}]
 
@@ -85,6 +108,19 @@ def test_limit_3_over_100_rows_generates_exactly_3(tiny_con):
     assert out.num_rows == 3
     [(op, actual)] = llm_actuals(tiny_con)
     assert actual.llm.num_requests == 3 and actual.rows == 3
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT * FROM (SELECT id, generate('tiny', body, max_tokens => 2) AS g FROM eighty) s WHERE id < 4",
+    "WITH answers AS (SELECT id, generate('tiny', body, max_tokens => 2) AS g FROM eighty) "
+    "SELECT id, g FROM answers WHERE id < 4",
+])
+def test_a_filter_on_a_subquery_or_cte_column_runs_before_generation(tiny_con, query):
+    tiny_con.register("eighty", pa.table({"id": list(range(80)), "body": [f"the fox {i}" for i in range(80)]}))
+    out = tiny_con.sql(query).arrow()
+    assert sorted(out.column("id").to_pylist()) == [0, 1, 2, 3]
+    [(op, actual)] = llm_actuals(tiny_con)
+    assert actual.llm.num_requests == 4
 
 
 def test_60_rows_with_6_distinct_prompts_run_6_generations(tiny_con):
