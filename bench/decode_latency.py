@@ -122,7 +122,7 @@ def main() -> None:
     from catalog.registry import default_model_path, resolve_model
     from codegen.model_kernels import build_model
     from runtime.engine import Engine
-    from runtime.engine_config import EngineConfig
+    from operators.engine_config import EngineConfig
     from runtime.model_runner import KernelPagedAttention
 
     loaded = resolve_model("smollm2")

@@ -46,7 +46,7 @@ def _sqlm_model(loaded, args):
 
 
 def _engine_config(args, **options):
-    from runtime.engine_config import EngineConfig
+    from operators.engine_config import EngineConfig
 
     return EngineConfig(kv_cache_memory=1 << 30, prefill_chunk_tokens=args.chunk, attention_kernel=args.attention,
                         **options)

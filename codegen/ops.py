@@ -109,16 +109,20 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, out=
     return paged_attention(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
 
 
-def warm_up(config: ModelConfig, block_size: int = 16, dtypes: tuple[str, ...] = ("fp32",)) -> None:
-    """Compile or load every elementwise/attention kernel the model will call with activations
-    (and KV cache) in `dtypes`."""
+def warm_up(config: ModelConfig, dtypes: tuple[str, ...] = ("fp32",)) -> None:
+    """Compile or load the row-wise kernels the model will call with activations in `dtypes` (the attention
+    kernels depend on the engine's KV cache: warm_up_attention)."""
     for dtype in dtypes:
         get_kernel("rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "out_dtype": dtype})
         get_kernel("add_rms_norm", {"hidden": config.hidden_size, "eps": float(config.rms_norm_eps), "y_dtype": dtype,
                                     "out_dtype": dtype})
-        get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                                "head_dim": config.head_dim, "block_size": block_size, "x_dtype": dtype,
-                                "kv_dtype": dtype})
         get_kernel("silu_mul", {"ffn": config.intermediate_size, "dtype": dtype})
-        get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                                       "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": dtype})
+
+
+def warm_up_attention(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str) -> None:
+    """Compile or load the RoPE + KV-write and paged-attention kernels of an engine's KV cache."""
+    get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                            "head_dim": config.head_dim, "block_size": block_size, "x_dtype": x_dtype,
+                            "kv_dtype": kv_dtype})
+    get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                                   "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype})

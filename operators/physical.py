@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from operators.engine_config import EngineConfig
 from operators.logical import AggregateCall, LLMOptions, SortKey, TableSource, join_keys, sort_keys, sql, sql_join
 from operators.requests import SamplingParams
 
@@ -40,24 +41,6 @@ class Choice:
     forced: bool = False  # a hint the optimizer obeyed
     forced_by: str = "SET"  # or "the running engine": the server's shared engine already runs the model
     note: str = ""  # e.g. the estimated saving
-
-
-@dataclass(frozen=True)
-class EngineKnobs:
-    max_batch_size: int
-    prefill_chunk_tokens: int
-    kv_block_size: int
-    kv_cache_memory: int
-    prefix_cache: bool
-    scheduling: str  # 'fcfs' | 'spf'
-    weight_format: str  # 'fp32' | 'bf16' | 'native'
-    kernels: str  # 'torch' | 'tvm'
-    threads: int | None = None
-    kv_cache_dtype: str = "fp32"  # 'fp32' | 'bf16': the element type of the KV cache
-    attention_kernel: str = "tvm"  # 'tvm' (codegen's paged kernel) | 'torch' (gather + SDPA)
-    # 'fp32' | 'bf16': what the native/tvm path's quantized linears compute batches of >= bf16_min_tokens rows
-    # in (codegen.quant_crossover); 'bf16' for bf16 weights, 'fp32' on every other path, where it is no choice
-    prefill_dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -133,7 +116,7 @@ class BatchedGenerate:
     chat: bool
     output: str
     options: LLMOptions
-    knobs: EngineKnobs
+    knobs: EngineConfig
     template: str  # the prompt's shape, keying output-length statistics
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
@@ -155,7 +138,7 @@ class BatchedClassify:
     instruction: str
     output: str
     options: LLMOptions
-    knobs: EngineKnobs
+    knobs: EngineConfig
     template: str
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from codegen.quant_crossover import CROSSOVER
 from operators import logical as L
-from operators.physical import Choice, EngineKnobs
+from operators.physical import Choice
+from operators.engine_config import EngineConfig
 from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
 from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
@@ -76,10 +77,10 @@ def _auto_or(settings, name: str, default):
     return default if settings.is_auto(name) else getattr(settings, name)
 
 
-def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
+def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineConfig:
     """Starting point of the search: the engine's defaults, with every SET value applied."""
     s = ctx.settings_for(facts.name)
-    return EngineKnobs(
+    return EngineConfig(
         max_batch_size=_auto_or(s, "max_batch_size", 64),
         prefill_chunk_tokens=_auto_or(s, "prefill_chunk_tokens", 512),
         kv_block_size=_auto_or(s, "kv_block_size", 16),
@@ -95,22 +96,22 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineKnobs:
     )
 
 
-def variant(knobs: EngineKnobs) -> str:
+def variant(knobs: EngineConfig) -> str:
     """What the learned correction is keyed by: the weight path, which sets the real step cost."""
     return f"{knobs.weight_format}/{knobs.kernels}"
 
 
-def correction(ctx: OptimizerContext, model: str, knobs: EngineKnobs) -> tuple[float, float, float]:
+def correction(ctx: OptimizerContext, model: str, knobs: EngineConfig) -> tuple[float, float, float]:
     """Learned (prefill, decode, overhead) factors for this model and weight path on this machine; a path
     without history takes the model's other paths' (the machine's load and Python are common to all), else 1s."""
     return ctx.feedback.get((model, variant(knobs))) or ctx.feedback.get((model, ANY_VARIANT), (1.0, 1.0, 1.0))
 
 
-def cost_of(w: LLMWorkload, knobs: EngineKnobs, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
+def cost_of(w: LLMWorkload, knobs: EngineConfig, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
     return llm_cost(w, knobs, facts.config, dict(facts.weight_bytes), ctx.hardware, correction(ctx, facts.name, knobs))
 
 
-def _pick(name: str, candidates: list[tuple[object, EngineKnobs]], w, facts, ctx, forced: bool, note=None,
+def _pick(name: str, candidates: list[tuple[object, EngineConfig]], w, facts, ctx, forced: bool, note=None,
           eligible: tuple | None = None):
     """The cheapest eligible candidate and the best other one as runner-up.
 
@@ -127,7 +128,7 @@ def _pick(name: str, candidates: list[tuple[object, EngineKnobs]], w, facts, ctx
     return choice, chosen[3]
 
 
-def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerContext) -> tuple[EngineKnobs, list[Choice]]:
+def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerContext) -> tuple[EngineConfig, list[Choice]]:
     facts = ctx.model(op.model)
     knobs = initial_knobs(ctx, facts)
     choices = []
@@ -158,7 +159,7 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     c, knobs = _pick_attention_kernel(knobs, w, facts, ctx)
     choices.append(c)
 
-    capacity_tokens = knobs.kv_cache_memory / kv_bytes_per_token(facts.config, knobs.kv_cache_dtype)
+    capacity_tokens = knobs.kv_cache_memory / kv_bytes_per_token(facts.config, knobs.resolved_kv_cache_dtype())
     per_seq = max(1.0, w.prompt_tokens + w.output_tokens + w.scored_tokens)
     fits = [b for b in BATCH_SIZES if b * per_seq <= capacity_tokens] or [1]
     for name, values in (("max_batch_size", fits), ("prefill_chunk_tokens", list(CHUNK_SIZES)),
@@ -204,7 +205,7 @@ BF16_PREFILL_LOSS = ("bf16 prefill rounds activations and dequantized weights to
                      "per element; greedy outputs may differ from fp32)")
 
 
-def _pick_prefill_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+def _pick_prefill_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
     """The native/tvm path's matmuls over >= bf16_min_tokens rows (prefill chunks, decode steps of that many
     sequences): fp32 in the fused GEMM, or bf16 (dequantize + torch's bf16 GEMM), faster and lossy. Like
     bf16 weights and a bf16 KV cache, auto never takes it (it loses precision against the model file), but
@@ -237,7 +238,7 @@ def _pick_prefill_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, c
                  note, eligible=None if forced else ("fp32",))
 
 
-def _pick_kv_cache_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+def _pick_kv_cache_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
     """bf16 halves the KV bytes (more sequences fit the budget) but rounds K and V: auto takes it only
     where the weights are bf16 already, as the engine's own auto does."""
     s = ctx.settings_for(facts.name)
@@ -251,7 +252,7 @@ def _pick_kv_cache_dtype(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, 
                  note, eligible=None if forced else lossless)
 
 
-def _pick_attention_kernel(knobs: EngineKnobs, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+def _pick_attention_kernel(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
     """The attention operator's own kernel, by the measured speed of each backend: TVM's paged kernel
     reads the KV blocks in place; torch gathers them and runs SDPA. A SET kernels applies to it too."""
     s = ctx.settings_for(facts.name)

@@ -8,7 +8,7 @@ from catalog.hardware import HardwareProfile
 from catalog.model_config import ModelConfig
 from catalog.settings import Settings
 from codegen.target import host_target
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 from planner.calibration import fit_cost_factors
 from planner.cost import COST_MODEL_VERSION
 from planner.hardware_calibration import hardware_profile
@@ -77,7 +77,7 @@ class OptimizerContext:
         return self.settings if knobs is None else engine_settings(self.settings, knobs)
 
 
-def engine_settings(settings: Settings, knobs: EngineKnobs) -> Settings:
+def engine_settings(settings: Settings, knobs: EngineConfig) -> Settings:
     """`settings` with every engine knob SET to a running engine's value."""
     pinned = (("kv_cache_memory", knobs.kv_cache_memory), ("kv_block_size", knobs.kv_block_size),
               ("max_batch_size", knobs.max_batch_size), ("prefill_chunk_tokens", knobs.prefill_chunk_tokens),
@@ -90,7 +90,7 @@ def engine_settings(settings: Settings, knobs: EngineKnobs) -> Settings:
 
 
 def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], statistics: Statistics,
-                    running: dict[str, EngineKnobs] | None = None) -> OptimizerContext:
+                    running: dict[str, EngineConfig] | None = None) -> OptimizerContext:
     """What the catalog knows for a plan: this machine's profile, the kernels it can run, learned cost corrections.
 
     catalog: a catalog.store.Catalog; running: model name -> knobs of an engine already running it.

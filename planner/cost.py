@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from catalog.hardware import HardwareProfile
 from codegen.quant_crossover import CROSSOVER
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 
 COST_MODEL_VERSION = 2  # observations priced by another version do not calibrate this one
 OPS_PER_LAYER = 14  # torch ops one decoder layer launches (norms, matmuls, rope, attention, adds)
@@ -65,7 +65,7 @@ def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
     return config.kv_bytes_per_token * KV_ELEMENT_BYTES[kv_cache_dtype] / 4
 
 
-def _bytes_and_rate(knobs: EngineKnobs, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:
+def _bytes_and_rate(knobs: EngineConfig, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:
     """(bytes moved per forward pass, FLOP/s of its matmuls, extra FLOPs per pass) for a weight format."""
     if knobs.weight_format == "bf16":
         return weight_bytes["bf16"], hw.bf16_flops, 0.0
@@ -99,7 +99,7 @@ def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict,
     return weight_bytes["native"] / hw.copy_bandwidth + tokens * 2 * params / hw.fp32_flops
 
 
-def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
+def computed_prompt_tokens(w: LLMWorkload, knobs: EngineConfig) -> float:
     """Prompt tokens prefill must compute for all requests, after the prefix cache.
 
     The first request computes its whole prompt; each later one what it does not share.
@@ -111,7 +111,7 @@ def computed_prompt_tokens(w: LLMWorkload, knobs: EngineKnobs) -> float:
     return w.prompt_tokens + (w.requests - 1) * max(0.0, w.prompt_tokens - shared)
 
 
-def linear_seconds(rows: float, weights: float, knobs: EngineKnobs, weight_bytes: dict, hw: HardwareProfile) -> float:
+def linear_seconds(rows: float, weights: float, knobs: EngineConfig, weight_bytes: dict, hw: HardwareProfile) -> float:
     """`rows` through linears of `weights` weights in all (weight_bytes: their bytes in each format) on the knobs'
     weight path: TVM's quantized kernels at their measured rates, else the roofline of the format's matmul."""
     if _measured_tvm(knobs, hw):
@@ -122,7 +122,7 @@ def linear_seconds(rows: float, weights: float, knobs: EngineKnobs, weight_bytes
     return (2 * rows * weights + extra_flops) / rate + step_bytes / hw.copy_bandwidth
 
 
-def linear_rates(rows: float, knobs: EngineKnobs, hw: HardwareProfile) -> tuple[str, ...]:
+def linear_rates(rows: float, knobs: EngineConfig, hw: HardwareProfile) -> tuple[str, ...]:
     """The HardwareProfile figures linear_seconds prices `rows` with on the knobs' weight path."""
     if _measured_tvm(knobs, hw):
         path = CROSSOVER.path(rows, knobs.prefill_dtype)
@@ -137,7 +137,7 @@ def linear_rates(rows: float, knobs: EngineKnobs, hw: HardwareProfile) -> tuple[
     return ("bf16_flops" if knobs.weight_format == "bf16" else "fp32_flops", "copy_bandwidth")
 
 
-def _measured_tvm(knobs: EngineKnobs, hw: HardwareProfile) -> bool:
+def _measured_tvm(knobs: EngineConfig, hw: HardwareProfile) -> bool:
     return knobs.weight_format == "native" and knobs.kernels == "tvm" and hw.quant_gemv_rate_t1 > 0
 
 
@@ -153,7 +153,7 @@ def weight_share(weight_bytes: dict, weights: float, config) -> dict:
     return {k: v * weights / total for k, v in weight_bytes.items()}
 
 
-def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineKnobs, config, weight_bytes: dict,
+def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, config, weight_bytes: dict,
                     hw: HardwareProfile) -> float:
     """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows`."""
     head = config.vocab_size * config.hidden_size
@@ -168,7 +168,7 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineKnobs, config
             + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
 
 
-def _attention_seconds(pairs: float, phase: str, knobs: EngineKnobs, config, hw: HardwareProfile) -> float:
+def _attention_seconds(pairs: float, phase: str, knobs: EngineConfig, config, hw: HardwareProfile) -> float:
     """Attention over `pairs` (query, cached key) pairs in every layer, at the measured FLOP/s of the
     engine's backend for this phase; unmeasured, the roofline, where the torch backend's gather
     copies the context (read + write) before SDPA reads it again and the TVM kernel reads it in place.
@@ -179,14 +179,14 @@ def _attention_seconds(pairs: float, phase: str, knobs: EngineKnobs, config, hw:
     if rate > 0:
         return flops / rate
     reads = 1 if knobs.attention_kernel == "tvm" else 3
-    kv_read = reads * pairs * kv_bytes_per_token(config, knobs.kv_cache_dtype)
+    kv_read = reads * pairs * kv_bytes_per_token(config, knobs.resolved_kv_cache_dtype())
     return max(flops / hw.fp32_flops, kv_read / hw.copy_bandwidth)
 
 
-def llm_cost(w: LLMWorkload, knobs: EngineKnobs, config, weight_bytes: dict, hw: HardwareProfile,
+def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw: HardwareProfile,
              correction: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> LLMCost:
     """correction: learned (prefill, decode, overhead) factors of this machine (planner/calibration.py)."""
-    kv_per_token = kv_bytes_per_token(config, knobs.kv_cache_dtype)
+    kv_per_token = kv_bytes_per_token(config, knobs.resolved_kv_cache_dtype())
     seq_tokens = w.prompt_tokens + w.output_tokens + w.scored_tokens
     capacity = knobs.kv_cache_memory / kv_per_token  # tokens the KV pool holds
     batch = max(1.0, min(knobs.max_batch_size, w.requests, capacity / max(1.0, seq_tokens)))

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from catalog.quant import QUANT_TYPES
 from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS
-from operators.physical import Choice, EngineKnobs, OperatorKernel
+from operators.physical import Choice, OperatorKernel
+from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
 from planner.context import ModelFacts, OptimizerContext
 from planner.cost import LLMCost, linear_rates, linear_seconds, weight_share
@@ -29,7 +30,7 @@ _UNITS = {"copy_bandwidth": "GB/s", "fp32_flops": "GFLOP/s", "bf16_flops": "GFLO
           "quant_bf16_gemm_rate": "G weights x rows/s"}
 
 
-def operator_kernels(knobs: EngineKnobs, cost: LLMCost, facts: ModelFacts, ctx: OptimizerContext,
+def operator_kernels(knobs: EngineConfig, cost: LLMCost, facts: ModelFacts, ctx: OptimizerContext,
                      choices: list[Choice]) -> tuple[OperatorKernel, ...]:
     """The linears (qkv, o, gate_up, down, lm_head), norms, SiLU·mul and attention of the model under `knobs`;
     cost: the plan's cost on them (its rows per step); choices: the optimizer's, whose weight path and
@@ -57,7 +58,7 @@ def linear_weights(facts: ModelFacts) -> dict[str, float]:
     return {**{k: v * c.num_layers for k, v in per_layer.items()}, "lm_head": c.vocab_size * h}
 
 
-def linear_kernel(stored: str, knobs: EngineKnobs, rows: float) -> str:
+def linear_kernel(stored: str, knobs: EngineConfig, rows: float) -> str:
     """The kernel a call of `rows` rows runs on a weight built as `stored`: what codegen.model_kernels.tvm_linear
     (kernels 'tvm') and operators.linear.make_linear (kernels 'torch') make of it."""
     if knobs.weight_format == "bf16":
@@ -71,7 +72,7 @@ def linear_kernel(stored: str, knobs: EngineKnobs, rows: float) -> str:
     return "torch fp32 matmul"
 
 
-def computed_format(stored: str, knobs: EngineKnobs) -> str:
+def computed_format(stored: str, knobs: EngineConfig) -> str:
     """What the kernels read of a weight built as `stored`."""
     if knobs.weight_format == "native" and stored in QUANT_TYPES:
         return "kept quantized" if knobs.kernels == "tvm" else "dequantized to fp32 on every call"
@@ -87,7 +88,7 @@ def _each(stored: str, describe) -> str:
     return " / ".join(dict.fromkeys(answers))
 
 
-def _runner_up(knobs: EngineKnobs, choice: Choice, facts: ModelFacts, ctx: OptimizerContext) -> EngineKnobs | None:
+def _runner_up(knobs: EngineConfig, choice: Choice, facts: ModelFacts, ctx: OptimizerContext) -> EngineConfig | None:
     """The runner-up weight path's knobs, as the weight path choice priced them."""
     if choice.runner_up is None:
         return None
@@ -95,14 +96,14 @@ def _runner_up(knobs: EngineKnobs, choice: Choice, facts: ModelFacts, ctx: Optim
     return replace(knobs, weight_format=fmt, kernels=kernels, prefill_dtype=initial_knobs(ctx, facts).prefill_dtype)
 
 
-def _linear(name: str, weights: float, knobs: EngineKnobs, cost: LLMCost, facts: ModelFacts, ctx: OptimizerContext,
+def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts: ModelFacts, ctx: OptimizerContext,
             choice: Choice) -> OperatorKernel:
     hw = ctx.hardware
     stored = facts.linear_formats[name]
     rows = {"decode": cost.decode_rows, "prefill": cost.prefill_logit_rows if name == "lm_head" else cost.prefill_rows}
     share = weight_share(dict(facts.weight_bytes), weights, facts.config)
 
-    def seconds(k: EngineKnobs | None, phase: str) -> float | None:
+    def seconds(k: EngineConfig | None, phase: str) -> float | None:
         if k is None or rows[phase] <= 0:
             return None
         factor = correction(ctx, facts.name, k)[0 if phase == "prefill" else 1]
@@ -136,7 +137,7 @@ def _rate(name: str, hw) -> str:
     return f"{name} {getattr(hw, name) / 1e9:.3g} {_UNITS.get(name, 'G weights/s')}"
 
 
-def _row_ops(knobs: EngineKnobs, cost: LLMCost, forced_by: str | None) -> tuple[OperatorKernel, ...]:
+def _row_ops(knobs: EngineConfig, cost: LLMCost, forced_by: str | None) -> tuple[OperatorKernel, ...]:
     """codegen.model_kernels.model_ops: TVM's row kernels with kernels 'tvm', torch's otherwise."""
     how = f"forced by {forced_by}" if forced_by else "with the weight path"
     why = f"as kernels = {knobs.kernels} ({how}); priced only as launch overhead"
@@ -148,7 +149,7 @@ def _row_ops(knobs: EngineKnobs, cost: LLMCost, forced_by: str | None) -> tuple[
     return (entry("norms", f"{knobs.kernels} rms_norm, add_rms_norm"), entry("silu_mul", f"{knobs.kernels} silu_mul"))
 
 
-def _attention(knobs: EngineKnobs, cost: LLMCost, choice: Choice, ctx: OptimizerContext) -> OperatorKernel:
+def _attention(knobs: EngineConfig, cost: LLMCost, choice: Choice, ctx: OptimizerContext) -> OperatorKernel:
     """runtime.model_runner's backends: KernelPagedAttention ('tvm') or GatherPagedAttention ('torch')."""
     hw = ctx.hardware
     kernel = "tvm rope_qkv + paged_attention" if knobs.attention_kernel == "tvm" else "torch RoPE + gather + SDPA"

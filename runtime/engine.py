@@ -17,7 +17,7 @@ import torch
 
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
 from runtime.logprobs import token_logprobs

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from codegen.model_kernels import build_model
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 from runtime.engine import Engine
-from runtime.engine_config import EngineConfig
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated so far)
@@ -37,7 +36,7 @@ class SharedEngine:
     """
 
     model_path: str  # the model file it runs: a catalog model with the same file runs there
-    knobs: EngineKnobs  # fixed for as long as it runs: plans for its model obey them
+    knobs: EngineConfig  # fixed for as long as it runs: plans for its model obey them
     run: Callable[[list[Request], Progress | None], list[Result]]
 
     def runs(self, model_path: str) -> bool:
@@ -82,7 +81,7 @@ def label_continuations(tokenizer, labels: tuple[str, ...]) -> list[tuple[int, .
     return [tuple(tokenizer.encode(label, add_special_tokens=False)) + end for label in labels]
 
 
-def model_options(knobs: EngineKnobs) -> dict[str, str]:
+def model_options(knobs: EngineConfig) -> dict[str, str]:
     """codegen.model_kernels.build_model's options the knobs set: prefill_dtype reaches only the native/tvm
     path's quantized linears (every other path computes as its weights say), so only there does it key a
     model of its own."""
@@ -107,23 +106,19 @@ class LLMService:
     def shared_engine_for(self, model_path: str) -> SharedEngine | None:
         return self.shared if self.shared is not None and self.shared.runs(model_path) else None
 
-    def engine(self, model: str, knobs: EngineKnobs) -> Engine:
+    def engine(self, model: str, knobs: EngineConfig) -> Engine:
         loaded = self._load_model(model)
         options = model_options(knobs)
         key = (model, knobs.weight_format, knobs.kernels, tuple(sorted(options.items())))
         if key not in self._models:
             self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format,
                                             **options)
-        config = EngineConfig(kv_cache_memory=knobs.kv_cache_memory, kv_block_size=knobs.kv_block_size,
-                              max_batch_size=knobs.max_batch_size, prefill_chunk_tokens=knobs.prefill_chunk_tokens,
-                              prefix_cache=knobs.prefix_cache, scheduling=knobs.scheduling,
-                              kv_cache_dtype=knobs.kv_cache_dtype, attention_kernel=knobs.attention_kernel)
         cached = self._engines.get(model)
-        if cached is None or cached[0] != (key, config):
+        if cached is None or cached[0] != (key, knobs):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
             self._engines.pop(model, None)
-            cached = ((key, config), Engine(self._models[key], loaded.tokenizer, config))
+            cached = ((key, knobs), Engine(self._models[key], loaded.tokenizer, knobs))
             self._engines[model] = cached
         return cached[1]
 
@@ -131,7 +126,7 @@ class LLMService:
         self._engines.clear()
         self._models.clear()
 
-    def generate(self, model: str, knobs: EngineKnobs, prompts: list[str], sampling: SamplingParams, chat: bool,
+    def generate(self, model: str, knobs: EngineConfig, prompts: list[str], sampling: SamplingParams, chat: bool,
                  on_progress: Progress | None = None) -> LLMOutcome:
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
@@ -140,7 +135,7 @@ class LLMService:
         outcome.values = [r.text for r in results]
         return outcome
 
-    def classify(self, model: str, knobs: EngineKnobs, texts: list[str], labels: tuple[str, ...], instruction: str,
+    def classify(self, model: str, knobs: EngineConfig, texts: list[str], labels: tuple[str, ...], instruction: str,
                  on_progress: Progress | None = None) -> LLMOutcome:
         tokenizer = self._load_model(model).tokenizer
         continuations = label_continuations(tokenizer, labels)
@@ -157,7 +152,7 @@ class LLMService:
         outcome.values = values
         return outcome
 
-    def _run(self, model: str, knobs: EngineKnobs, requests: list[Request], on_progress: Progress | None,
+    def _run(self, model: str, knobs: EngineConfig, requests: list[Request], on_progress: Progress | None,
              per_row: int = 1) -> tuple[list[Result], LLMOutcome]:
         """The requests through the shared engine when it runs this model, else through this connection's own."""
         t_load = time.perf_counter()

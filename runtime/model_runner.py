@@ -169,6 +169,11 @@ class ModelRunner:
         self.attention_kernel = attention_kernel
         self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim,
                                   KV_CACHE_DTYPES[kv_cache_dtype])
+        if attention_kernel == "tvm":  # compiled now, for this cache, rather than in the first request
+            from codegen import ops
+
+            activations = "bf16" if getattr(model, "activation_dtype", torch.float32) == torch.bfloat16 else "fp32"
+            ops.warm_up_attention(c, block_size, activations, kv_cache_dtype)
 
     def prepare_batch(self, batch: ScheduledBatch) -> ForwardInputs:
         bs = self.block_size

@@ -15,7 +15,7 @@ No torch here.
 from __future__ import annotations
 
 from runtime.batch import BatchRow, ScheduledBatch
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.kv_blocks import KVCacheManager
 from runtime.sequence import Sequence, SequenceStatus
 

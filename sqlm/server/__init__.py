@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
                    help="default: the catalog's weight_format setting; 'auto' takes the optimizer's pick for a typical "
                         "request on this machine")
     p.add_argument("--kernels", choices=["torch", "tvm"],
-                   help="kernel implementation (default: the catalog's kernels setting; 'auto' means tvm)")
+                   help="kernel implementation (default: the catalog's kernels setting; 'auto': the optimizer's pick)")
     p.add_argument("--prefill-dtype", choices=["fp32", "bf16"],
                    help="element type of the native/tvm path's matmuls over >= 64 rows; bf16 is faster and rounds "
                         "activations and weights to 8 mantissa bits (default: the catalog's prefill_dtype "
@@ -35,24 +35,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the catalog's threads setting)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
+    p.add_argument("--explain", action="store_true",
+                   help="print the plan the engine is configured with (every knob, its cost and runner-up) and exit")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
-
-
-def _settings(args):
-    """The catalog's settings, with the command line's knobs on top."""
-    from catalog.store import Catalog
-
-    catalog = Catalog(args.home)
-    try:
-        settings = catalog.settings()
-    finally:
-        catalog.close()
-    for name, value in (("kv_cache_memory", args.kv_cache_memory), ("max_batch_size", args.max_batch_size),
-                        ("threads", args.threads)):
-        if value is not None:
-            settings = settings.with_value(name, str(value))
-    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,18 +47,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from catalog.errors import ModelError
     from catalog.settings import SettingError
-    from runtime.engine_config import EngineConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = _settings(args)
-        if not settings.is_auto("threads"):
-            import torch
-
-            torch.set_num_threads(settings.threads)
-        app = create_app(args.model, EngineConfig.from_settings(settings), args.served_model_name,
+        app = create_app(args.model, None, args.served_model_name,
                          ServerSettings(weight_format=args.weight_format, kernels=args.kernels,
-                                        prefill_dtype=args.prefill_dtype, catalog_path=args.home))
+                                        prefill_dtype=args.prefill_dtype, kv_cache_memory=args.kv_cache_memory,
+                                        max_batch_size=args.max_batch_size, threads=args.threads,
+                                        catalog_path=args.home))
+        if args.explain:
+            print(app.state.explain_text)
+            return 0
     except (ModelError, SettingError, ValueError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2

@@ -11,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from operators.physical import EngineKnobs
+from catalog.settings import Settings
+from operators.engine_config import EngineConfig
+from operators.requests import SamplingParams
 from planner.context import ModelFacts, catalog_context
+from planner.explain import render_json, render_text
+from planner.lower import PhysicalPlan
 from planner.request import plan_request
 from planner.statistics import Statistics
 from runtime.engine import Engine
-from runtime.engine_config import EngineConfig
 from runtime.llm_ops import SharedEngine
-from operators.requests import SamplingParams
 from sqlm.server import completions as C
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineLoop
@@ -35,17 +37,23 @@ from sqlm.server.planning import FLUSH_SECONDS, OutputLengths, RequestPlanner
 from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
 
 log = logging.getLogger("sqlm.server")
-ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sql", "/health", "/metrics"})
+ENDPOINTS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/sql", "/v1/explain", "/health",
+                       "/metrics"})
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """How the served model runs; None fields come from the catalog's settings (`SET ...`)."""
+    """Knobs the command line forces (None: the catalog's setting, and where that is auto the optimizer's pick)."""
 
     weight_format: str | None = None  # 'fp32' | 'bf16' | 'native'
     kernels: str | None = None  # 'torch' | 'tvm'
     prefill_dtype: str | None = None  # 'fp32' | 'bf16': the native/tvm path's large-batch matmuls
+    kv_cache_memory: str | int | None = None  # bytes, or text like '2GB'
+    max_batch_size: int | None = None
+    threads: int | None = None
     catalog_path: str | None = None
+
+    KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads")
 
 
 def load_served_model(model_name: str, catalog):
@@ -60,88 +68,71 @@ def load_served_model(model_name: str, catalog):
     return loaded, catalog.settings()
 
 
-def weight_format_from(loaded, catalog_settings, requested: str | None, planned=None) -> str:
-    """A forced format wins (--weight-format, then a SET weight_format); 'auto' takes what the optimizer
-    picks for a typical request on this machine (`planned()`, see planned_weight_format), else fp32 where
-    the weights allow it."""
-    fmt = requested or (None if catalog_settings.is_auto("weight_format") else catalog_settings.weight_format)
-    if fmt is None and planned is not None:
-        fmt = planned()
-    if fmt is None:
-        fmt = "fp32" if "fp32" in loaded.weight_formats else loaded.weight_formats[0]
-    if fmt not in loaded.weight_formats:
-        have = ", ".join(loaded.weight_formats)
-        raise ValueError(f"weight format {fmt!r} is not available for this model (have: {have})")
-    return fmt
+def served_settings(catalog_settings: Settings, forced: ServerSettings, engine_config: EngineConfig | None) -> Settings:
+    """The catalog's settings with what the server forces SET on top: its command line's knobs and, where given,
+    every engine knob of `engine_config` (tests and embedders bound the KV pool this way). One mechanism for
+    the server and for SQL: the optimizer obeys SET values and decides the rest."""
+    settings = catalog_settings
+    for name in ServerSettings.KNOBS:
+        if getattr(forced, name) is not None:
+            settings = settings.with_value(name, getattr(forced, name))
+    if engine_config is not None:
+        for name in ("kv_block_size", "max_batch_size", "prefill_chunk_tokens", "scheduling", "kv_cache_memory",
+                     "kv_cache_dtype"):
+            value = getattr(engine_config, name)
+            if value is not None and value != "auto":
+                settings = settings.with_value(name, value)
+        settings = settings.with_value("prefix_cache", "on" if engine_config.prefix_cache else "off")
+    return settings
 
 
-# The request an 'auto' server is configured for: one chat turn of ~64 prompt tokens and 128 new ones,
-# arriving alone. Online traffic is mostly a few concurrent streams, where decode steps are small.
+# The request a server is configured for: one chat turn of ~64 prompt tokens and 128 new ones, arriving
+# alone. Online traffic is mostly a few concurrent streams, where decode steps are small.
 TYPICAL_PROMPT_TOKENS, TYPICAL_MAX_TOKENS = 64, 128
 
 
-def planned_weight_format(name: str, loaded, catalog, catalog_settings, kernels: str) -> str:
-    """The weight format the optimizer picks, with the server's kernels, for one typical request: priced by
-    the same cost model, hardware profile and learned corrections as every SQL query and request plan
-    (on this 2-core box: Q4_1 kept quantized on the TVM kernels, 13 ms/token streamed vs 61 on bf16)."""
+def plan_typical_request(name: str, loaded, catalog, settings: Settings) -> PhysicalPlan:
+    """The optimizer's plan of one typical request under `settings`: its model call's configuration is the
+    server's engine (priced by the same cost model, hardware profile and learned corrections as every SQL
+    query and request plan), and GET /v1/explain shows it."""
     facts = ModelFacts.from_loaded(name, loaded)
-    ctx = catalog_context(catalog, catalog_settings.with_value("kernels", kernels), {name: facts},
-                          Statistics(OutputLengths(catalog)))
+    ctx = catalog_context(catalog, settings, {name: facts}, Statistics(OutputLengths(catalog)))
     prompt = tuple(range(TYPICAL_PROMPT_TOKENS))
-    plan = plan_request(name, [prompt], SamplingParams(max_tokens=TYPICAL_MAX_TOKENS), False, ctx)
-    return plan.plan.op(plan.llm_nodes()[0]).knobs.weight_format
-
-
-def kernels_from(catalog_settings, requested: str | None) -> str:
-    """A forced choice wins; 'auto' takes TVM: its norm/RoPE/SiLU kernels and the paged attention that
-    reads KV blocks in place beat torch at every batch size measured, and its linears hand batches
-    above their GEMV range to torch's GEMM, so no batch size makes it the slower choice."""
-    if requested:
-        return requested
-    return "tvm" if catalog_settings.is_auto("kernels") else catalog_settings.kernels
-
-
-def prefill_dtype_from(catalog_settings, requested: str | None, weight_format: str, kernels: str) -> str:
-    """What the model's large-batch matmuls compute in: a forced choice wins on the native/tvm path, 'auto'
-    keeps fp32 there (lossless, the planner's auto too); bf16 weights compute in bf16 and every other path
-    in fp32 whatever is asked (the planner's EXPLAIN says so)."""
-    if weight_format == "bf16":
-        return "bf16"
-    if (weight_format, kernels) != ("native", "tvm"):
-        return "fp32"
-    if requested:
-        return requested
-    return "fp32" if catalog_settings.is_auto("prefill_dtype") else catalog_settings.prefill_dtype
+    return plan_request(name, [prompt], SamplingParams(max_tokens=TYPICAL_MAX_TOKENS), False, ctx)
 
 
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
                served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """Loads the model and builds the engine now (errors surface before serving); the engine thread
-    starts with the app and stops with it."""
+    starts with the app and stops with it. engine_config: engine knobs to force (see served_settings)."""
+    import torch
+
     from catalog.store import Catalog
     from codegen.model_kernels import build_model
 
     catalog = Catalog(settings.catalog_path)  # open while serving: the request planner reads and feeds it
     try:
         loaded, catalog_settings = load_served_model(model_name, catalog)
-        kernels = kernels_from(catalog_settings, settings.kernels)
         name = served_name or model_name
-        weight_format = weight_format_from(
-            loaded, catalog_settings, settings.weight_format,
-            lambda: planned_weight_format(name, loaded, catalog, catalog_settings, kernels))
-        log.info("serving %s with %s weights on %s kernels", name, weight_format, kernels)
-        prefill_dtype = prefill_dtype_from(catalog_settings, settings.prefill_dtype, weight_format, kernels)
-        if settings.prefill_dtype not in (None, prefill_dtype):
+        knob_settings = served_settings(catalog_settings, settings, engine_config)
+        typical = plan_typical_request(name, loaded, catalog, knob_settings)
+        config = typical.plan.op(typical.llm_nodes()[0]).knobs
+        if config.weight_format not in loaded.weight_formats:
+            have = ", ".join(loaded.weight_formats)
+            raise ValueError(f"weight format {config.weight_format!r} is not available for this model (have: {have})")
+        log.info("serving %s with %s weights on %s kernels", name, config.weight_format, config.kernels)
+        if settings.prefill_dtype not in (None, config.prefill_dtype):
             log.warning("--prefill-dtype %s has no effect on the %s/%s path (only native/tvm has a bf16 prefill)",
-                        settings.prefill_dtype, weight_format, kernels)
-        model = build_model(loaded, kernels=kernels, weight_format=weight_format, prefill_dtype=prefill_dtype)
-        config = engine_config or EngineConfig.from_settings(catalog_settings)
+                        settings.prefill_dtype, config.weight_format, config.kernels)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        model = build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
+                            prefill_dtype=config.prefill_dtype)
         engine = Engine(model, loaded.tokenizer, config)
-        knobs = EngineKnobs(config.max_batch_size, config.prefill_chunk_tokens, config.kv_block_size,
-                            engine.stats.kv_cache_bytes, config.prefix_cache, config.scheduling, weight_format, kernels,
-                            kv_cache_dtype=config.resolved_kv_cache_dtype(weight_format),
-                            attention_kernel=config.attention_kernel, prefill_dtype=prefill_dtype)
-        planner = RequestPlanner.for_engine(catalog, catalog_settings, ModelFacts.from_loaded(name, loaded), knobs)
+        # what request plans obey: the engine as it runs (its pool's real size)
+        knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
+                        kv_cache_dtype=config.resolved_kv_cache_dtype())
+        planner = RequestPlanner.for_engine(catalog, knob_settings, ModelFacts.from_loaded(name, loaded), knobs)
     except BaseException:
         catalog.close()
         raise
@@ -173,6 +164,7 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
 
     app = FastAPI(title="sqlm", lifespan=lifespan)
     app.state.served, app.state.model, app.state.engine_loop, app.state.metrics = served, model, engine_loop, metrics
+    app.state.engine_config, app.state.explain_text = config, render_text(typical, verbose=True)
     install_error_handlers(app)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
 
@@ -185,6 +177,16 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     @app.get("/metrics")
     async def prometheus_metrics():
         return Response(metrics.render(engine_loop.snapshot), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/explain")
+    async def explain_engine(format: str = "text"):
+        """The plan the server's engine was configured with: every knob, its estimate and runner-up."""
+        if format == "json":
+            return Response(render_json(typical, verbose=True), media_type="application/json")
+        if format != "text":
+            return JSONResponse({"error": {"message": f"format must be 'text' or 'json', got {format!r}",
+                                           "type": "invalid_request_error", "param": "format"}}, status_code=400)
+        return Response(render_text(typical, verbose=True), media_type="text/plain")
 
     @app.get("/v1/models")
     async def list_models() -> P.ModelList:

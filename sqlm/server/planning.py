@@ -19,7 +19,7 @@ from collections import Counter
 
 from catalog.settings import Settings
 from operators import physical as P
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 from planner.context import ModelFacts, OptimizerContext, catalog_context
 from planner.lower import PhysicalPlan
 from planner.request import plan_request
@@ -80,7 +80,7 @@ class RequestPlanner:
         self.ctx, self.lengths, self.model = ctx, lengths, model
 
     @staticmethod
-    def for_engine(catalog, settings: Settings, facts: ModelFacts, knobs: EngineKnobs) -> RequestPlanner:
+    def for_engine(catalog, settings: Settings, facts: ModelFacts, knobs: EngineConfig) -> RequestPlanner:
         """catalog: a catalog.store.Catalog kept open while serving; knobs: the running engine's."""
         lengths = OutputLengths(catalog)
         ctx = catalog_context(catalog, settings, {facts.name: facts}, Statistics(lengths), {facts.name: knobs})

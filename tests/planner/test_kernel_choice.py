@@ -1,11 +1,11 @@
 """weight_format/kernels is chosen by measured kernel speed: TVM only where its kernels were timed here."""
 from dataclasses import replace
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 from planner.cost import LLMWorkload, llm_cost
 from planner.examples import EXAMPLE_HARDWARE, SMOLLM2_CONFIG, SMOLLM2_FACTS
 
 DECODE_ONE = LLMWorkload(requests=1, prompt_tokens=40, shared_tokens=0, static_prefix_tokens=0, output_tokens=64)
-KNOBS = EngineKnobs(max_batch_size=64, prefill_chunk_tokens=512, kv_block_size=16, kv_cache_memory=1 << 30,
+KNOBS = EngineConfig(max_batch_size=64, prefill_chunk_tokens=512, kv_block_size=16, kv_cache_memory=1 << 30,
                     prefix_cache=True, scheduling="fcfs", weight_format="native", kernels="tvm")
 # catalog.hardware.measure_quant_kernels on the 2-core machine: GEMV ~20 G weights/s at 1 token and
 # ~26 G weights x tokens/s at 4; GEMM unpacks ~8 G weights/s once per call, then ~48 G weights x tokens/s

@@ -10,7 +10,7 @@ import torch
 
 from operators.llama import ContiguousKVCache
 from runtime.engine import Engine, KVCacheTooSmallError
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
 from operators.requests import GenerationRequest, SamplingParams, ScoreRequest
@@ -220,16 +220,12 @@ def test_engine_config_is_validated():
         EngineConfig(scheduling="lifo")
     with pytest.raises(ValueError, match="prefill_chunk_tokens"):
         EngineConfig(prefill_chunk_tokens=0)
-
-
-def test_engine_config_from_sql_settings():
-    from catalog.settings import Settings
-
-    settings = Settings().with_value("kv_block_size", "32").with_value("prefix_cache", "off").with_value(
-        "kv_cache_memory", "64MB").with_value("scheduling", "spf")
-    config = EngineConfig.from_settings(settings)
-    assert (config.kv_block_size, config.prefix_cache, config.kv_cache_memory, config.scheduling) == (32, False, 64 << 20, "spf")
-    assert EngineConfig.from_settings(Settings()) == EngineConfig()
+    with pytest.raises(ValueError, match="weight_format must be one of fp32, bf16, native, got 'int3'"):
+        EngineConfig(weight_format="int3")
+    with pytest.raises(ValueError, match="threads"):
+        EngineConfig(threads=0)
+    with pytest.raises(TypeError):
+        EngineConfig(8 << 20)  # keywords only: the knobs are named as the SQL settings are
 
 
 def test_smollm2_batched_greedy_equals_reference(smollm2, smollm2_fp32):

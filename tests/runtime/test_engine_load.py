@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from runtime.engine import Engine, EngineLoad
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from operators.requests import GenerationRequest, SamplingParams
 
 

@@ -6,7 +6,7 @@ import torch
 
 from operators.llama import ContiguousKVCache
 from runtime.engine import Engine
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
 from operators.requests import GenerationRequest, SamplingParams

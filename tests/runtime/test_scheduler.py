@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.kv_blocks import KVCacheManager
 from operators.requests import GenerationRequest, SamplingParams
 from runtime.scheduler import Scheduler

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from runtime.engine_config import EngineConfig  # noqa: E402
+from operators.engine_config import EngineConfig  # noqa: E402
 from serving_helpers import TINY, RunningServer  # noqa: E402
 from sqlm.server import create_app  # noqa: E402
 

@@ -85,3 +85,30 @@ def test_auto_weight_format_is_the_optimizers_pick_for_a_typical_request(tiny_ll
     forced = create_app(str(tiny_llama.gguf_path), TINY_ENGINE, served_name=TINY,
                         settings=ServerSettings(catalog_path=path, weight_format="fp32"))
     assert forced.state.model.weight_format == "fp32"
+
+
+def test_the_engine_is_the_optimizers_plan_and_forced_knobs_go_through_it(tiny_llama, tmp_path):
+    import httpx
+
+    app = create_app(str(tiny_llama.gguf_path), None, served_name=TINY,
+                     settings=ServerSettings(kv_cache_memory="8MB", max_batch_size=3, kernels="torch",
+                                             catalog_path=str(tmp_path / "catalog.db")))
+    config = app.state.engine_config
+    assert (config.max_batch_size, config.kv_cache_memory, config.kernels) == (3, 8 << 20, "torch")
+    assert app.state.model.ops.name != "tvm"  # the model is built as the plan says
+    text = app.state.explain_text
+    assert "choice max_batch_size = 3" in text and "[forced by SET]" in text
+    assert "choice kv_block_size = " in text  # what no flag forced, the optimizer chose and priced
+    with RunningServer(app) as server:
+        shown = httpx.get(f"{server.url}/v1/explain")
+        as_json = httpx.get(f"{server.url}/v1/explain", params={"format": "json"}).json()
+        bad = httpx.get(f"{server.url}/v1/explain", params={"format": "yaml"})
+    assert shown.status_code == 200 and shown.text == text
+
+    def nodes(node):
+        yield node
+        for child in node["children"]:
+            yield from nodes(child)
+    [generate] = [n for n in nodes(as_json["plan"]) if n["operator"] == "BatchedGenerate"]
+    assert {c["knob"]: c["value"] for c in generate["choices"]}["max_batch_size"] == 3
+    assert bad.status_code == 400 and "format" in bad.json()["error"]["message"]

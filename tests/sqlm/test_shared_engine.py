@@ -8,10 +8,10 @@ import pytest
 import sqlm
 from catalog.registry import load_cached
 from operators.llama import build_model
-from operators.physical import EngineKnobs
+from operators.engine_config import EngineConfig
 from planner.cost import COST_MODEL_VERSION
 from runtime.engine import Engine
-from runtime.engine_config import EngineConfig
+from operators.engine_config import EngineConfig
 from runtime.llm_ops import SharedEngine
 
 QUERY = "SELECT id, generate('tiny', body, max_tokens => 5) AS g FROM t ORDER BY id"
@@ -39,7 +39,9 @@ def connect(home, tiny_llama, shared=None):
 
 
 def test_generate_runs_on_the_shared_engine_with_its_knobs(tmp_path, tiny_llama, engine):
-    knobs = EngineKnobs(32, 128, 8, engine.stats.kv_cache_bytes, True, "fcfs", "fp32", "torch")
+    knobs = EngineConfig(max_batch_size=32, prefill_chunk_tokens=128, kv_block_size=8,
+                         kv_cache_memory=engine.stats.kv_cache_bytes, weight_format="fp32", kernels="torch",
+                         kv_cache_dtype="fp32")
     ran = []
 
     def run(requests, on_progress):  # what the server's engine thread does, here on the caller's thread
@@ -65,7 +67,9 @@ def test_generate_runs_on_the_shared_engine_with_its_knobs(tmp_path, tiny_llama,
 
 
 def test_other_models_still_get_their_own_engine(tmp_path, tiny_llama, engine):
-    knobs = EngineKnobs(32, 128, 8, engine.stats.kv_cache_bytes, True, "fcfs", "fp32", "torch")
+    knobs = EngineConfig(max_batch_size=32, prefill_chunk_tokens=128, kv_block_size=8,
+                         kv_cache_memory=engine.stats.kv_cache_bytes, weight_format="fp32", kernels="torch",
+                         kv_cache_dtype="fp32")
 
     def run(requests, on_progress):
         raise AssertionError("the shared engine runs another model file")
