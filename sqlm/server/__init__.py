@@ -3,15 +3,17 @@
     sqlm serve --host 127.0.0.1 --port 8000 --model smollm2
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (SSE with
-`stream: true`), POST /v1/sql, GET /health, GET /metrics (Prometheus).
+`stream: true`), POST /v1/sql, GET /v1/explain, GET /health, GET /metrics (Prometheus).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from sqlm.server.app import ServerSettings, create_app
+from sqlm.server.guard import DEFAULT_MAX_BODY_BYTES
 
 __all__ = ["create_app", "main", "ServerSettings"]
 
@@ -35,10 +37,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the catalog's threads setting)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
+    p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
+                   help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "
+                        "(default: $SQLM_API_KEY; none: open)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"larger request bodies get a 413 before they are read (default {DEFAULT_MAX_BODY_BYTES:,})")
     p.add_argument("--explain", action="store_true",
                    help="print the plan the engine is configured with (every knob, its cost and runner-up) and exit")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +72,17 @@ def main(argv: list[str] | None = None) -> int:
                          ServerSettings(weight_format=args.weight_format, kernels=args.kernels,
                                         prefill_dtype=args.prefill_dtype, kv_cache_memory=args.kv_cache_memory,
                                         max_batch_size=args.max_batch_size, threads=args.threads,
-                                        catalog_path=args.home))
+                                        catalog_path=args.home, api_key=args.api_key,
+                                        max_body_bytes=args.max_body_bytes))
         if args.explain:
             print(app.state.explain_text)
             return 0
     except (ModelError, SettingError, ValueError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
+    if not args.api_key and not _loopback(args.host):
+        logging.getLogger("sqlm.server").warning(
+            "serving on %s without an API key: anyone who reaches this address can use the server "
+            "(set --api-key or SQLM_API_KEY)", args.host)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

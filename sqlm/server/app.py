@@ -32,6 +32,7 @@ from sqlm.server import completions as C
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineLoop
 from sqlm.server.errors import install_error_handlers
+from sqlm.server.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
 from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
 from sqlm.server.planning import FLUSH_SECONDS, OutputLengths, RequestPlanner
 from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
@@ -52,6 +53,8 @@ class ServerSettings:
     max_batch_size: int | None = None
     threads: int | None = None
     catalog_path: str | None = None
+    api_key: str | None = None  # every endpoint but /health and /metrics needs 'Authorization: Bearer <key>'
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads")
 
@@ -167,6 +170,8 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     app.state.engine_config, app.state.explain_text = config, render_text(typical, verbose=True)
     install_error_handlers(app)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
+    # outermost: a refused request (no key, too large) costs nothing further
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/health")
     async def health():
@@ -195,13 +200,16 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     @app.post("/v1/chat/completions")
     async def chat_completions(body: P.ChatCompletionRequest, request: Request):
         C.check_model(served, body.model)
-        job = C.make_job(served, body, [C.chat_prompt(served, body)], "chatcmpl", "messages", chat=True)
+        # tokenizing (a chat template, a prompt of megabytes) runs off the event loop: /health stays responsive
+        job = await asyncio.to_thread(
+            lambda: C.make_job(served, body, [C.chat_prompt(served, body)], "chatcmpl", "messages", chat=True))
         return await _respond(body, request, job, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: P.CompletionRequest, request: Request):
         C.check_model(served, body.model)
-        job = C.make_job(served, body, C.completion_prompts(served, body), "cmpl", "prompt", chat=False)
+        job = await asyncio.to_thread(
+            lambda: C.make_job(served, body, C.completion_prompts(served, body), "cmpl", "prompt", chat=False))
         return await _respond(body, request, job, chat=False)
 
     async def _respond(body, request: Request, job: C.Job, chat: bool):

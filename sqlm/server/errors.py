@@ -43,17 +43,24 @@ def context_length_exceeded(message: str, param: str | None = None) -> APIError:
 
 def _validation_error(exc: RequestValidationError) -> APIError:
     first = exc.errors()[0]
-    if first.get("type") == "json_invalid":
+    kind = first.get("type")
+    if kind == "json_invalid":
         return bad_request(f"Invalid JSON body: {first.get('msg', 'could not parse')}", code="invalid_json")
     # loc is ('body', 'temperature') or ('body', 'messages', 0, 'role'): name the parameter as a client wrote it.
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    code = "invalid_value"
+    if kind == "extra_forbidden":
+        message = "is not supported by this server (sqlm rejects the fields it does not honour; see the README)"
+        code = "unsupported_parameter"
+    elif not loc and kind == "value_error" and ": " in message:
+        param, message = message.split(": ", 1)  # a check across fields names the parameter it is about
+    elif not loc:
+        message = "the request body must be a JSON object"
     if param:
         message = f"{param}: {message}"
-    if not loc:
-        message = "the request body must be a JSON object"
-    return bad_request(message, param=param, code="invalid_value")
+    return bad_request(message, param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

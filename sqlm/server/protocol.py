@@ -1,8 +1,11 @@
 """OpenAI's request and response shapes (the subset sqlm serves), as pydantic models.
 
-Requests accept unknown fields (clients send newer ones) but reject known ones sqlm
-cannot honour, so a caller never gets a silently different answer. Value ranges
-follow OpenAI's API reference; a violation becomes a 400 with the parameter's name.
+A request field sqlm does not honour is a 400 naming it (unknown fields included:
+`response_format`, `use_beam_search`, `tool_choice`, ... would otherwise be answered as
+if absent), so a caller never gets a silently different answer. Value ranges follow
+OpenAI's API reference; a violation becomes a 400 with the parameter's name. Text must
+be valid Unicode (a lone surrogate is refused), and one request holds at most
+MAX_SEQUENCES sequences (prompts x n).
 """
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_N = 16  # choices per request: each one is a sequence in the shared batch
+MAX_SEQUENCES = 256  # prompts x n per request: one request must not hold the engine for everyone else
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 
@@ -25,10 +29,20 @@ def now() -> int:
     return int(time.time())
 
 
+def valid_text(value: str) -> str:
+    """`value`, unless it holds a lone surrogate (JSON's "\\ud800" escapes decode to one): no tokenizer or
+    UTF-8 output can carry it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains an invalid Unicode character (a lone surrogate) at position {e.start}") from None
+    return value
+
+
 class _Request(BaseModel):
     """Sampling fields common to both endpoints."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -54,7 +68,7 @@ class _Request(BaseModel):
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
-        return stops
+        return [valid_text(s) for s in stops]
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -89,6 +103,11 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return valid_text(value)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -96,6 +115,11 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value):
+        return valid_text(value) if isinstance(value, str) else value
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -152,6 +176,9 @@ class CompletionRequest(_Request):
         if not ok:
             raise ValueError("must be a string, an array of strings, an array of token ids, "
                              "or an array of token-id arrays (non-empty)")
+        for text in [value] if isinstance(value, str) else value:
+            if isinstance(text, str):
+                valid_text(text)
         return value
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
     logprobs: int | None = Field(None, ge=0, le=5)
@@ -172,6 +199,14 @@ class CompletionRequest(_Request):
         if value not in (None, 1):
             raise ValueError("is not supported by this server (only 1 is accepted)")
         return value
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        sequences = len(self.prompts()) * self.n
+        if sequences > MAX_SEQUENCES:
+            raise ValueError(f"prompt: {len(self.prompts())} prompts x n={self.n} make {sequences} sequences; "
+                             f"at most {MAX_SEQUENCES} per request")
+        return self
 
     @property
     def max_new_tokens(self) -> int | None:

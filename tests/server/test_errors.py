@@ -144,3 +144,32 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(tiny_server
     assert tiny_server.metrics()["sqlm_kv_blocks_active"] == 0
     assert tiny_server.metrics()["sqlm_engine_step_failures"] == failures + 2
     assert httpx.get(f"{tiny_server.url}/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("response_format", {"type": "json_object"}), ("use_beam_search", True), ("guided_json", {"type": "object"}),
+    ("tool_choice", "auto"), ("functions", [{"name": "f"}]), ("repetition_penalty", 1.2), ("min_tokens", 4),
+])
+def test_a_field_sqlm_does_not_honour_is_a_400_naming_it(tiny_server, field, value):
+    for path, body in (("/v1/chat/completions", {"messages": HELLO}), ("/v1/completions", {"prompt": "hello"})):
+        r = post(tiny_server, path, json={"model": TINY, "max_tokens": 2, **body, field: value})
+        assert r.status_code == 400
+        error = error_of(r)
+        assert error["param"] == field and error["code"] == "unsupported_parameter" and field in error["message"]
+
+
+def test_a_lone_surrogate_is_a_400_and_the_server_keeps_answering(tiny_server):
+    raw = b'{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    r = post(tiny_server, "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "surrogate" in error_of(r)["message"]
+    r = post(tiny_server, "/v1/completions", content=raw.replace(b'"messages": [{"role": "user", "content"', b'"prompt"')
+             .replace(b'}]}', b'}'), headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "surrogate" in error_of(r)["message"]
+    assert post(tiny_server, "/v1/chat/completions", json={"model": TINY, "messages": HELLO, "max_tokens": 2}).status_code == 200
+
+
+def test_too_many_sequences_in_one_request_is_a_400(tiny_server):
+    r = post(tiny_server, "/v1/completions", json={"model": TINY, "prompt": ["hi"] * 3000, "n": 16, "max_tokens": 2})
+    assert r.status_code == 400
+    error = error_of(r)
+    assert error["param"] == "prompt" and "48000 sequences" in error["message"]
