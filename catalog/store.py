@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -69,6 +70,21 @@ def using_home(home: str | os.PathLike | None) -> Iterator[None]:
         _HOME.reset(token)
 
 
+def check_name(kind: str, name: str) -> str:
+    """A table or model name as the catalog stores it (lower case); refused when it could name a path."""
+    if not name or not name.strip():
+        raise ValueError(f"a {kind} name must not be empty")
+    bad = next((c for c in ("/", "\\", "\0") if c in name), None)
+    if bad is not None or name.startswith(".") or ".." in name:
+        raise ValueError(f"{kind} name {name!r} is not allowed: names may not hold path separators, '..' "
+                         "or start with '.'")
+    return name.lower()
+
+
+class TableExistsError(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -99,6 +115,14 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode = WAL")
         # executescript commits on its own; every statement is idempotent, so no transaction needed
         self._db.executescript(SCHEMA)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        """Temporary files of writers that died mid-write (their pid is gone); live writers' are kept."""
+        for tmp in (self.home / "tables").glob(".*.tmp-*"):
+            pid = tmp.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     # -- plumbing -----------------------------------------------------------------------
     class _Tx:
@@ -129,6 +153,7 @@ class Catalog:
 
     # -- models -------------------------------------------------------------------------
     def register_model(self, name: str, path: str, format: str, config: dict, meta: dict) -> ModelEntry:
+        check_name("model", name)
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
                        (name.lower(), str(path), format, json.dumps(config), json.dumps(meta), time.time()))
@@ -154,11 +179,19 @@ class Catalog:
             db.execute("UPDATE models SET meta = ? WHERE name = ?", (json.dumps(meta), name.lower()))
 
     # -- tables -------------------------------------------------------------------------
-    def register_table(self, name: str, kind: str, path: str, schema: dict, row_count: int) -> TableEntry:
+    def register_table(self, name: str, kind: str, path: str, schema: dict, row_count: int,
+                       replace: bool = True) -> TableEntry | None:
+        """Record a table; the entry it replaced, if any. Without `replace` the name is claimed inside one
+        transaction, so of two processes creating the same table at once exactly one succeeds: the other
+        gets TableExistsError."""
+        name = check_name("table", name)
         with self._transaction() as db:
+            row = db.execute("SELECT name, kind, path, schema, row_count FROM tables WHERE name = ?", (name,)).fetchone()
+            if row is not None and not replace:
+                raise TableExistsError(f"table {name!r} already exists")
             db.execute("INSERT OR REPLACE INTO tables VALUES (?, ?, ?, ?, ?, ?)",
-                       (name.lower(), kind, str(path), json.dumps(schema), row_count, time.time()))
-        return TableEntry(name.lower(), kind, str(path), schema, row_count)
+                       (name, kind, str(path), json.dumps(schema), row_count, time.time()))
+        return None if row is None else TableEntry(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
     def get_table(self, name: str) -> TableEntry | None:
         rows = self._query("SELECT name, kind, path, schema, row_count FROM tables WHERE name = ?", (name.lower(),))
@@ -175,8 +208,13 @@ class Catalog:
             db.execute("DELETE FROM tables WHERE name = ?", (name.lower(),))
 
     def table_path(self, name: str) -> Path:
-        """Where CREATE TABLE AS materializes a table."""
-        return self.home / "tables" / f"{name.lower()}.parquet"
+        """A new file for CREATE TABLE AS to materialize `name` in: inside the catalog, and never one another
+        writer of the same name uses (the catalog's entry decides which file is the table)."""
+        return self.home / "tables" / f"{check_name('table', name)}-{uuid.uuid4().hex[:12]}.parquet"
+
+    def owns(self, path: str | os.PathLike) -> bool:
+        """Whether `path` is one of the catalog's own table files (safe to delete when its entry goes)."""
+        return Path(path).resolve().parent == (self.home / "tables").resolve()
 
     # -- settings (persisted defaults; a connection's SET overlays them) -----------------
     def settings(self) -> Settings:
@@ -257,3 +295,13 @@ class Catalog:
         rows = self._query("SELECT implementation, seconds FROM kernel_costs WHERE op_signature = ? AND target = ?",
                            (op_signature, target))
         return dict(rows)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -20,7 +20,7 @@ from catalog.errors import ModelError
 from operators import logical as L
 from planner.errors import SqlError, error_at
 from planner.graph import Plan
-from catalog.sources import SourceError, TableSource, file_source, kind_of
+from catalog.sources import SourceError, TableSource, kind_of
 from planner.sql.dialect import Sqlm
 from planner.sql.nodes import LLMCall, LLMClassify, LLMGenerate
 from operators.requests import SamplingParams
@@ -34,6 +34,9 @@ class CatalogView(Protocol):
 
     def table(self, name: str) -> TableSource | None: ...
     def model(self, name: str) -> object: ...  # a catalog.store.ModelEntry; raises ModelError
+    # a file read by a table function or a quoted name; raises SourceError, or PermissionError where the
+    # connection's policy refuses the path
+    def file(self, kind: str, path: str) -> TableSource: ...
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,8 @@ class Binder:
 
     def file(self, kind: str, path: str, node: exp.Expr) -> TableSource:
         try:
-            return file_source(kind, path)
-        except SourceError as e:
+            return self.catalog.file(kind, path)
+        except (SourceError, PermissionError) as e:
             raise self.error(str(e), node) from None
 
     def values_source(self, values: exp.Values) -> TableSource:

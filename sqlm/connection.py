@@ -20,7 +20,7 @@ from catalog.errors import ModelError
 from catalog.model_catalog import create_model, ensure_model, load_entry
 from catalog.settings import Settings
 from catalog.sources import arrow_source, file_source, registered_file
-from catalog.store import Catalog
+from catalog.store import Catalog, TableExistsError
 from operators import physical as P
 from planner import plan_query
 from planner.choose import correction, variant
@@ -35,6 +35,7 @@ from planner.statistics import Statistics
 from runtime.executor import Executor
 from runtime.llm_ops import LLMService, SharedEngine
 from runtime.threads import torch_threads
+from sqlm.policy import SqlPolicy
 from sqlm.result import Result
 
 COPY_FORMATS = {"parquet", "csv", "json"}
@@ -56,6 +57,9 @@ class _SessionCatalog:
             return None
         return file_source(entry.kind, entry.path)
 
+    def file(self, kind: str, path: str):
+        return file_source(kind, self.con.policy.path(path, "read"))
+
     def model(self, name: str):
         entry = ensure_model(self.con.catalog, name)
         self.models[entry.name] = ModelFacts.from_entry(entry)
@@ -64,7 +68,9 @@ class _SessionCatalog:
 
 
 class Connection:
-    def __init__(self, path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None,
+                 policy: SqlPolicy = SqlPolicy()) -> None:
+        self.policy = policy
         self.catalog = Catalog(path)
         self.settings: Settings = self.catalog.settings()
         self._tables: dict[str, object] = {}  # session-registered in-memory tables
@@ -207,7 +213,9 @@ class Connection:
         if unknown:
             raise error_at("Binder error", f"unknown CREATE MODEL option {sorted(unknown)[0]!r}", stmt, sql)
         try:
-            entry = create_model(self.catalog, stmt.this.name, stmt.args["path"].this, bool(stmt.args.get("replace")))
+            self.policy.check_ddl("CREATE MODEL")
+            path = self.policy.path(stmt.args["path"].this, "read")
+            entry = create_model(self.catalog, stmt.this.name, path, bool(stmt.args.get("replace")))
         except (ModelError, ValueError, OSError) as e:
             raise error_at("Catalog error", str(e), stmt.args["path"], sql) from None
         return Result(pa.table({}), f"created model {entry.name} ({entry.format}, {entry.meta['native_format']})")
@@ -215,18 +223,27 @@ class Connection:
     def _create_table(self, stmt: exp.Create, sql: str) -> Result:
         if stmt.kind != "TABLE" or not isinstance(stmt.expression, exp.Query):
             raise error_at("Syntax error", "only CREATE TABLE name AS SELECT ... and CREATE MODEL are supported", stmt, sql)
-        name = stmt.this.name
-        if self.catalog.get_table(name) is not None and not stmt.args.get("replace"):
+        name, replace = stmt.this.name, bool(stmt.args.get("replace"))
+        try:
+            self.policy.check_ddl("CREATE TABLE")
+            path = self.catalog.table_path(name)  # checks the name: a table file lands inside the catalog only
+        except (ValueError, PermissionError) as e:
+            raise error_at("Catalog error", str(e), stmt.this, sql) from None
+        if self.catalog.get_table(name) is not None and not replace:
             raise error_at("Catalog error", f"table {name!r} already exists", stmt.this, sql)
         table, _, _ = self._execute(stmt.expression, sql)  # fails before anything is written
-        path = self.catalog.table_path(name)
         _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-        try:
-            self.catalog.register_table(name, "parquet", str(path), {f.name: str(f.type) for f in table.schema},
-                                        table.num_rows)
-        except Exception:
+        try:  # the name is claimed in one catalog transaction: of two concurrent creators one wins
+            previous = self.catalog.register_table(name, "parquet", str(path),
+                                                   {f.name: str(f.type) for f in table.schema}, table.num_rows,
+                                                   replace=replace)
+        except BaseException as e:
             path.unlink(missing_ok=True)
+            if isinstance(e, TableExistsError):
+                raise error_at("Catalog error", str(e), stmt.this, sql) from None
             raise
+        if previous is not None and previous.path != str(path) and self.catalog.owns(previous.path):
+            Path(previous.path).unlink(missing_ok=True)  # the replaced table's file
         return Result(pa.table({}), f"created table {name.lower()} ({table.num_rows} rows)")
 
     def _copy(self, stmt: exp.Copy, sql: str) -> Result:
@@ -234,6 +251,10 @@ class Connection:
         if source is None or not stmt.args.get("kind") is False:
             raise error_at("Syntax error", "COPY supports (SELECT ...) TO 'file' only", stmt, sql)
         target = stmt.args["files"][0].name
+        try:
+            target = self.policy.path(target, "write")
+        except PermissionError as e:
+            raise error_at("Permission error", str(e), stmt.args["files"][0], sql) from None
         fmt = Path(target).suffix.lstrip(".").lower()
         for param in stmt.args.get("params") or []:
             if param.this.name.upper() == "FORMAT":
@@ -255,6 +276,11 @@ class Connection:
             if not isinstance(eq, exp.EQ):
                 raise error_at("Syntax error", "SET expects name = value", item, sql)
             name, value = eq.this.name.lower(), eq.expression
+            if item.args.get("kind") == "GLOBAL":
+                try:
+                    self.policy.check_global()
+                except PermissionError as e:
+                    raise error_at("Permission error", str(e), item, sql) from None
             text = value.name if isinstance(value, (exp.Literal, exp.Var, exp.Identifier, exp.Column)) else value.sql()
             if isinstance(value, exp.Boolean):
                 text = "on" if value.this else "off"
@@ -271,6 +297,14 @@ class Connection:
 
     def _reset(self, stmt: Reset, sql: str) -> Result:
         name = stmt.this.name.lower()
+        if stmt.args.get("kind") == "GLOBAL":
+            try:
+                self.policy.check_global()
+                for persisted in ([n for n, _, _, _ in self.catalog.settings().rows()] if name == "all" else [name]):
+                    self.catalog.persist_setting(persisted, None)
+            except (PermissionError, ValueError) as e:
+                raise error_at("Setting error" if isinstance(e, ValueError) else "Permission error", str(e),
+                               stmt, sql) from None
         if name == "all":
             self.settings = self.catalog.settings()
             return Result(pa.table({}), "RESET")
@@ -332,12 +366,24 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))
+        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def connect(path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None) -> Connection:
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def connect(path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None,
+            policy: SqlPolicy = SqlPolicy()) -> Connection:
     """path: the catalog directory (default $SQLM_HOME or ~/.sqlm); shared_engine: an engine another part
-    runs (the server's), which model calls on its model join instead of building one of their own."""
-    return Connection(path, shared_engine)
+    runs (the server's), which model calls on its model join instead of building one of their own;
+    policy: what its SQL may touch outside the catalog (sqlm.policy; default: everything its user can)."""
+    return Connection(path, shared_engine, policy)

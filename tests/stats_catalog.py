@@ -42,6 +42,9 @@ class StatsCatalog:
     def table(self, name):
         return self.sources.get(name.lower())
 
+    def file(self, kind, path):
+        raise AssertionError("fixtures read no files")
+
     def model(self, name):
         from catalog.errors import ModelNotFoundError
 

@@ -85,10 +85,14 @@ class SqlmParser(DuckDBParser):
         return self.expression(Explain(this=query, analyze=analyze, format=fmt, verbose=verbose))
 
     def _parse_reset(self) -> Reset:
+        scope = None
+        if self._curr is not None and self._curr.text.upper() in ("GLOBAL", "SESSION") and self._next is not None:
+            scope = self._curr.text.upper()
+            self._advance()
         name = self._parse_id_var(any_token=True)
         if name is None:
             self.raise_error("RESET expects a setting name or ALL")
-        return self.expression(Reset(this=exp.to_identifier(name.name.lower())))
+        return self.expression(Reset(this=exp.to_identifier(name.name.lower()), kind=scope))
 
     def _parse_create(self) -> exp.Expr:
         start = self._prev
@@ -167,7 +171,7 @@ class SqlmGenerator(DuckDBGenerator):
         Explain: lambda self, e: "EXPLAIN " + ("ANALYZE " if e.args.get("analyze") else "")
         + (f"(FORMAT {e.args.get('format')}{', VERBOSE' if e.args.get('verbose') else ''}) ")
         + self.sql(e, "this"),
-        Reset: lambda self, e: f"RESET {self.sql(e, 'this')}",
+        Reset: lambda self, e: f"RESET {e.args['kind'] + ' ' if e.args.get('kind') else ''}{self.sql(e, 'this')}",
         CreateModel: lambda self, e: "CREATE " + ("OR REPLACE " if e.args.get("replace") else "")
         + f"MODEL {self.sql(e, 'this')} FROM {self.sql(e, 'path')}"
         + (" WITH (" + ", ".join(f"{self.sql(p, 'this')} = {self.sql(p, 'value')}"

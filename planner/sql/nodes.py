@@ -15,8 +15,8 @@ class CreateModel(exp.Expression):
 
 
 class Reset(exp.Expression):
-    """RESET knob | RESET ALL."""
-    arg_types = {"this": True}
+    """RESET [GLOBAL | SESSION] knob | ALL; GLOBAL also forgets the catalog's persisted value(s)."""
+    arg_types = {"this": True, "kind": False}
 
 
 class LLMCall(exp.Expression, exp.Func):

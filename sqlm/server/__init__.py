@@ -42,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
                         "(default: $SQLM_API_KEY; none: open)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies get a 413 before they are read (default {DEFAULT_MAX_BODY_BYTES:,})")
+    p.add_argument("--sql-files", metavar="DIR",
+                   help="the one directory /v1/sql may read (read_csv, read_parquet, ...) and COPY into "
+                        "(default: no file access)")
+    p.add_argument("--sql-write", action="store_true",
+                   help="let /v1/sql CREATE TABLE / CREATE MODEL in the catalog (default: refused)")
     p.add_argument("--explain", action="store_true",
                    help="print the plan the engine is configured with (every knob, its cost and runner-up) and exit")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                                         prefill_dtype=args.prefill_dtype, kv_cache_memory=args.kv_cache_memory,
                                         max_batch_size=args.max_batch_size, threads=args.threads,
                                         catalog_path=args.home, api_key=args.api_key,
-                                        max_body_bytes=args.max_body_bytes))
+                                        max_body_bytes=args.max_body_bytes, sql_files=args.sql_files,
+                                        sql_write=args.sql_write))
         if args.explain:
             print(app.state.explain_text)
             return 0

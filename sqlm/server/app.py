@@ -28,6 +28,7 @@ from planner.request import plan_request
 from planner.statistics import Statistics
 from runtime.engine import Engine
 from runtime.llm_ops import SharedEngine
+from sqlm.policy import SqlPolicy
 from sqlm.server import completions as C
 from sqlm.server import protocol as P
 from sqlm.server.engine_loop import EngineLoop
@@ -55,6 +56,8 @@ class ServerSettings:
     catalog_path: str | None = None
     api_key: str | None = None  # every endpoint but /health and /metrics needs 'Authorization: Bearer <key>'
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    sql_files: str | None = None  # the one directory /v1/sql may read and COPY into (None: no file access)
+    sql_write: bool = False  # /v1/sql may CREATE TABLE / CREATE MODEL in the catalog
 
     KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads")
 
@@ -145,7 +148,8 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     served = C.ServedModel(name, loaded.tokenizer, context, loaded.config.vocab_size, min(context, kv_tokens), planner)
     engine_loop = EngineLoop(engine)
     metrics = Metrics(served.name)
-    sql = SqlService(settings.catalog_path, SharedEngine(str(loaded.path), knobs, engine_loop.run))
+    sql = SqlService(settings.catalog_path, SharedEngine(str(loaded.path), knobs, engine_loop.run),
+                     SqlPolicy.sandbox(settings.sql_files, settings.sql_write))
 
     async def flush_statistics():
         while True:

@@ -1,9 +1,11 @@
 """POST /v1/sql: a statement in the CLI's dialect, the result as JSON rows or an Arrow IPC stream.
 
-Statements run one at a time on one worker thread that owns the server's Connection
-(a Connection is a session: SET and registered tables persist between statements,
-as in `sqlm shell`), so the event loop never waits on a query. Model calls on the
-served model join the server's engine (the shared engine), so its weights load once.
+Statements run one at a time on one worker thread that owns the server's Connection, so
+the event loop never waits on a query. Each request is a session of its own: it starts
+from the catalog's settings, and a SET lasts until the request ends. The connection runs
+under a sandbox policy (sqlm.policy): no file access unless --sql-files, no DDL unless
+--sql-write, never SET GLOBAL. Model calls on the served model join the server's engine
+(the shared engine), so its weights load once.
 """
 from __future__ import annotations
 
@@ -33,10 +35,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 class SqlService:
-    def __init__(self, catalog_path: str | None = None, shared_engine=None):
-        """shared_engine: a runtime.llm_ops.SharedEngine, the server's."""
+    def __init__(self, catalog_path: str | None = None, shared_engine=None, policy=None):
+        """shared_engine: a runtime.llm_ops.SharedEngine, the server's; policy: a sqlm.policy.SqlPolicy
+        (default: the sandbox, no files, no DDL)."""
+        from sqlm.policy import SqlPolicy
+
         self.catalog_path = catalog_path
         self.shared_engine = shared_engine
+        self.policy = policy if policy is not None else SqlPolicy.sandbox()
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-sql")
         self._con = None
 
@@ -44,7 +50,8 @@ class SqlService:
         if self._con is None:
             import sqlm
 
-            self._con = sqlm.connect(self.catalog_path, shared_engine=self.shared_engine)
+            self._con = sqlm.connect(self.catalog_path, shared_engine=self.shared_engine, policy=self.policy)
+        self._con.settings = self._con.catalog.settings()  # this request's session: no SET of an earlier one
         result = self._con.sql(query)
         return result.arrow(), result.message
 
@@ -55,6 +62,8 @@ class SqlService:
             raise APIError(503, str(e), type="server_error", code="engine_unavailable")
         except _user_errors() as e:
             raise bad_request(str(e), param="query", code="sql_error")
+        except PermissionError as e:
+            raise APIError(403, str(e), type="permission_error", param="query", code="sql_forbidden")
         except OSError as e:
             raise APIError(400, f"{type(e).__name__}: {e}", param="query", code="sql_error")
 

@@ -10,14 +10,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from operators.engine_config import EngineConfig  # noqa: E402
 from serving_helpers import TINY, RunningServer  # noqa: E402
-from sqlm.server import create_app  # noqa: E402
+from sqlm.server import ServerSettings, create_app  # noqa: E402
 
 TINY_ENGINE = EngineConfig(kv_cache_memory=8 << 20, kv_block_size=16, max_batch_size=64, prefill_chunk_tokens=256)
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_llama):
-    app = create_app(str(tiny_llama.hf_dir), TINY_ENGINE, served_name=TINY)
+    # /v1/sql may read the tiny model's files (CREATE MODEL) and write to the catalog; the sandbox's
+    # defaults are tested on a server of its own (test_sql_sandbox.py)
+    app = create_app(str(tiny_llama.hf_dir), TINY_ENGINE, served_name=TINY,
+                     settings=ServerSettings(sql_files=str(tiny_llama.hf_dir.parent), sql_write=True))
     with RunningServer(app) as server:
         yield server
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -231,3 +232,57 @@ def test_explain_says_what_each_linear_of_the_model_runs(tiny, monkeypatch):
     assert line.startswith("kernels: qkv, o fp32 as stored: decode tvm dense_matmul (3 rows), prefill torch fp32 "
                            "matmul (62 rows); gate_up Q4_1 kept quantized: decode tvm quant_gemv (3 rows), prefill "
                            "tvm quant_gemm (62 rows); down Q8_0 kept quantized: decode tvm quant_gemv (3 rows)")
+
+
+CREATOR = """
+import os, sys, time
+import sqlm
+home, start, who = sys.argv[1], sys.argv[2], int(sys.argv[3])
+con = sqlm.connect(home)
+while not os.path.exists(start):
+    time.sleep(0.001)
+try:
+    con.sql(f"CREATE TABLE t_same AS SELECT {who} AS who")
+    print("created")
+except Exception as e:
+    print("refused:", e)
+"""
+
+
+def test_two_processes_creating_the_same_table_at_once_one_wins(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    home, start = tmp_path / "home", tmp_path / "start"
+    sqlm.connect(home).close()
+    procs = [subprocess.Popen([sys.executable, "-c", CREATOR, str(home), str(start), str(who)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in (1, 2)]
+    time.sleep(3)  # both connected and waiting
+    start.write_text("go")
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(o.split(":")[0] for o in outs) == ["created", "refused"], outs
+    assert "already exists" in next(o for o in outs if o.startswith("refused"))
+    winner = 1 if outs[0] == "created" else 2
+    con = sqlm.connect(home)
+    assert con.sql("SELECT who FROM t_same").arrow().to_pylist() == [{"who": winner}]
+    assert len(list((home / "tables").glob("*.parquet"))) == 1  # the loser's file is gone
+
+
+def test_table_names_cannot_name_paths(tmp_path):
+    con = sqlm.connect(tmp_path / "home")
+    for name in ('"../../x"', '""', '"a/b"', '".hidden"'):
+        with pytest.raises(SqlError, match="not allowed|must not be empty"):
+            con.sql(f"CREATE TABLE {name} AS SELECT 1 AS a")
+    assert not (tmp_path / "x.parquet").exists() and list((tmp_path / "home" / "tables").iterdir()) == []
+
+
+def test_a_crashed_writers_temporary_file_is_removed_on_open(tmp_path):
+    con = sqlm.connect(tmp_path / "home")
+    tables = tmp_path / "home" / "tables"
+    dead = tables / ".t-0123.parquet.tmp-999999999"  # no such process
+    alive = tables / f".t-4567.parquet.tmp-{os.getpid()}"  # a writer still at work
+    dead.write_text("half"), alive.write_text("half")
+    con.close()
+    sqlm.connect(tmp_path / "home").close()
+    assert not dead.exists() and alive.exists()
