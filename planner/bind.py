@@ -117,6 +117,10 @@ class Binder:
         args = [a for a in [fn.args.get("this")] + list(fn.expressions or []) if isinstance(a, exp.Expr)]
         if not args or not isinstance(args[0], exp.Literal) or not args[0].is_string:
             raise self.error(f"{name}() expects a file path string", fn)
+        if len(args) > 1:  # an option sqlm would ignore is refused by name, never silently dropped
+            extra = args[1]
+            option = extra.this.name if isinstance(extra, (exp.Kwarg, exp.PropertyEQ, exp.EQ)) else extra.sql()
+            raise self.error(f"{name}(): option {option!r} is not supported (only the file path is)", extra)
         return self.file(kinds[name], args[0].this, fn)
 
     def file(self, kind: str, path: str, node: exp.Expr) -> TableSource:
@@ -311,6 +315,9 @@ class Binder:
     def sampling(self, call: LLMCall) -> SamplingParams:
         stop = self.option(call, "stop", (), (str, list, tuple))
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        if any(s == "" for s in stop):
+            raise self.error(f"{call.sql_name().lower()}(): stop strings must not be empty "
+                             "(an empty one would end every output at once)", call.option("stop"))
         try:
             return SamplingParams(
                 max_tokens=self.option(call, "max_tokens", DEFAULT_MAX_TOKENS, int),

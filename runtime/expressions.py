@@ -48,6 +48,11 @@ def _text(value):
     return pa.scalar(None if value.as_py() is None else str(value.as_py()), pa.string()) if isinstance(value, pa.Scalar) else value
 
 
+def _nonzero(divisor):
+    """The divisor with zeros as NULL: x / 0, x // 0 and x % 0 are NULL, as in DuckDB (not inf, not an error)."""
+    return pc.if_else(pc.equal(divisor, 0), pa.scalar(None, divisor.type), divisor)
+
+
 def _eval(e: exp.Expr, t: pa.Table):  # noqa: C901 - one dispatch table, flat on purpose
     if isinstance(e, exp.Column):
         if e.name not in t.column_names:
@@ -74,12 +79,14 @@ def _eval(e: exp.Expr, t: pa.Table):  # noqa: C901 - one dispatch table, flat on
     if isinstance(e, exp.Not):
         return pc.invert(_eval(e.this, t))
     if isinstance(e, exp.Div):
-        return pc.divide(pc.cast(_eval(e.this, t), pa.float64()), _eval(e.expression, t))
+        return pc.divide(pc.cast(_eval(e.this, t), pa.float64()), _nonzero(_eval(e.expression, t)))
     if isinstance(e, exp.IntDiv):
-        return pc.divide(_eval(e.this, t), _eval(e.expression, t))
-    if isinstance(e, exp.Mod):
-        a, b = _eval(e.this, t), _eval(e.expression, t)
-        return pc.subtract(a, pc.multiply(pc.floor(pc.divide(pc.cast(a, pa.float64()), b)), b))
+        return pc.divide(_eval(e.this, t), _nonzero(_eval(e.expression, t)))
+    if isinstance(e, exp.Mod):  # the remainder takes the dividend's sign (truncated division), as in SQL
+        a, b = _eval(e.this, t), _nonzero(_eval(e.expression, t))
+        remainder = pc.subtract(a, pc.multiply(pc.trunc(pc.divide(pc.cast(a, pa.float64()), b)), b))
+        both_integers = pa.types.is_integer(a.type) and pa.types.is_integer(b.type)
+        return pc.cast(remainder, a.type) if both_integers else remainder
     if type(e) in _ARITH:
         return getattr(pc, _ARITH[type(e)])(_eval(e.this, t), _eval(e.expression, t))
     if isinstance(e, exp.DPipe):

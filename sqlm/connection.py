@@ -83,7 +83,10 @@ class Connection:
     def sql(self, query: str) -> Result:
         result = Result(pa.table({}))
         for statement in parse(query):
-            result = self._run_statement(statement, query)
+            try:
+                result = self._run_statement(statement, query)
+            except RecursionError:  # a deep expression tree past the parser's own nesting check
+                raise SqlError("Error", "expression nested too deeply", sql=query) from None
         return result
 
     def explain(self, query: str) -> str:

@@ -16,8 +16,33 @@ __all__ = ["parse", "Sqlm", "CreateModel", "Explain", "LLMCall", "LLMClassify", 
 _TOKEN_REPR = re.compile(r"<Token token_type: [\w.]+, text: (.*?), line: \d+.*?>")
 
 
+MAX_NESTING = 32  # parentheses deep: past any real query; sqlglot's recursive descent overflows Python's stack at ~45
+
+
+def _check_nesting(sql: str) -> None:
+    """Refuse text nested deeper than MAX_NESTING before the recursive-descent parser recurses into it."""
+    depth, quote = 0, None
+    line, col = 1, 0
+    for ch in sql:
+        col += 1
+        if ch == "\n":
+            line, col = line + 1, 0
+        if quote is not None:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise SqlError("Syntax error", f"expression nested too deeply (more than {MAX_NESTING} levels of "
+                               "parentheses)", line=line, col=col, sql=sql)
+        elif ch == ")":
+            depth -= 1
+
+
 def parse(sql: str) -> list[exp.Expr]:
     """Every statement in `sql`; a syntax error raises SqlError with the line and column."""
+    _check_nesting(sql)
     try:
         statements = sqlglot.parse(sql, read=Sqlm, error_level=ErrorLevel.IMMEDIATE)
     except ParseError as e:
@@ -30,6 +55,8 @@ def parse(sql: str) -> list[exp.Expr]:
         raise SqlError("Syntax error", message, line=first.get("line"), col=col, sql=sql) from None
     except TokenError as e:
         raise SqlError("Syntax error", str(e), sql=sql) from None
+    except RecursionError:
+        raise SqlError("Syntax error", "expression nested too deeply", sql=sql) from None
     statements = [s for s in statements if s is not None]
     if not statements:
         raise SqlError("Syntax error", "empty statement", sql=sql)

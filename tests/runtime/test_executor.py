@@ -198,3 +198,19 @@ def test_dedup_and_prefix_order_put_answers_back_on_their_rows(order, dedup):
         assert sent == sorted(sent)
     else:
         assert sent == list(dict.fromkeys(b for b in bodies if b)) if dedup else [b for b in bodies if b]
+
+
+def test_division_by_zero_is_null_as_in_duckdb(con):
+    assert rows(con, "SELECT 1 / 0 AS a, 7 // 0 AS b, 5 % 0 AS c, -7 % 3 AS d, 7.5 / 2 AS e") == [
+        {"a": None, "b": None, "c": None, "d": -1, "e": 3.75}]
+
+
+@pytest.mark.parametrize("query,message", [
+    ("SELECT " + "(" * 1500 + "1" + ")" * 1500, "nested too deeply (more than 32 levels"),
+    ("SELECT generate('smollm2', 'hi', stop => '') AS g", "stop strings must not be empty"),
+    ("SELECT * FROM read_csv('x.csv', delim => ';')", "option 'delim' is not supported"),
+    ("SELECT * FROM read_parquet('x.parquet', hive_partitioning = true)", "option 'hive_partitioning' is not supported"),
+])
+def test_input_sqlm_cannot_honour_is_an_error_naming_it(con, query, message):
+    with pytest.raises(SqlError, match=re.escape(message)):
+        con.sql(query)
