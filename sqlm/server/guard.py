@@ -5,12 +5,18 @@ An ASGI middleware, so a refused request costs no parsing at all:
 - with an API key (`sqlm serve --api-key K`, or SQLM_API_KEY), every endpoint but /health and /metrics
   needs `Authorization: Bearer K` (OpenAI's and vLLM's scheme): 401 otherwise;
 - a body larger than `max_body_bytes` is a 413 before it is read: at once from its Content-Length, else
-  as soon as the bytes received pass the limit. At most the limit is ever held in memory.
+  as soon as the bytes received pass the limit. At most the limit is ever held in memory;
+- an exception no handler turned into a response becomes a JSON 500 here, and nothing is re-raised: the
+  keep-alive connection stays usable (Starlette's last-resort handler re-raises, and uvicorn then
+  drops the connection the client's next request was going to use).
 """
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+
+log = logging.getLogger("sqlm.server")
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 DEFAULT_MAX_BODY_BYTES = 4 << 20
@@ -32,7 +38,7 @@ class RequestGuard:
         if declared is not None and declared > self.max_body_bytes:
             return await self._too_large(send)
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
+            return await self._run(scope, receive, send)
         body = bytearray()
         while True:  # read the body here, so a liar's Content-Length or a chunked flood stops at the limit
             message = await receive()
@@ -43,7 +49,22 @@ class RequestGuard:
                 return await self._too_large(send)
             if not message.get("more_body", False):
                 break
-        return await self.app(scope, _replay(bytes(body), receive), send)
+        return await self._run(scope, _replay(bytes(body), receive), send)
+
+    async def _run(self, scope, receive, send):
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the last line: a 500 with a message, never a dropped connection
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _error(send, 500, f"internal error: {type(exc).__name__}: {exc}", "server_error", None,
+                             keep_alive=True)
 
     def _authorized(self, scope) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -76,10 +97,14 @@ def _replay(body: bytes, receive):
     return replay
 
 
-async def _error(send, status: int, message: str, kind: str, code: str, headers: dict | None = None) -> None:
+async def _error(send, status: int, message: str, kind: str, code: str | None, headers: dict | None = None,
+                 keep_alive: bool = False) -> None:
+    """keep_alive: the request was read whole, so the connection can serve the next one; a refused
+    body (401, 413) may be unread, so that connection closes."""
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-           (b"connection", b"close")]
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if not keep_alive:
+        raw.append((b"connection", b"close"))
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})

@@ -22,6 +22,10 @@ def echo_app(**guard) -> TestClient:
     @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    @app.post("/v1/boom")
+    async def boom():
+        raise RuntimeError("a bug")
     app.add_middleware(RequestGuard, **guard)
     return TestClient(app)
 
@@ -77,3 +81,18 @@ def test_serve_warns_when_exposed_without_a_key():
 
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("10.1.2.3")
+
+
+def test_a_500_is_json_and_the_keep_alive_connection_still_serves(caplog):
+    app = echo_app().app
+    with RunningServer(app) as server, httpx.Client(base_url=server.url) as client:
+        boom = client.post("/v1/boom", content=b"{}")
+        after = client.post("/v1/echo", content=b"abc")  # the same connection, not reset
+    assert boom.status_code == 500 and "RuntimeError: a bug" in boom.json()["error"]["message"]
+    assert after.status_code == 200 and after.json() == {"bytes": 3}
+
+
+def test_a_deeply_nested_json_body_is_a_400(tiny_server):
+    body = ("[" * 100_000 + "]" * 100_000).encode()
+    r = httpx.post(f"{tiny_server.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
