@@ -8,7 +8,8 @@ import os
 
 import torch
 
-from catalog.hardware import best_seconds, cpu_model
+from catalog.hardware import cpu_model
+from planner.hardware_calibration import best_seconds
 
 
 def describe() -> str:
