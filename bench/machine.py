@@ -13,7 +13,11 @@ from planner.hardware_calibration import best_seconds
 
 
 def describe() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    """The CPU as a figure must name it: model, instruction set, and the level TVM's kernels were built for."""
+    from codegen.target import detect_cpu, host_target
+
+    return (f"{cpu_model()} [{detect_cpu().describe()}], {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, TVM kernels for {host_target().describe()}")
 
 
 def copy_bandwidth_gbs(nbytes: int = 1 << 30, repeat: int = 3) -> float:
