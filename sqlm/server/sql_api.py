@@ -1,8 +1,9 @@
 """POST /v1/sql: a statement in the CLI's dialect, the result as JSON rows or an Arrow IPC stream.
 
-Statements run one at a time on one worker thread that owns the server's Connection, so
-the event loop never waits on a query. Each request is a session of its own: it starts
-from the catalog's settings, and a SET lasts until the request ends. The connection runs
+Requests run on a few worker threads (WORKERS), each owning a Connection of its own, so
+the event loop never waits on a query and a long query does not hold up the others (the
+catalog's transactions order their writes). Each request is a session of its own: it
+starts from the catalog's settings, and a SET lasts until the request ends. The connection runs
 under a sandbox policy (sqlm.policy): no file access unless --sql-files, no DDL unless
 --sql-write, never SET GLOBAL. Model calls on the served model join the server's engine
 (the shared engine), so its weights load once.
@@ -13,6 +14,7 @@ import asyncio
 import concurrent.futures
 import io
 import json
+import threading
 
 import pyarrow as pa
 from fastapi.responses import Response
@@ -21,6 +23,7 @@ from sqlm.server.engine_loop import EngineFailure
 from sqlm.server.errors import APIError, bad_request
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+WORKERS = 4  # concurrent /v1/sql requests; model calls on the served model share its engine's batch
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -43,21 +46,31 @@ class SqlService:
         self.catalog_path = catalog_path
         self.shared_engine = shared_engine
         self.policy = policy if policy is not None else SqlPolicy.sandbox()
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-sql")
-        self._con = None
+        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sqlm-sql")
+        self._local = threading.local()  # each worker thread's Connection
+        self._connections = []
+        self._lock = threading.Lock()
 
-    def _run(self, query: str):
-        if self._con is None:
+    def _connection(self):
+        con = getattr(self._local, "con", None)
+        if con is None:
             import sqlm
 
-            self._con = sqlm.connect(self.catalog_path, shared_engine=self.shared_engine, policy=self.policy)
-        self._con.settings = self._con.catalog.settings()  # this request's session: no SET of an earlier one
-        result = self._con.sql(query)
+            con = self._local.con = sqlm.connect(self.catalog_path, shared_engine=self.shared_engine,
+                                                 policy=self.policy)
+            with self._lock:
+                self._connections.append(con)
+        return con
+
+    def _run(self, query: str):
+        con = self._connection()
+        con.settings = con.catalog.settings()  # this request's session: no SET of an earlier one
+        result = con.sql(query)
         return result.arrow(), result.message
 
     async def execute(self, query: str) -> tuple[pa.Table, str | None]:
         try:
-            return await asyncio.wrap_future(self._worker.submit(self._run, query))
+            return await asyncio.wrap_future(self._workers.submit(self._run, query))
         except EngineFailure as e:
             raise APIError(503, str(e), type="server_error", code="engine_unavailable")
         except _user_errors() as e:
@@ -68,13 +81,11 @@ class SqlService:
             raise APIError(400, f"{type(e).__name__}: {e}", param="query", code="sql_error")
 
     def close(self) -> None:
-        self._worker.submit(self._close).result()
-        self._worker.shutdown()
-
-    def _close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        self._workers.shutdown(wait=True)  # no query runs past here
+        with self._lock:
+            for con in self._connections:
+                con.close()
+            self._connections.clear()
 
 
 def wants_arrow(accept: str | None) -> bool:

@@ -78,3 +78,32 @@ def test_sql_files_opens_one_directory_only(sandbox):
         assert SECRET not in r.text
     assert sql(opened, "COPY (SELECT 7 AS x) TO 'out.csv'").status_code == 200
     assert (root / "shared" / "out.csv").read_text().splitlines()[-1] == "7"
+
+
+def test_a_long_query_does_not_hold_up_the_others(tmp_path):
+    import asyncio
+    import threading
+
+    from sqlm.server.sql_api import SqlService
+
+    service = SqlService(str(tmp_path / "catalog.db"))
+    release = threading.Event()
+    run = service._run
+
+    def held(query):  # the 'slow' query waits until the fast one has been answered
+        if "slow" in query:
+            assert release.wait(30)
+        return run(query)
+    service._run = held
+
+    async def both():
+        slow = asyncio.ensure_future(service.execute("SELECT 'slow' AS s"))
+        fast, _ = await asyncio.wait_for(service.execute("SELECT 1 AS one"), 30)
+        assert not slow.done() and fast.to_pylist() == [{"one": 1}]
+        release.set()
+        return (await slow)[0].to_pylist()
+    try:
+        assert asyncio.run(both()) == [{"s": "slow"}]
+    finally:
+        release.set()
+        service.close()
