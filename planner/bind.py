@@ -22,7 +22,7 @@ from planner.errors import SqlError, error_at
 from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, kind_of
 from planner.sql.dialect import Sqlm
-from planner.sql.nodes import LLMCall, LLMClassify, LLMGenerate
+from planner.sql.nodes import LLMCall, LLMGenerate
 from operators.requests import SamplingParams
 
 DEFAULT_MAX_TOKENS = 64

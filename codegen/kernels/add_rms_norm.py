@@ -14,8 +14,8 @@ split over threads from common.PARALLEL_MIN_ROWS.
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
+from codegen.target import Target
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 LANES = 16

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from codegen import packed
 from codegen.build import KernelSpec
-from codegen.target import Target
 from codegen.kernels import common, quant_common
 from codegen.kernels.common import loop_kinds
 from codegen.kernels.quant_common import check, element, group_quants, num_tiles, quant_kernel, weight
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
+from codegen.target import Target
 
 LANES = TILE_ROWS
 OUT_DTYPES = ("float32", "bfloat16")

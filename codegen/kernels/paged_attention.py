@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 
 from codegen.build import KernelSpec
-from codegen.target import Target
 from codegen.kernels.common import exp_f32, loop_kinds
+from codegen.target import Target
 
 KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 SPLIT = 4  # independent partial sums per score vector

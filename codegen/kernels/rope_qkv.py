@@ -19,8 +19,8 @@ dimensions are vectorized except the key scatter, whose elements are block_size 
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
+from codegen.target import Target
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 

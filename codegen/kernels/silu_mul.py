@@ -10,8 +10,8 @@ arithmetic stays fp32 (one rounding, at the store).
 from __future__ import annotations
 
 from codegen.build import KernelSpec
-from codegen.target import Target
 from codegen.kernels.common import PARALLEL_MIN_ROWS, exp_f32, loop_kinds
+from codegen.target import Target
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
