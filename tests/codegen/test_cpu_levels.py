@@ -35,14 +35,14 @@ EXAMPLES = [
     (quant.test_dequantize_is_exact, dict(qtype="Q4_1", n=37, out_dtype="bfloat16")),
     (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale, dict(qtype="Q8_0")),
     (quant.test_token_does_not_depend_on_its_batch, dict(kernel="quant_gemm", qtype="Q4_1")),
-] + [(quant.test_matches_dequantized_reference, dict(kernel=kernel, qtype=qtype, n=n, k=k, tokens=tokens))
+] + [(quant.test_matches_dequantized_reference, dict(kernel=kernel, qtype=qtype, n=n, k=k, token_counts=tokens))
      for kernel, qtype, (n, k, tokens) in [
-         ("quant_gemv", "Q4_1", (1000, 576, 4)),  # on the thread pool
-         ("quant_gemv", "Q4_0", (37, 160, 3)),  # a partial row tile
-         ("quant_gemv", "Q8_0", (37, 160, 3)),
-         ("quant_gemm", "Q4_1", (24, 1536, 90)),  # a partial panel, two token blocks, a token tail
-         ("quant_gemm", "Q4_0", (37, 160, 3)),
-         ("quant_gemm", "Q8_0", (37, 160, 3))]]
+         ("quant_gemv", "Q4_1", (1000, 576, (4,))),  # on the thread pool
+         ("quant_gemv", "Q4_0", (37, 160, (1, 3))),  # a partial row tile
+         ("quant_gemv", "Q8_0", (37, 160, (3,))),
+         ("quant_gemm", "Q4_1", (200, 1536, (90,))),  # a partial panel, two token blocks, a token tail
+         ("quant_gemm", "Q4_0", (37, 160, (3, 7))),
+         ("quant_gemm", "Q8_0", (37, 160, (3,)))]]
 
 
 def example_id(example) -> str:

@@ -16,12 +16,13 @@ from codegen.packed import pack
 from operators import tensor_ops as ref
 
 QTYPES = ["Q4_1", "Q4_0", "Q8_0"]
-# (N, K, T): partial last row tile (37, 33), odd tile counts (48, 80), one block (32);
-# tokens covering every tail of the GEMM's 6-token tiles and several of its K chunks.
-SHAPES = [(64, 96, 1), (37, 160, 3), (96, 576, 5), (48, 64, 2), (16, 32, 4), (33, 64, 7),
-          (80, 128, 9), (64, 64, 16), (200, 1536, 6), (72, 576, 13), (40, 192, 64),
-          (1000, 576, 4),  # enough work to run on the thread pool (quant_common.PARALLEL_MIN_WORK)
-          (24, 1536, 90)]  # more tokens than the GEMM's token block at this K (two passes)
+# (N, K, token counts). Each (N, K) compiles once (tokens are a symbolic dimension, so one kernel serves
+# every count): partial last row tiles (37, 200), odd tile counts (3, 5), one block and one tile (16 x 32),
+# K chunks of 32/96/128; token counts covering the GEMM's register-tile tails, 64 tokens, and 90 at K=1536:
+# more than its token block there (two passes).
+SHAPES = [(37, 160, (1, 3, 7)), (48, 64, (2, 16)), (16, 32, (4,)), (80, 128, (5, 9)), (96, 576, (5, 64)),
+          (200, 1536, (6, 13, 90)),
+          (1000, 576, (4,))]  # enough work to run on the thread pool (quant_common.PARALLEL_MIN_WORK)
 
 
 def poisoned(*shape):
@@ -47,17 +48,18 @@ def seeded():
 
 @pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
 @pytest.mark.parametrize("qtype", QTYPES)
-@pytest.mark.parametrize("n,k,tokens", SHAPES)
-def test_matches_dequantized_reference(kernel, qtype, n, k, tokens, target=None):
+@pytest.mark.parametrize("n,k,token_counts", SHAPES)
+def test_matches_dequantized_reference(kernel, qtype, n, k, token_counts, target=None):
     weight = quantize(qtype, torch.randn(n, k))
-    x = torch.randn(tokens, k)
-    assert_fp32_close(run(kernel, weight, x, target), ref.linear(x, weight.dequantize()))
+    for tokens in token_counts:
+        x = torch.randn(tokens, k)
+        assert_fp32_close(run(kernel, weight, x, target), ref.linear(x, weight.dequantize()))
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype, target=None):
-    weight = quantize(qtype, torch.randn(48, 256))
-    x = torch.randn(4, 256)
+    weight = quantize(qtype, torch.randn(48, 64))  # the shape of SHAPES' odd tile count: no extra compile
+    x = torch.randn(4, 64)
     x[0, :32] = 0  # a block with max|x| = 0
     x[1, 5] = 300.0  # one outlier dominating its block's scale
     x[2] *= 1e4
@@ -71,14 +73,14 @@ def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype, tar
 @pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
 def test_token_does_not_depend_on_its_batch(kernel, qtype, target=None):
-    weight = quantize(qtype, torch.randn(72, 128))
+    weight = quantize(qtype, torch.randn(80, 128))
     packed = pack(weight)
-    kernel_fn = get_kernel(kernel, {"qtype": qtype, "n": 72, "k": 128}, target)
+    kernel_fn = get_kernel(kernel, {"qtype": qtype, "n": 80, "k": 128}, target)
     x = torch.randn(19, 128)
-    together = poisoned(19, 72)
+    together = poisoned(19, 80)
     kernel_fn(x, *packed.tensors, together)
     for size in (1, 2, 3, 5, 6, 7, 13):
-        part = poisoned(size, 72)
+        part = poisoned(size, 80)
         kernel_fn(x[-size:].contiguous(), *packed.tensors, part)
         assert torch.equal(part, together[-size:])
 
