@@ -103,6 +103,7 @@ class Generate:
     chat: bool
     output: str
     options: LLMOptions = LLMOptions()
+    priority: int = 0  # the engine's request priority: lower runs first (vLLM's convention)
     name = "Generate"
 
     @property
@@ -130,7 +131,7 @@ class Generate:
             p.append(("stop", list(s.stop)))
         p += [("chat", self.chat), ("output", self.output), ("dedup", self.options.dedup),
               ("order", self.options.order)]
-        return p
+        return p + ([("priority", self.priority)] if self.priority else [])
 
 
 @dataclass(frozen=True)

@@ -121,12 +121,14 @@ class BatchedGenerate:
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
     operator_kernels: tuple[OperatorKernel, ...] = ()
+    priority: int = 0  # of every request it submits: lower runs first (vLLM's convention)
     name = "BatchedGenerate"
 
     def params(self):
         s = self.sampling
         return [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
-                ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)]
+                ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)] + (
+                    [("priority", self.priority)] if self.priority else [])
 
 
 @dataclass(frozen=True)

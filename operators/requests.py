@@ -36,7 +36,7 @@ class SamplingParams:
 class GenerationRequest:
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    priority: int = 0  # higher runs first and is preempted last
+    priority: int = 0  # lower runs first and is preempted last (vLLM's convention)
     request_id: str | None = None
 
 

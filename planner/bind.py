@@ -287,7 +287,8 @@ class Binder:
             raise self.error(f"{call.sql_name().lower()}(): the {text_key} must be text, got {kind} "
                              f"({call.args[text_key].sql()}); cast it with CAST(... AS VARCHAR)", call.args[text_key])
         if isinstance(call, LLMGenerate):
-            return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output)
+            return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output,
+                              priority=self.option(call, "priority", 0, int))
         labels = call.args["labels"]
         if not isinstance(labels, exp.Array) or not labels.expressions or not all(
                 isinstance(x, exp.Literal) and x.is_string for x in labels.expressions):

@@ -125,7 +125,7 @@ class Executor:
     # -- model calls --------------------------------------------------------------------
     def _BatchedGenerate(self, op: P.BatchedGenerate, inputs, record) -> pa.Table:
         def run(prompts: list[str]) -> LLMOutcome:
-            return self.llm.generate(op.model, op.knobs, prompts, op.sampling, op.chat, self.on_progress)
+            return self.llm.generate(op.model, op.knobs, prompts, op.sampling, op.chat, self.on_progress, op.priority)
         return self._llm_column(inputs[0], op.prompt, op.output, op.options, run, record)
 
     def _BatchedClassify(self, op: P.BatchedClassify, inputs, record) -> pa.Table:

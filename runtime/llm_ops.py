@@ -127,10 +127,10 @@ class LLMService:
         self._models.clear()
 
     def generate(self, model: str, knobs: EngineConfig, prompts: list[str], sampling: SamplingParams, chat: bool,
-                 on_progress: Progress | None = None) -> LLMOutcome:
+                 on_progress: Progress | None = None, priority: int = 0) -> LLMOutcome:
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
-        requests = [GenerationRequest(tuple(encode(p)), sampling) for p in prompts]
+        requests = [GenerationRequest(tuple(encode(p)), sampling, priority) for p in prompts]
         results, outcome = self._run(model, knobs, requests, on_progress)
         outcome.values = [r.text for r in results]
         return outcome

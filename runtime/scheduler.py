@@ -2,13 +2,13 @@
 
 Every step has a token budget (`prefill_chunk_tokens`, Sarathi-Serve style) and a cap
 on sequences (`max_batch_size`). Running sequences go first, in precedence order
-(higher priority, then earlier arrival): a decoding one takes one token, a prefilling
+(lower priority value first, as in vLLM; then earlier arrival): a decoding one takes one token, a prefilling
 one a chunk of what is left. Waiting sequences are then admitted in policy order (FCFS
 or shortest-predicted-first) while the budget, the batch cap and the KV pool allow.
 When the pool cannot hold a running sequence's next tokens, the lowest-precedence
 running sequence is preempted by recompute: its blocks are released (the computed ones
 stay in the prefix cache) and it goes back to the queue with its output so far. A
-waiting sequence of higher priority than running ones preempts them the same way when
+waiting sequence of more urgent priority (a lower value) than running ones preempts them the same way when
 the batch cap or the pool would otherwise keep it waiting.
 No torch here.
 """
@@ -21,16 +21,16 @@ from runtime.sequence import Sequence, SequenceStatus
 
 
 def precedence(seq: Sequence) -> tuple:
-    """Who keeps running under memory pressure: higher priority, then earlier arrival."""
-    return (-seq.priority, seq.seq_id)
+    """Who keeps running under memory pressure: the lower priority value (vLLM's rule), then earlier arrival."""
+    return (seq.priority, seq.seq_id)
 
 
 def fcfs_order(seq: Sequence) -> tuple:
-    return (-seq.priority, seq.seq_id)
+    return (seq.priority, seq.seq_id)
 
 
 def shortest_predicted_first_order(seq: Sequence) -> tuple:
-    return (-seq.priority, seq.predicted_output_tokens, seq.seq_id)
+    return (seq.priority, seq.predicted_output_tokens, seq.seq_id)
 
 
 POLICIES = {"fcfs": fcfs_order, "spf": shortest_predicted_first_order}
@@ -77,12 +77,12 @@ class Scheduler:
         return ScheduledBatch(tuple(rows), tuple(copies), tuple(p.seq_id for p in yielded + preempted))
 
     def _make_room_for_priority(self) -> list[Sequence]:
-        """Preempt lower-priority running sequences, lowest precedence first, until the first
-        waiting sequence fits the batch cap and the pool (its whole remaining prompt)."""
+        """Preempt less urgent running sequences (a higher priority value), lowest precedence first, until the
+        first waiting sequence fits the batch cap and the pool (its whole remaining prompt)."""
         if not self.waiting or not self.running:
             return []
         first = min(self.waiting, key=self.admission_order)
-        victims = sorted((s for s in self.running if s.priority < first.priority), key=precedence)
+        victims = sorted((s for s in self.running if s.priority > first.priority), key=precedence)
         yielded = []
         while victims and not self._fits(first):
             yielded.append(self._preempt(victims.pop()))

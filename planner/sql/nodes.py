@@ -35,7 +35,7 @@ class LLMGenerate(LLMCall):
     seed => s, stop => 'text', chat => true|false])."""
     arg_types = {"model": True, "prompt": True, "options": False}
     _sql_names = ["GENERATE"]
-    NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat")
+    NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "priority")
 
 
 class LLMClassify(LLMCall):

@@ -118,7 +118,7 @@ def make_job(served: ServedModel, req, prompts: list[list[int]], prefix: str, pa
     for i, prompt in enumerate(prompts):
         for j in range(req.n):
             sampling = sampling_params(served, req, len(prompt), j, param)
-            requests.append(GenerationRequest(tuple(prompt), sampling, request_id=f"{job_id}-{i}-{j}"))
+            requests.append(GenerationRequest(tuple(prompt), sampling, req.priority, request_id=f"{job_id}-{i}-{j}"))
     t0 = time.perf_counter()
     plan = served.planner.plan([r.prompt_token_ids for r in requests], requests[0].sampling, chat)
     return Job(job_id, served, prompts, requests, req.num_top_logprobs, req.stop_strings, req.ignore_eos,

@@ -58,6 +58,7 @@ class _Request(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False  # extension (vLLM's): generate exactly max_tokens tokens
+    priority: int = 0  # extension (vLLM's): lower runs first; a waiting urgent request preempts running ones
     user: str | None = None
 
     @field_validator("stop")

@@ -164,7 +164,7 @@ def test_priority_and_shortest_predicted_first_order(tiny):
     model, tokenizer = tiny
     long_req = GenerationRequest((5, 6, 7), SamplingParams(max_tokens=8, ignore_eos=True), request_id="long")
     short_req = GenerationRequest((8, 9), SamplingParams(max_tokens=2, ignore_eos=True), request_id="short")
-    urgent = GenerationRequest((10, 11), SamplingParams(max_tokens=8, ignore_eos=True), priority=5, request_id="urgent")
+    urgent = GenerationRequest((10, 11), SamplingParams(max_tokens=8, ignore_eos=True), priority=-5, request_id="urgent")
 
     def finish_order(config, requests):
         engine = Engine(model, tokenizer, config)

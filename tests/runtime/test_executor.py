@@ -168,7 +168,7 @@ class EchoLLM:
     def __init__(self):
         self.batches = []
 
-    def generate(self, model, knobs, prompts, sampling, chat, on_progress):
+    def generate(self, model, knobs, prompts, sampling, chat, on_progress, priority=0):
         from runtime.llm_ops import LLMOutcome
 
         self.batches.append(list(prompts))
@@ -214,3 +214,20 @@ def test_division_by_zero_is_null_as_in_duckdb(con):
 def test_input_sqlm_cannot_honour_is_an_error_naming_it(con, query, message):
     with pytest.raises(SqlError, match=re.escape(message)):
         con.sql(query)
+
+
+def test_generate_takes_a_priority_and_explain_shows_it(tiny_con, monkeypatch):
+    tiny_con.register("pri", pa.table({"id": [1, 2], "body": ["the fox", "the dog"]}))
+    submitted = []
+    original = tiny_con._llm.generate
+
+    def spy(*args, **kwargs):
+        submitted.append(args[-1] if len(args) > 6 else kwargs.get("priority", 0))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(tiny_con._llm, "generate", spy)
+    query = "SELECT id, generate('tiny', body, max_tokens => 2, priority => -2) AS g FROM pri"
+    assert "priority: -2" in tiny_con.explain(query)
+    assert tiny_con.sql(query).arrow().num_rows == 2
+    assert submitted == [-2]  # the engine's requests carry it
+    with pytest.raises(SqlError, match="priority must be int"):
+        tiny_con.sql("SELECT generate('tiny', body, priority => 'high') FROM pri")

@@ -110,7 +110,7 @@ def test_every_request_completes_with_its_own_output_under_any_pressure(workload
 
 def test_a_tight_pool_preempts_the_latest_lowest_priority_request():
     requests = [GenerationRequest((1,) * 4, SamplingParams(max_tokens=12)),
-                GenerationRequest((2,) * 4, SamplingParams(max_tokens=12), priority=1),
+                GenerationRequest((2,) * 4, SamplingParams(max_tokens=12), priority=-1),  # lower runs first (vLLM)
                 GenerationRequest((3,) * 4, SamplingParams(max_tokens=12))]
     config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=64, prefix_cache=False)
     seqs, scheduler, _, order = run(config, num_blocks=9, requests=requests)
@@ -123,7 +123,7 @@ def test_a_tight_pool_preempts_the_latest_lowest_priority_request():
 def test_a_late_high_priority_request_preempts_a_lower_one_at_the_batch_cap():
     requests = [GenerationRequest((1,) * 4, SamplingParams(max_tokens=20)),
                 GenerationRequest((2,) * 4, SamplingParams(max_tokens=20)),
-                GenerationRequest((3,) * 4, SamplingParams(max_tokens=3), priority=5)]
+                GenerationRequest((3,) * 4, SamplingParams(max_tokens=3), priority=-5)]
     config = EngineConfig(kv_block_size=4, prefill_chunk_tokens=64, max_batch_size=2, prefix_cache=False)
     seqs, scheduler, _, order = run(config, num_blocks=64, requests=requests, arrivals=[0, 0, 4])
     assert seqs[1].num_preemptions == 1 and seqs[0].num_preemptions == 0  # the later low-priority one yields

@@ -112,3 +112,34 @@ def test_the_engine_is_the_optimizers_plan_and_forced_knobs_go_through_it(tiny_l
     [generate] = [n for n in nodes(as_json["plan"]) if n["operator"] == "BatchedGenerate"]
     assert {c["knob"]: c["value"] for c in generate["choices"]}["max_batch_size"] == 3
     assert bad.status_code == 400 and "format" in bad.json()["error"]["message"]
+
+
+def test_an_urgent_request_overtakes_queued_ones_at_the_batch_cap(tiny_llama, tmp_path):
+    import threading
+    import time
+
+    import httpx
+
+    app = create_app(str(tiny_llama.gguf_path), None, served_name=TINY,
+                     settings=ServerSettings(kv_cache_memory="8MB", max_batch_size=2, kernels="torch",
+                                             catalog_path=str(tmp_path / "catalog.db")))
+    finished: dict[str, float] = {}
+
+    def ask(name: str, priority: int, max_tokens: int, url: str):
+        r = httpx.post(f"{url}/v1/completions", timeout=120, json={
+            "model": TINY, "prompt": f"the quick brown fox {name}", "max_tokens": max_tokens, "ignore_eos": True,
+            "temperature": 0, "priority": priority})
+        assert r.status_code == 200, r.text
+        finished[name] = time.monotonic()
+
+    with RunningServer(app) as server:
+        lows = [threading.Thread(target=ask, args=(f"low{i}", 10, 160, server.url)) for i in range(6)]
+        for t in lows:
+            t.start()
+            time.sleep(0.02)
+        time.sleep(0.2)  # two lows run (the batch cap), four wait
+        ask("urgent", 0, 8, server.url)  # lower runs first, as in vLLM
+        for t in lows:
+            t.join()
+    lows_first = sorted(t for name, t in finished.items() if name.startswith("low") and t < finished["urgent"])
+    assert len(lows_first) <= 2, finished  # it finished before the third low-priority one
