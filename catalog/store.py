@@ -85,6 +85,12 @@ class TableExistsError(ValueError):
     pass
 
 
+def temporary_path(path: Path) -> Path:
+    """Where a writer of `path` writes before renaming: hidden, and named by its pid, so Catalog() can tell a
+    dead writer's leftover from a live writer's file."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -119,7 +125,7 @@ class Catalog:
 
     def _remove_orphans(self) -> None:
         """Temporary files of writers that died mid-write (their pid is gone); live writers' are kept."""
-        for tmp in (self.home / "tables").glob(".*.tmp-*"):
+        for tmp in (self.home / "tables").glob(".*.tmp-*"):  # temporary_path's names
             pid = tmp.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):
                 tmp.unlink(missing_ok=True)

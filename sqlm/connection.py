@@ -20,7 +20,7 @@ from catalog.errors import ModelError
 from catalog.model_catalog import create_model, ensure_model, load_entry
 from catalog.settings import Settings
 from catalog.sources import arrow_source, file_source, registered_file
-from catalog.store import Catalog, TableExistsError
+from catalog.store import Catalog, TableExistsError, temporary_path
 from operators import physical as P
 from planner import plan_query
 from planner.choose import correction, variant
@@ -232,7 +232,7 @@ class Connection:
             path = self.catalog.table_path(name)  # checks the name: a table file lands inside the catalog only
         except (ValueError, PermissionError) as e:
             raise error_at("Catalog error", str(e), stmt.this, sql) from None
-        if self.catalog.get_table(name) is not None and not replace:
+        if self.catalog.get_table(name) is not None and not replace:  # early, before any model call runs
             raise error_at("Catalog error", f"table {name!r} already exists", stmt.this, sql)
         table, _, _ = self._execute(stmt.expression, sql)  # fails before anything is written
         _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
@@ -366,7 +366,7 @@ def _atomic_write(path: Path, write) -> None:
     path = Path(path).expanduser()
     if not path.parent.exists():
         raise OSError(f"directory does not exist: {path.parent}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         write(str(tmp))
         _fsync(tmp)  # the data is on disk before the name points at it
