@@ -42,8 +42,33 @@ def sql_join(separator: str, items) -> SqlText:
     return sql(*pieces)
 
 
+def is_plan_column(c: exp.Column) -> bool:
+    """A column of the plan (bound: quoted internal name, no qualifier), not one of a subquery's own tables."""
+    if c.find_ancestor(exp.Select) is None:
+        return True
+    return (not c.table and isinstance(c.this, exp.Identifier) and c.this.quoted
+            and ("." in c.name or c.name.startswith("__")))
+
+
 def referenced_columns(e: exp.Expr) -> set[str]:
-    return {c.name for c in e.find_all(exp.Column)}
+    """The plan's columns `e` reads (inside its subqueries: the correlated references)."""
+    return {c.name for c in e.find_all(exp.Column) if is_plan_column(c)}
+
+
+@dataclass(frozen=True)
+class Relational:
+    """A whole query without model calls, run as it is by the relational engine (DuckDB)."""
+    query: str  # in DuckDB's SQL
+    output: tuple[str, ...]  # its columns
+    reads: tuple[str, ...]  # the catalog tables it reads, as registered
+    rows: float  # estimated result rows
+    name = "Relational"
+
+    def columns(self, inputs):
+        return self.output
+
+    def params(self):
+        return [("query", self.query), ("reads", ", ".join(self.reads) or "(no table)")]
 
 
 @dataclass(frozen=True)

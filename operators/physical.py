@@ -72,6 +72,19 @@ def _no_estimate() -> Estimate:
 
 
 @dataclass(frozen=True)
+class Relational:
+    """A query without model calls: DuckDB plans and runs it whole."""
+    query: str
+    reads: tuple[str, ...]
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "Relational"
+
+    def params(self):
+        return [("engine", "duckdb"), ("query", self.query), ("reads", ", ".join(self.reads) or "(no table)")]
+
+
+@dataclass(frozen=True)
 class TableScan:
     source: TableSource
     alias: str

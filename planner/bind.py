@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from catalog.errors import ModelError
 from operators import logical as L
+from planner.bind_relational import TableResolver, bind_expression_subqueries, bind_relational
 from planner.errors import SqlError, error_at
 from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, kind_of
@@ -53,6 +54,7 @@ class Binder:
         self.llm_count = 0
         # the CTEs visible where the binder is: name -> (its SELECT, the CTEs visible to that SELECT)
         self.ctes: dict[str, tuple[exp.CTE, dict]] = {}
+        self.tables = TableResolver(self)  # what subqueries in expressions read, registered by name
 
     def error(self, message: str, node: exp.Expr | None) -> SqlError:
         return error_at("Binder error", message, node, self.sql)
@@ -235,12 +237,14 @@ class Binder:
 
     # -- names --------------------------------------------------------------------------
     def resolve(self, e: exp.Expr, scope: list[ScopeColumn]) -> exp.Expr:
-        """A copy of `e` with every column replaced by the plan's internal column."""
+        """A copy of `e` with every column replaced by the plan's internal column (in its subqueries: the
+        correlated references)."""
         def swap(node: exp.Expr) -> exp.Expr:
-            if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+            if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star) \
+                    and node.find_ancestor(exp.Select) is None:
                 return self.column(node, scope)
             return node
-        return e.copy().transform(swap, copy=False)
+        return bind_expression_subqueries(self, e.copy(), scope, self.tables).transform(swap, copy=False)
 
     def column(self, col: exp.Column, scope: list[ScopeColumn]) -> exp.Expr:
         name, table = col.name, col.table
@@ -335,6 +339,8 @@ class Binder:
         """Register every distinct model call in `exprs` (by its SQL text) in `found`."""
         for e in exprs:
             for call in e.find_all(LLMCall):
+                if self.in_subquery(call, e):
+                    continue  # its subquery's binding refuses it, by name
                 key = call.sql()
                 if key in found:
                     continue
@@ -344,6 +350,18 @@ class Binder:
                 if any(call.find_all(exp.AggFunc)):
                     raise self.error("a model call over an aggregate is not supported", call)
                 found[key] = (self.bind_llm(call, scope), call)
+
+    def aggregates(self, e: exp.Expr) -> list[exp.AggFunc]:
+        """The aggregate calls of this query level in `e` (not its subqueries')."""
+        return [a for a in e.find_all(exp.AggFunc) if not self.in_subquery(a, e)]
+
+    @staticmethod
+    def in_subquery(node: exp.Expr, root: exp.Expr) -> bool:
+        while node is not None and node is not root:
+            node = node.parent
+            if isinstance(node, exp.Select) and node is not root:
+                return True
+        return False
 
     @staticmethod
     def replace_llm_calls(e: exp.Expr, found) -> exp.Expr:
@@ -356,15 +374,21 @@ class Binder:
     # -- SELECT -------------------------------------------------------------------------
     def bind_select(self, select: exp.Expr) -> Plan:
         plan = Plan(nx.DiGraph(), -1, ())
+        if next(iter(select.find_all(LLMCall)), None) is None:  # no model call: the relational engine's alone
+            node, plan.output_names, plan.tables = bind_relational(self, select)
+            plan.root = plan.add(node)
+            return plan
         root, names = self.bind_select_into(plan, select)
         plan.root = root  # always the SELECT list's Project: rules move what is below it, never it
         plan.output_names = tuple(n for n, _ in names)
+        plan.tables = tuple(self.tables.tables.items())
         return plan
 
     def bind_select_into(self, plan: Plan, select: exp.Expr) -> tuple[int, list[tuple[str, str]]]:
         """Adds the query's nodes; returns its top node and (output name, internal column) pairs."""
         if not isinstance(select, exp.Select):
-            raise self.error(f"only SELECT queries are supported here, got {select.key.upper()}", select)
+            raise self.error(f"a model call inside {select.key.upper()} is not supported yet: compute it in a "
+                             f"CTE or a subquery of one SELECT", select)
         for unsupported in ("windows", "qualify"):
             if select.args.get(unsupported):
                 raise self.error(f"{unsupported.strip('_').upper()} is not supported yet", select.args[unsupported])
@@ -409,11 +433,11 @@ class Binder:
             return self.resolve(self.replace_llm_calls(e, found), llm_scope)
 
         if where is not None:
-            if any(where.this.find_all(exp.AggFunc)):
+            if self.aggregates(where.this):
                 raise self.error("aggregates are not allowed in WHERE (use HAVING)", where)
             then(L.Filter(tuple(self.conjuncts(bind_expr(where.this)))))
 
-        has_aggs = any(e.find(exp.AggFunc) for e in raw_select + raw_having) or group is not None
+        has_aggs = any(self.aggregates(e) for e in raw_select + raw_having) or group is not None
         if has_aggs:
             select_exprs, order_exprs, having_expr = self.bind_aggregate(
                 then, raw_select, raw_group, raw_having, raw_order, bind_expr, select)
@@ -456,7 +480,7 @@ class Binder:
         group_sql = {g.sql(): f"__g_{i}" for i, g in enumerate(groups)}
         calls: dict[str, tuple[L.AggregateCall, exp.Expr | None]] = {}
         for e in raw_select + raw_having + raw_order:
-            for agg in e.find_all(exp.AggFunc):
+            for agg in self.aggregates(e):
                 if agg.sql() not in calls:
                     calls[agg.sql()] = self.aggregate_call(agg, len(calls), bind_expr)
         pre = [(c, g) for g, c in zip(groups, group_sql.values())]
@@ -468,7 +492,7 @@ class Binder:
             markers = {}
 
             def to_marker(node):
-                if isinstance(node, exp.AggFunc) and node.sql() in calls:
+                if isinstance(node, exp.AggFunc) and node.sql() in calls and node.find_ancestor(exp.Select) is None:
                     marker = exp.Placeholder(this=f"agg{len(markers)}")
                     markers[marker.sql()] = calls[node.sql()][0].output
                     return marker

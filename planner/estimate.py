@@ -75,7 +75,9 @@ def estimate_rows(plan: Plan, ctx: OptimizerContext) -> dict[int, float]:
     rows: dict[int, float] = {}
     for node in plan.walk():
         op, ins = plan.op(node), [rows[i] for i in plan.inputs(node)]
-        if isinstance(op, L.Scan):
+        if isinstance(op, L.Relational):
+            rows[node] = op.rows
+        elif isinstance(op, L.Scan):
             rows[node] = float(op.source.row_count if op.source.row_count is not None else 1000)
         elif isinstance(op, L.Filter):
             s = 1.0

@@ -17,6 +17,7 @@ class Plan:
     graph: nx.DiGraph
     root: int
     output_names: tuple[str, ...]  # user-facing names of the root's columns, in order
+    tables: tuple = ()  # (name, catalog.sources.TableSource): tables its SQL text reads by name (subqueries)
 
     _ids = itertools.count(1_000_000)  # fresh node ids for nodes rules add
 
@@ -31,7 +32,7 @@ class Plan:
         return Plan(g, len(ops) - 1, output_names)
 
     def copy(self) -> Plan:
-        return Plan(self.graph.copy(), self.root, self.output_names)
+        return Plan(self.graph.copy(), self.root, self.output_names, self.tables)
 
     def op(self, node: int):
         return self.graph.nodes[node]["op"]

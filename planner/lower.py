@@ -81,7 +81,9 @@ def lower(plan: Plan, rules: list[RuleRun], ctx: OptimizerContext) -> PhysicalPl
         in_rows = rows[ins[0]] if ins else rows[node]
         width = len(plan.columns(node))
         base = P.Estimate(rows=rows[node], seconds=relational_seconds(in_rows, width, ctx.hardware))
-        if isinstance(op, L.Scan):
+        if isinstance(op, L.Relational):
+            phys = P.Relational(op.query, op.reads, base)
+        elif isinstance(op, L.Scan):
             phys = P.TableScan(op.source, op.alias, op.read, base)
         elif isinstance(op, L.Filter):
             phys = P.Filter(op.predicates, base)
@@ -106,7 +108,7 @@ def lower(plan: Plan, rules: list[RuleRun], ctx: OptimizerContext) -> PhysicalPl
         graph.add_node(node, op=phys)
         for slot, child in enumerate(ins):
             graph.add_edge(child, node, slot=slot)
-    physical = Plan(graph, plan.root, plan.output_names)
+    physical = Plan(graph, plan.root, plan.output_names, plan.tables)
     for sort in fused:  # TopN replaced Sort + Limit
         physical.remove(sort)
     return PhysicalPlan(physical, rules)

@@ -1,9 +1,11 @@
-"""Runs a physical plan: vectorized Arrow operators, model calls batched through the engine.
+"""Runs a physical plan: relational operators in DuckDB, model calls batched through the engine.
 
-Every relational operator is a handful of pyarrow.compute / Acero calls over whole
-columns. A model-calling operator hands all of its rows to the engine at once (one
-continuous batch), after deduplicating identical prompts and ordering them by
-prefix when the plan says so, and puts the answers back in row order.
+Each relational operator is one DuckDB query over its inputs, registered as Arrow
+relations (`__in0`, `__in1`), so NULLs, types and casts follow DuckDB; the catalog
+tables the plan's subqueries read are registered under their own names. A
+model-calling operator hands all of its rows to the engine at once (one continuous
+batch), after deduplicating identical prompts and ordering them by prefix when the
+plan says so, and puts the answers back in row order.
 """
 from __future__ import annotations
 
@@ -13,15 +15,15 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from sqlglot import exp
 
-from catalog.sources import load
 from operators import physical as P
-from runtime.expressions import evaluate
 from runtime.llm_ops import LLMOutcome, LLMService
+from runtime.relational import RelationalSession
 
-_JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer", "full": "full outer", "cross": "inner"}
-_AGG_FUNCTIONS = {"count": "count", "count_all": "count_all", "sum": "sum", "min": "min", "max": "max",
-                  "mean": "mean", "count_distinct": "count_distinct"}
+_JOINS = {"inner": "JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL JOIN", "cross": "CROSS JOIN"}
+_AGGREGATES = {"count": "count({})", "count_all": "count(*)", "sum": "sum({})", "min": "min({})", "max": "max({})",
+               "mean": "avg({})", "count_distinct": "count(DISTINCT {})"}
 
 
 @dataclass
@@ -36,15 +38,28 @@ class Actuals:
 ProgressCallback = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated)
 
 
+def duck(e: exp.Expr) -> str:
+    return e.sql(dialect="duckdb")
+
+
+def ident(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql(dialect="duckdb")
+
+
 class Executor:
-    def __init__(self, llm: LLMService, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(self, llm: LLMService, on_progress: ProgressCallback | None = None, threads: int | None = None) -> None:
         self.llm = llm
         self.on_progress = on_progress
+        self.threads = threads
 
     def run(self, plan) -> tuple[pa.Table, dict[int, Actuals]]:
-        """plan: anything with root, inputs(node) and op(node), e.g. planner.graph.Plan of physical nodes."""
+        """plan: anything with root, inputs(node), op(node) and tables (the catalog tables its subqueries
+        read, by name), e.g. planner.graph.Plan of physical nodes."""
         actuals: dict[int, Actuals] = {}
-        table = self._run(plan, plan.root, actuals)
+        with RelationalSession(self.threads) as self.db:
+            for name, source in getattr(plan, "tables", ()):
+                self.db.register(name, source)
+            table = self._run(plan, plan.root, actuals)
         return table, actuals
 
     def _run(self, plan, node: int, actuals: dict[int, Actuals]) -> pa.Table:
@@ -57,70 +72,61 @@ class Executor:
         actuals[node] = record
         return out
 
+    def _sql(self, inputs: list[pa.Table], sql: str) -> pa.Table:
+        for i, table in enumerate(inputs):
+            self.db.register(f"__in{i}", table)
+        return self.db.query(sql)
+
     # -- relational ---------------------------------------------------------------------
+    def _Relational(self, op: P.Relational, inputs, record) -> pa.Table:
+        return self.db.query(op.query)
+
     def _TableScan(self, op: P.TableScan, inputs, record) -> pa.Table:
-        table = load(op.source, op.read)
+        self.db.register("__scan", op.source)
         prefix = f"{op.alias}." if op.alias else ""
-        return table.rename_columns([prefix + c for c in op.read])
+        columns = ", ".join(f"{ident(c)} AS {ident(prefix + c)}" for c in op.read)
+        return self.db.query(f"SELECT {columns or '1 AS __row'} FROM __scan")
 
     def _Filter(self, op: P.Filter, inputs, record) -> pa.Table:
-        table = inputs[0]
-        for predicate in op.predicates:  # cheapest first: later predicates see fewer rows
-            if table.num_rows == 0:
-                break
-            table = table.filter(evaluate(predicate, table))
-        return table
+        return self._sql(inputs, f"SELECT * FROM __in0 WHERE {' AND '.join(f'({duck(p)})' for p in op.predicates)}")
 
     def _Project(self, op: P.Project, inputs, record) -> pa.Table:
-        table = inputs[0]
-        return pa.table({name: evaluate(e, table) for name, e in op.outputs}) if op.outputs else table.select([])
+        if not op.outputs:
+            return inputs[0].select([])
+        columns = ", ".join(f"{duck(e)} AS {ident(name)}" for name, e in op.outputs)
+        return self._sql(inputs, f"SELECT {columns} FROM __in0")
 
-    def _sorted_indices(self, table: pa.Table, keys) -> pa.Array:
-        columns, order = {}, []
-        for i, key in enumerate(keys):
-            name = f"__sort_{i}"
-            columns[name] = evaluate(key.expr, table)
-            order.append((name, "descending" if key.descending else "ascending",
-                          "at_start" if key.nulls_first else "at_end"))
-        return pc.sort_indices(pa.table(columns), sort_keys=order)
+    @staticmethod
+    def _order_by(keys) -> str:
+        return ", ".join(f"{duck(k.expr)} {'DESC' if k.descending else 'ASC'} NULLS {'FIRST' if k.nulls_first else 'LAST'}"
+                         for k in keys)
+
+    @staticmethod
+    def _limit(count: int | None, offset: int) -> str:
+        return (f" LIMIT {count}" if count is not None else "") + (f" OFFSET {offset}" if offset else "")
 
     def _Sort(self, op: P.Sort, inputs, record) -> pa.Table:
-        return inputs[0].take(self._sorted_indices(inputs[0], op.keys))
+        return self._sql(inputs, f"SELECT * FROM __in0 ORDER BY {self._order_by(op.keys)}")
 
     def _TopN(self, op: P.TopN, inputs, record) -> pa.Table:
-        indices = self._sorted_indices(inputs[0], op.keys)
-        return inputs[0].take(indices.slice(op.offset, op.count))
+        return self._sql(inputs, f"SELECT * FROM __in0 ORDER BY {self._order_by(op.keys)}{self._limit(op.count, op.offset)}")
 
     def _Limit(self, op: P.Limit, inputs, record) -> pa.Table:
-        return inputs[0].slice(op.offset, op.count)
+        return self._sql(inputs, f"SELECT * FROM __in0{self._limit(op.count, op.offset)}")
 
     def _HashJoin(self, op: P.HashJoin, inputs, record) -> pa.Table:
-        left, right = inputs
-        if op.kind == "cross":
-            left_keys, right_keys = [pa.array([0] * left.num_rows)], [pa.array([0] * right.num_rows)]
-        else:
-            left_keys = [evaluate(k, left) for k in op.left_keys]
-            right_keys = [evaluate(k, right) for k in op.right_keys]
-        lnames = [f"__lk_{i}" for i in range(len(left_keys))]
-        rnames = [f"__rk_{i}" for i in range(len(right_keys))]
-        for n, a in zip(lnames, left_keys):
-            left = left.append_column(n, a)
-        for n, a in zip(rnames, right_keys):
-            right = right.append_column(n, a)
-        joined = left.join(right, keys=lnames, right_keys=rnames, join_type=_JOIN_TYPES[op.kind],
-                           coalesce_keys=False, use_threads=False)
-        joined = joined.drop_columns([c for c in lnames + rnames if c in joined.column_names])
-        if op.residual is not None:
-            joined = joined.filter(evaluate(op.residual, joined))
-        return joined
+        conditions = [f"{duck(a)} = {duck(b)}" for a, b in zip(op.left_keys, op.right_keys)]
+        if op.residual is not None:  # part of ON: for an outer join it decides matches, it filters nothing
+            conditions.append(f"({duck(op.residual)})")
+        on = f" ON {' AND '.join(conditions)}" if conditions and op.kind != "cross" else ""
+        return self._sql(inputs, f"SELECT * FROM __in0 {_JOINS[op.kind]} __in1{on}")
 
     def _HashAggregate(self, op: P.HashAggregate, inputs, record) -> pa.Table:
-        table = inputs[0]
-        specs = [([] if a.function == "count_all" else a.argument, _AGG_FUNCTIONS[a.function]) for a in op.aggregates]
-        grouped = table.group_by(list(op.groups), use_threads=False).aggregate(specs)
-        names = {f"{a.argument}_{_AGG_FUNCTIONS[a.function]}" if a.argument else "count_all": a.output
-                 for a in op.aggregates}
-        return grouped.select(list(op.groups) + list(names)).rename_columns(list(op.groups) + list(names.values()))
+        groups = [ident(g) for g in op.groups]
+        aggs = [f"{_AGGREGATES[a.function].format(ident(a.argument) if a.argument else '')} AS {ident(a.output)}"
+                for a in op.aggregates]
+        group_by = f" GROUP BY {', '.join(groups)}" if groups else ""
+        return self._sql(inputs, f"SELECT {', '.join(groups + aggs) or 'count(*) AS __n'} FROM __in0{group_by}")
 
     # -- model calls --------------------------------------------------------------------
     def _BatchedGenerate(self, op: P.BatchedGenerate, inputs, record) -> pa.Table:
@@ -134,7 +140,7 @@ class Executor:
         return self._llm_column(inputs[0], op.text, op.output, op.options, run, record)
 
     def _llm_column(self, table: pa.Table, expr, output: str, options, run, record: Actuals) -> pa.Table:
-        texts = evaluate(expr, table)
+        texts = self._sql([table], f"SELECT {duck(expr)} AS text FROM __in0").column(0).combine_chunks()
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
             texts = pc.cast(texts, pa.string())
         valid = pc.is_valid(texts)  # NULL text gives NULL, and costs no model call

@@ -49,9 +49,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from catalog.sources import SourceError
     from planner.errors import SqlError
     from runtime.errors import PromptTooLongError
-    from runtime.expressions import EvaluationError
+    from runtime.relational import RelationalError
 
-    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, EvaluationError, ValueError, OSError)
+    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, RelationalError, ValueError, OSError)
 
 
 def _progress_for(con) -> ProgressBar | None:

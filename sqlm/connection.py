@@ -33,6 +33,7 @@ from planner.optimizer import check_rule_names
 from planner.sql import CreateModel, Explain, Reset, parse
 from planner.statistics import Statistics
 from runtime.executor import Executor
+from runtime.relational import RelationalError
 from runtime.llm_ops import LLMService, SharedEngine
 from runtime.threads import torch_threads
 from sqlm.policy import SqlPolicy
@@ -158,6 +159,9 @@ class Connection:
         """SET threads for this query's torch ops (the hardware profile it is planned with is that thread count's)."""
         return torch_threads(None if self.settings.is_auto("threads") else self.settings.threads)
 
+    def _relational_threads(self) -> int | None:
+        return None if self.settings.is_auto("threads") else self.settings.threads
+
     def _plan(self, select: exp.Expr, sql: str) -> tuple[PhysicalPlan, OptimizerContext]:
         view = _SessionCatalog(self)
         holder = {}
@@ -172,8 +176,11 @@ class Connection:
     def _execute(self, select: exp.Expr, sql: str) -> tuple[pa.Table, PhysicalPlan, dict]:
         physical, ctx = self._plan(select, sql)
         t0 = time.perf_counter()
-        with self._threads():
-            table, actuals = Executor(self._llm, self.on_progress).run(physical.plan)
+        try:
+            with self._threads():
+                table, actuals = Executor(self._llm, self.on_progress, self._relational_threads()).run(physical.plan)
+        except RelationalError as e:  # the relational engine failed while running it (a cast, a division by zero)
+            raise SqlError(f"{e.kind} error", e.message.replace("\n", " ")) from None
         seconds = time.perf_counter() - t0
         table = table.rename_columns(list(physical.output_names))
         self._record_statistics(physical, actuals, ctx)

@@ -37,7 +37,7 @@ def _through_project(op: L.Project, conjunct: exp.Expr) -> exp.Expr | None:
         return None
 
     def swap(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Column) and node.name in outputs:
+        if isinstance(node, exp.Column) and L.is_plan_column(node) and node.name in outputs:
             return outputs[node.name].copy()
         return node
     return conjunct.copy().transform(swap, copy=False)

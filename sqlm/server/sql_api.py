@@ -32,9 +32,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from catalog.sources import SourceError
     from planner.errors import SqlError
     from runtime.errors import PromptTooLongError
-    from runtime.expressions import EvaluationError
+    from runtime.relational import RelationalError
 
-    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, EvaluationError, ValueError)
+    return (SqlError, ModelError, SettingError, SourceError, PromptTooLongError, RelationalError, ValueError)
 
 
 class SqlService:

@@ -53,7 +53,7 @@ def test_create_table_as_and_show_and_describe(con):
 
 
 def test_failing_create_table_as_leaves_nothing(con):
-    with pytest.raises(SqlError, match="unknown column 'nope'"):
+    with pytest.raises(SqlError, match='column "nope" not found'):
         con.sql("CREATE TABLE broken AS SELECT nope FROM t")
     with pytest.raises(Exception):
         con.sql("CREATE TABLE broken AS SELECT CAST(body AS INT) AS n FROM t")  # fails while running
@@ -85,7 +85,7 @@ def test_failing_copy_leaves_no_file(con, tmp_path):
 
 
 ERRORS = [
-    ("SELECT nope FROM t", "unknown column 'nope'", (1, 8)),
+    ("SELECT nope FROM t", 'Referenced column "nope" not found', (1, 8)),
     ("SELECT id FROM missing_table", "unknown table 'missing_table'", (1, 16)),
     ("SELECT generate('no_such_model', body) FROM t", "unknown model 'no_such_model'", (1, 17)),
     ("SELECT id FROM t WHERE", "Syntax error", (1, 18)),

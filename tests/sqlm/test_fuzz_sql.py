@@ -11,14 +11,14 @@ from catalog.errors import ModelError
 from catalog.settings import SettingError
 from catalog.sources import SourceError
 from planner.errors import SqlError
-from runtime.expressions import EvaluationError
+from runtime.relational import RelationalError
 
 WORDS = ["SELECT", "FROM", "WHERE", "t", "id", "s", "x", "(", ")", ",", "*", "+", "/", "0", "1", "'a'", "AND", "OR",
          "NOT", "NULL", "GROUP BY", "ORDER BY", "LIMIT", "JOIN", "ON", "=", "<", "WITH", "AS", "q", "generate(",
          "'tiny'", "=>", "max_tokens", "SET", "GLOBAL", "RESET", "COPY", "TO", "CREATE TABLE", "EXPLAIN", ";",
          "count(", "sum(", "CAST(", "VARCHAR", "CASE", "WHEN", "THEN", "END", "IN", "'\\ud800'", "read_csv(", "\"",
          "1e309", "--", "/*"]
-USER_ERRORS = (SqlError, ModelError, SettingError, SourceError, EvaluationError, ValueError, PermissionError, OSError)
+USER_ERRORS = (SqlError, ModelError, SettingError, SourceError, RelationalError, ValueError, PermissionError, OSError)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,170 @@
+"""The parts of a query without model calls, handed to the relational engine (DuckDB) as SQL.
+
+A statement with no model call is one `Relational` node: DuckDB binds, plans and runs
+it whole, so every SQL feature it has (joins of every kind, windows, set operations,
+correlated subqueries, CTEs, casts, hundreds of functions) works with its semantics.
+A subquery inside an expression of a model-calling query (`IN (SELECT ...)`, EXISTS,
+a scalar subquery) stays SQL too: its correlated references to the outer query become
+the plan's internal columns, and the tables it reads are registered by name.
+
+sqlm resolves every table itself (the catalog, under the connection's policy); the
+relational engine can read nothing else.
+"""
+from __future__ import annotations
+
+import re
+
+from sqlglot import exp
+
+from catalog.sources import SourceError, TableSource, kind_of
+from operators import logical as L
+from planner.errors import SqlError
+from planner.sql.nodes import LLMCall
+from runtime.relational import RelationalError, RelationalSession
+
+FILE_FUNCTIONS = {"read_parquet": "parquet", "read_csv": "csv", "read_csv_auto": "csv", "read_json": "json",
+                  "read_json_auto": "json", "parquet_scan": "parquet"}
+
+
+def cte_names(tree: exp.Expr) -> set[str]:
+    return {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+
+
+def line_col(sql: str, offset: int) -> tuple[int, int]:
+    line_start = sql.rfind("\n", 0, offset) + 1
+    return sql.count("\n", 0, offset) + 1, offset - line_start + 1
+
+
+def engine_error(e: RelationalError, sql: str, sent: str) -> SqlError:
+    """DuckDB's error on the SQL sqlm sent, placed in the user's text: at the word it names, which the
+    user wrote (the SQL sent is sqlm's rendering of it, so its offsets are not the user's)."""
+    kind = "Binder error" if e.kind in ("Binder", "Catalog") else f"{e.kind} error"
+    word = None
+    if e.position is not None and e.position < len(sent):
+        m = re.match(r'"?([A-Za-z_][\w.]*)', sent[e.position:])
+        word = m.group(1).split(".")[-1] if m else None
+    found = re.search(rf"\b{re.escape(word)}\b", sql, re.IGNORECASE) if word else None
+    line, col = line_col(sql, found.start()) if found else (None, None)
+    return SqlError(kind, e.message.replace("\n", " "), line=line, col=col, sql=sql)
+
+
+class TableResolver:
+    """Every table a piece of SQL reads, resolved in the catalog and registered under one name each.
+
+    binder: planner.bind.Binder (for the catalog, the errors and the file policy)."""
+
+    def __init__(self, binder) -> None:
+        self.binder = binder
+        self.tables: dict[str, TableSource] = {}
+
+    def resolve(self, tree: exp.Expr, defined: set[str] = frozenset()) -> exp.Expr:
+        """A copy of `tree` whose file reads are registered names; catalog names checked. defined: CTE
+        names visible to it (lower case)."""
+        tree = tree.copy()
+        local = set(defined) | cte_names(tree)
+        for table in list(tree.find_all(exp.Table)):
+            fn = table.this
+            if isinstance(fn, (exp.Anonymous, exp.Func)) and not isinstance(fn, exp.Identifier):
+                self._replace_file(table, self.binder.function_source(fn),
+                                   (fn.name if isinstance(fn, exp.Anonymous) else fn.sql_name()).lower())
+                continue
+            name = table.name
+            if table.args.get("db") or not name:
+                raise self.binder.error(f"unknown table {table.sql()!r}", table)
+            if isinstance(table.this, exp.Identifier) and table.this.quoted and kind_of(name):
+                self._replace_file(table, self.binder.named_source(table), re.sub(r"\W", "_", name.rsplit("/", 1)[-1]))
+                continue
+            if name.lower() in local:
+                continue
+            self.tables[name.lower()] = self.binder.named_source(table)
+        return tree
+
+    def _replace_file(self, table: exp.Table, source: TableSource, default_alias: str) -> None:
+        name = f"__file_{len(self.tables)}"
+        self.tables[name] = source
+        alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(default_alias))
+        table.replace(exp.Table(this=exp.to_identifier(name), alias=alias))
+
+    def session(self, schema_only: bool) -> RelationalSession:
+        db = RelationalSession(threads=1)
+        for name, source in self.tables.items():
+            try:
+                db.register(name, source.schema.empty_table() if schema_only else source)
+            except (OSError, ValueError, SourceError):
+                db.register(name, source.schema.empty_table())  # planning needs the schema only
+        return db
+
+
+def bind_relational(binder, select: exp.Expr) -> tuple[L.Relational, tuple[str, ...], tuple]:
+    """The model-free statement as one Relational node: (node, output names, tables it reads)."""
+    resolver = TableResolver(binder)
+    tree = resolver.resolve(select)
+    query = tree.sql(dialect="duckdb")
+    with resolver.session(schema_only=False) as db:
+        try:
+            schema = db.schema(query)
+        except RelationalError as e:
+            raise engine_error(e, binder.sql, query) from None
+        rows = db.estimated_rows(query)
+    names = tuple(schema.names)
+    items = tree.expressions if isinstance(tree, exp.Select) else []
+    if items and not any(isinstance(i, exp.Star) or isinstance(i, exp.Column) and isinstance(i.this, exp.Star)
+                         for i in items) and len(items) == len(names):
+        names = tuple(binder.output_names(items))  # named as sqlm names a model query's columns
+    node = L.Relational(query, names, tuple(resolver.tables), rows if rows is not None else 1.0)
+    return node, names, tuple(resolver.tables.items())
+
+
+def bind_expression_subqueries(binder, e: exp.Expr, scope, resolver: TableResolver) -> exp.Expr:
+    """`e` (a copy) with each subquery's correlated references made the plan's internal columns and its
+    tables registered. scope: the outer query's planner.bind.ScopeColumn list."""
+    for original in [s for s in e.find_all(exp.Select) if s.find_ancestor(exp.Select) is None]:
+        select = with_outer_ctes(binder, original)
+        call = next(iter(select.find_all(LLMCall)), None)
+        if call is not None:
+            raise binder.error("a model call inside a subquery expression is not supported: compute it in a "
+                               "CTE or a subquery in FROM", call)
+        inner = resolver.resolve(select)
+        inner_tables = {t.alias_or_name.lower() for t in inner.find_all(exp.Table)}
+        inner_columns = set()
+        for t in inner.find_all(exp.Table):
+            source = resolver.tables.get(t.name.lower())
+            if source is not None:
+                inner_columns |= {f.name.lower() for f in source.schema}
+        inner_columns |= {a.alias.lower() for a in inner.find_all(exp.Alias)}
+        for col in list(inner.find_all(exp.Column)):
+            if isinstance(col.this, exp.Star):
+                continue
+            qualifier = col.table.lower()
+            outer = (qualifier and qualifier not in inner_tables) or (
+                not qualifier and col.name.lower() not in inner_columns and any(
+                    c.name.lower() == col.name.lower() for c in scope))
+            if outer:
+                col.replace(binder.column(col, scope))
+        if original is e:
+            e = inner
+        else:
+            original.replace(inner)
+    return e
+
+
+def with_outer_ctes(binder, select: exp.Select) -> exp.Select:
+    """The subquery with the outer query's CTEs it reads (and those they read) as its own WITH, so the
+    relational engine sees them (sqlm inlines CTEs; DuckDB has never heard of them)."""
+    visible = binder.ctes  # name -> (CTE, the CTEs visible to it), in definition order
+    own = cte_names(select)
+    wanted: set[str] = set()
+    todo = [t.name.lower() for t in select.find_all(exp.Table)]
+    while todo:
+        name = todo.pop()
+        if name in visible and name not in own and name not in wanted:
+            wanted.add(name)
+            todo += [t.name.lower() for t in visible[name][0].this.find_all(exp.Table)]
+    if not wanted:
+        return select
+    ctes = [visible[n][0].copy() for n in visible if n in wanted]
+    existing = select.args.get("with_")
+    merged = exp.With(expressions=ctes + (list(existing.expressions) if existing else []))
+    select = select.copy()
+    select.set("with_", merged)
+    return select

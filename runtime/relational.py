@@ -1,0 +1,130 @@
+"""The relational engine: DuckDB over Arrow, one in-memory connection per statement.
+
+sqlm plans the model calls; every relational operator (scans, filters, projections,
+joins, aggregates, windows, set operations, subqueries, sorts, limits, casts and
+scalar functions) runs in DuckDB, with DuckDB's semantics for NULLs and types.
+Catalog tables and the Arrow outputs of model calls are registered as named
+relations, never copied. The connection cannot touch the file system or the
+network (`enable_external_access = false`): a query reads only what sqlm's
+catalog, under its policy, registered.
+
+>>> import pyarrow as pa
+>>> with RelationalSession() as db:
+...     db.register("t", pa.table({"x": [1, 2, None]}))
+...     db.query('SELECT count(*) AS n, sum(x) AS s FROM t').to_pylist()
+[{'n': 3, 's': 3}]
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from catalog.sources import TableSource
+
+
+class RelationalError(ValueError):
+    """DuckDB refused a query or failed while running it. `position` is a character offset into the
+    SQL text it was given (None where DuckDB names no place)."""
+
+    def __init__(self, message: str, position: int | None = None, kind: str = "Execution"):
+        super().__init__(message)
+        self.message, self.position, self.kind = message, position, kind
+
+
+def _translate(e: duckdb.Error) -> RelationalError:
+    """DuckDB's error (JSON with errors_as_json) as a RelationalError that names the problem and its place."""
+    text = str(e)
+    head, _, body = text.partition(": ")
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return RelationalError(text)
+    position = info.get("position")
+    kind = info.get("exception_type") or head.replace(" Error", "")
+    return RelationalError(info.get("exception_message", text), int(position) if position else None, kind)
+
+
+def source_relation(source: TableSource, schema_only: bool = False):
+    """What DuckDB scans for a catalog source: the in-memory table, or a lazy Arrow dataset of the
+    Parquet file (DuckDB pushes projections and filters into it). schema_only: an empty table of the
+    source's schema, for planning without reading anything."""
+    if schema_only:
+        return source.schema.empty_table()
+    if source.table is not None:
+        return source.table
+    if source.kind == "parquet":
+        return ds.dataset(source.location, format="parquet")
+    raise ValueError(f"source {source.kind}:{source.location} has no rows to scan")
+
+
+def _plain_integers(table: pa.Table) -> pa.Table:
+    """HUGEINT columns (sum of integers: Arrow decimal128(38, 0)) as int64 where the values fit, as
+    DuckDB's own Python client returns ints for them."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type) and f.type.scale == 0 and f.type.precision == 38:
+            try:
+                table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
+            except pa.ArrowInvalid:
+                pass  # beyond int64: stays exact as a decimal
+    return table
+
+
+class RelationalSession:
+    """One DuckDB connection: register relations, run queries to Arrow."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        config = {"enable_external_access": False, "errors_as_json": True, "threads": threads or os.cpu_count() or 1}
+        self.con = duckdb.connect(":memory:", config=config)
+
+    def register(self, name: str, relation) -> None:
+        """relation: a pyarrow Table or Dataset (or a catalog TableSource)."""
+        self.con.register(name, source_relation(relation) if isinstance(relation, TableSource) else relation)
+
+    def query(self, sql: str) -> pa.Table:
+        try:
+            return _plain_integers(self.con.sql(sql).to_arrow_table())
+        except duckdb.Error as e:
+            raise self._located(sql, e) from None
+
+    def _located(self, sql: str, error: duckdb.Error) -> RelationalError:
+        """The relation API drops the error's position: the DB-API path reports it (error path only)."""
+        try:
+            self.con.execute(sql)
+        except duckdb.Error as e:
+            return _translate(e)
+        return _translate(error)
+
+    def schema(self, sql: str) -> pa.Schema:
+        """The result schema of `sql`, bound and checked but not run."""
+        prefix = "SELECT * FROM ("
+        try:
+            return self.query(f"{prefix}{sql}) AS q LIMIT 0").schema
+        except RelationalError as e:
+            if e.position is not None:
+                e.position = max(0, e.position - len(prefix))
+            raise
+
+    def estimated_rows(self, sql: str) -> float | None:
+        """DuckDB's own estimate of the result's rows (from its EXPLAIN), None when it gives none."""
+        try:
+            plan = json.loads(self.con.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()[0][1])
+        except (duckdb.Error, ValueError, IndexError):
+            return None
+        value = plan[0].get("extra_info", {}).get("Estimated Cardinality") if plan else None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> RelationalSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
