@@ -43,7 +43,7 @@ def test_explain(tiny_server):
     r = sql(tiny_server, "EXPLAIN SELECT id FROM (VALUES (1), (2)) AS t(id) WHERE id > 1")
     assert r.status_code == 200
     plan = r.json()["rows"][0]["explain"]
-    assert "Filter" in plan or "TableScan" in plan
+    assert "Relational" in plan and "duckdb" in plan and "WHERE id > 1" in plan
 
 
 def test_sql_errors_are_400_with_the_position(tiny_server):

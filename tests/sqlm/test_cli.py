@@ -30,7 +30,7 @@ def test_errors_are_one_line_on_stderr(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip().count("\n") == 0
-    assert captured.err.startswith("Error: Binder error: unknown column 'nope'") and "line 1, column 8" in captured.err
+    assert captured.err.startswith('Error: Binder error: Referenced column "nope" not found') and "line 1, column 8" in captured.err
     assert main(["--home", home, "query", "SELEC 1"]) == 1
     assert "Syntax error" in capsys.readouterr().err
 
