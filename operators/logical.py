@@ -104,12 +104,31 @@ class Project:
     outputs: tuple[tuple[str, exp.Expr], ...]  # (output column, expression over the input)
     name = "Project"
 
+    @property
+    def has_window(self) -> bool:
+        """A window function sees every input row: no filter or LIMIT may pass below it."""
+        return any(e.find(exp.Window) for _, e in self.outputs)
+
     def columns(self, inputs):
         return tuple(n for n, _ in self.outputs)
 
     def params(self):
         return [("columns", sql_join(", ", (n if isinstance(e, exp.Column) and e.name == n else sql(e, f" AS {n}")
                                             for n, e in self.outputs)))]
+
+
+@dataclass(frozen=True)
+class SetOp:
+    """UNION / INTERSECT / EXCEPT of two inputs with the same columns, by position."""
+    kind: str  # 'UNION' | 'INTERSECT' | 'EXCEPT'
+    distinct: bool  # False: the ALL form, duplicates kept
+    name = "SetOp"
+
+    def columns(self, inputs):
+        return inputs[0]
+
+    def params(self):
+        return [("operation", self.kind + ("" if self.distinct else " ALL"))]
 
 
 @dataclass(frozen=True)

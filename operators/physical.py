@@ -85,6 +85,18 @@ class Relational:
 
 
 @dataclass(frozen=True)
+class SetOp:
+    kind: str
+    distinct: bool
+    estimate: Estimate = field(default_factory=_no_estimate)
+    choices: tuple[Choice, ...] = ()
+    name = "SetOp"
+
+    def params(self):
+        return [("operation", self.kind + ("" if self.distinct else " ALL"))]
+
+
+@dataclass(frozen=True)
 class TableScan:
     source: TableSource
     alias: str

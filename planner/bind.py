@@ -194,7 +194,7 @@ class Binder:
             raise self.error("WITH RECURSIVE is not supported", with_)
         for cte in with_.expressions:
             name = cte.alias_or_name.lower()
-            if not isinstance(cte.this, exp.Select):
+            if not isinstance(cte.this, (exp.Select, exp.SetOperation)):
                 raise self.error(f"the CTE {cte.alias_or_name} must be a SELECT, got {cte.this.key.upper()}", cte)
             if cte.args.get("materialized") is not None:
                 raise self.error("MATERIALIZED / NOT MATERIALIZED is not supported on a CTE", cte)
@@ -353,7 +353,15 @@ class Binder:
 
     def aggregates(self, e: exp.Expr) -> list[exp.AggFunc]:
         """The aggregate calls of this query level in `e` (not its subqueries')."""
-        return [a for a in e.find_all(exp.AggFunc) if not self.in_subquery(a, e)]
+        return [a for a in e.find_all(exp.AggFunc) if not self.in_subquery(a, e) and not self.in_window(a, e)]
+
+    @staticmethod
+    def in_window(node: exp.Expr, root: exp.Expr) -> bool:
+        while node is not None and node is not root:
+            node = node.parent
+            if isinstance(node, exp.Window):
+                return True
+        return False
 
     @staticmethod
     def in_subquery(node: exp.Expr, root: exp.Expr) -> bool:
@@ -386,6 +394,8 @@ class Binder:
 
     def bind_select_into(self, plan: Plan, select: exp.Expr) -> tuple[int, list[tuple[str, str]]]:
         """Adds the query's nodes; returns its top node and (output name, internal column) pairs."""
+        if isinstance(select, exp.SetOperation):
+            return self.bind_set_operation(plan, select)
         if not isinstance(select, exp.Select):
             raise self.error(f"a model call inside {select.key.upper()} is not supported yet: compute it in a "
                              f"CTE or a subquery of one SELECT", select)
@@ -399,6 +409,48 @@ class Binder:
             return self.bind_select_body(plan, select)
         finally:
             self.ctes = outer_ctes  # a query's CTEs are not visible outside it
+
+    def bind_set_operation(self, plan: Plan, setop: exp.SetOperation) -> tuple[int, list[tuple[str, str]]]:
+        """UNION / INTERSECT / EXCEPT [ALL]: both sides bound as queries (their columns are __out_0, __out_1, ...
+        alike), combined by position; ORDER BY and LIMIT of the whole apply above."""
+        kind = {exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT"}[type(setop)]
+        outer_ctes = self.ctes
+        if setop.args.get("with_"):
+            self.define_ctes(setop.args["with_"])
+        try:
+            left, names = self.bind_select_into(plan, setop.this)
+            right, right_names = self.bind_select_into(plan, setop.expression)
+        finally:
+            self.ctes = outer_ctes
+        if len(names) != len(right_names):
+            raise self.error(f"each side of {kind} must have the same number of columns "
+                             f"({len(names)} and {len(right_names)})", setop)
+        node = plan.add(L.SetOp(kind, bool(setop.args.get("distinct"))))
+        plan.graph.add_edge(left, node, slot=0)
+        plan.graph.add_edge(right, node, slot=1)
+
+        def then(op) -> None:
+            nonlocal node
+            new = plan.add(op)
+            plan.graph.add_edge(node, new, slot=0)
+            node = new
+        order = setop.args.get("order")
+        if order:
+            lowered = [n.lower() for n, _ in names]
+            keys = []
+            for o in order.expressions:
+                target = o.this
+                if isinstance(target, exp.Literal) and not target.is_string and 0 < int(target.this) <= len(names):
+                    index = int(target.this) - 1
+                elif isinstance(target, exp.Column) and not target.table and target.name.lower() in lowered:
+                    index = lowered.index(target.name.lower())
+                else:
+                    raise self.error(f"ORDER BY of a {kind} must name an output column or its position", o)
+                keys.append(L.SortKey(exp.column(names[index][1], quoted=True), bool(o.args.get("desc")),
+                                      bool(o.args.get("nulls_first"))))
+            then(L.Sort(tuple(keys)))
+        self.bind_limit(then, setop)
+        return node, names
 
     def bind_select_body(self, plan: Plan, select: exp.Select) -> tuple[int, list[tuple[str, str]]]:
         node, scope = self.bind_from(plan, select)
@@ -447,6 +499,7 @@ class Binder:
             having_expr = None
         if having_expr is not None:
             then(L.Filter(tuple(self.conjuncts(having_expr))))
+        select_exprs, order_exprs = self.bind_windows(plan, node, then, select_exprs, order_exprs)
 
         distinct = select.args.get("distinct") is not None
         internal = [f"__out_{i}" for i in range(len(names))]
@@ -473,6 +526,25 @@ class Binder:
             self.bind_limit(then, select)
             then(L.Project(tuple(zip(internal, select_exprs))))
         return node, list(zip(names, internal))
+
+    @staticmethod
+    def bind_windows(plan: Plan, node: int, then, select_exprs, order_exprs):
+        """Window functions computed by a Project of their own, over the rows after WHERE / GROUP BY / HAVING
+        and before ORDER BY / LIMIT (no filter or LIMIT passes below it: Project.has_window)."""
+        windows: dict[str, tuple[str, exp.Expr]] = {}
+
+        def lift(e: exp.Expr) -> exp.Expr:
+            def swap(n):
+                if isinstance(n, exp.Window) and n.find_ancestor(exp.Select) is None:
+                    windows.setdefault(n.sql(), (f"__win_{len(windows)}", n.copy()))
+                    return exp.column(windows[n.sql()][0], quoted=True)
+                return n
+            return e.transform(swap)
+        select_exprs, order_exprs = [lift(e) for e in select_exprs], [lift(e) for e in order_exprs]
+        if windows:
+            keep = tuple((c, exp.column(c, quoted=True)) for c in plan.columns(node))
+            then(L.Project(keep + tuple(windows.values())))
+        return select_exprs, order_exprs
 
     def bind_aggregate(self, then, raw_select, raw_group, raw_having, raw_order, bind_expr, select):
         """Pre-project group keys and aggregate inputs, aggregate, and rewrite what reads the result."""

@@ -91,6 +91,8 @@ def estimate_rows(plan: Plan, ctx: OptimizerContext) -> dict[int, float]:
             for g in op.groups:
                 groups *= stats[g].distinct if g in stats else max(1.0, ins[0] ** 0.5)
             rows[node] = min(ins[0], groups) if op.groups else 1.0
+        elif isinstance(op, L.SetOp):
+            rows[node] = {"UNION": ins[0] + ins[1], "INTERSECT": min(ins)}.get(op.kind, ins[0])
         elif isinstance(op, L.Join):
             if op.kind == "cross":
                 rows[node] = ins[0] * ins[1]

@@ -103,6 +103,8 @@ def lower(plan: Plan, rules: list[RuleRun], ctx: OptimizerContext) -> PhysicalPl
             phys = P.HashJoin(op.kind, op.left_keys, op.right_keys, op.residual, base)
         elif isinstance(op, L.Aggregate):
             phys = P.HashAggregate(op.groups, op.aggregates, base)
+        elif isinstance(op, L.SetOp):
+            phys = P.SetOp(op.kind, op.distinct, base)
         else:
             raise TypeError(f"no physical operator for {op.name}")
         graph.add_node(node, op=phys)

@@ -121,6 +121,9 @@ class Executor:
         on = f" ON {' AND '.join(conditions)}" if conditions and op.kind != "cross" else ""
         return self._sql(inputs, f"SELECT * FROM __in0 {_JOINS[op.kind]} __in1{on}")
 
+    def _SetOp(self, op: P.SetOp, inputs, record) -> pa.Table:
+        return self._sql(inputs, f"SELECT * FROM __in0 {op.kind}{'' if op.distinct else ' ALL'} SELECT * FROM __in1")
+
     def _HashAggregate(self, op: P.HashAggregate, inputs, record) -> pa.Table:
         groups = [ident(g) for g in op.groups]
         aggs = [f"{_AGGREGATES[a.function].format(ident(a.argument) if a.argument else '')} AS {ident(a.output)}"

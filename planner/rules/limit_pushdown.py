@@ -30,7 +30,7 @@ def _lowest_passable(plan: Plan, start: int, sort_keys_refs: set[str] | None) ->
             if sort_keys_refs is not None and op.output in sort_keys_refs:
                 return lowest
             lowest = node
-        elif not (isinstance(op, L.Project) and sort_keys_refs is None):
+        elif not (isinstance(op, L.Project) and not op.has_window and sort_keys_refs is None):
             return lowest
         node = plan.inputs(node)[0]
 

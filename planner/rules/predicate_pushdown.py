@@ -31,6 +31,8 @@ _VOLATILE = (exp.Rand,)
 
 def _through_project(op: L.Project, conjunct: exp.Expr) -> exp.Expr | None:
     """The conjunct over the projection's inputs: each column it reads replaced by its expression."""
+    if op.has_window:
+        return None
     outputs = dict(op.outputs)
     used = [outputs[c] for c in L.referenced_columns(conjunct) if c in outputs]
     if any(e.find(*_VOLATILE) for e in used):

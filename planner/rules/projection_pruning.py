@@ -43,6 +43,8 @@ def _needs_from_inputs(plan: Plan, node: int, required: set[str]) -> list[set[st
         return [required | _refs(*(k.expr for k in op.keys))]
     if isinstance(op, L.Aggregate):
         return [set(op.groups) | {a.argument for a in op.aggregates if a.argument}]
+    if isinstance(op, L.SetOp):  # by position: every column of both sides, or DISTINCT changes meaning
+        return [set(plan.columns(i)) for i in inputs]
     if isinstance(op, L.Join):
         extra = _refs(*op.left_keys, *op.right_keys, *([op.residual] if op.residual is not None else []))
         return [(required | extra) & set(plan.columns(i)) for i in inputs]

@@ -136,6 +136,13 @@ MODEL_QUERIES = [
     "SELECT id, generate('tiny', cat, max_tokens => 2) AS g FROM a WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.id = a.id)",
     "SELECT * FROM (SELECT id, generate('tiny', name, max_tokens => 2) AS g FROM b) s WHERE id > 1",
     "SELECT id, (SELECT max(w) FROM b) AS top, generate('tiny', cat, max_tokens => 2) AS g FROM a WHERE v > 1",
+    "SELECT generate('tiny', cat, max_tokens => 2) AS g FROM a UNION SELECT generate('tiny', name, max_tokens => 2) FROM b",
+    "SELECT id FROM a WHERE id < 3 UNION ALL SELECT id FROM b WHERE generate('tiny', name, max_tokens => 2) IS NOT NULL",
+    "SELECT id, generate('tiny', cat, max_tokens => 2) AS g, row_number() OVER (ORDER BY id) AS r, "
+    "sum(v) OVER (PARTITION BY cat) AS s FROM a WHERE id > 1",
+    "SELECT id, CASE WHEN v > 2 THEN generate('tiny', cat, max_tokens => 2) ELSE 'small' END AS g FROM a",
+    "WITH w AS (SELECT id, rank() OVER (ORDER BY v DESC) AS r FROM a) "
+    "SELECT w.id, w.r, generate('tiny', b.name, max_tokens => 2) AS g FROM w JOIN b ON w.id = b.id",
 ]
 
 CALL = re.compile(r"generate\('tiny', (.+?), max_tokens => 2\)")
@@ -189,3 +196,10 @@ def test_generate_in_a_cte_joined_and_semi_joined_calls_the_model_only_for_survi
     plan = tiny.last_plan.plan
     [calls] = [tiny.last_actuals[n].llm.num_requests for n in plan.walk() if isinstance(plan.op(n), P.LLM_OPERATORS)]
     assert calls == 3
+
+
+def test_a_limit_does_not_pass_below_a_window(tiny):
+    """row_number() numbers every row of a; LIMIT 2 keeps two of them, not a renumbering of two."""
+    out = tiny.sql("SELECT id, row_number() OVER (ORDER BY id DESC) AS r, generate('tiny', cat, max_tokens => 2) AS g "
+                   "FROM a WHERE id IS NOT NULL ORDER BY id LIMIT 2").arrow().to_pylist()
+    assert [(r["id"], r["r"]) for r in out] == [(1, 5), (2, 4)]
