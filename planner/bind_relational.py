@@ -86,7 +86,7 @@ class TableResolver:
         table.replace(exp.Table(this=exp.to_identifier(name), alias=alias))
 
     def session(self, schema_only: bool) -> RelationalSession:
-        db = RelationalSession(threads=1)
+        db = RelationalSession(threads=1, sources=() if schema_only else self.tables.values())
         for name, source in self.tables.items():
             try:
                 db.register(name, source.schema.empty_table() if schema_only else source)

@@ -56,7 +56,8 @@ class Executor:
         """plan: anything with root, inputs(node), op(node) and tables (the catalog tables its subqueries
         read, by name), e.g. planner.graph.Plan of physical nodes."""
         actuals: dict[int, Actuals] = {}
-        with RelationalSession(self.threads) as self.db:
+        scans = [plan.op(n).source for n in plan.walk() if isinstance(plan.op(n), P.TableScan)]
+        with RelationalSession(self.threads, [s for _, s in getattr(plan, "tables", ())] + scans) as self.db:
             for name, source in getattr(plan, "tables", ()):
                 self.db.register(name, source)
             table = self._run(plan, plan.root, actuals)
@@ -82,10 +83,12 @@ class Executor:
         return self.db.query(op.query)
 
     def _TableScan(self, op: P.TableScan, inputs, record) -> pa.Table:
-        self.db.register("__scan", op.source)
+        self.scans = getattr(self, "scans", 0) + 1
+        name = f"__scan_{self.scans}"
+        self.db.register(name, op.source)
         prefix = f"{op.alias}." if op.alias else ""
         columns = ", ".join(f"{ident(c)} AS {ident(prefix + c)}" for c in op.read)
-        return self.db.query(f"SELECT {columns or '1 AS __row'} FROM __scan")
+        return self.db.query(f"SELECT {columns or '1 AS __row'} FROM {name}")
 
     def _Filter(self, op: P.Filter, inputs, record) -> pa.Table:
         return self._sql(inputs, f"SELECT * FROM __in0 WHERE {' AND '.join(f'({duck(p)})' for p in op.predicates)}")

@@ -5,8 +5,9 @@ joins, aggregates, windows, set operations, subqueries, sorts, limits, casts and
 scalar functions) runs in DuckDB, with DuckDB's semantics for NULLs and types.
 Catalog tables and the Arrow outputs of model calls are registered as named
 relations, never copied. The connection cannot touch the file system or the
-network (`enable_external_access = false`): a query reads only what sqlm's
-catalog, under its policy, registered.
+network (`enable_external_access = false`, with `allowed_paths` the Parquet files of
+the catalog's sources, which DuckDB's own reader scans): a query reads only what
+sqlm's catalog, under its policy, registered.
 
 >>> import pyarrow as pa
 >>> with RelationalSession() as db:
@@ -76,13 +77,26 @@ def _plain_integers(table: pa.Table) -> pa.Table:
 class RelationalSession:
     """One DuckDB connection: register relations, run queries to Arrow."""
 
-    def __init__(self, threads: int | None = None) -> None:
-        config = {"enable_external_access": False, "errors_as_json": True, "threads": threads or os.cpu_count() or 1}
-        self.con = duckdb.connect(":memory:", config=config)
+    def __init__(self, threads: int | None = None, sources=()) -> None:
+        """sources: the catalog sources it may scan; their Parquet files are the only paths it can open."""
+        self.con = duckdb.connect(":memory:", config={"errors_as_json": True, "threads": threads or os.cpu_count() or 1})
+        files = sorted({s.location for s in sources if s.table is None and s.kind == "parquet"})
+        if files:
+            self.con.execute("SET allowed_paths = ?", [files])
+        self.con.execute("SET enable_external_access = false")  # for good: it cannot be switched back on
+        self.files = set(files)
 
     def register(self, name: str, relation) -> None:
-        """relation: a pyarrow Table or Dataset (or a catalog TableSource)."""
-        self.con.register(name, source_relation(relation) if isinstance(relation, TableSource) else relation)
+        """relation: a pyarrow Table or Dataset, or a catalog TableSource (a Parquet file is scanned by DuckDB's
+        own reader: parallel, with projection and filter pushdown). Each name is registered once."""
+        try:
+            if isinstance(relation, TableSource) and relation.table is None and relation.location in self.files:
+                path = relation.location.replace("'", "''")
+                self.con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{path}\')')
+                return
+            self.con.register(name, source_relation(relation) if isinstance(relation, TableSource) else relation)
+        except duckdb.Error as e:
+            raise _translate(e) from None
 
     def query(self, sql: str) -> pa.Table:
         try:
