@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.decode_latency --threads 2 --rounds 3 | tee bench/results/decode_latency.md
 	$(BIN)/python -m bench.engine_throughput --out bench/results/engine_throughput.md
 	$(BIN)/python -m bench.online_serving --out bench/results/online_serving.md
+	$(BIN)/python -m bench.relational --out bench/results/relational.md
 
 clean:
 	rm -rf $(VENV)
