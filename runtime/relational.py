@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 
 import duckdb
 import pyarrow as pa
@@ -74,16 +76,38 @@ def _plain_integers(table: pa.Table) -> pa.Table:
     return table
 
 
+_DATABASES: OrderedDict[tuple, duckdb.DuckDBPyConnection] = OrderedDict()
+_DATABASES_LOCK = threading.Lock()
+_MAX_DATABASES = 8
+
+
+def _database(threads: int, files: tuple[str, ...]) -> duckdb.DuckDBPyConnection:
+    """A DuckDB database that can open exactly `files` (nothing else, ever: external access is switched off
+    after allowed_paths is set, and cannot be switched back on). Opening one costs ~13 ms, a cursor on it ~0, so
+    each (threads, files) pair is opened once per process; statements get cursors (their own connections, with
+    their own temporary views)."""
+    key = (threads, files)
+    with _DATABASES_LOCK:
+        if key in _DATABASES:
+            _DATABASES.move_to_end(key)
+            return _DATABASES[key]
+        db = duckdb.connect(":memory:", config={"errors_as_json": True, "threads": threads})
+        if files:
+            db.execute("SET allowed_paths = ?", [list(files)])
+        db.execute("SET enable_external_access = false")
+        _DATABASES[key] = db
+        if len(_DATABASES) > _MAX_DATABASES:
+            _DATABASES.popitem(last=False)[1].close()
+        return db
+
+
 class RelationalSession:
     """One DuckDB connection: register relations, run queries to Arrow."""
 
     def __init__(self, threads: int | None = None, sources=()) -> None:
         """sources: the catalog sources it may scan; their Parquet files are the only paths it can open."""
-        self.con = duckdb.connect(":memory:", config={"errors_as_json": True, "threads": threads or os.cpu_count() or 1})
-        files = sorted({s.location for s in sources if s.table is None and s.kind == "parquet"})
-        if files:
-            self.con.execute("SET allowed_paths = ?", [files])
-        self.con.execute("SET enable_external_access = false")  # for good: it cannot be switched back on
+        files = tuple(sorted({s.location for s in sources if s.table is None and s.kind == "parquet"}))
+        self.con = _database(threads or os.cpu_count() or 1, files).cursor()
         self.files = set(files)
 
     def register(self, name: str, relation) -> None:
@@ -92,7 +116,7 @@ class RelationalSession:
         try:
             if isinstance(relation, TableSource) and relation.table is None and relation.location in self.files:
                 path = relation.location.replace("'", "''")
-                self.con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{path}\')')
+                self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM read_parquet(\'{path}\')')
                 return
             self.con.register(name, source_relation(relation) if isinstance(relation, TableSource) else relation)
         except duckdb.Error as e:
