@@ -265,9 +265,12 @@ class Join:
 
 @dataclass(frozen=True)
 class AggregateCall:
-    function: str  # 'count' | 'count_star' | 'sum' | 'min' | 'max' | 'mean' | 'count_distinct'
-    argument: str | None  # input column
+    call: exp.Expr  # the aggregate over the input's columns, e.g. string_agg("t.name", ',' ORDER BY "t.id")
     output: str
+
+    @property
+    def inputs(self) -> set[str]:
+        return referenced_columns(self.call)
 
 
 @dataclass(frozen=True)
@@ -280,5 +283,5 @@ class Aggregate:
         return self.groups + tuple(a.output for a in self.aggregates)
 
     def params(self):
-        aggs = ", ".join(f"{a.function}({a.argument or '*'}) AS {a.output}" for a in self.aggregates)
+        aggs = sql_join(", ", (sql(a.call, f" AS {a.output}") for a in self.aggregates))
         return [("groups", ", ".join(self.groups) or "(all rows)"), ("aggregates", aggs)]

@@ -239,8 +239,8 @@ class HashAggregate:
     name = "HashAggregate"
 
     def params(self):
-        aggs = ", ".join(f"{a.function}({a.argument or '*'})" for a in self.aggregates)
-        return [("groups", ", ".join(self.groups) or "(all rows)")] + ([("aggregates", aggs)] if aggs else [])
+        aggs = sql_join(", ", (sql(a.call) for a in self.aggregates))
+        return [("groups", ", ".join(self.groups) or "(all rows)")] + ([("aggregates", aggs)] if self.aggregates else [])
 
 
 LLM_OPERATORS = (BatchedGenerate, BatchedClassify)

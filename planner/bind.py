@@ -27,7 +27,6 @@ from planner.sql.nodes import LLMCall, LLMGenerate
 from operators.requests import SamplingParams
 
 DEFAULT_MAX_TOKENS = 64
-_AGGREGATES = {exp.Count: "count", exp.Sum: "sum", exp.Avg: "mean", exp.Min: "min", exp.Max: "max"}
 
 
 class CatalogView(Protocol):
@@ -227,8 +226,6 @@ class Binder:
                         left_keys.append(b), right_keys.append(a)
                         continue
                 residual.append(bound)
-        if kind != "cross" and not left_keys:
-            raise self.error("only joins with at least one equality between the two sides are supported", join)
         node = plan.add(L.Join(kind, tuple(left_keys), tuple(right_keys),
                                exp.and_(*residual) if residual else None))
         plan.graph.add_edge(left, node, slot=0)
@@ -274,7 +271,9 @@ class Binder:
         return None
 
     # -- model calls --------------------------------------------------------------------
-    def bind_llm(self, call: LLMCall, scope: list[ScopeColumn]) -> L.Generate | L.Classify:
+    def bind_llm(self, call: LLMCall, scope: list[ScopeColumn], guard: exp.Expr | None = None) -> L.Generate | L.Classify:
+        """guard: the condition under which the call's value is used (its CASE branch); elsewhere its prompt is
+        NULL, and a NULL prompt costs no model call."""
         model_arg = call.args["model"]
         if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
             raise self.error(f"{call.sql_name().lower()}(): the model must be a name in quotes, like 'smollm2'", model_arg)
@@ -290,6 +289,8 @@ class Binder:
         if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise self.error(f"{call.sql_name().lower()}(): the {text_key} must be text, got {kind} "
                              f"({call.args[text_key].sql()}); cast it with CAST(... AS VARCHAR)", call.args[text_key])
+        if guard is not None:
+            text = exp.Case(ifs=[exp.If(this=self.resolve(guard, scope), true=text)])
         if isinstance(call, LLMGenerate):
             return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output,
                               priority=self.option(call, "priority", 0, int))
@@ -336,20 +337,23 @@ class Binder:
             raise self.error(f"generate(): {e}", call) from None
 
     def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]]) -> None:
-        """Register every distinct model call in `exprs` (by its SQL text) in `found`."""
+        """Register every distinct model call in `exprs` (by its SQL text) in `found`. A call used only inside
+        CASE / IF branches runs only for the rows that take one of them."""
+        occurrences: dict[str, tuple[LLMCall, list[exp.Expr | None]]] = {}
         for e in exprs:
             for call in e.find_all(LLMCall):
                 if self.in_subquery(call, e):
                     continue  # its subquery's binding refuses it, by name
-                key = call.sql()
-                if key in found:
-                    continue
                 inner = [c for c in call.find_all(LLMCall) if c is not call]
                 if inner:
                     raise self.error("a model call inside another model call's arguments is not supported", inner[0])
                 if any(call.find_all(exp.AggFunc)):
                     raise self.error("a model call over an aggregate is not supported", call)
-                found[key] = (self.bind_llm(call, scope), call)
+                occurrences.setdefault(call.sql(), (call, []))[1].append(branch_guard(call, e))
+        for key, (call, guards) in occurrences.items():
+            if key not in found:
+                guard = None if any(g is None for g in guards) else exp.or_(*guards) if len(guards) > 1 else guards[0]
+                found[key] = (self.bind_llm(call, scope, guard), call)
 
     def aggregates(self, e: exp.Expr) -> list[exp.AggFunc]:
         """The aggregate calls of this query level in `e` (not its subqueries')."""
@@ -550,15 +554,16 @@ class Binder:
         """Pre-project group keys and aggregate inputs, aggregate, and rewrite what reads the result."""
         groups = [bind_expr(g) for g in raw_group]
         group_sql = {g.sql(): f"__g_{i}" for i, g in enumerate(groups)}
-        calls: dict[str, tuple[L.AggregateCall, exp.Expr | None]] = {}
+        calls: dict[str, L.AggregateCall] = {}
         for e in raw_select + raw_having + raw_order:
             for agg in self.aggregates(e):
                 if agg.sql() not in calls:
                     calls[agg.sql()] = self.aggregate_call(agg, len(calls), bind_expr)
         pre = [(c, g) for g, c in zip(groups, group_sql.values())]
-        pre += [(a.argument, e) for a, e in calls.values() if e is not None]
+        inputs = sorted(set().union(*(a.inputs for a in calls.values())) - set(group_sql.values())) if calls else []
+        pre += [(c, exp.column(c, quoted=True)) for c in inputs]  # what the aggregates read, passed through
         then(L.Project(tuple(pre) or (("__row", exp.Literal.number(1)),)))
-        then(L.Aggregate(tuple(group_sql.values()), tuple(a for a, _ in calls.values())))
+        then(L.Aggregate(tuple(group_sql.values()), tuple(calls.values())))
 
         def after(e: exp.Expr) -> exp.Expr:
             markers = {}
@@ -566,7 +571,7 @@ class Binder:
             def to_marker(node):
                 if isinstance(node, exp.AggFunc) and node.sql() in calls and node.find_ancestor(exp.Select) is None:
                     marker = exp.Placeholder(this=f"agg{len(markers)}")
-                    markers[marker.sql()] = calls[node.sql()][0].output
+                    markers[marker.sql()] = calls[node.sql()].output
                     return marker
                 return node
             bound = bind_expr(e.copy().transform(to_marker, copy=False))
@@ -579,7 +584,7 @@ class Binder:
                 return node
             result = bound.transform(to_columns, copy=False)
             for col in result.find_all(exp.Column):
-                if not col.name.startswith(("__g_", "__agg_")):
+                if L.is_plan_column(col) and not col.name.startswith(("__g_", "__agg_")):
                     raise self.error(f"column {col.name.split('.')[-1]!r} must appear in GROUP BY "
                                      f"or inside an aggregate", e)
             return result
@@ -587,18 +592,12 @@ class Binder:
         having = after(raw_having[0]) if raw_having else None
         return [after(e) for e in raw_select], [after(e) for e in raw_order], having
 
-    def aggregate_call(self, agg: exp.AggFunc, index: int, bind_expr) -> tuple[L.AggregateCall, exp.Expr | None]:
-        fn = _AGGREGATES.get(type(agg))
-        if fn is None:
-            raise self.error(f"unsupported aggregate {agg.sql_name()}()", agg)
-        arg = agg.this
-        if isinstance(agg, exp.Count) and (arg is None or isinstance(arg, exp.Star)):
-            return L.AggregateCall("count_all", None, f"__agg_{index}"), None
-        if isinstance(arg, exp.Distinct):
-            if fn != "count":
-                raise self.error("DISTINCT is supported inside count() only", agg)
-            fn, arg = "count_distinct", arg.expressions[0]
-        return L.AggregateCall(fn, f"__aggin_{index}", f"__agg_{index}"), bind_expr(arg)
+    def aggregate_call(self, agg: exp.AggFunc, index: int, bind_expr) -> L.AggregateCall:
+        """Any aggregate the relational engine knows (count, sum, avg, string_agg, quantile, ... with DISTINCT,
+        ORDER BY or FILTER), over the plan's columns."""
+        if any(self.aggregates(a) for a in agg.iter_expressions()):
+            raise self.error("an aggregate inside another aggregate is not allowed", agg)
+        return L.AggregateCall(bind_expr(agg), f"__agg_{index}")
 
     def bind_limit(self, then, select: exp.Select) -> None:
         limit, offset = select.args.get("limit"), select.args.get("offset")
@@ -666,6 +665,41 @@ class Binder:
     @staticmethod
     def conjuncts(e: exp.Expr) -> list[exp.Expr]:
         return list(e.flatten()) if isinstance(e, exp.And) else [e]
+
+
+def _taken(condition: exp.Expr) -> exp.Expr:
+    """The branch is taken: the condition is true (NULL is not)."""
+    return exp.Coalesce(this=condition.copy(), expressions=[exp.false()])
+
+
+def branch_guard(call: exp.Expr, root: exp.Expr) -> exp.Expr | None:
+    """The condition under which `call`'s value is used, from the CASE WHEN / IF branches around it in `root`;
+    None when it is always used (or a branch condition itself calls a model)."""
+    conditions: list[exp.Expr] = []
+    node = call
+    while node is not root and node.parent is not None:
+        parent = node.parent
+        if isinstance(parent, exp.If) and node is parent.args.get("true"):
+            case = parent.parent if isinstance(parent.parent, exp.Case) else None
+            if case is None:  # IF(c, a, b)
+                conditions.append(_taken(parent.this))
+            else:
+                ifs = case.args["ifs"]
+                conditions.append(_taken(_when(case, parent)))
+                conditions += [exp.not_(_taken(_when(case, i))) for i in ifs[:ifs.index(parent)]]
+        elif isinstance(parent, exp.If) and node is parent.args.get("false"):
+            conditions.append(exp.not_(_taken(parent.this)))
+        elif isinstance(parent, exp.Case) and node is parent.args.get("default"):
+            conditions += [exp.not_(_taken(_when(parent, i))) for i in parent.args["ifs"]]
+        node = parent
+    if not conditions or any(c.find(LLMCall) for c in conditions):
+        return None
+    return exp.and_(*conditions)
+
+
+def _when(case: exp.Case, branch: exp.If) -> exp.Expr:
+    """A branch's condition: `WHEN c` of a searched CASE, `x = v` of `CASE x WHEN v`."""
+    return branch.this if case.this is None else exp.EQ(this=case.this.copy(), expression=branch.this.copy())
 
 
 def bind(select: exp.Expr, catalog: CatalogView, sql: str) -> Plan:

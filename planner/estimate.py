@@ -99,7 +99,10 @@ def estimate_rows(plan: Plan, ctx: OptimizerContext) -> dict[int, float]:
             else:
                 ndv = [stats[k.name].distinct for k in op.left_keys + op.right_keys
                        if isinstance(k, exp.Column) and k.name in stats]
-                rows[node] = ins[0] * ins[1] / max(ndv) if ndv else max(ins)
+                if not op.left_keys:  # a join on a condition without an equality: a filtered cross product
+                    rows[node] = ins[0] * ins[1] * UNKNOWN_SELECTIVITY
+                else:
+                    rows[node] = ins[0] * ins[1] / max(ndv) if ndv else max(ins)
         else:
             rows[node] = ins[0]
     return rows

@@ -22,8 +22,6 @@ from runtime.llm_ops import LLMOutcome, LLMService
 from runtime.relational import RelationalSession
 
 _JOINS = {"inner": "JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL JOIN", "cross": "CROSS JOIN"}
-_AGGREGATES = {"count": "count({})", "count_all": "count(*)", "sum": "sum({})", "min": "min({})", "max": "max({})",
-               "mean": "avg({})", "count_distinct": "count(DISTINCT {})"}
 
 
 @dataclass
@@ -129,8 +127,7 @@ class Executor:
 
     def _HashAggregate(self, op: P.HashAggregate, inputs, record) -> pa.Table:
         groups = [ident(g) for g in op.groups]
-        aggs = [f"{_AGGREGATES[a.function].format(ident(a.argument) if a.argument else '')} AS {ident(a.output)}"
-                for a in op.aggregates]
+        aggs = [f"{duck(a.call)} AS {ident(a.output)}" for a in op.aggregates]
         group_by = f" GROUP BY {', '.join(groups)}" if groups else ""
         return self._sql(inputs, f"SELECT {', '.join(groups + aggs) or 'count(*) AS __n'} FROM __in0{group_by}")
 

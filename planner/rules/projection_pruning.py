@@ -42,7 +42,7 @@ def _needs_from_inputs(plan: Plan, node: int, required: set[str]) -> list[set[st
     if isinstance(op, L.Sort):
         return [required | _refs(*(k.expr for k in op.keys))]
     if isinstance(op, L.Aggregate):
-        return [set(op.groups) | {a.argument for a in op.aggregates if a.argument}]
+        return [set(op.groups).union(*(a.inputs for a in op.aggregates))]
     if isinstance(op, L.SetOp):  # by position: every column of both sides, or DISTINCT changes meaning
         return [set(plan.columns(i)) for i in inputs]
     if isinstance(op, L.Join):

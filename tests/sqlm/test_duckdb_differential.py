@@ -141,6 +141,9 @@ MODEL_QUERIES = [
     "SELECT id, generate('tiny', cat, max_tokens => 2) AS g, row_number() OVER (ORDER BY id) AS r, "
     "sum(v) OVER (PARTITION BY cat) AS s FROM a WHERE id > 1",
     "SELECT id, CASE WHEN v > 2 THEN generate('tiny', cat, max_tokens => 2) ELSE 'small' END AS g FROM a",
+    "SELECT cat, string_agg(generate('tiny', cat, max_tokens => 2), '|' ORDER BY id) AS gs, "
+    "count(DISTINCT n) AS k, quantile_cont(v, 0.5) AS med FROM a GROUP BY cat",
+    "SELECT a.id, b.id AS bid, generate('tiny', b.name, max_tokens => 2) AS g FROM a JOIN b ON a.id < b.id AND b.w > 100",
     "WITH w AS (SELECT id, rank() OVER (ORDER BY v DESC) AS r FROM a) "
     "SELECT w.id, w.r, generate('tiny', b.name, max_tokens => 2) AS g FROM w JOIN b ON w.id = b.id",
 ]
@@ -203,3 +206,15 @@ def test_a_limit_does_not_pass_below_a_window(tiny):
     out = tiny.sql("SELECT id, row_number() OVER (ORDER BY id DESC) AS r, generate('tiny', cat, max_tokens => 2) AS g "
                    "FROM a WHERE id IS NOT NULL ORDER BY id LIMIT 2").arrow().to_pylist()
     assert [(r["id"], r["r"]) for r in out] == [(1, 5), (2, 4)]
+
+
+def test_a_call_in_a_case_branch_runs_only_for_the_rows_that_take_it(tiny):
+    from operators import physical as P
+
+    query = ("SELECT id, CASE WHEN v > 4 THEN generate('tiny', cat, max_tokens => 2) "
+             "WHEN v IS NULL THEN 'none' ELSE 'small' END AS g FROM a")
+    got = multiset(tiny.sql(query).arrow())
+    plan = tiny.last_plan.plan
+    [calls] = [tiny.last_actuals[n].llm.num_requests for n in plan.walk() if isinstance(plan.op(n), P.LLM_OPERATORS)]
+    assert calls == 2  # the rows with v > 4 (v 5.5, cat 'z'; v 6.0, cat 'y'), not all 6
+    assert got == oracle_rows(tiny, query)
