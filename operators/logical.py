@@ -62,6 +62,7 @@ class Relational:
     output: tuple[str, ...]  # its columns
     reads: tuple[str, ...]  # the catalog tables it reads, as registered
     rows: float  # estimated result rows
+    engine_plan: str = ""  # DuckDB's operator tree, one line
     name = "Relational"
 
     def columns(self, inputs):

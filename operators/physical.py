@@ -76,12 +76,14 @@ class Relational:
     """A query without model calls: DuckDB plans and runs it whole."""
     query: str
     reads: tuple[str, ...]
+    engine_plan: str = ""
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
     name = "Relational"
 
     def params(self):
-        return [("engine", "duckdb"), ("query", self.query), ("reads", ", ".join(self.reads) or "(no table)")]
+        return [("engine", "duckdb"), ("query", self.query), ("reads", ", ".join(self.reads) or "(no table)"),
+                ("duckdb plan", self.engine_plan or "(none)")]
 
 
 @dataclass(frozen=True)

@@ -105,13 +105,13 @@ def bind_relational(binder, select: exp.Expr) -> tuple[L.Relational, tuple[str, 
             schema = db.schema(query)
         except RelationalError as e:
             raise engine_error(e, binder.sql, query) from None
-        rows = db.estimated_rows(query)
+        rows, outline = db.explain(query)
     names = tuple(schema.names)
     items = tree.expressions if isinstance(tree, exp.Select) else []
     if items and not any(isinstance(i, exp.Star) or isinstance(i, exp.Column) and isinstance(i.this, exp.Star)
                          for i in items) and len(items) == len(names):
         names = tuple(binder.output_names(items))  # named as sqlm names a model query's columns
-    node = L.Relational(query, names, tuple(resolver.tables), rows if rows is not None else 1.0)
+    node = L.Relational(query, names, tuple(resolver.tables), rows if rows is not None else 1.0, outline)
     return node, names, tuple(resolver.tables.items())
 
 

@@ -82,7 +82,7 @@ def lower(plan: Plan, rules: list[RuleRun], ctx: OptimizerContext) -> PhysicalPl
         width = len(plan.columns(node))
         base = P.Estimate(rows=rows[node], seconds=relational_seconds(in_rows, width, ctx.hardware))
         if isinstance(op, L.Relational):
-            phys = P.Relational(op.query, op.reads, base)
+            phys = P.Relational(op.query, op.reads, op.engine_plan, base)
         elif isinstance(op, L.Scan):
             phys = P.TableScan(op.source, op.alias, op.read, base)
         elif isinstance(op, L.Filter):

@@ -146,17 +146,27 @@ class RelationalSession:
                 e.position = max(0, e.position - len(prefix))
             raise
 
-    def estimated_rows(self, sql: str) -> float | None:
-        """DuckDB's own estimate of the result's rows (from its EXPLAIN), None when it gives none."""
+    def explain(self, sql: str) -> tuple[float | None, str]:
+        """DuckDB's plan of `sql`: its estimate of the result's rows (None when it gives none) and the operator
+        tree as one line, root first (`PROJECTION <- HASH_GROUP_BY <- (TABLE_SCAN, TABLE_SCAN)`)."""
         try:
             plan = json.loads(self.con.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchall()[0][1])
         except (duckdb.Error, ValueError, IndexError):
-            return None
-        value = plan[0].get("extra_info", {}).get("Estimated Cardinality") if plan else None
+            return None, ""
+        if not plan:
+            return None, ""
+
+        def outline(node: dict) -> str:
+            children = [outline(c) for c in node.get("children", [])]
+            below = "" if not children else f" <- {children[0]}" if len(children) == 1 else \
+                f" <- ({', '.join(children)})"
+            return node.get("name", "?").strip() + below
+        value = plan[0].get("extra_info", {}).get("Estimated Cardinality")
         try:
-            return float(value)
+            rows = float(value)
         except (TypeError, ValueError):
-            return None
+            rows = None
+        return rows, outline(plan[0])
 
     def close(self) -> None:
         self.con.close()
