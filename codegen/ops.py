@@ -11,13 +11,14 @@ import torch
 
 from catalog.model_config import ModelConfig
 from codegen.build import get_kernel
+from codegen.target import Target
 
 
 # get_kernel's lookup (parameter dict, frozen key, lock) costs ~6 µs, more than a decode-size
 # kernel; these run ~150 times per token, so each remembers its kernels by plain tuples.
 @lru_cache(maxsize=None)
-def _kernel(name: str, *params: tuple[str, object]):
-    return get_kernel(name, dict(params)).fn
+def _kernel(name: str, target: Target | None, *params: tuple[str, object]):
+    return get_kernel(name, dict(params), target).fn
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:
@@ -35,57 +36,59 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None, target: Target | None = None) -> torch.Tensor:
     """x [T, H] fp32, weight [H] -> [T, H] in out_dtype (fp32 or bf16; default fp32), into `out` when given
     (contiguous, 64-byte aligned: what a benchmark passes to time the kernel alone)."""
     x = aligned(x)
     out_dtype = out_dtype or torch.float32
     out = torch.empty_like(x, dtype=out_dtype) if out is None else out
-    _kernel("rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)), ("out_dtype", DTYPE_NAMES[out_dtype]))(
+    _kernel("rms_norm", target, ("hidden", x.shape[1]), ("eps", float(eps)), ("out_dtype", DTYPE_NAMES[out_dtype]))(
         x, aligned(weight), out)
     return out
 
 
 def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float,
-                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                 out_dtype: torch.dtype | None = None, target: Target | None = None) -> torch.Tensor:
     """x [T, H] fp32 += y [T, H] (fp32 or bf16) in place; returns rms_norm(x) [T, H] in out_dtype."""
     if not (x.is_contiguous() and x.data_ptr() % 64 == 0):
         raise ValueError("add_rms_norm updates x in place: it must be a contiguous, 64-byte aligned tensor")
     y = aligned(y)
     out_dtype = out_dtype or torch.float32
     out = torch.empty_like(x, dtype=out_dtype)
-    _kernel("add_rms_norm", ("hidden", x.shape[1]), ("eps", float(eps)), ("y_dtype", DTYPE_NAMES[y.dtype]),
+    _kernel("add_rms_norm", target, ("hidden", x.shape[1]), ("eps", float(eps)), ("y_dtype", DTYPE_NAMES[y.dtype]),
             ("out_dtype", DTYPE_NAMES[out_dtype]))(x, y, aligned(weight), out)
     return out
 
 
 def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_blocks: torch.Tensor, slot_offsets: torch.Tensor, num_q_heads: int,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None, target: Target | None = None) -> torch.Tensor:
     """RoPE'd q [T, Hq, D] fp32 (into `out` when given) from the fused projection qkv [T, (Hq + 2 Hkv) D]
     (fp32 or bf16); the RoPE'd keys and the values are written into one layer's paged cache (k_cache
     [NB, Hkv, D, bs], v_cache [NB, Hkv, bs, D], fp32 or bf16) at slots (slot_blocks[t], slot_offsets[t]),
     int32 [T]. cos/sin [T, D]."""
     _, num_kv_heads, head_dim, block_size = k_cache.shape
-    q = torch.empty(qkv.shape[0], num_q_heads, head_dim) if out is None else out
-    _kernel("rope_qkv", ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+    q = torch.empty(qkv.shape[0], num_q_heads, head_dim, device=qkv.device) if out is None else out
+    _kernel("rope_qkv", target, ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
             ("block_size", block_size), ("x_dtype", DTYPE_NAMES[qkv.dtype]), ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))(
         aligned(qkv), cos.contiguous(), sin.contiguous(), slot_blocks, slot_offsets, k_cache, v_cache, q)
     return q
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = None,
+             target: Target | None = None) -> torch.Tensor:
     """gate, up [T, F] fp32 or bf16 (row-strided views are read in place) -> [T, F] in their dtype (into `out`
     when given)."""
     gate = gate if gate.stride(1) == 1 else gate.contiguous()
     up = up if up.stride(1) == 1 else up.contiguous()
-    out = torch.empty(gate.shape[0], gate.shape[1], dtype=gate.dtype) if out is None else out
-    _kernel("silu_mul", ("ffn", gate.shape[1]), ("dtype", DTYPE_NAMES[gate.dtype]))(gate, up, out)
+    out = torch.empty(gate.shape[0], gate.shape[1], dtype=gate.dtype, device=gate.device) if out is None else out
+    _kernel("silu_mul", target, ("ffn", gate.shape[1]), ("dtype", DTYPE_NAMES[gate.dtype]))(gate, up, out)
     return out
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                    query_start: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+                    query_start: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor | None = None,
+                    target: Target | None = None) -> torch.Tensor:
     """Causal attention of a ragged batch over a paged cache (codegen/kernels/paged_attention.py).
 
     q [T, Hq, D] fp32; k_cache [num_blocks, Hkv, D, block_size] (keys transposed per block) and
@@ -96,17 +99,18 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """
     q = q.contiguous()
     out = torch.empty_like(q) if out is None else out
-    kernel = _kernel("paged_attention", ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
+    kernel = _kernel("paged_attention", target, ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
                      ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
                      ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))
     kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
     return out
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, out=None) -> torch.Tensor:
+def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, out=None,
+                           target: Target | None = None) -> torch.Tensor:
     """One query per sequence; the kernel's cache layout (see paged_attention)."""
-    query_start = torch.arange(q.shape[0] + 1, dtype=torch.int32)
-    return paged_attention(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
+    query_start = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
+    return paged_attention(q, k_cache, v_cache, block_tables, query_start, context_lens, out, target)
 
 
 def warm_up(config: ModelConfig, dtypes: tuple[str, ...] = ("fp32",)) -> None:
@@ -119,10 +123,12 @@ def warm_up(config: ModelConfig, dtypes: tuple[str, ...] = ("fp32",)) -> None:
         get_kernel("silu_mul", {"ffn": config.intermediate_size, "dtype": dtype})
 
 
-def warm_up_attention(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str) -> None:
+def warm_up_attention(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str,
+                      target: Target | None = None) -> None:
     """Compile or load the RoPE + KV-write and paged-attention kernels of an engine's KV cache."""
     get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
                             "head_dim": config.head_dim, "block_size": block_size, "x_dtype": x_dtype,
-                            "kv_dtype": kv_dtype})
+                            "kv_dtype": kv_dtype}, target)
     get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                                   "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype})
+                                   "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype},
+               target)

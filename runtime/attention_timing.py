@@ -14,6 +14,7 @@ import time
 import torch
 
 from runtime.batch import BatchRow, ScheduledBatch
+from codegen.kernel_set import kernel_set
 from runtime.model_runner import ModelRunner
 
 DECODE_ROWS, DECODE_CONTEXT, PREFILL_TOKENS, BLOCK_SIZE = 16, 256, 128, 16
@@ -41,7 +42,7 @@ def _batch(rows: list[tuple[int, int]]) -> ScheduledBatch:
 def _seconds(kernel: str, batch: ScheduledBatch, repeats: int = 15) -> float:
     c = _Shape.config
     blocks = sum(len(r.block_table) for r in batch.rows)
-    runner = ModelRunner(_Shape(), blocks, BLOCK_SIZE, "fp32", kernel)
+    runner = ModelRunner(_Shape(), blocks, BLOCK_SIZE, "fp32", kernel_set("cpu").attention() if kernel == "tvm" else None)
     inputs = runner.prepare_batch(batch)
     tokens = batch.num_tokens
     qkv = torch.randn(tokens, (c.num_heads + 2 * c.num_kv_heads) * c.head_dim)  # [T, (Hq + 2 Hkv) D]

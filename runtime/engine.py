@@ -21,6 +21,7 @@ from operators.engine_config import EngineConfig
 from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
 from runtime.logprobs import token_logprobs
+from codegen.kernel_set import KernelSet, kernel_set
 from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
 from operators.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
@@ -102,8 +103,9 @@ class RequestHandle:
 
 class Engine:
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig(),
-                 predictor: Callable[[GenerationRequest], float] | None = None):
-        """predictor: expected output tokens of a request, for scheduling='spf' (default: its max_tokens)."""
+                 predictor: Callable[[GenerationRequest], float] | None = None, kernels: KernelSet | None = None):
+        """predictor: expected output tokens of a request, for scheduling='spf' (default: its max_tokens).
+        kernels: where config.attention_kernel = 'tvm' finds its kernels (default: the CPU's set)."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -117,7 +119,10 @@ class Engine:
                                        f"{bs}-token KV block of this model")
         self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache)
         self.scheduler = Scheduler(config, self.kv)
-        self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, config.attention_kernel)
+        if config.attention_kernel not in ("tvm", "torch"):
+            raise ValueError(f"attention_kernel must be 'tvm' or 'torch', got {config.attention_kernel!r}")
+        attention = (kernels or kernel_set("cpu")).attention() if config.attention_kernel == "tvm" else None
+        self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, attention)
         self._live: dict[int, Sequence] = {}
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()

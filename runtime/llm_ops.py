@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from codegen.model_kernels import build_model
+from codegen.kernel_set import kernel_set
 from operators.engine_config import EngineConfig
 from runtime.engine import Engine
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
@@ -82,7 +82,7 @@ def label_continuations(tokenizer, labels: tuple[str, ...]) -> list[tuple[int, .
 
 
 def model_options(knobs: EngineConfig) -> dict[str, str]:
-    """codegen.model_kernels.build_model's options the knobs set: prefill_dtype reaches only the native/tvm
+    """KernelSet.build_model's options the knobs set: prefill_dtype reaches only the native/tvm
     path's quantized linears (every other path computes as its weights say), so only there does it key a
     model of its own."""
     if knobs.weight_format == "native" and knobs.kernels == "tvm":
@@ -111,8 +111,8 @@ class LLMService:
         options = model_options(knobs)
         key = (model, knobs.weight_format, knobs.kernels, tuple(sorted(options.items())))
         if key not in self._models:
-            self._models[key] = build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format,
-                                            **options)
+            self._models[key] = kernel_set("cpu").build_model(loaded, kernels=knobs.kernels,
+                                                              weight_format=knobs.weight_format, **options)
         cached = self._engines.get(model)
         if cached is None or cached[0] != (key, knobs):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over

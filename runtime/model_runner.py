@@ -4,9 +4,10 @@ The KV cache is one preallocated pair of tensors per layer stack; block ids from
 runtime.kv_blocks index it. Two attention backends read it for a ragged batch (rows
 never see each other's tokens; each attends to its cached prefix plus itself, causally):
 
-- `KernelPagedAttention` (attention_kernel='tvm'): codegen's paged-attention kernel reads
-  the blocks in place, one call per layer for the whole batch, decodes and prefill alike.
-- `GatherPagedAttention` (attention_kernel='torch'): the reference; gathers each group's
+- `KernelPagedAttention` (attention_kernel='tvm'): the kernel set's paged-attention kernel
+  (codegen.kernel_set.AttentionKernels, handed in) reads the blocks in place, one call per
+  layer for the whole batch, decodes and prefill alike.
+- `GatherPagedAttention` (attention_kernel='torch', no kernels handed in): the reference; gathers each group's
   blocks into a padded tensor and runs torch SDPA (one group for the decodes, prefill
   chunks grouped so padding stays bounded).
 """
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from codegen.kernel_set import AttentionKernels
 from operators import tensor_ops
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
 
 KV_CACHE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ATTENTION_KERNELS = ("tvm", "torch")
 
 
 class PagedKVCache:
@@ -99,10 +100,8 @@ class ForwardInputs:
 class KernelPagedAttention:
     """AttentionBackend on codegen's TVM paged-attention kernel: no gather, one call per layer."""
 
-    def __init__(self, cache: PagedKVCache, inputs: ForwardInputs, num_q_heads: int):
-        from codegen import ops
-
-        self._rope_qkv, self._attention = ops.rope_qkv, ops.paged_attention
+    def __init__(self, cache: PagedKVCache, inputs: ForwardInputs, num_q_heads: int, kernels: AttentionKernels):
+        self._rope_qkv, self._attention = kernels.rope_qkv, kernels.paged_attention
         self.cache = cache
         self.inputs = inputs
         self.num_q_heads = num_q_heads
@@ -158,22 +157,19 @@ def _pad_limited_groups(rows: list[int], lengths: list[int], max_padding: float 
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, kv_cache_dtype: str = "fp32",
-                 attention_kernel: str = "tvm"):
+                 attention: AttentionKernels | None = None):
+        """attention: the kernel set's paged-attention kernels; None runs the torch reference backend."""
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
-        if attention_kernel not in ATTENTION_KERNELS:
-            raise ValueError(f"attention_kernel must be one of {ATTENTION_KERNELS}, got {attention_kernel!r}")
         c = model.config
         self.model = model
         self.block_size = block_size
-        self.attention_kernel = attention_kernel
+        self.kernels = attention
         self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim,
                                   KV_CACHE_DTYPES[kv_cache_dtype])
-        if attention_kernel == "tvm":  # compiled now, for this cache, rather than in the first request
-            from codegen import ops
-
+        if attention is not None:  # compiled now, for this cache, rather than in the first request
             activations = "bf16" if getattr(model, "activation_dtype", torch.float32) == torch.bfloat16 else "fp32"
-            ops.warm_up_attention(c, block_size, activations, kv_cache_dtype)
+            attention.warm_up(c, block_size, activations, kv_cache_dtype)
 
     def prepare_batch(self, batch: ScheduledBatch) -> ForwardInputs:
         bs = self.block_size
@@ -190,7 +186,7 @@ class ModelRunner:
             blocks += [table[p // bs] for p in pos]
         decode = [i for i in order if batch.rows[i].num_tokens == 1]
         groups = []
-        if self.attention_kernel == "torch":
+        if self.kernels is None:
             parts = ([decode] if decode else []) + _pad_limited_groups(
                 [i for i in order if batch.rows[i].num_tokens > 1], [r.num_tokens for r in batch.rows])
             groups = [self._group([batch.rows[i] for i in part], [first_token[i] for i in part]) for part in parts]
@@ -238,8 +234,8 @@ class ModelRunner:
         )
 
     def attention(self, inputs: ForwardInputs):
-        if self.attention_kernel == "tvm":
-            return KernelPagedAttention(self.cache, inputs, self.model.config.num_heads)
+        if self.kernels is not None:
+            return KernelPagedAttention(self.cache, inputs, self.model.config.num_heads, self.kernels)
         return GatherPagedAttention(self.cache, inputs, self.model.config.num_heads)
 
     @torch.inference_mode()

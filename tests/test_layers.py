@@ -36,3 +36,17 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from planner.sql import dialect\n")
     assert imported_packages(source) == [(2, "planner")]
+
+
+def test_the_runtime_reaches_kernels_only_through_the_kernel_set():
+    """codegen.kernel_set is the one seam: the runtime is handed a KernelSet and asks it for kernels by name."""
+    seen = []
+    for path in sorted((ROOT / "runtime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("codegen"):
+                if node.module != "codegen.kernel_set":
+                    seen.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
+            elif isinstance(node, ast.Import):
+                seen += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                         if a.name.startswith("codegen") and a.name != "codegen.kernel_set"]
+    assert not seen, "\n".join(seen)

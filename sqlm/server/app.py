@@ -114,7 +114,7 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     import torch
 
     from catalog.store import Catalog
-    from codegen.model_kernels import build_model
+    from codegen.kernel_set import kernel_set
 
     catalog = Catalog(settings.catalog_path)  # open while serving: the request planner reads and feeds it
     try:
@@ -132,9 +132,10 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
                         settings.prefill_dtype, config.weight_format, config.kernels)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        model = build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
-                            prefill_dtype=config.prefill_dtype)
-        engine = Engine(model, loaded.tokenizer, config)
+        kernels = kernel_set("cpu")
+        model = kernels.build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
+                                    prefill_dtype=config.prefill_dtype)
+        engine = Engine(model, loaded.tokenizer, config, kernels=kernels)
         # what request plans obey: the engine as it runs (its pool's real size)
         knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
                         kv_cache_dtype=config.resolved_kv_cache_dtype())

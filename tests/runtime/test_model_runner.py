@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from operators.tensor_ops import causal_attention, paged_decode_attention, rope_cos_sin, rope_inv_freq, rope_qkv
+from codegen.kernel_set import kernel_set
 from runtime.batch import BatchRow, ScheduledBatch
 from runtime.model_runner import ModelRunner, PagedKVCache
 
@@ -25,7 +26,7 @@ def test_ragged_batch_attention_equals_per_sequence_reference(block_size, kv_cac
     torch.manual_seed(block_size)
     c = _Config()
     runner = ModelRunner(_Model(), num_blocks=128, block_size=block_size, kv_cache_dtype=kv_cache_dtype,
-                         attention_kernel=attention_kernel)
+                         attention=kernel_set("cpu").attention() if attention_kernel == "tvm" else None)
     # (cached tokens, new tokens) per row: decodes, a chunk after a cached prefix, a fresh prefill.
     shapes = [(9, 1), (0, 1), (5, 6), (0, 7), (17, 1), (3, 40), (0, 2)]  # 40 tokens: a group of its own
     next_block, rows, history = 0, [], []
