@@ -5,6 +5,10 @@ on sequences (`max_batch_size`). Running sequences go first, in precedence order
 (lower priority value first, as in vLLM; then earlier arrival): a decoding one takes one token, a prefilling
 one a chunk of what is left. Waiting sequences are then admitted in policy order (FCFS
 or shortest-predicted-first) while the budget, the batch cap and the KV pool allow.
+Shortest-predicted-first ages: a waiting sequence's predicted length counts down by
+AGING_TOKENS_PER_STEP every step it waits, so after at most its own prediction's worth of
+steps it goes ahead of any newcomer - no starvation, however many short requests arrive.
+With equal predictions (no history) it is FCFS.
 When the pool cannot hold a running sequence's next tokens, the lowest-precedence
 running sequence is preempted by recompute: its blocks are released (the computed ones
 stay in the prefix cache) and it goes back to the queue with its output so far. A
@@ -25,22 +29,17 @@ def precedence(seq: Sequence) -> tuple:
     return (seq.priority, seq.seq_id)
 
 
-def fcfs_order(seq: Sequence) -> tuple:
-    return (seq.priority, seq.seq_id)
-
-
-def shortest_predicted_first_order(seq: Sequence) -> tuple:
-    return (seq.priority, seq.predicted_output_tokens, seq.seq_id)
-
-
-POLICIES = {"fcfs": fcfs_order, "spf": shortest_predicted_first_order}
+AGING_TOKENS_PER_STEP = 1.0
+POLICIES = ("fcfs", "spf")
 
 
 class Scheduler:
     def __init__(self, config: EngineConfig, kv: KVCacheManager):
         self.config = config
         self.kv = kv
-        self.admission_order = POLICIES[config.scheduling]
+        if config.scheduling not in POLICIES:
+            raise ValueError(f"scheduling must be one of {POLICIES}, got {config.scheduling!r}")
+        self.steps = 0  # schedule() calls: the clock that ages waiting sequences
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -53,9 +52,19 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
+        if seq.arrival_step is None:  # a preempted sequence keeps its first arrival: it has waited since
+            seq.arrival_step = self.steps
         self.waiting.append(seq)
 
+    def admission_order(self, seq: Sequence) -> tuple:
+        """Lower priority value first (vLLM's rule); then FCFS, or the shortest aged prediction of what is left."""
+        if self.config.scheduling == "fcfs":
+            return (seq.priority, seq.seq_id)
+        left = seq.predicted_output_tokens - seq.num_output_tokens
+        return (seq.priority, left - AGING_TOKENS_PER_STEP * (self.steps - seq.arrival_step), seq.seq_id)
+
     def schedule(self) -> ScheduledBatch:
+        self.steps += 1
         budget, rows, copies = self.config.prefill_chunk_tokens, [], []
         yielded = self._make_room_for_priority()
         preempted: list[Sequence] = []  # for lack of memory, this step

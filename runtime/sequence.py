@@ -43,6 +43,7 @@ class Sequence:
         self.priority = request.priority
         self.max_new_tokens = max_new_tokens
         self.predicted_output_tokens = predicted_output_tokens
+        self.arrival_step: int | None = None  # the scheduler's step when it first queued
         self.detokenizer = detokenizer
         self.generator = generator
         self.on_token = on_token
@@ -64,6 +65,10 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return [] if self.is_score else self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return 0 if self.is_score else len(self.token_ids) - self.num_prompt_tokens
 
     @property
     def num_tokens_to_compute(self) -> int:

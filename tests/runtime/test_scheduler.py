@@ -153,3 +153,27 @@ def test_decodes_and_prefill_chunks_share_the_token_budget():
     batch = scheduler.schedule()
     assert [(r.seq_id, r.num_tokens) for r in batch.rows] == [(0, 1), (1, 7)]  # one decode + a 7-token chunk
     assert batch.rows[1].logit_offsets == ()  # a chunk that does not finish the prompt samples nothing
+
+
+def test_shortest_predicted_first_runs_short_requests_first():
+    config = EngineConfig(kv_block_size=4, max_batch_size=1, prefill_chunk_tokens=64, scheduling="spf")
+    requests = [GenerationRequest((1, 2), SamplingParams(max_tokens=n, ignore_eos=True)) for n in (9, 2, 5, 1)]
+    _, _, _, order = run(config, 64, requests)
+    assert order == [3, 1, 2, 0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(long_tokens=st.integers(5, 40), short_tokens=st.integers(1, 3), gap=st.integers(1, 3))
+def test_aging_admits_a_long_request_however_many_short_ones_keep_arriving(long_tokens, short_tokens, gap):
+    """A stream of short requests arriving faster than they finish would hold a long one back forever under plain
+    shortest-first; aged, the long one starts within its own predicted length's worth of steps."""
+    config = EngineConfig(kv_block_size=4, max_batch_size=1, prefill_chunk_tokens=64, scheduling="spf")
+    shorts = 200
+    requests = [GenerationRequest((1, 2), SamplingParams(max_tokens=long_tokens, ignore_eos=True))] + [
+        GenerationRequest((3, 4), SamplingParams(max_tokens=short_tokens, ignore_eos=True)) for _ in range(shorts)]
+    arrivals = [1] + [gap * i for i in range(shorts)]
+    _, _, _, order = run(config, 256, requests, max_steps=20000, arrivals=arrivals)
+    finished_before_long = order.index(0)
+    # it waits at most ~long_tokens steps after arriving, in which fewer than that many short ones can finish
+    assert finished_before_long <= long_tokens + 2
+    assert finished_before_long < shorts // 2
