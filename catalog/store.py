@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from array import array
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ DROP TABLE IF EXISTS cost_feedback;
 CREATE TABLE IF NOT EXISTS cost_observations (
     model TEXT NOT NULL, variant TEXT NOT NULL, cost_model INTEGER NOT NULL, prefill_estimate REAL NOT NULL,
     decode_estimate REAL NOT NULL, overhead_estimate REAL NOT NULL, actual REAL NOT NULL, recorded REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS length_examples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, prompt BLOB NOT NULL, length INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS length_examples_model ON length_examples (model, id);
 CREATE TABLE IF NOT EXISTS kernel_costs (
     op_signature TEXT NOT NULL, implementation TEXT NOT NULL, target TEXT NOT NULL,
     seconds REAL NOT NULL, measured REAL NOT NULL, PRIMARY KEY (op_signature, implementation, target));
@@ -266,6 +270,24 @@ class Catalog:
         rows = self._query("SELECT length, censored, count FROM output_lengths WHERE model = ? AND template = ?"
                            " ORDER BY length", (model.lower(), template))
         return [(n, bool(c), k) for n, c, k in rows]
+
+    # -- finished requests (prompt tail, output length): what the per-request length predictor learns from ------
+    EXAMPLE_PROMPT_TOKENS = 256  # the prompt's last tokens are kept: where a request says what it wants
+    EXAMPLES_KEPT = 4096  # per model; older ones are dropped as new ones come
+
+    def record_length_examples(self, model: str, examples: list[tuple[tuple[int, ...], int]]) -> None:
+        rows = [(model.lower(), array("i", prompt[-self.EXAMPLE_PROMPT_TOKENS:]).tobytes(), int(n))
+                for prompt, n in examples]
+        with self._transaction() as db:
+            db.executemany("INSERT INTO length_examples (model, prompt, length) VALUES (?, ?, ?)", rows)
+            db.execute("DELETE FROM length_examples WHERE model = ? AND id <= (SELECT max(id) FROM length_examples "
+                       "WHERE model = ?) - ?", (model.lower(), model.lower(), self.EXAMPLES_KEPT))
+
+    def length_examples(self, model: str, limit: int = 2048) -> list[tuple[tuple[int, ...], int]]:
+        """The latest `limit` examples of `model`, oldest first."""
+        rows = self._query("SELECT prompt, length FROM length_examples WHERE model = ? ORDER BY id DESC LIMIT ?",
+                           (model.lower(), limit))
+        return [(tuple(array("i", blob)), n) for blob, n in reversed(rows)]
 
     # -- estimate-vs-actual observations, which calibrate the cost model for this machine ------
     def record_cost_observation(self, model: str, variant: str, cost_model: int,

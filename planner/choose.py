@@ -41,6 +41,8 @@ def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -
     """Mean generated tokens per request and where the figure came from."""
     if isinstance(op, L.Classify):
         return 0.0, "classify scores labels, generates nothing"
+    if ctx.statistics.predicted_output is not None:
+        return ctx.statistics.predicted_output
     seen = ctx.statistics.expected_output_tokens(op.model, template_key(op), op.sampling.max_tokens)
     if seen is None:
         return float(op.sampling.max_tokens), "max_tokens (no output-length statistics yet)"
@@ -182,6 +184,12 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
                      w, facts, ctx, is_forced, saving)
     choices.append(c)
 
+    if ctx.online:
+        c, knobs = _pick_online_scheduling(knobs, w, facts, ctx)
+        choices.append(c)
+        if op.model in ctx.running:
+            choices = [replace(c, forced_by="the running engine") for c in choices]
+        return knobs, choices
     # batch work is judged by its makespan: shortest-first leaves the longest sequences running alone at the end
     is_forced = not s.is_auto("scheduling")
     candidates = [knobs.scheduling] + [v for v in ("fcfs", "spf") if v != knobs.scheduling] if is_forced else ["fcfs", "spf"]
@@ -199,6 +207,30 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     if op.model in ctx.running:
         choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
+
+
+SPF_MIN_SPREAD = 2.0  # p90 / p10 of earlier output lengths from which shortest-first pays online
+
+
+def _pick_online_scheduling(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """Online, a plan is judged by each request's latency: when earlier requests' output lengths differ, running
+    the shortest predicted first (aged, so none starves) cuts the mean wait of everything queued behind a long
+    one; when they do not, spf is FCFS. Either way throughput is the same: same batch, same steps."""
+    seconds = cost_of(w, knobs, facts, ctx).seconds
+    spread = ctx.length_spread
+    if not ctx.settings.is_auto("scheduling"):
+        return Choice("scheduling", knobs.scheduling, seconds, forced=True), knobs
+    if spread is None:
+        value, note = "fcfs", "fewer than 4 earlier requests: no lengths to predict from yet"
+    else:
+        p10, p90, n = spread
+        differ = p90 >= SPF_MIN_SPREAD * max(p10, 1.0)
+        value = "spf" if differ else "fcfs"
+        note = (f"{n} earlier requests' output lengths run {p10:.0f}-{p90:.0f} tokens (p10-p90): "
+                + ("shortest-predicted-first (aged, no starvation) cuts the mean latency of queued requests"
+                   if differ else f"too alike for shortest-first to gain (under {SPF_MIN_SPREAD:.0f}x)"))
+    other = "fcfs" if value == "spf" else "spf"
+    return Choice("scheduling", value, seconds, other, seconds, note=note), replace(knobs, scheduling=value)
 
 
 BF16_PREFILL_LOSS = ("bf16 prefill rounds activations and dequantized weights to 8 mantissa bits (~0.4% relative "

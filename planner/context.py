@@ -67,6 +67,10 @@ class OptimizerContext:
     # model name -> knobs of an engine already running it (the server's shared engine): facts a plan
     # obeys, not choices (settings_for turns them into SET hints)
     running: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # online serving judges a plan by each request's latency, batch SQL by the whole query's makespan; online,
+    # the (p10, p90, count) of earlier requests' output lengths (planner.length_predictor.LengthPredictor.spread)
+    online: bool = False
+    length_spread: tuple[float, float, int] | None = None
 
     def model(self, name: str) -> ModelFacts:
         return self.models[name]

@@ -68,9 +68,10 @@ def request_plan(model: str, sampling: SamplingParams, chat: bool, rows: int) ->
 
 
 def plan_request(model: str, prompts: list[tuple[int, ...]], sampling: SamplingParams, chat: bool,
-                 ctx: OptimizerContext) -> PhysicalPlan:
-    """prompts: one token-id tuple per sequence; sampling: the first one's (choices differ only in their seed)."""
+                 ctx: OptimizerContext, predicted_output: tuple[float, str] | None = None) -> PhysicalPlan:
+    """prompts: one token-id tuple per sequence; sampling: the first one's (choices differ only in their seed);
+    predicted_output: the per-request length predictor's (tokens, source) for these prompts."""
     known = {SOURCE: {"prompt": prompt_stats(prompts, ctx.model(model), chat)}}
-    ctx = replace(ctx, statistics=Statistics(ctx.statistics.store, known))
+    ctx = replace(ctx, statistics=Statistics(ctx.statistics.store, known, predicted_output))
     optimized, rules = optimize(request_plan(model, sampling, chat, len(prompts)), ctx)
     return lower(optimized, rules, ctx)

@@ -95,10 +95,14 @@ class StatsStore(Protocol):
 class Statistics:
     """Read-through cache over the catalog's statistics tables."""
 
-    def __init__(self, store: StatsStore | None, known: dict[str, dict[str, ColumnStats]] | None = None) -> None:
-        """known: source fingerprint -> statistics known without reading the source (an online request's exact figures)."""
+    def __init__(self, store: StatsStore | None, known: dict[str, dict[str, ColumnStats]] | None = None,
+                 predicted_output: tuple[float, str] | None = None) -> None:
+        """known: source fingerprint -> statistics known without reading the source (an online request's exact
+        figures); predicted_output: (tokens, where from) of the request being planned, from the per-request
+        length predictor, which knows more than its template's statistics (every online request has one)."""
         self.store = store
         self._columns: dict[str, dict[str, ColumnStats]] = dict(known or {})
+        self.predicted_output = predicted_output
 
     def columns(self, source) -> dict[str, ColumnStats]:
         """Stats for every column of a catalog.sources.TableSource."""

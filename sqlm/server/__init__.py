@@ -36,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-memory", help="KV pool budget in bytes or as '2GB' (default: the catalog setting)")
     p.add_argument("--max-batch-size", type=int)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the catalog's threads setting)")
+    p.add_argument("--scheduling", choices=["auto", "fcfs", "spf", "priority"],
+                   help="admission order: fcfs, or spf (shortest predicted output first, predictions learned from "
+                        "earlier requests, aged so none starves); every policy runs a lower priority value first, "
+                        "so 'priority' (vLLM's name) is fcfs within a priority (default: the optimizer's pick)"),
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
     p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                          ServerSettings(weight_format=args.weight_format, kernels=args.kernels,
                                         prefill_dtype=args.prefill_dtype, kv_cache_memory=args.kv_cache_memory,
                                         max_batch_size=args.max_batch_size, threads=args.threads,
+                                        scheduling={"priority": "fcfs"}.get(args.scheduling, args.scheduling),
                                         catalog_path=args.home, api_key=args.api_key,
                                         max_body_bytes=args.max_body_bytes, sql_files=args.sql_files,
                                         sql_write=args.sql_write))

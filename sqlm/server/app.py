@@ -35,7 +35,8 @@ from sqlm.server.engine_loop import EngineLoop
 from sqlm.server.errors import install_error_handlers
 from sqlm.server.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
 from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
-from sqlm.server.planning import FLUSH_SECONDS, OutputLengths, RequestPlanner
+from planner.length_predictor import LengthPredictor
+from sqlm.server.planning import FLUSH_SECONDS, OutputLengths, RequestPlanner, learned_predictor
 from sqlm.server.sql_api import SqlService, arrow_response, json_response, wants_arrow
 
 log = logging.getLogger("sqlm.server")
@@ -53,13 +54,14 @@ class ServerSettings:
     kv_cache_memory: str | int | None = None  # bytes, or text like '2GB'
     max_batch_size: int | None = None
     threads: int | None = None
+    scheduling: str | None = None  # 'fcfs' | 'spf' (every policy runs a lower priority value first)
     catalog_path: str | None = None
     api_key: str | None = None  # every endpoint but /health and /metrics needs 'Authorization: Bearer <key>'
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     sql_files: str | None = None  # the one directory /v1/sql may read and COPY into (None: no file access)
     sql_write: bool = False  # /v1/sql may CREATE TABLE / CREATE MODEL in the catalog
 
-    KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads")
+    KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads", "scheduling")
 
 
 def load_served_model(model_name: str, catalog):
@@ -97,12 +99,13 @@ def served_settings(catalog_settings: Settings, forced: ServerSettings, engine_c
 TYPICAL_PROMPT_TOKENS, TYPICAL_MAX_TOKENS = 64, 128
 
 
-def plan_typical_request(name: str, loaded, catalog, settings: Settings) -> PhysicalPlan:
+def plan_typical_request(name: str, loaded, catalog, settings: Settings, predictor: LengthPredictor) -> PhysicalPlan:
     """The optimizer's plan of one typical request under `settings`: its model call's configuration is the
     server's engine (priced by the same cost model, hardware profile and learned corrections as every SQL
-    query and request plan), and GET /v1/explain shows it."""
+    query and request plan, judged by latency as online work is), and GET /v1/explain shows it."""
     facts = ModelFacts.from_loaded(name, loaded)
     ctx = catalog_context(catalog, settings, {name: facts}, Statistics(OutputLengths(catalog)))
+    ctx = replace(ctx, online=True, length_spread=predictor.spread())
     prompt = tuple(range(TYPICAL_PROMPT_TOKENS))
     return plan_request(name, [prompt], SamplingParams(max_tokens=TYPICAL_MAX_TOKENS), False, ctx)
 
@@ -121,7 +124,8 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         loaded, catalog_settings = load_served_model(model_name, catalog)
         name = served_name or model_name
         knob_settings = served_settings(catalog_settings, settings, engine_config)
-        typical = plan_typical_request(name, loaded, catalog, knob_settings)
+        predictor = learned_predictor(catalog, name)
+        typical = plan_typical_request(name, loaded, catalog, knob_settings, predictor)
         config = typical.plan.op(typical.llm_nodes()[0]).knobs
         if config.weight_format not in loaded.weight_formats:
             have = ", ".join(loaded.weight_formats)
@@ -135,11 +139,13 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         kernels = kernel_set("cpu")
         model = kernels.build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
                                     prefill_dtype=config.prefill_dtype)
-        engine = Engine(model, loaded.tokenizer, config, kernels=kernels)
+        predict = lambda request: predictor.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]  # noqa: E731
+        engine = Engine(model, loaded.tokenizer, config, predict, kernels=kernels)
         # what request plans obey: the engine as it runs (its pool's real size)
         knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
                         kv_cache_dtype=config.resolved_kv_cache_dtype())
-        planner = RequestPlanner.for_engine(catalog, knob_settings, ModelFacts.from_loaded(name, loaded), knobs)
+        planner = RequestPlanner.for_engine(catalog, knob_settings, ModelFacts.from_loaded(name, loaded), knobs,
+                                            predictor)
     except BaseException:
         catalog.close()
         raise

@@ -9,11 +9,16 @@ the catalog every FLUSH_SECONDS, off the event loop: a request never waits on SQ
     planner = RequestPlanner.for_engine(catalog, settings, facts, knobs)
     plan = planner.plan(prompts, sampling, chat=True)   # a PhysicalPlan: knobs, estimates, choices
     planner.record(plan, results)                       # when the request has ended
+    planner.predict(request)                            # the engine's spf predictor: expected output tokens
+
+Every finished request also teaches the per-request length predictor (planner/length_predictor.py),
+persisted with the catalog, so a restarted server predicts from what the last one saw.
     planner.flush()                                     # now and then, on a worker thread
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import threading
 from collections import Counter
 
@@ -21,6 +26,7 @@ from catalog.settings import Settings
 from operators import physical as P
 from operators.engine_config import EngineConfig
 from planner.context import ModelFacts, OptimizerContext, catalog_context
+from planner.length_predictor import LengthPredictor
 from planner.lower import PhysicalPlan
 from planner.request import plan_request
 from planner.statistics import Statistics
@@ -75,31 +81,60 @@ class OutputLengths:
         self.catalog.put_column_stats(source, stats)
 
 
+def learned_predictor(catalog, model: str) -> LengthPredictor:
+    """The length predictor with the catalog's latest examples of `model` (what earlier servers saw)."""
+    predictor = LengthPredictor()
+    for prompt, length in catalog.length_examples(model, predictor.capacity):
+        predictor.record(prompt, length)
+    return predictor
+
+
 class RequestPlanner:
-    def __init__(self, ctx: OptimizerContext, lengths: OutputLengths, model: str) -> None:
-        self.ctx, self.lengths, self.model = ctx, lengths, model
+    def __init__(self, ctx: OptimizerContext, lengths: OutputLengths, model: str, predictor: LengthPredictor,
+                 catalog=None) -> None:
+        self.ctx, self.lengths, self.model, self.predictor, self.catalog = ctx, lengths, model, predictor, catalog
+        self._examples: list[tuple[tuple[int, ...], int]] = []  # not yet in the catalog
+        self._lock = threading.Lock()
 
     @staticmethod
-    def for_engine(catalog, settings: Settings, facts: ModelFacts, knobs: EngineConfig) -> RequestPlanner:
+    def for_engine(catalog, settings: Settings, facts: ModelFacts, knobs: EngineConfig,
+                   predictor: LengthPredictor) -> RequestPlanner:
         """catalog: a catalog.store.Catalog kept open while serving; knobs: the running engine's."""
         lengths = OutputLengths(catalog)
         ctx = catalog_context(catalog, settings, {facts.name: facts}, Statistics(lengths), {facts.name: knobs})
-        return RequestPlanner(ctx, lengths, facts.name)
+        ctx = replace(ctx, online=True, length_spread=predictor.spread())
+        return RequestPlanner(ctx, lengths, facts.name, predictor, catalog)
+
+    def predict(self, request) -> float:
+        """Expected output tokens of an operators.requests.GenerationRequest (the engine's spf predictor)."""
+        return self.predictor.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]
 
     def plan(self, prompts: list[tuple[int, ...]], sampling: SamplingParams, chat: bool) -> PhysicalPlan:
-        return plan_request(self.model, prompts, sampling, chat, self.ctx)
+        guesses = [self.predictor.predict(p, sampling.max_tokens) for p in prompts]
+        predicted = None
+        if len(self.predictor) and not guesses[0][1].startswith("max_tokens"):
+            predicted = (sum(g for g, _ in guesses) / len(guesses), f"predicted from {guesses[0][1]}")
+        return plan_request(self.model, prompts, sampling, chat, self.ctx, predicted)
 
     def record(self, plan: PhysicalPlan, results: list[GenerationResult]) -> None:
         """Output lengths of the choices that ran to their end (cancelled ones say nothing about length)."""
-        lengths = [(len(r.output_token_ids), r.finish_reason == "length") for r in results
-                   if r.finish_reason in ("stop", "length")]
-        if not lengths:
+        done = [r for r in results if r.finish_reason in ("stop", "length")]
+        if not done:
             return
         op: P.BatchedGenerate = plan.plan.op(plan.llm_nodes()[0])
-        self.lengths.record(op.model, op.template, lengths)
+        self.lengths.record(op.model, op.template, [(len(r.output_token_ids), r.finish_reason == "length")
+                                                    for r in done])
+        for r in done:
+            self.predictor.record(r.prompt_token_ids, len(r.output_token_ids))
+        with self._lock:
+            self._examples += [(tuple(r.prompt_token_ids), len(r.output_token_ids)) for r in done]
 
     def flush(self) -> None:
+        with self._lock:
+            examples, self._examples = self._examples, []
         try:
             self.lengths.flush()
+            if examples and self.catalog is not None:
+                self.catalog.record_length_examples(self.model, examples)
         except Exception:  # the catalog is busy or gone: the next flush tries again with newer figures only
             log.exception("writing output-length statistics to the catalog failed")

@@ -38,20 +38,32 @@ def test_output_lengths_of_requests_feed_the_next_plan_and_the_catalog(tiny_serv
     template = 'generate|"request.prompt"|chat=False'
 
     def seen() -> int:
-        choice = next(c for c in generate_node(planner.plan([(5, 6, 7)], SamplingParams(max_tokens=5), False)).choices
-                      if c.knob == "output_tokens")
-        return int(choice.note.split()[2]) if choice.note.startswith("statistics of") else 0
+        found = planner.ctx.statistics.expected_output_tokens(TINY, template, 5)
+        return 0 if found is None else found[1]
 
-    before, planned = seen(), tiny_server.metric("sqlm_request_planning_seconds_count")
+    before, examples, planned = seen(), len(planner.predictor), tiny_server.metric("sqlm_request_planning_seconds_count")
     tiny_server.client().completions.create(model=TINY, prompt="the quick", max_tokens=5, n=2,
                                             extra_body={"ignore_eos": True})
-    assert seen() == before + 2
+    assert seen() == before + 2  # the template's statistics
+    assert len(planner.predictor) == examples + 2  # the per-request length predictor's history
     assert tiny_server.metric("sqlm_request_planning_seconds_count") == planned + 1
 
     planner.flush()
     catalog = Catalog(planner.lengths.catalog.home)  # the server's catalog, read afresh
     assert (5, True, 2) in [(n, c, k) for n, c, k in catalog.output_length_histogram(TINY, template) if n == 5]
+    assert [n for _, n in catalog.length_examples(TINY)][-2:] == [5, 5]
     catalog.close()
+
+
+def test_the_next_plan_predicts_each_request_from_similar_earlier_ones(tiny_server):
+    planner = tiny_server.app.state.served.planner
+    for _ in range(4):
+        tiny_server.client().completions.create(model=TINY, prompt="the lazy dog sleeps", max_tokens=3,
+                                                extra_body={"ignore_eos": True})
+    prompt = tuple(tiny_server.app.state.served.tokenizer.encode("the lazy dog sleeps"))
+    choice = next(c for c in generate_node(planner.plan([prompt], SamplingParams(max_tokens=40), False)).choices
+                  if c.knob == "output_tokens")
+    assert choice.value == 3 and "most similar" in choice.note
 
 
 def test_sql_generate_joins_the_servers_engine(tiny_server, tiny_llama):
