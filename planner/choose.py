@@ -46,7 +46,8 @@ def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -
     seen = ctx.statistics.expected_output_tokens(op.model, template_key(op), op.sampling.max_tokens)
     if seen is None:
         return float(op.sampling.max_tokens), "max_tokens (no output-length statistics yet)"
-    return seen[0], f"statistics of {seen[1]} earlier outputs"
+    p90 = ctx.statistics.output_length_p90(op.model, template_key(op), op.sampling.max_tokens)
+    return seen[0], f"statistics of {seen[1]} earlier outputs of this template: mean {seen[0]:.1f}, p90 {p90}"
 
 
 def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, ctx: OptimizerContext) -> LLMWorkload:

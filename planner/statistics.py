@@ -123,7 +123,8 @@ class Statistics:
         return stats
 
     def expected_output_tokens(self, model: str, template: str, max_tokens: int) -> tuple[float, int] | None:
-        """(E[min(length, max_tokens)], number of observations), or None without history."""
+        """(E[min(length, max_tokens)], number of observations), or None without history (output_length_p90 gives
+        the tail)."""
         if self.store is None:
             return None
         hist = self.store.output_length_histogram(model, template)
@@ -132,6 +133,17 @@ class Statistics:
         total = sum(count for _, _, count in hist)
         expected = sum(min(n, max_tokens) * count for n, _, count in hist) / total
         return expected, total
+
+    def output_length_p90(self, model: str, template: str, max_tokens: int) -> int | None:
+        """The 90th percentile of min(length, max_tokens) over the template's history, or None without one."""
+        hist = sorted(self.store.output_length_histogram(model, template)) if self.store is not None else []
+        total = sum(count for _, _, count in hist)
+        seen = 0
+        for n, _, count in hist:
+            seen += count
+            if seen >= 0.9 * total:
+                return min(n, max_tokens)
+        return None
 
     def longest_output_tokens(self, model: str, template: str, max_tokens: int) -> int | None:
         """The longest output seen (at most max_tokens), or None without history."""

@@ -264,3 +264,32 @@ def test_ignore_eos_masks_eos_like_the_reference(tiny):
     assert_same_outputs(results, reference(model, tokenizer, requests))
     for r in results:
         assert len(r.output_token_ids) == 16 and not set(r.output_token_ids) & tokenizer.eos_token_ids
+
+
+def test_spf_with_the_learned_predictor_runs_the_requests_like_short_earlier_ones_first(tiny):
+    """Same max_tokens for all: only the history (the length predictor) tells the long ones from the short."""
+    from planner.length_predictor import LengthPredictor
+
+    model, tokenizer = tiny
+    predictor = LengthPredictor()
+    for i in range(4):
+        predictor.record((5, 6, 7, 8, 9, 10 + i), 8)  # "long" prompts
+        predictor.record((40, 41, 42, 43, 44, 50 + i), 1)  # "short" prompts
+    requests = [GenerationRequest((5, 6, 7, 8, 9, 20 + i), SamplingParams(max_tokens=8, ignore_eos=True),
+                                  request_id=f"long{i}") for i in range(2)] + [
+        GenerationRequest((40, 41, 42, 43, 44, 60 + i), SamplingParams(max_tokens=8, ignore_eos=True),
+                          request_id=f"short{i}") for i in range(2)]
+
+    def start_order(scheduling):
+        engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, max_batch_size=1,
+                                                       scheduling=scheduling),
+                        lambda r: predictor.predict(r.prompt_token_ids, r.sampling.max_tokens)[0])
+        handles = [engine.submit(r) for r in requests]
+        order = []
+        while engine.has_unfinished:
+            engine.step()
+            order += [h.request_id for h in handles if h.finished and h.request_id not in order]
+        return order
+
+    assert start_order("fcfs") == ["long0", "long1", "short0", "short1"]
+    assert start_order("spf") == ["short0", "short1", "long0", "long1"]
