@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+from sqlglot import exp
+
 from codegen.quant_crossover import CROSSOVER
 from operators import logical as L
 from operators.physical import Choice
@@ -31,10 +33,12 @@ LABEL_TOKENS = 2  # a label's tokens plus the end-of-turn token, when the tokeni
 
 @functools.lru_cache(maxsize=1024)  # printing the prompt is the slow part, and every workload() asks
 def template_key(op: L.Generate | L.Classify) -> str:
-    """The prompt's shape: keys output-length statistics across queries with the same template."""
+    """The prompt's shape: keys output-length statistics across queries with the same template. Columns are
+    holes (`'Summarize: ' || ?`): the same template over another table or alias is the same template."""
     if isinstance(op, L.Classify):
         return f"classify|{op.instruction}|{'|'.join(op.labels)}"
-    return f"generate|{op.prompt.sql(dialect=Sqlm)}|chat={op.chat}"
+    shape = op.prompt.transform(lambda n: exp.Placeholder() if isinstance(n, exp.Column) else n)
+    return f"generate|{shape.sql(dialect=Sqlm)}|chat={op.chat}"
 
 
 def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> tuple[float, str]:
@@ -105,9 +109,14 @@ def variant(knobs: EngineConfig) -> str:
 
 
 def correction(ctx: OptimizerContext, model: str, knobs: EngineConfig) -> tuple[float, float, float]:
-    """Learned (prefill, decode, overhead) factors for this model and weight path on this machine; a path
-    without history takes the model's other paths' (the machine's load and Python are common to all), else 1s."""
-    return ctx.feedback.get((model, variant(knobs))) or ctx.feedback.get((model, ANY_VARIANT), (1.0, 1.0, 1.0))
+    """Learned (prefill, decode, overhead) factors for this model and weight path on this machine. A path without
+    history takes the model's other paths' factors where they slow things down (the machine's load and Python
+    are common to all), never where they speed them up: that another path's kernels beat their roofline says
+    nothing of this one's, and an unmeasured path made to look cheap would win on a guess."""
+    own = ctx.feedback.get((model, variant(knobs)))
+    if own is not None:
+        return own
+    return tuple(max(1.0, f) for f in ctx.feedback.get((model, ANY_VARIANT), (1.0, 1.0, 1.0)))
 
 
 def cost_of(w: LLMWorkload, knobs: EngineConfig, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:

@@ -14,7 +14,7 @@ Project
     TableScan
 >>> op = physical.plan.op(physical.llm_nodes()[0])
 >>> round(op.estimate.prompt_tokens), op.estimate.output_tokens, op.template
-(60, 16.0, 'generate|"request.prompt"|chat=True')
+(60, 16.0, 'generate|?|chat=True')
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from planner.optimizer import optimize
 from planner.statistics import ColumnStats, Statistics
 from operators.requests import SamplingParams
 
-SOURCE = "request"  # alias and fingerprint of the rows; templates read 'generate|"request.prompt"|chat=...'
+SOURCE = "request"  # alias and fingerprint of the rows; templates read 'generate|?|chat=...'
 _SCHEMA = pa.schema([("prompt", pa.string())])
 
 

@@ -22,7 +22,7 @@ def test_a_request_plan_obeys_the_running_engines_knobs(tiny_server):
 
     planner = tiny_server.app.state.served.planner
     op = generate_node(planner.plan([tuple(range(5, 45))] * 2, SamplingParams(max_tokens=12), chat=True))
-    assert op.name == "BatchedGenerate" and op.template == 'generate|"request.prompt"|chat=True'
+    assert op.name == "BatchedGenerate" and op.template == 'generate|?|chat=True'
     assert (op.knobs.max_batch_size, op.knobs.prefill_chunk_tokens, op.knobs.kv_block_size) == (
         TINY_ENGINE.max_batch_size, TINY_ENGINE.prefill_chunk_tokens, TINY_ENGINE.kv_block_size)
     assert op.knobs.kv_cache_memory == tiny_server.app.state.engine_loop.engine.stats.kv_cache_bytes
@@ -35,7 +35,7 @@ def test_a_request_plan_obeys_the_running_engines_knobs(tiny_server):
 
 def test_output_lengths_of_requests_feed_the_next_plan_and_the_catalog(tiny_server):
     planner = tiny_server.app.state.served.planner
-    template = 'generate|"request.prompt"|chat=False'
+    template = 'generate|?|chat=False'
 
     def seen() -> int:
         found = planner.ctx.statistics.expected_output_tokens(TINY, template, 5)
