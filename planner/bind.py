@@ -18,7 +18,7 @@ from sqlglot import exp
 
 from catalog.errors import ModelError
 from operators import logical as L
-from planner.bind_relational import TableResolver, bind_expression_subqueries, bind_relational
+from planner.bind_relational import TableResolver, bind_expression_subqueries, bind_relational, relational_leaf
 from planner.errors import SqlError, error_at
 from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, kind_of
@@ -27,6 +27,10 @@ from planner.sql.nodes import LLMCall, LLMGenerate
 from operators.requests import SamplingParams
 
 DEFAULT_MAX_TOKENS = 64
+
+
+class Unsupported(SqlError):
+    """A construct sqlm's binder does not represent; in a model-free subquery DuckDB runs it whole instead."""
 
 
 class CatalogView(Protocol):
@@ -57,6 +61,11 @@ class Binder:
 
     def error(self, message: str, node: exp.Expr | None) -> SqlError:
         return error_at("Binder error", message, node, self.sql)
+
+    def unsupported(self, what: str, node: exp.Expr | None) -> Unsupported:
+        e = error_at("Binder error", f"{what} is not supported in a query with model calls: compute it in a "
+                     f"CTE or subquery without them", node, self.sql)
+        return Unsupported(e.kind, e.message, e.line, e.col, self.sql)
 
     # -- FROM ---------------------------------------------------------------------------
     def bind_from(self, plan: Plan, select: exp.Select) -> tuple[int, list[ScopeColumn]]:
@@ -159,9 +168,17 @@ class Binder:
         """A query in FROM (a subquery or a CTE's body) under `alias`, its columns renamed by the alias's column
         list where `rel` has one. Each reference binds the query anew (CTEs are inlined, as DuckDB and
         PostgreSQL do for CTEs without side effects), so filters and LIMITs above reach into it."""
-        node, names = self.bind_select_into(plan, select)
         alias_node = rel.args.get("alias")
         renamed = [c.name for c in (alias_node.args.get("columns") or [])] if alias_node else []
+        before = set(plan.graph.nodes)
+        try:
+            node, names = self.bind_select_into(plan, select)
+        except Unsupported:
+            if next(iter(select.find_all(LLMCall)), None) is not None:
+                raise
+            plan.graph.remove_nodes_from(set(plan.graph.nodes) - before)
+            leaf, columns = relational_leaf(self, select, alias, renamed)
+            return plan.add(leaf), [ScopeColumn(alias, v, internal, t) for v, internal, t in columns]
         if renamed:
             if len(renamed) > len(names):
                 raise self.error(f"{alias} has {len(names)} columns but {len(renamed)} names were given", rel)
@@ -403,9 +420,7 @@ class Binder:
         if not isinstance(select, exp.Select):
             raise self.error(f"a model call inside {select.key.upper()} is not supported yet: compute it in a "
                              f"CTE or a subquery of one SELECT", select)
-        for unsupported in ("windows", "qualify"):
-            if select.args.get(unsupported):
-                raise self.error(f"{unsupported.strip('_').upper()} is not supported yet", select.args[unsupported])
+        self.check_representable(select)
         outer_ctes = self.ctes
         if select.args.get("with_"):
             self.define_ctes(select.args["with_"])
@@ -455,6 +470,29 @@ class Binder:
             then(L.Sort(tuple(keys)))
         self.bind_limit(then, setop)
         return node, names
+
+    def check_representable(self, select: exp.Select) -> None:
+        """Raise Unsupported for what the logical plan has no node for (rather than binding it wrongly)."""
+        checks = [("a WINDOW clause", select.args.get("windows")), ("QUALIFY", select.args.get("qualify")),
+                  ("DISTINCT ON", (select.args.get("distinct") or exp.Distinct()).args.get("on"))]
+        group = select.args.get("group")
+        if group is not None:
+            checks.append(("GROUP BY ALL", group if group.args.get("all") else None))
+            checks.append(("GROUP BY ROLLUP / CUBE / GROUPING SETS",
+                           next(iter(group.find_all(exp.Rollup, exp.Cube, exp.GroupingSets)), None) or next(
+                               (group.args.get(k) for k in ("rollup", "cube", "grouping_sets") if group.args.get(k)),
+                               None)))
+        for item in select.expressions:
+            star = item if isinstance(item, exp.Star) else item.this if isinstance(item, exp.Column) else None
+            if isinstance(star, exp.Star) and any(star.args.get(k) for k in ("except_", "except", "replace", "rename")):
+                checks.append(("SELECT * EXCLUDE / REPLACE", item))
+        from_ = select.args.get("from_")
+        for rel in ([from_.this] if from_ is not None else []) + [j.this for j in select.args.get("joins") or []]:
+            if not isinstance(rel, (exp.Table, exp.Subquery, exp.Values)) or rel.args.get("pivots"):
+                checks.append((f"{rel.key.upper()} in FROM", rel))
+        for what, node in checks:
+            if node:
+                raise self.unsupported(what, node if isinstance(node, exp.Expr) else select)
 
     def bind_select_body(self, plan: Plan, select: exp.Select) -> tuple[int, list[tuple[str, str]]]:
         node, scope = self.bind_from(plan, select)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 from sqlglot import exp
 
 from catalog.sources import SourceError, TableSource, kind_of
@@ -95,10 +96,8 @@ class TableResolver:
         return db
 
 
-def bind_relational(binder, select: exp.Expr) -> tuple[L.Relational, tuple[str, ...], tuple]:
-    """The model-free statement as one Relational node: (node, output names, tables it reads)."""
-    resolver = TableResolver(binder)
-    tree = resolver.resolve(select)
+def _planned(binder, resolver: TableResolver, tree: exp.Expr) -> tuple[str, pa.Schema, float, str]:
+    """(DuckDB SQL, result schema, estimated rows, DuckDB's plan outline) of a resolved tree."""
     query = tree.sql(dialect="duckdb")
     with resolver.session(schema_only=False) as db:
         try:
@@ -106,13 +105,39 @@ def bind_relational(binder, select: exp.Expr) -> tuple[L.Relational, tuple[str, 
         except RelationalError as e:
             raise engine_error(e, binder.sql, query) from None
         rows, outline = db.explain(query)
+    return query, schema, rows if rows is not None else 1.0, outline
+
+
+def bind_relational(binder, select: exp.Expr) -> tuple[L.Relational, tuple[str, ...], tuple]:
+    """The model-free statement as one Relational node: (node, output names, tables it reads)."""
+    resolver = TableResolver(binder)
+    tree = resolver.resolve(select)
+    query, schema, rows, outline = _planned(binder, resolver, tree)
     names = tuple(schema.names)
     items = tree.expressions if isinstance(tree, exp.Select) else []
     if items and not any(isinstance(i, exp.Star) or isinstance(i, exp.Column) and isinstance(i.this, exp.Star)
                          for i in items) and len(items) == len(names):
         names = tuple(binder.output_names(items))  # named as sqlm names a model query's columns
-    node = L.Relational(query, names, tuple(resolver.tables), rows if rows is not None else 1.0, outline)
+    node = L.Relational(query, names, tuple(resolver.tables), rows, outline)
     return node, names, tuple(resolver.tables.items())
+
+
+def relational_leaf(binder, select: exp.Expr, alias: str, renamed: list[str]) -> tuple[L.Relational, list]:
+    """A model-free query in a model query's FROM that sqlm's binder does not represent (QUALIFY, DISTINCT ON,
+    ROLLUP, UNNEST, ...): DuckDB runs it whole, its columns named `alias.column` like a scan's.
+    Returns the node and (visible name, internal name, Arrow type) per column."""
+    tree = binder.tables.resolve(with_outer_ctes(binder, select))
+    query, schema, rows, outline = _planned(binder, binder.tables, tree)
+    if len(renamed) > len(schema.names):
+        raise binder.error(f"{alias} has {len(schema.names)} columns but {len(renamed)} names were given", select)
+    visible = renamed + schema.names[len(renamed):]
+    columns = [(v, f"{alias}.{v}", f.type) for v, f in zip(visible, schema)]
+    select_list = ", ".join(f"q.{exp.to_identifier(f.name, quoted=True).sql('duckdb')} AS "
+                            f"{exp.to_identifier(internal, quoted=True).sql('duckdb')}"
+                            for f, (_, internal, _) in zip(schema, columns))
+    node = L.Relational(f"SELECT {select_list} FROM ({query}) AS q", tuple(c[1] for c in columns),
+                        tuple(binder.tables.tables), rows, outline)
+    return node, columns
 
 
 def bind_expression_subqueries(binder, e: exp.Expr, scope, resolver: TableResolver) -> exp.Expr:

@@ -144,6 +144,13 @@ MODEL_QUERIES = [
     "SELECT cat, string_agg(generate('tiny', cat, max_tokens => 2), '|' ORDER BY id) AS gs, "
     "count(DISTINCT n) AS k, quantile_cont(v, 0.5) AS med FROM a GROUP BY cat",
     "SELECT a.id, b.id AS bid, generate('tiny', b.name, max_tokens => 2) AS g FROM a JOIN b ON a.id < b.id AND b.w > 100",
+    "WITH ranked AS (SELECT id, cat, v FROM a QUALIFY row_number() OVER (PARTITION BY cat ORDER BY v DESC) = 1) "
+    "SELECT r.id, generate('tiny', r.cat, max_tokens => 2) AS g FROM ranked r",
+    "SELECT s.cat, s.id, generate('tiny', s.cat, max_tokens => 2) AS g FROM "
+    "(SELECT DISTINCT ON (cat) cat, id FROM a ORDER BY cat, id) s",
+    "SELECT g.cat, g.n, generate('tiny', coalesce(g.cat, 'all'), max_tokens => 2) AS x FROM "
+    "(SELECT cat, count(*) AS n FROM a GROUP BY ROLLUP (cat)) g",
+    "SELECT u.x, generate('tiny', 'n' || CAST(u.x AS VARCHAR), max_tokens => 2) AS g FROM (SELECT unnest([1, 2, 3]) AS x) u",
     "WITH w AS (SELECT id, rank() OVER (ORDER BY v DESC) AS r FROM a) "
     "SELECT w.id, w.r, generate('tiny', b.name, max_tokens => 2) AS g FROM w JOIN b ON w.id = b.id",
 ]
@@ -162,23 +169,21 @@ def tiny(tmp_path_factory, tiny_llama):
 
 
 def oracle_rows(tiny, query: str) -> Counter:
-    """DuckDB's answer with each generate(p) looked up in a table of answers computed one prompt at a time."""
-    duck = duckdb.connect()
+    """DuckDB's answer with each generate(p) a scalar Python function that asks the model for p alone: the
+    row-by-row oracle (each distinct prompt generated once, on its own)."""
+    answers: dict[str, str] = {}
+
+    def gen(prompt: str) -> str:
+        if prompt not in answers:
+            literal = prompt.replace("'", "''")
+            answers[prompt] = tiny.sql(f"SELECT generate('tiny', '{literal}', max_tokens => 2) AS g").arrow().column(0)[0].as_py()
+        return answers[prompt]
+
+    duck = duckdb.connect(config={"threads": 1})  # one sqlm connection answers: one caller at a time
     duck.register("a", A)
     duck.register("b", B)
-    prompts = set()
-    for expr in CALL.findall(query):
-        for table in ("a", "b"):
-            try:
-                prompts |= {r[0] for r in duck.sql(f"SELECT DISTINCT {expr} FROM {table}").fetchall() if r[0] is not None}
-            except duckdb.Error:
-                pass  # the expression reads the other table
-    answers = {p: tiny.sql(f"SELECT generate('tiny', '{p.replace(chr(39), chr(39) * 2)}', max_tokens => 2) AS g")
-               .arrow().column(0)[0].as_py() for p in sorted(prompts)}
-    duck.register("oracle", pa.table({"p": list(answers), "g": list(answers.values())}, schema=pa.schema(
-        [("p", pa.string()), ("g", pa.string())])))
-    rewritten = CALL.sub(lambda m: f"(SELECT o.g FROM oracle o WHERE o.p = {m.group(1)})", query)
-    return multiset(duck.sql(rewritten).to_arrow_table())
+    duck.create_function("oracle_generate", gen, ["VARCHAR"], "VARCHAR", side_effects=False)
+    return multiset(duck.sql(CALL.sub(lambda m: f"oracle_generate({m.group(1)})", query)).to_arrow_table())
 
 
 @pytest.mark.parametrize("query", MODEL_QUERIES)
@@ -218,3 +223,15 @@ def test_a_call_in_a_case_branch_runs_only_for_the_rows_that_take_it(tiny):
     [calls] = [tiny.last_actuals[n].llm.num_requests for n in plan.walk() if isinstance(plan.op(n), P.LLM_OPERATORS)]
     assert calls == 2  # the rows with v > 4 (v 5.5, cat 'z'; v 6.0, cat 'y'), not all 6
     assert got == oracle_rows(tiny, query)
+
+
+@pytest.mark.parametrize("query,what", [
+    ("SELECT DISTINCT ON (cat) generate('tiny', cat, max_tokens => 2) AS g FROM a", "DISTINCT ON"),
+    ("SELECT cat, max(generate('tiny', cat, max_tokens => 2)) FROM a GROUP BY ROLLUP (cat)", "ROLLUP"),
+    ("SELECT generate('tiny', cat, max_tokens => 2) AS g FROM a QUALIFY row_number() OVER () = 1", "QUALIFY"),
+])
+def test_what_a_model_query_cannot_hold_is_an_error_naming_it(tiny, query, what):
+    from planner.errors import SqlError
+
+    with pytest.raises(SqlError, match=f"{what}.* is not supported in a query with model calls"):
+        tiny.sql(query)
