@@ -91,7 +91,8 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
          "token budget per step for prefill chunks"),
     Knob("prefix_cache", "auto", _choice("prefix_cache", "auto", "on", "off"), "radix prefix cache"),
     Knob("scheduling", "auto", _choice("scheduling", "auto", "fcfs", "spf"),
-         "shortest-predicted-first uses output-length statistics"),
+         "admission order: spf runs the shortest predicted output first, aged so none starves; auto: fcfs for "
+         "batch SQL, spf online where earlier output lengths differ"),
     Knob("kernels", "auto", _choice("kernels", "auto", "tvm", "torch"), "kernel implementation for model operators"),
     Knob("weight_format", "auto", _choice("weight_format", "auto", "native", "fp32", "bf16"),
          "keep GGUF quantized blocks (native) or dequantize"),
