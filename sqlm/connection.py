@@ -19,7 +19,7 @@ from sqlglot import exp
 from catalog.errors import ModelError
 from catalog.model_catalog import create_model, ensure_model, load_entry
 from catalog.settings import Settings
-from catalog.sources import arrow_source, file_source, registered_file
+from catalog.sources import arrow_source, file_source, load, registered_file
 from catalog.store import Catalog, TableExistsError, temporary_path
 from operators import physical as P
 from planner import plan_query
@@ -31,7 +31,7 @@ from planner.explain import render_json, render_text
 from planner.lower import PhysicalPlan
 from planner.optimizer import check_rule_names
 from planner.sql import CreateModel, Explain, Reset, parse
-from planner.statistics import Statistics
+from planner.statistics import Statistics, compute_column_stats
 from runtime.executor import Executor
 from runtime.relational import RelationalError
 from runtime.llm_ops import LLMService, SharedEngine
@@ -148,6 +148,8 @@ class Connection:
             return self._show(stmt, sql)
         if isinstance(stmt, exp.Describe):
             return self._describe(stmt, sql)
+        if isinstance(stmt, exp.Analyze):
+            return self._analyze(stmt, sql)
         raise error_at("Syntax error", f"unsupported statement: {stmt.sql()[:40]!r}", stmt, sql)
 
     def _context(self, view: _SessionCatalog) -> OptimizerContext:
@@ -323,6 +325,24 @@ class Connection:
         except ValueError as e:
             raise error_at("Setting error", str(e), stmt.this, sql) from None
         return Result(pa.table({}), "RESET")
+
+    def _analyze(self, stmt: exp.Analyze, sql: str) -> Result:
+        """ANALYZE [table, ...]: compute the tables' column statistics afresh (as PostgreSQL's ANALYZE does), keep
+        them in the catalog, and show them. Without a name: every table of the catalog and the session."""
+        view = _SessionCatalog(self)
+        named = [t for t in stmt.args.get("tables") or [] if isinstance(t, exp.Table)]
+        names = [t.name for t in named] or [t.name for t in self.catalog.list_tables()] + sorted(self._tables)
+        rows = []
+        for i, name in enumerate(names):
+            source = view.table(name)
+            if source is None:
+                raise error_at("Binder error", f"unknown table {name!r}", named[i] if named else stmt, sql)
+            stats = compute_column_stats(load(source, tuple(source.schema.names)))
+            if source.fingerprint and not source.fingerprint.startswith("arrow:"):
+                self.catalog.put_column_stats(source.fingerprint, {c: s.__dict__ for c, s in stats.items()})
+            rows += [(name, c, s.rows, s.distinct, s.nulls, round(s.avg_chars, 1)) for c, s in stats.items()]
+        columns = ("table", "column", "rows", "distinct", "nulls", "avg_chars")
+        return Result(pa.table({k: [r[i] for r in rows] for i, k in enumerate(columns)}))
 
     def _show(self, stmt: exp.Show, sql: str) -> Result:
         what = str(stmt.this).upper()

@@ -287,3 +287,22 @@ def test_a_crashed_writers_temporary_file_is_removed_on_open(tmp_path):
     con.close()
     sqlm.connect(tmp_path / "home").close()
     assert not dead.exists() and alive.exists()
+
+
+def test_analyze_computes_and_keeps_column_statistics(con, tmp_path):
+    path = tmp_path / "people.parquet"
+    pq.write_table(pa.table({"name": ["ann", "bob", None, "ann"], "age": [31, 42, 27, 31]}), path)
+    con.register("people", str(path))
+    out = con.sql("ANALYZE people").arrow().to_pylist()
+    by_column = {r["column"]: r for r in out}
+    assert by_column["name"]["distinct"] == 2 and by_column["name"]["nulls"] == 1 and by_column["age"]["rows"] == 4
+    source = con.catalog.get_table("people")
+    assert con.catalog.column_stats(file_source_fingerprint(source.path))["name"]["distinct"] == 2
+    with pytest.raises(SqlError, match="unknown table 'nobody'"):
+        con.sql("ANALYZE nobody")
+
+
+def file_source_fingerprint(path: str) -> str:
+    from catalog.sources import file_source
+
+    return file_source("parquet", path).fingerprint
