@@ -174,6 +174,8 @@ class Generate:
             p.append(("seed", s.seed))
         if s.stop:
             p.append(("stop", list(s.stop)))
+        if s.structured is not None:
+            p.append(("structured", s.structured.describe()))
         p += [("chat", self.chat), ("output", self.output), ("dedup", self.options.dedup),
               ("order", self.options.order)]
         return p + ([("priority", self.priority)] if self.priority else [])

@@ -155,7 +155,8 @@ class BatchedGenerate:
         s = self.sampling
         return [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
                 ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)] + (
-                    [("priority", self.priority)] if self.priority else [])
+                    [("priority", self.priority)] if self.priority else []) + (
+                    [("structured", s.structured.describe())] if s.structured is not None else [])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,25 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text, enforced token by token (runtime/structured.py).
+
+    kind: 'json_schema' (spec: the schema as JSON text), 'json_object' (any JSON object; spec ''), 'regex' (the
+    text must match the pattern in full), 'choice' (spec: a JSON list of the allowed strings), 'grammar' (Lark)."""
+    kind: str
+    spec: str = ""
+
+    KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"structured output kind must be one of {self.KINDS}, got {self.kind!r}")
+
+    def describe(self) -> str:
+        return self.kind if self.kind == "json_object" else f"{self.kind} {self.spec[:60]}"
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
@@ -14,6 +33,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the chosen token's log-probability and the k most likely
+    structured: StructuredOutput | None = None  # the text must follow this (JSON schema, regex, choice, grammar)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 0:

@@ -9,6 +9,7 @@ Every error names the problem and where it is in the SQL text.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +25,9 @@ from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, kind_of
 from planner.sql.dialect import Sqlm
 from planner.sql.nodes import LLMCall, LLMGenerate
-from operators.requests import SamplingParams
+from operators.requests import SamplingParams, StructuredOutput
+from runtime.structured import StructuredOutputError
+from runtime.structured import check as check_structured
 
 DEFAULT_MAX_TOKENS = 64
 
@@ -343,6 +346,7 @@ class Binder:
                              "(an empty one would end every output at once)", call.option("stop"))
         try:
             return SamplingParams(
+                structured=self.structured(call),
                 max_tokens=self.option(call, "max_tokens", DEFAULT_MAX_TOKENS, int),
                 temperature=self.option(call, "temperature", 0.0, float),
                 top_p=self.option(call, "top_p", 1.0, float),
@@ -352,6 +356,32 @@ class Binder:
             )
         except ValueError as e:
             raise self.error(f"generate(): {e}", call) from None
+
+    def structured(self, call: LLMCall) -> StructuredOutput | None:
+        """The one structured-output option of a generate() call, checked (schema, regex, grammar) here."""
+        given = [k for k in StructuredOutput.KINDS if call.option(k) is not None]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise self.error(f"generate(): give one of {', '.join(StructuredOutput.KINDS)}, not "
+                             f"{' and '.join(given)}", call.option(given[1]))
+        kind, node = given[0], call.option(given[0])
+        if kind == "json_object":
+            if self.option(call, kind, False, bool) is not True:
+                raise self.error("generate(): json_object takes true", node)
+            spec = StructuredOutput(kind)
+        elif kind == "choice":
+            choices = self.option(call, kind, None, list)
+            if not choices or not all(isinstance(c, str) for c in choices):
+                raise self.error("generate(): choice must be a list of strings, like ['yes', 'no']", node)
+            spec = StructuredOutput(kind, json.dumps(choices))
+        else:
+            spec = StructuredOutput(kind, self.option(call, kind, None, str))
+        try:
+            check_structured(spec)
+        except StructuredOutputError as e:
+            raise self.error(f"generate(): {e}", node) from None
+        return spec
 
     def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]]) -> None:
         """Register every distinct model call in `exprs` (by its SQL text) in `found`. A call used only inside

@@ -38,7 +38,8 @@ def template_key(op: L.Generate | L.Classify) -> str:
     if isinstance(op, L.Classify):
         return f"classify|{op.instruction}|{'|'.join(op.labels)}"
     shape = op.prompt.transform(lambda n: exp.Placeholder() if isinstance(n, exp.Column) else n)
-    return f"generate|{shape.sql(dialect=Sqlm)}|chat={op.chat}"
+    structured = "" if op.sampling.structured is None else f"|{op.sampling.structured.describe()}"
+    return f"generate|{shape.sql(dialect=Sqlm)}|chat={op.chat}{structured}"
 
 
 def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> tuple[float, str]:

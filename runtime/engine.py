@@ -26,6 +26,7 @@ from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
 from operators.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
 from runtime.sampler import make_generator, sample
+from runtime.structured import Grammars, mask_rows
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -126,6 +127,7 @@ class Engine:
         self._live: dict[int, Sequence] = {}
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()
+        self.grammars = Grammars(tokenizer, model.config.vocab_size)
         self._counters = dict(num_steps=0, num_batched_tokens=0, num_computed_prompt_tokens=0,
                               num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0)
 
@@ -154,6 +156,8 @@ class Engine:
             total = len(request.prompt_token_ids) + max_new
             seq = Sequence(next(self._seq_ids), request_id, request, max_new, float(self.predictor(request)),
                            IncrementalDetokenizer(self.tokenizer), make_generator(params), on_token)
+            if params.structured is not None:  # an invalid constraint fails here, before anything runs
+                seq.constraint = self.grammars.matcher(params.structured)
         # One block of slack: a fully cached prefix is copied (copy-on-write) before its last token is recomputed.
         if self.kv.blocks_for(total) + 1 > self.kv.pool.num_blocks:
             raise KVCacheTooSmallError(
@@ -228,7 +232,10 @@ class Engine:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             params = [s.request.sampling for s in seqs]
-            tokens = sample(rows, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
+            constrained = rows
+            if any(s.constraint is not None for s in seqs):  # logprobs stay the model's own: masked on a copy
+                constrained = mask_rows(rows, [s.constraint for s in seqs])
+            tokens = sample(constrained, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
             logprobs = self._logprobs(rows, seqs, tokens)
             for seq, token, logprob in zip(seqs, tokens, logprobs):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop

@@ -44,6 +44,7 @@ class Sequence:
         self.max_new_tokens = max_new_tokens
         self.predicted_output_tokens = predicted_output_tokens
         self.arrival_step: int | None = None  # the scheduler's step when it first queued
+        self.constraint = None  # llguidance matcher of the request's structured output (runtime/structured.py)
         self.detokenizer = detokenizer
         self.generator = generator
         self.on_token = on_token
@@ -104,6 +105,10 @@ class Sequence:
         if reason == "stop":
             self.finish_reason = "stop"
             return ""
+        if self.constraint is not None:
+            self.constraint.consume_token(token_id)
+            if self.constraint.is_stopped():  # the constraint is complete and allows nothing more
+                reason = "stop"
         detok = self.detokenizer
         delta = detok.push(token_id)
         if params.stop and (cut := find_stop(detok.text, params.stop, len(detok.text) - len(delta))) is not None:

@@ -32,10 +32,12 @@ class LLMCall(exp.Expression, exp.Func):
 
 class LLMGenerate(LLMCall):
     """generate(model, prompt [, max_tokens => n, temperature => t, top_p => p, top_k => k,
-    seed => s, stop => 'text', chat => true|false])."""
+    seed => s, stop => 'text', chat => true|false, priority => n,
+    json_schema => '{...}' | json_object => true | regex => 'pattern' | choice => ['a', 'b'] | grammar => 'lark'])."""
     arg_types = {"model": True, "prompt": True, "options": False}
     _sql_names = ["GENERATE"]
-    NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "priority")
+    NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "priority",
+             "json_schema", "json_object", "regex", "choice", "grammar")
 
 
 class LLMClassify(LLMCall):

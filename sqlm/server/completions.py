@@ -106,7 +106,7 @@ def sampling_params(served: ServedModel, req, prompt_len: int, choice: int, para
     try:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=seed, stop=req.stop_strings, ignore_eos=req.ignore_eos,
-                              logprobs=req.num_top_logprobs)
+                              logprobs=req.num_top_logprobs, structured=req.structured)
     except ValueError as e:
         raise bad_request(str(e))
 

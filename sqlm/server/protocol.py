@@ -1,19 +1,22 @@
 """OpenAI's request and response shapes (the subset sqlm serves), as pydantic models.
 
 A request field sqlm does not honour is a 400 naming it (unknown fields included:
-`response_format`, `use_beam_search`, `tool_choice`, ... would otherwise be answered as
-if absent), so a caller never gets a silently different answer. Value ranges follow
+`use_beam_search`, `tool_choice`, ... would otherwise be answered as if absent), so a caller never gets a silently different answer. Value ranges follow
 OpenAI's API reference; a violation becomes a 400 with the parameter's name. Text must
 be valid Unicode (a lone surrogate is refused), and one request holds at most
 MAX_SEQUENCES sequences (prompts x n).
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from operators.requests import StructuredOutput
+from runtime.structured import check as check_structured
 
 MAX_N = 16  # choices per request: each one is a sequence in the shared batch
 MAX_SEQUENCES = 256  # prompts x n per request: one request must not hold the engine for everyone else
@@ -39,6 +42,53 @@ def valid_text(value: str) -> str:
     return value
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text, any JSON object, or JSON valid against a schema."""
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema' and only there")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's structured_outputs: exactly one of json (a schema), json_object, regex, choice, grammar (Lark)."""
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict | str | None = Field(None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("json_", "json_object", "regex", "choice", "grammar") if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, json_object, regex, choice, grammar")
+        return self
+
+
+def _constraint(kind: str, spec: str = "") -> StructuredOutput:
+    s = StructuredOutput(kind, spec)
+    check_structured(s)  # an invalid schema, regex or grammar is the request's error, before anything runs
+    return s
+
+
 class _Request(BaseModel):
     """Sampling fields common to both endpoints."""
 
@@ -60,6 +110,39 @@ class _Request(BaseModel):
     ignore_eos: bool = False  # extension (vLLM's): generate exactly max_tokens tokens
     priority: int = 0  # extension (vLLM's): lower runs first; a waiting urgent request preempts running ones
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None  # extension (vLLM's)
+    _structured: StructuredOutput | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _one_constraint(self):
+        if self.structured_outputs is not None and self.response_format is not None \
+                and self.response_format.type != "text":
+            raise ValueError("give response_format or structured_outputs, not both")
+        self._structured = self._compile_constraint()
+        return self
+
+    def _compile_constraint(self) -> StructuredOutput | None:
+        f, s = self.response_format, self.structured_outputs
+        if f is not None and f.type == "json_object":
+            return _constraint("json_object")
+        if f is not None and f.type == "json_schema":
+            return _constraint("json_schema", json.dumps(f.json_schema.json_schema))
+        if s is None:
+            return None
+        if s.json_ is not None:
+            return _constraint("json_schema", s.json_ if isinstance(s.json_, str) else json.dumps(s.json_))
+        if s.json_object:
+            return _constraint("json_object")
+        if s.regex is not None:
+            return _constraint("regex", s.regex)
+        if s.choice is not None:
+            return _constraint("choice", json.dumps(s.choice))
+        return _constraint("grammar", s.grammar)
+
+    @property
+    def structured(self) -> StructuredOutput | None:
+        return self._structured
 
     @field_validator("stop")
     @classmethod

@@ -147,7 +147,7 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(tiny_server
 
 
 @pytest.mark.parametrize("field,value", [
-    ("response_format", {"type": "json_object"}), ("use_beam_search", True), ("guided_json", {"type": "object"}),
+    ("use_beam_search", True), ("guided_json", {"type": "object"}),
     ("tool_choice", "auto"), ("functions", [{"name": "f"}]), ("repetition_penalty", 1.2), ("min_tokens", 4),
 ])
 def test_a_field_sqlm_does_not_honour_is_a_400_naming_it(tiny_server, field, value):

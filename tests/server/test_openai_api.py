@@ -198,3 +198,34 @@ def test_multi_turn_messages_and_content_parts_go_through_the_chat_template(tiny
                                               {"role": "assistant", "content": "jumps"},
                                               {"role": "user", "content": "over the lazy dog"}])
     assert reply.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def test_structured_outputs_over_http(tiny_server):
+    import json as _json
+    import re as _re
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["n"],
+              "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+    client = tiny_server.client()
+    reply = client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "a number"}], max_tokens=24,
+                                           response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "n", "schema": schema}})
+    assert 0 <= _json.loads(reply.choices[0].message.content)["n"] <= 9
+    reply = client.completions.create(model=TINY, prompt="hi", max_tokens=12,
+                                      extra_body={"response_format": {"type": "json_object"}})
+    text = reply.choices[0].text
+    assert reply.choices[0].finish_reason == "length" or isinstance(_json.loads(text), dict)
+    reply = client.completions.create(model=TINY, prompt="hi", max_tokens=8,
+                                      extra_body={"structured_outputs": {"choice": ["left", "right"]}})
+    assert reply.choices[0].text in ("left", "right")
+    reply = client.completions.create(model=TINY, prompt="hi", max_tokens=8, stream=True,
+                                      extra_body={"structured_outputs": {"regex": "[ab]{4}"}})
+    assert _re.fullmatch("[ab]{4}", "".join(chunk.choices[0].text for chunk in reply))
+
+
+def test_an_invalid_constraint_is_a_400_naming_it(tiny_server):
+    import httpx
+
+    r = httpx.post(f"{tiny_server.url}/v1/completions", json={"model": TINY, "prompt": "x", "max_tokens": 2,
+                                                              "structured_outputs": {"regex": "("}})
+    assert r.status_code == 400 and "unclosed group" in r.text

@@ -306,3 +306,19 @@ def file_source_fingerprint(path: str) -> str:
     from catalog.sources import file_source
 
     return file_source("parquet", path).fingerprint
+
+
+def test_generate_with_a_json_schema_regex_or_choice(tiny):
+    schema = json.dumps({"type": "object", "additionalProperties": False, "required": ["ok"],
+                         "properties": {"ok": {"type": "boolean"}}})
+    rows = tiny.sql(f"SELECT generate('tiny', body, json_schema => '{schema}', max_tokens => 16, temperature => 0.8, "
+                    f"seed => 3) AS j, generate('tiny', body, regex => '[xy]{{3}}', max_tokens => 8) AS r, "
+                    f"generate('tiny', body, choice => ['up', 'down']) AS c FROM t").arrow().to_pylist()
+    for row in rows:
+        assert isinstance(json.loads(row["j"])["ok"], bool)
+        assert re.fullmatch("[xy]{3}", row["r"]) and row["c"] in ("up", "down")
+    assert "structured: json_schema" in tiny.explain(f"SELECT generate('tiny', body, json_schema => '{schema}') FROM t")
+    with pytest.raises(SqlError, match="regex: .*unclosed group"):
+        tiny.sql("SELECT generate('tiny', body, regex => '(') FROM t")
+    with pytest.raises(SqlError, match="give one of"):
+        tiny.sql("SELECT generate('tiny', body, regex => 'a', choice => ['a']) FROM t")
