@@ -352,6 +352,10 @@ class Binder:
                 top_p=self.option(call, "top_p", 1.0, float),
                 top_k=self.option(call, "top_k", 0, int),
                 seed=self.option(call, "seed", None, int),
+                presence_penalty=self.option(call, "presence_penalty", 0.0, float),
+                frequency_penalty=self.option(call, "frequency_penalty", 0.0, float),
+                repetition_penalty=self.option(call, "repetition_penalty", 1.0, float),
+                min_p=self.option(call, "min_p", 0.0, float),
                 stop=stop,
             )
         except ValueError as e:

@@ -26,7 +26,8 @@ from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
 from operators.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
 from runtime.sampler import make_generator, sample
-from runtime.structured import Grammars, mask_rows
+from runtime.logits_processors import process
+from runtime.structured import Grammars
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -232,10 +233,8 @@ class Engine:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             params = [s.request.sampling for s in seqs]
-            constrained = rows
-            if any(s.constraint is not None for s in seqs):  # logprobs stay the model's own: masked on a copy
-                constrained = mask_rows(rows, [s.constraint for s in seqs])
-            tokens = sample(constrained, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
+            processed = process(rows, seqs)  # penalties, bias, constraints: on a copy (logprobs stay the model's)
+            tokens = sample(processed, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
             logprobs = self._logprobs(rows, seqs, tokens)
             for seq, token, logprob in zip(seqs, tokens, logprobs):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop

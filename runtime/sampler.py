@@ -35,6 +35,8 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
+    if params.min_p > 0.0:  # drop what is less likely than min_p x the most likely token (vLLM's min_p)
+        probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).

@@ -98,13 +98,3 @@ def allowed_tokens(matcher, vocab_size: int) -> torch.Tensor:
     n = min(vocab_size, bits.size)
     allowed[:n] = bits[:n].astype(bool)
     return torch.from_numpy(allowed)
-
-
-def mask_rows(rows: torch.Tensor, matchers: list) -> torch.Tensor:
-    """rows [B, V] logits -> a copy with each constrained row's disallowed tokens at -inf (matchers[i] None:
-    row i is free)."""
-    rows = rows.clone()
-    for i, m in enumerate(matchers):
-        if m is not None:
-            rows[i].masked_fill_(~allowed_tokens(m, rows.shape[1]), float("-inf"))
-    return rows

@@ -37,7 +37,8 @@ class LLMGenerate(LLMCall):
     arg_types = {"model": True, "prompt": True, "options": False}
     _sql_names = ["GENERATE"]
     NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "priority",
-             "json_schema", "json_object", "regex", "choice", "grammar")
+             "json_schema", "json_object", "regex", "choice", "grammar",
+             "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p")
 
 
 class LLMClassify(LLMCall):

@@ -101,12 +101,16 @@ def sampling_params(served: ServedModel, req, prompt_len: int, choice: int, para
             f"Please reduce the prompt or max_tokens.", "max_tokens")
     if max_tokens is None:  # OpenAI's default: as long as the sequence can grow
         max_tokens = max(1, served.max_sequence_tokens - prompt_len)
+    if any(t >= served.vocab_size for t, _ in req.logit_biases):
+        raise bad_request(f"logit_bias token ids must be in [0, {served.vocab_size})", param="logit_bias")
     # Choices of one request must differ when sampling: each gets its own seed after the first.
     seed = None if req.seed is None else req.seed + choice
     try:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=seed, stop=req.stop_strings, ignore_eos=req.ignore_eos,
-                              logprobs=req.num_top_logprobs, structured=req.structured)
+                              logprobs=req.num_top_logprobs, structured=req.structured,
+                              presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                              repetition_penalty=req.repetition_penalty, min_p=req.min_p, logit_bias=req.logit_biases)
     except ValueError as e:
         raise bad_request(str(e))
 

@@ -104,9 +104,11 @@ class _Request(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)  # extension (vLLM's)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)  # extension (vLLM's)
+    logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's form) -> bias in [-100, 100]
     ignore_eos: bool = False  # extension (vLLM's): generate exactly max_tokens tokens
     priority: int = 0  # extension (vLLM's): lower runs first; a waiting urgent request preempts running ones
     user: str | None = None
@@ -154,19 +156,19 @@ class _Request(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return [valid_text(s) for s in stops]
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalties(cls, value: float) -> float:
-        if value != 0.0:
-            raise ValueError("is not supported by this server (only 0 is accepted)")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, value):
-        if value:
-            raise ValueError("is not supported by this server")
+    def _logit_bias(cls, value):
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids, got {token!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"values must be in [-100, 100], got {bias}")
         return value
+
+    @property
+    def logit_biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(t), b) for t, b in (self.logit_bias or {}).items())
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

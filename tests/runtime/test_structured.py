@@ -56,3 +56,48 @@ def test_regex_choice_and_json_object(tiny, kind, spec, ok):
 def test_an_invalid_constraint_is_an_error_naming_it(kind, spec, says):
     with pytest.raises(StructuredOutputError, match=says):
         check(StructuredOutput(kind, spec))
+
+
+def test_penalties_and_bias_follow_vllms_rules():
+    """The logits processors on a hand-made row: presence / frequency count output tokens, repetition also
+    the prompt's, logit_bias adds."""
+    import torch
+
+    from runtime.logits_processors import process
+
+    class Seq:
+        constraint = None
+
+        def __init__(self, sampling):
+            self.request = GenerationRequest((1, 2), sampling)
+            self.token_ids = [1, 2, 3, 3]  # prompt 1, 2; output 3, 3
+            self.output_token_ids = [3, 3]
+
+    row = torch.tensor([[1.0, 2.0, -2.0, 4.0, 0.5]])
+    assert process(row, [Seq(SamplingParams())]) is row  # nothing asked: no copy
+    got = process(row, [Seq(SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))])[0].tolist()
+    assert got == [1.0, 2.0, -2.0, 4.0 - 0.5 - 2 * 0.25, 0.5]
+    got = process(row, [Seq(SamplingParams(repetition_penalty=2.0))])[0].tolist()
+    assert got == [1.0, 1.0, -4.0, 2.0, 0.5]  # tokens 1, 2 (prompt) and 3 (output)
+    got = process(row, [Seq(SamplingParams(logit_bias=((4, 10.0), (0, -100.0))))])[0].tolist()
+    assert got == [-99.0, 2.0, -2.0, 4.0, 10.5]
+    assert row.tolist() == [[1.0, 2.0, -2.0, 4.0, 0.5]]  # the model's logits are left alone
+
+
+def test_min_p_keeps_only_tokens_near_the_best():
+    import torch
+
+    from runtime.sampler import sample_one
+
+    logits = torch.tensor([5.0, 4.9, 0.0, -1.0])
+    drawn = {sample_one(logits, SamplingParams(temperature=1.0, min_p=0.5), torch.Generator().manual_seed(s))
+             for s in range(200)}
+    assert drawn == {0, 1}
+
+
+def test_a_logit_bias_steers_greedy_decoding(tiny):
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=16 << 20))
+    [result] = engine.generate([GenerationRequest((5, 6, 7), SamplingParams(max_tokens=3, ignore_eos=True,
+                                                                            logit_bias=((42, 100.0),)))])
+    assert list(result.output_token_ids) == [42, 42, 42]

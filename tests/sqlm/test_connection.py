@@ -322,3 +322,12 @@ def test_generate_with_a_json_schema_regex_or_choice(tiny):
         tiny.sql("SELECT generate('tiny', body, regex => '(') FROM t")
     with pytest.raises(SqlError, match="give one of"):
         tiny.sql("SELECT generate('tiny', body, regex => 'a', choice => ['a']) FROM t")
+
+
+def test_generate_takes_penalties_and_min_p(tiny):
+    plain = tiny.sql("SELECT generate('tiny', body, max_tokens => 12) AS g FROM t").arrow().column(0).to_pylist()
+    penalized = tiny.sql("SELECT generate('tiny', body, max_tokens => 12, repetition_penalty => 5.0, "
+                         "presence_penalty => 2, min_p => 0.1) AS g FROM t").arrow().column(0).to_pylist()
+    assert penalized != plain  # a random model repeats itself; a strong penalty changes that
+    with pytest.raises(SqlError, match="repetition_penalty must be > 0"):
+        tiny.sql("SELECT generate('tiny', body, repetition_penalty => 0.0) FROM t")
