@@ -149,6 +149,7 @@ class Generate:
     output: str
     options: LLMOptions = LLMOptions()
     priority: int = 0  # the engine's request priority: lower runs first (vLLM's convention)
+    n: int = 1  # samples per row: n > 1 makes the output a list of n texts (the prompt is computed once)
     name = "Generate"
 
     @property
@@ -178,7 +179,7 @@ class Generate:
             p.append(("structured", s.structured.describe()))
         p += [("chat", self.chat), ("output", self.output), ("dedup", self.options.dedup),
               ("order", self.options.order)]
-        return p + ([("priority", self.priority)] if self.priority else [])
+        return p + ([("priority", self.priority)] if self.priority else []) + ([("n", self.n)] if self.n > 1 else [])
 
 
 @dataclass(frozen=True)

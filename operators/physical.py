@@ -149,13 +149,14 @@ class BatchedGenerate:
     choices: tuple[Choice, ...] = ()
     operator_kernels: tuple[OperatorKernel, ...] = ()
     priority: int = 0  # of every request it submits: lower runs first (vLLM's convention)
+    n: int = 1  # samples per row (a list<string> column when > 1)
     name = "BatchedGenerate"
 
     def params(self):
         s = self.sampling
         return [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
                 ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)] + (
-                    [("priority", self.priority)] if self.priority else []) + (
+                    [("priority", self.priority)] if self.priority else []) + ([("n", self.n)] if self.n > 1 else []) + (
                     [("structured", s.structured.describe())] if s.structured is not None else [])
 
 

@@ -312,8 +312,11 @@ class Binder:
         if guard is not None:
             text = exp.Case(ifs=[exp.If(this=self.resolve(guard, scope), true=text)])
         if isinstance(call, LLMGenerate):
+            n = self.option(call, "n", 1, int)
+            if not 1 <= n <= 16:
+                raise self.error(f"generate(): n must be in [1, 16], got {n}", call.option("n"))
             return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output,
-                              priority=self.option(call, "priority", 0, int))
+                              priority=self.option(call, "priority", 0, int), n=n)
         labels = call.args["labels"]
         if not isinstance(labels, exp.Array) or not labels.expressions or not all(
                 isinstance(x, exp.Literal) and x.is_string for x in labels.expressions):

@@ -66,7 +66,8 @@ def lower_llm(op: L.Generate | L.Classify, rows: float, stats, ctx: OptimizerCon
                   estimate=estimate, choices=tuple(choices),
                   operator_kernels=operator_kernels(knobs, cost, facts, ctx, choices))
     if isinstance(op, L.Generate):
-        return P.BatchedGenerate(prompt=op.prompt, sampling=op.sampling, chat=op.chat, priority=op.priority, **common)
+        return P.BatchedGenerate(prompt=op.prompt, sampling=op.sampling, chat=op.chat, priority=op.priority, n=op.n,
+                                 **common)
     return P.BatchedClassify(text=op.text, labels=op.labels, instruction=op.instruction, **common)
 
 

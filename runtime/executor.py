@@ -134,15 +134,18 @@ class Executor:
     # -- model calls --------------------------------------------------------------------
     def _BatchedGenerate(self, op: P.BatchedGenerate, inputs, record) -> pa.Table:
         def run(prompts: list[str]) -> LLMOutcome:
-            return self.llm.generate(op.model, op.knobs, prompts, op.sampling, op.chat, self.on_progress, op.priority)
-        return self._llm_column(inputs[0], op.prompt, op.output, op.options, run, record)
+            return self.llm.generate(op.model, op.knobs, prompts, op.sampling, op.chat, self.on_progress, op.priority,
+                                     op.n)
+        kind = pa.string() if op.n == 1 else pa.list_(pa.string())
+        return self._llm_column(inputs[0], op.prompt, op.output, op.options, run, record, kind)
 
     def _BatchedClassify(self, op: P.BatchedClassify, inputs, record) -> pa.Table:
         def run(texts: list[str]) -> LLMOutcome:
             return self.llm.classify(op.model, op.knobs, texts, op.labels, op.instruction, self.on_progress)
         return self._llm_column(inputs[0], op.text, op.output, op.options, run, record)
 
-    def _llm_column(self, table: pa.Table, expr, output: str, options, run, record: Actuals) -> pa.Table:
+    def _llm_column(self, table: pa.Table, expr, output: str, options, run, record: Actuals,
+                    kind: pa.DataType = pa.string()) -> pa.Table:
         texts = self._sql([table], f"SELECT {duck(expr)} AS text FROM __in0").column(0).combine_chunks()
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
             texts = pc.cast(texts, pa.string())
@@ -157,9 +160,10 @@ class Executor:
         ordered = distinct.take(submit).to_pylist()
         outcome = run(ordered) if ordered else LLMOutcome(values=[])
         record.llm, record.distinct_inputs = outcome, len(distinct)
-        column = pa.nulls(table.num_rows, pa.string())
+        column = pa.nulls(table.num_rows, kind)
         if ordered:
             # outcome i answers distinct[submit[i]]: the inverse permutation puts answers in distinct order
-            answers = pa.array(outcome.values, pa.string()).take(pc.sort_indices(submit))
-            column = pc.replace_with_mask(column, valid, answers.take(slot))
+            answers = pa.array(outcome.values, kind).take(pc.sort_indices(submit))
+            row_slot = pc.replace_with_mask(pa.nulls(table.num_rows, pa.int64()), valid, slot.cast(pa.int64()))
+            column = answers.take(row_slot)  # a NULL slot (NULL text) gives NULL
         return table.append_column(output, column)

@@ -12,7 +12,7 @@ engine's batch instead of getting an engine of its own: its weights are loaded o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -127,12 +127,17 @@ class LLMService:
         self._models.clear()
 
     def generate(self, model: str, knobs: EngineConfig, prompts: list[str], sampling: SamplingParams, chat: bool,
-                 on_progress: Progress | None = None, priority: int = 0) -> LLMOutcome:
+                 on_progress: Progress | None = None, priority: int = 0, n: int = 1) -> LLMOutcome:
+        """values: one text per prompt, or with n > 1 a list of n texts per prompt (sample i seeded seed + i when
+        the call has a seed, as OpenAI's n: the prompt's KV is computed once, the prefix cache shares it)."""
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
-        requests = [GenerationRequest(tuple(encode(p)), sampling, priority) for p in prompts]
-        results, outcome = self._run(model, knobs, requests, on_progress)
-        outcome.values = [r.text for r in results]
+        samplings = [sampling if sampling.seed is None or n == 1 else replace(sampling, seed=sampling.seed + i)
+                     for i in range(n)]
+        requests = [GenerationRequest(ids, s, priority) for ids in (tuple(encode(p)) for p in prompts) for s in samplings]
+        results, outcome = self._run(model, knobs, requests, on_progress, n)
+        texts = [r.text for r in results]
+        outcome.values = texts if n == 1 else [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
         return outcome
 
     def classify(self, model: str, knobs: EngineConfig, texts: list[str], labels: tuple[str, ...], instruction: str,

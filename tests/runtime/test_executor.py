@@ -171,7 +171,7 @@ class EchoLLM:
     def __init__(self):
         self.batches = []
 
-    def generate(self, model, knobs, prompts, sampling, chat, on_progress, priority=0):
+    def generate(self, model, knobs, prompts, sampling, chat, on_progress, priority=0, n=1):
         from runtime.llm_ops import LLMOutcome
 
         self.batches.append(list(prompts))
@@ -226,7 +226,7 @@ def test_generate_takes_a_priority_and_explain_shows_it(tiny_con, monkeypatch):
     original = tiny_con._llm.generate
 
     def spy(*args, **kwargs):
-        submitted.append(args[-1] if len(args) > 6 else kwargs.get("priority", 0))
+        submitted.append(args[6] if len(args) > 6 else kwargs.get("priority", 0))
         return original(*args, **kwargs)
     monkeypatch.setattr(tiny_con._llm, "generate", spy)
     query = "SELECT id, generate('tiny', body, max_tokens => 2, priority => -2) AS g FROM pri"

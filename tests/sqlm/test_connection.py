@@ -331,3 +331,14 @@ def test_generate_takes_penalties_and_min_p(tiny):
     assert penalized != plain  # a random model repeats itself; a strong penalty changes that
     with pytest.raises(SqlError, match="repetition_penalty must be > 0"):
         tiny.sql("SELECT generate('tiny', body, repetition_penalty => 0.0) FROM t")
+
+
+def test_n_samples_per_row_make_a_list_column(tiny):
+    out = tiny.sql("SELECT generate('tiny', body, n => 3, temperature => 1.0, seed => 7, max_tokens => 6) AS g "
+                   "FROM t").arrow()
+    assert out.schema.field("g").type == pa.list_(pa.string())
+    samples = out.column("g").to_pylist()
+    assert all(len(s) == 3 for s in samples) and any(len(set(s)) > 1 for s in samples)
+    op = tiny.last_plan.plan.op(tiny.last_plan.llm_nodes()[0])
+    assert op.n == 3 and tiny.last_actuals[tiny.last_plan.llm_nodes()[0]].llm.num_requests == 3 * out.num_rows
+    assert "n: 3" in tiny.explain("SELECT generate('tiny', body, n => 3) AS g FROM t")
