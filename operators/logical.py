@@ -177,6 +177,8 @@ class Generate:
             p.append(("stop", list(s.stop)))
         if s.structured is not None:
             p.append(("structured", s.structured.describe()))
+        if s.beam_width > 1:
+            p.append(("beam_width", s.beam_width))
         p += [("chat", self.chat), ("output", self.output), ("dedup", self.options.dedup),
               ("order", self.options.order)]
         return p + ([("priority", self.priority)] if self.priority else []) + ([("n", self.n)] if self.n > 1 else [])

@@ -157,7 +157,8 @@ class BatchedGenerate:
         return [("model", self.model), ("prompt", sql(self.prompt)), ("max_tokens", s.max_tokens),
                 ("temperature", s.temperature), ("dedup", self.options.dedup), ("order", self.options.order)] + (
                     [("priority", self.priority)] if self.priority else []) + ([("n", self.n)] if self.n > 1 else []) + (
-                    [("structured", s.structured.describe())] if s.structured is not None else [])
+                    [("structured", s.structured.describe())] if s.structured is not None else []) + (
+                    [("beam_width", s.beam_width)] if s.beam_width > 1 else [])
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,14 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     min_p: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # beam search (runtime/beam_search.py drives the engine with one-token steps): width > 1, ranked by
+    # cum_logprob / length ** length_penalty
+    beam_width: int = 1
+    length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 1 <= self.beam_width <= 16:
+            raise ValueError(f"beam_width must be in [1, 16], got {self.beam_width}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")

@@ -359,6 +359,8 @@ class Binder:
                 frequency_penalty=self.option(call, "frequency_penalty", 0.0, float),
                 repetition_penalty=self.option(call, "repetition_penalty", 1.0, float),
                 min_p=self.option(call, "min_p", 0.0, float),
+                beam_width=self.option(call, "beam_width", 1, int),
+                length_penalty=self.option(call, "length_penalty", 1.0, float),
                 stop=stop,
             )
         except ValueError as e:

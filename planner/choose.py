@@ -56,7 +56,8 @@ def expected_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -
 
 
 def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, ctx: OptimizerContext) -> LLMWorkload:
-    requests_per_row = len(op.labels) if isinstance(op, L.Classify) else op.n
+    # beam search runs its width of sequences a row (their prompt shared through the prefix cache)
+    requests_per_row = len(op.labels) if isinstance(op, L.Classify) else max(op.n, op.sampling.beam_width)
     distinct_rows = rows * (profile.distinct_fraction if op.options.dedup else 1.0)
     requests = distinct_rows * requests_per_row
     shared = profile.sorted_shared_tokens if op.options.order == "prefix" else profile.static_prefix_tokens

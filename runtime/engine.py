@@ -152,6 +152,8 @@ class Engine:
             seq = Sequence(next(self._seq_ids), request_id, request)
         else:
             params = request.sampling
+            if params.beam_width > 1:
+                raise ValueError("beam search runs over the engine (runtime.beam_search), not inside one request")
             check_context(len(request.prompt_token_ids), params.max_tokens, context)
             max_new = min(params.max_tokens, context - len(request.prompt_token_ids))
             total = len(request.prompt_token_ids) + max_new

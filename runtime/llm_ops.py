@@ -18,6 +18,7 @@ from typing import Callable
 
 from codegen.kernel_set import kernel_set
 from operators.engine_config import EngineConfig
+from runtime.beam_search import beam_search, text_of
 from runtime.engine import Engine
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
@@ -132,6 +133,8 @@ class LLMService:
         the call has a seed, as OpenAI's n: the prompt's KV is computed once, the prefix cache shares it)."""
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
+        if sampling.beam_width > 1:
+            return self._beam_search(model, knobs, [tuple(encode(p)) for p in prompts], sampling, priority, n)
         samplings = [sampling if sampling.seed is None or n == 1 else replace(sampling, seed=sampling.seed + i)
                      for i in range(n)]
         requests = [GenerationRequest(ids, s, priority) for ids in (tuple(encode(p)) for p in prompts) for s in samplings]
@@ -139,6 +142,26 @@ class LLMService:
         texts = [r.text for r in results]
         outcome.values = texts if n == 1 else [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
         return outcome
+
+    def _beam_search(self, model: str, knobs: EngineConfig, prompts: list[tuple[int, ...]], sampling: SamplingParams,
+                     priority: int, n: int) -> LLMOutcome:
+        """The best beam of each prompt (the n best with n > 1), through this connection's engine or the shared one."""
+        tokenizer = self._load_model(model).tokenizer
+        t_load = time.perf_counter()
+        shared = self.shared_engine_for(str(self._load_model(model).path))
+        run = (lambda requests: shared.run(requests, None)) if shared is not None else self.engine(model, knobs).generate
+        t0 = time.perf_counter()
+        found = beam_search(run, prompts, max(sampling.beam_width, n), sampling.max_tokens, tokenizer.eos_token_ids,
+                            sampling.length_penalty, priority)
+        best = [beams[:n] for beams in found]
+        texts = [[text_of(b, tokenizer) for b in beams] for beams in best]
+        generated = sum(len(beams[0].tokens) for beams in best)
+        return LLMOutcome(values=[t[0] for t in texts] if n == 1 else texts,
+                          output_tokens=[len(beams[0].tokens) for beams in best],
+                          censored=[not beams[0].finished for beams in best], num_requests=len(prompts),
+                          num_prompt_tokens=sum(len(p) for p in prompts), num_computed_prompt_tokens=sum(map(len, prompts)),
+                          num_generated_tokens=generated, seconds=time.perf_counter() - t0, load_seconds=t0 - t_load,
+                          shared_engine=shared is not None)
 
     def classify(self, model: str, knobs: EngineConfig, texts: list[str], labels: tuple[str, ...], instruction: str,
                  on_progress: Progress | None = None) -> LLMOutcome:

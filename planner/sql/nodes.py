@@ -38,7 +38,7 @@ class LLMGenerate(LLMCall):
     _sql_names = ["GENERATE"]
     NAMED = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chat", "priority",
              "json_schema", "json_object", "regex", "choice", "grammar",
-             "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "n")
+             "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "n", "beam_width", "length_penalty")
 
 
 class LLMClassify(LLMCall):

@@ -17,6 +17,7 @@ import jinja2
 from fastapi import Request
 
 from planner.lower import PhysicalPlan
+from runtime.beam_search import beam_search, text_of
 from runtime.engine import KVCacheTooSmallError
 from runtime.errors import PromptTooLongError
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, TokenLogprobs
@@ -291,6 +292,42 @@ async def complete(engine_loop: EngineLoop, metrics: Metrics, request: Request, 
                                     logprobs=(_completion_logprobs(job, c.logprobs, 0)
                                               if job.num_top_logprobs is not None else None))
                  for c in choices])
+
+
+async def complete_beams(engine_loop: EngineLoop, metrics: Metrics, job: Job, req, chat: bool):
+    """use_beam_search: the n best beams of each prompt (runtime/beam_search.py), searched off the event loop
+    through the shared engine's blocking run; choices are prompt-major, best beam first."""
+    served, first = job.served, job.requests[0]
+    try:
+        found = await asyncio.to_thread(beam_search, engine_loop.run, [tuple(p) for p in job.prompts], req.beam_width,
+                                        first.sampling.max_tokens, served.tokenizer.eos_token_ids, req.length_penalty,
+                                        first.priority)
+    except EngineFailure as e:
+        raise APIError(503, str(e), type="server_error", code="engine_unavailable")
+    except (PromptTooLongError, KVCacheTooSmallError) as e:
+        raise context_length_exceeded(str(e), "max_tokens")
+    beams = [(i * req.n + j, b) for i, found_i in enumerate(found) for j, b in enumerate(found_i[:req.n])]
+    usage = P.Usage(prompt_tokens=sum(len(p) for p in job.prompts),
+                    completion_tokens=sum(len(b.tokens) for _, b in beams),
+                    total_tokens=sum(len(p) for p in job.prompts) + sum(len(b.tokens) for _, b in beams))
+    done = time.perf_counter()  # a beam's tokens are known only at the end: its times are the search's end
+    metrics.observe_request(usage.prompt_tokens, job.arrival,
+                            [([done] * len(b.tokens), "stop" if b.finished else "length") for _, b in beams],
+                            job.planning_seconds)
+    asked = job.num_top_logprobs is not None
+    reason = {True: "stop", False: "length"}
+    if chat:
+        return P.ChatCompletion(
+            id=job.id, created=P.now(), model=served.name, usage=usage,
+            choices=[P.ChatChoice(index=k, message=P.AssistantMessage(content=text_of(b, served.tokenizer)),
+                                  finish_reason=reason[b.finished],
+                                  logprobs=P.ChoiceLogprobs(content=[_chat_logprob(job, lp) for lp in b.logprobs])
+                                  if asked else None) for k, b in beams])
+    return P.Completion(
+        id=job.id, created=P.now(), model=served.name, usage=usage,
+        choices=[P.CompletionChoice(index=k, text=text_of(b, served.tokenizer), finish_reason=reason[b.finished],
+                                    logprobs=_completion_logprobs(job, list(b.logprobs), 0) if asked else None)
+                 for k, b in beams])
 
 
 def _sse(payload) -> str:

@@ -114,14 +114,33 @@ class _Request(BaseModel):
     user: str | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None  # extension (vLLM's)
+    use_beam_search: bool = False  # extension (vLLM's): the n best of max(n, best_of) beams, not samples
+    length_penalty: float = 1.0  # extension (vLLM's): beams rank by cum_logprob / length ** length_penalty
     _structured: StructuredOutput | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _beam_search_alone(self):
+        if self.use_beam_search:
+            for name in ("stream", "stop", "response_format", "structured_outputs"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: cannot be combined with use_beam_search")
+        return self
+
+    @property
+    def beam_width(self) -> int:
+        """Beams searched (0: not a beam search request)."""
+        return max(self.n, getattr(self, "best_of", None) or 1) if self.use_beam_search else 0
 
     @model_validator(mode="after")
     def _one_constraint(self):
         if self.structured_outputs is not None and self.response_format is not None \
                 and self.response_format.type != "text":
-            raise ValueError("give response_format or structured_outputs, not both")
-        self._structured = self._compile_constraint()
+            raise ValueError("structured_outputs: give response_format or structured_outputs, not both")
+        try:
+            self._structured = self._compile_constraint()
+        except ValueError as e:  # an invalid schema, regex or grammar: named by the field that carried it
+            field = "structured_outputs" if self.structured_outputs is not None else "response_format"
+            raise ValueError(f"{field}: {e}") from None
         return self
 
     def _compile_constraint(self) -> StructuredOutput | None:
@@ -279,12 +298,14 @@ class CompletionRequest(_Request):
             raise ValueError("is not supported by this server")
         return value
 
-    @field_validator("best_of")
-    @classmethod
-    def _no_best_of(cls, value):
-        if value not in (None, 1):
-            raise ValueError("is not supported by this server (only 1 is accepted)")
-        return value
+    @model_validator(mode="after")
+    def _best_of(self):
+        if self.best_of not in (None, 1):
+            if not self.use_beam_search:
+                raise ValueError("best_of: > 1 needs use_beam_search (sampled best_of is not supported)")
+            if not self.n <= self.best_of <= 16:
+                raise ValueError(f"best_of: must be in [n, 16], got {self.best_of}")
+        return self
 
     @model_validator(mode="after")
     def _bounded(self):

@@ -148,7 +148,7 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(tiny_server
 
 
 @pytest.mark.parametrize("field,value", [
-    ("use_beam_search", True), ("guided_json", {"type": "object"}),
+    ("guided_json", {"type": "object"}),
     ("tool_choice", "auto"), ("functions", [{"name": "f"}]), ("min_tokens", 4),
 ])
 def test_a_field_sqlm_does_not_honour_is_a_400_naming_it(tiny_server, field, value):
@@ -174,3 +174,13 @@ def test_too_many_sequences_in_one_request_is_a_400(tiny_server):
     assert r.status_code == 400
     error = error_of(r)
     assert error["param"] == "prompt" and "48000 sequences" in error["message"]
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"use_beam_search": True, "stream": True}, "stream"), ({"best_of": 3}, "best_of"),
+    ({"structured_outputs": {"regex": "("}}, "structured_outputs"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 7}}}}, "response_format"),
+])
+def test_cross_field_errors_name_their_parameter(tiny_server, extra, param):
+    r = post(tiny_server, "/v1/completions", json={"model": TINY, "prompt": "hi", "max_tokens": 2, **extra})
+    assert r.status_code == 400 and error_of(r)["param"] == param, r.text

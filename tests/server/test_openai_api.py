@@ -229,3 +229,33 @@ def test_an_invalid_constraint_is_a_400_naming_it(tiny_server):
     r = httpx.post(f"{tiny_server.url}/v1/completions", json={"model": TINY, "prompt": "x", "max_tokens": 2,
                                                               "structured_outputs": {"regex": "("}})
     assert r.status_code == 400 and "unclosed group" in r.text
+
+
+def test_beam_search_over_http_finds_likelier_text_than_greedy(tiny_server):
+    import httpx
+
+    body = {"model": TINY, "prompt": "the quick brown", "max_tokens": 5, "ignore_eos": False}
+    greedy = httpx.post(f"{tiny_server.url}/v1/completions", json={**body, "temperature": 0, "logprobs": 0}).json()
+    beams = httpx.post(f"{tiny_server.url}/v1/completions",
+                       json={**body, "use_beam_search": True, "best_of": 4, "n": 2, "length_penalty": 0.0,
+                             "logprobs": 0}).json()
+    assert [c["index"] for c in beams["choices"]] == [0, 1]
+
+    def summed(choice):
+        return sum(choice["logprobs"]["token_logprobs"])
+    greedy_choice = greedy["choices"][0]
+    if greedy_choice["finish_reason"] == "length" and beams["choices"][0]["finish_reason"] == "length":
+        assert summed(beams["choices"][0]) >= summed(greedy_choice) - 1e-3
+    assert summed(beams["choices"][0]) >= summed(beams["choices"][1]) - 1e-3
+    r = httpx.post(f"{tiny_server.url}/v1/completions", json={**body, "use_beam_search": True, "stream": True})
+    assert r.status_code == 400 and "stream" in r.text
+    r = httpx.post(f"{tiny_server.url}/v1/completions", json={**body, "best_of": 3})
+    assert r.status_code == 400 and "use_beam_search" in r.text
+
+
+def test_beam_search_on_the_chat_endpoint(tiny_server):
+    reply = tiny_server.client().chat.completions.create(
+        model=TINY, messages=[{"role": "user", "content": "hello"}], max_tokens=4, n=2,
+        extra_body={"use_beam_search": True})
+    assert len(reply.choices) == 2 and all(c.finish_reason in ("stop", "length") for c in reply.choices)
+    assert reply.usage.completion_tokens >= 1

@@ -342,3 +342,12 @@ def test_n_samples_per_row_make_a_list_column(tiny):
     op = tiny.last_plan.plan.op(tiny.last_plan.llm_nodes()[0])
     assert op.n == 3 and tiny.last_actuals[tiny.last_plan.llm_nodes()[0]].llm.num_requests == 3 * out.num_rows
     assert "n: 3" in tiny.explain("SELECT generate('tiny', body, n => 3) AS g FROM t")
+
+
+def test_beam_search_in_sql(tiny):
+    beams = tiny.sql("SELECT generate('tiny', body, beam_width => 3, max_tokens => 5) AS g FROM t").arrow()
+    assert beams.num_rows == tiny.sql("SELECT count(*) AS n FROM t").arrow().column(0)[0].as_py()
+    assert all(isinstance(g, str) for g in beams.column("g").to_pylist())
+    assert "beam_width: 3" in tiny.explain("SELECT generate('tiny', body, beam_width => 3) AS g FROM t")
+    lists = tiny.sql("SELECT generate('tiny', body, beam_width => 3, n => 2, max_tokens => 5) AS g FROM t").arrow()
+    assert all(len(g) == 2 for g in lists.column("g").to_pylist())
