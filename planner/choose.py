@@ -70,8 +70,9 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
         shared = (shared + (requests_per_row - 1) * profile.tokens) / requests_per_row
     output, _ = expected_output_tokens(op, ctx)
     scored = LABEL_TOKENS if isinstance(op, L.Classify) else 0.0
+    constrained = isinstance(op, L.Generate) and op.sampling.structured is not None
     return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint,
-                       longest_output_tokens(op, ctx))
+                       longest_output_tokens(op, ctx), constrained)
 
 
 def longest_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> float:

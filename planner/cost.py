@@ -22,6 +22,9 @@ from operators.engine_config import EngineConfig
 
 COST_MODEL_VERSION = 2  # observations priced by another version do not calibrate this one
 OPS_PER_LAYER = 14  # torch ops one decoder layer launches (norms, matmuls, rope, attention, adds)
+# llguidance's next-token mask and its unpacking into a logits mask: ~0.1 ms a generated token, measured on the
+# 2-core Sapphire Rapids, where a tiny torch op takes ~2 us
+OPS_PER_CONSTRAINED_TOKEN = 50
 OPS_PER_STEP = 100  # embedding, final norm, logits, sampling, scheduling and batch tensors, in Python
 OPS_PER_ROW = 4  # per sequence in a step: its slots, its sampled token, detokenizing it (~35 us measured)
 OPS_PER_ROW_GATHER = 3  # the torch attention path also builds each row's gather indices and mask
@@ -41,6 +44,7 @@ class LLMWorkload:
     scored_tokens: float = 0.0  # continuation tokens scored per request (classify)
     cache_footprint_tokens: float = 0.0  # KV tokens the cache must keep for arrival order to find the sharing
     longest_output_tokens: float = 0.0  # the longest request's output: a wave decodes until it ends (0: the mean)
+    constrained: bool = False  # structured output: every generated token pays for the grammar's mask
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     per_step = OPS_PER_LAYER * config.num_layers + OPS_PER_STEP
     per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
     ops = (steps_prefill + steps_decode) * per_step + (decode_tokens + w.requests) * per_row + w.requests * OPS_PER_REQUEST
+    if w.constrained:
+        ops += decode_tokens * OPS_PER_CONSTRAINED_TOKEN
     overhead_s = hw.op_overhead_s * ops
 
     kv_bytes = min(knobs.kv_cache_memory, batch * seq_tokens * kv_per_token + w.static_prefix_tokens * kv_per_token)
