@@ -193,6 +193,7 @@ class Classify:
     instruction: str
     output: str
     options: LLMOptions = LLMOptions()
+    priority: int = 0  # of its score requests: lower runs first
     name = "Classify"
     deterministic = True  # likelihood scoring has no sampling
 
@@ -205,7 +206,8 @@ class Classify:
     def params(self):
         return [("model", self.model), ("text", sql(self.text)), ("labels", list(self.labels)),
                 ("instruction", self.instruction), ("output", self.output),
-                ("dedup", self.options.dedup), ("order", self.options.order)]
+                ("dedup", self.options.dedup), ("order", self.options.order)] + (
+                    [("priority", self.priority)] if self.priority else [])
 
 
 LLM_NODES = (Generate, Classify)

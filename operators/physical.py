@@ -175,11 +175,13 @@ class BatchedClassify:
     estimate: Estimate = field(default_factory=_no_estimate)
     choices: tuple[Choice, ...] = ()
     operator_kernels: tuple[OperatorKernel, ...] = ()
+    priority: int = 0
     name = "BatchedClassify"
 
     def params(self):
         return [("model", self.model), ("text", sql(self.text)), ("labels", list(self.labels)),
-                ("dedup", self.options.dedup), ("order", self.options.order)]
+                ("dedup", self.options.dedup), ("order", self.options.order)] + (
+                    [("priority", self.priority)] if self.priority else [])
 
 
 @dataclass(frozen=True)

@@ -325,7 +325,8 @@ class Binder:
         if len(names) < 2 or len(set(names)) != len(names):
             raise self.error("classify(): give at least two distinct labels", labels)
         default = f"Classify the text. Answer with exactly one of: {', '.join(names)}."
-        return L.Classify(entry.name, text, names, self.option(call, "instruction", default, str), output)
+        return L.Classify(entry.name, text, names, self.option(call, "instruction", default, str), output,
+                          priority=self.option(call, "priority", 0, int))
 
     def option(self, call: LLMCall, key: str, default, kind):
         value = call.option(key)

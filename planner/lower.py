@@ -68,7 +68,7 @@ def lower_llm(op: L.Generate | L.Classify, rows: float, stats, ctx: OptimizerCon
     if isinstance(op, L.Generate):
         return P.BatchedGenerate(prompt=op.prompt, sampling=op.sampling, chat=op.chat, priority=op.priority, n=op.n,
                                  **common)
-    return P.BatchedClassify(text=op.text, labels=op.labels, instruction=op.instruction, **common)
+    return P.BatchedClassify(text=op.text, labels=op.labels, instruction=op.instruction, priority=op.priority, **common)
 
 
 def lower(plan: Plan, rules: list[RuleRun], ctx: OptimizerContext) -> PhysicalPlan:

@@ -141,7 +141,7 @@ class Executor:
 
     def _BatchedClassify(self, op: P.BatchedClassify, inputs, record) -> pa.Table:
         def run(texts: list[str]) -> LLMOutcome:
-            return self.llm.classify(op.model, op.knobs, texts, op.labels, op.instruction, self.on_progress)
+            return self.llm.classify(op.model, op.knobs, texts, op.labels, op.instruction, self.on_progress, op.priority)
         return self._llm_column(inputs[0], op.text, op.output, op.options, run, record)
 
     def _llm_column(self, table: pa.Table, expr, output: str, options, run, record: Actuals,

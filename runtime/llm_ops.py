@@ -164,13 +164,13 @@ class LLMService:
                           shared_engine=shared is not None)
 
     def classify(self, model: str, knobs: EngineConfig, texts: list[str], labels: tuple[str, ...], instruction: str,
-                 on_progress: Progress | None = None) -> LLMOutcome:
+                 on_progress: Progress | None = None, priority: int = 0) -> LLMOutcome:
         tokenizer = self._load_model(model).tokenizer
         continuations = label_continuations(tokenizer, labels)
         requests = []
         for text in texts:
             prompt = tuple(classify_prompt(tokenizer, instruction, text))
-            requests += [ScoreRequest(prompt, c) for c in continuations]
+            requests += [ScoreRequest(prompt, c, priority) for c in continuations]
         per_row = len(labels)
         results, outcome = self._run(model, knobs, requests, on_progress, per_row)
         values = []

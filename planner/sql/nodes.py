@@ -42,7 +42,7 @@ class LLMGenerate(LLMCall):
 
 
 class LLMClassify(LLMCall):
-    """classify(model, text, ['label', ...] [, instruction => '...'])."""
+    """classify(model, text, ['label', ...] [, instruction => '...', priority => n])."""
     arg_types = {"model": True, "text": True, "labels": True, "options": False}
     _sql_names = ["CLASSIFY"]
-    NAMED = ("instruction",)
+    NAMED = ("instruction", "priority")

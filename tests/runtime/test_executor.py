@@ -235,3 +235,10 @@ def test_generate_takes_a_priority_and_explain_shows_it(tiny_con, monkeypatch):
     assert submitted == [-2]  # the engine's requests carry it
     with pytest.raises(SqlError, match="priority must be int"):
         tiny_con.sql("SELECT generate('tiny', body, priority => 'high') FROM pri")
+
+
+def test_classify_takes_a_priority(tiny_con):
+    tiny_con.register("cls", pa.table({"t": ["good day", "bad day"]}))
+    query = "SELECT classify('tiny', t, ['good', 'bad'], priority => 3) AS c FROM cls"
+    assert "priority: 3" in tiny_con.explain(query)
+    assert set(tiny_con.sql(query).arrow().column("c").to_pylist()) <= {"good", "bad"}
