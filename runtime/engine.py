@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,7 +28,7 @@ from operators.requests import (GenerationRequest, GenerationResult, SamplingPar
                               TokenLogprobs)
 from runtime.sampler import make_generator, sample
 from runtime.logits_processors import process
-from runtime.structured import Grammars
+from runtime.structured import Grammars, allowed_tokens
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -129,6 +130,7 @@ class Engine:
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()
         self.grammars = Grammars(tokenizer, model.config.vocab_size)
+        self._masks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-masks")  # llguidance drops the GIL
         self._counters = dict(num_steps=0, num_batched_tokens=0, num_computed_prompt_tokens=0,
                               num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0)
 
@@ -193,8 +195,19 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
+        # the next-token masks of constrained rows depend only on the tokens so far: computed beside the forward
+        masks = self._masks.submit(self._constraint_masks, batch) if self._any_constrained(batch) else None
         logits = self.runner.run(batch)  # [batch.num_logits, V]
-        return self._postprocess(batch, logits)
+        return self._postprocess(batch, logits, masks.result() if masks is not None else {})
+
+    def _any_constrained(self, batch: ScheduledBatch) -> bool:
+        return any(self._live[r.seq_id].constraint is not None for r in batch.rows if r.logit_offsets)
+
+    def _constraint_masks(self, batch: ScheduledBatch) -> dict[int, torch.Tensor]:
+        """seq_id -> allowed next tokens [V] bool, for the constrained rows that sample this step."""
+        vocab = self.model.config.vocab_size
+        return {r.seq_id: allowed_tokens(self._live[r.seq_id].constraint, vocab) for r in batch.rows
+                if r.logit_offsets and self._live[r.seq_id].constraint is not None}
 
     def generate(self, requests: list[GenerationRequest | ScoreRequest],
                  on_progress: Callable[[int, int], None] | None = None) -> list[GenerationResult | ScoreResult]:
@@ -219,7 +232,8 @@ class Engine:
             num_done = done
         return [h.result() for h in handles]
 
-    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> list[TokenEvent]:
+    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor,
+                     masks: dict[int, torch.Tensor] | None = None) -> list[TokenEvent]:
         self.scheduler.advance(batch, self._live)
         self._count(batch)
         to_sample, to_score, cursor = [], [], 0
@@ -235,7 +249,7 @@ class Engine:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
             params = [s.request.sampling for s in seqs]
-            processed = process(rows, seqs)  # penalties, bias, constraints: on a copy (logprobs stay the model's)
+            processed = process(rows, seqs, masks or {})  # penalties, bias, constraints: on a copy (logprobs stay)
             tokens = sample(processed, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
             logprobs = self._logprobs(rows, seqs, tokens)
             for seq, token, logprob in zip(seqs, tokens, logprobs):

@@ -13,8 +13,9 @@ import torch
 from runtime.structured import allowed_tokens
 
 
-def process(rows: torch.Tensor, seqs) -> torch.Tensor:
-    """rows [B, V] logits of seqs (runtime.sequence.Sequence) -> rows, or a processed copy when any asks."""
+def process(rows: torch.Tensor, seqs, masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """rows [B, V] logits of seqs (runtime.sequence.Sequence) -> rows, or a processed copy when any asks.
+    masks: seq_id -> allowed tokens [V], computed ahead (beside the forward pass); others are computed here."""
     todo = [i for i, s in enumerate(seqs) if s.constraint is not None or s.request.sampling.shapes_logits]
     if not todo:
         return rows
@@ -25,7 +26,9 @@ def process(rows: torch.Tensor, seqs) -> torch.Tensor:
         if p.shapes_logits:
             _penalize(row, seq, p)
         if seq.constraint is not None:
-            row.masked_fill_(~allowed_tokens(seq.constraint, row.shape[0]), float("-inf"))
+            allowed = (masks or {}).get(seq.seq_id)
+            allowed = allowed_tokens(seq.constraint, row.shape[0]) if allowed is None else allowed[:row.shape[0]]
+            row.masked_fill_(~allowed, float("-inf"))
     return rows
 
 
