@@ -155,6 +155,7 @@ MODEL_QUERIES = [
     "SELECT w.id, w.r, generate('tiny', b.name, max_tokens => 2) AS g FROM w JOIN b ON w.id = b.id",
 ]
 
+ORACLE_ANSWERS: dict[str, str] = {}  # prompt -> the tiny model's greedy answer, generated alone
 CALL = re.compile(r"generate\('tiny', (.+?), max_tokens => 2\)")
 
 
@@ -170,8 +171,8 @@ def tiny(tmp_path_factory, tiny_llama):
 
 def oracle_rows(tiny, query: str) -> Counter:
     """DuckDB's answer with each generate(p) a scalar Python function that asks the model for p alone: the
-    row-by-row oracle (each distinct prompt generated once, on its own)."""
-    answers: dict[str, str] = {}
+    row-by-row oracle (each distinct prompt generated once, on its own, and remembered across queries)."""
+    answers = ORACLE_ANSWERS
 
     def gen(prompt: str) -> str:
         if prompt not in answers:
