@@ -15,11 +15,10 @@ import argparse
 import json
 import statistics
 import tempfile
-from pathlib import Path
 
 import pyarrow as pa
 
-from bench.machine import describe
+from bench.machine import describe, publish
 from bench.w2_data import make_table, query as w2_query
 
 TOPICS = ["apples", "rivers", "chess", "volcanoes", "jazz", "bridges", "owls", "glaciers", "kites", "comets",
@@ -109,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         secs = [r["q_seconds"] for r in group]
         lines.append(f"\n{label}: output tokens median q {statistics.median(outs):.2f}, worst {max(outs):.2f}; "
                      f"seconds median q {statistics.median(secs):.2f}, worst {max(secs):.2f}")
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -253,8 +253,6 @@ if __name__ == "__main__":
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
     else:
-        report = main(args)
-        print(report)
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(report + "\n")
+        from bench.machine import publish
+
+        publish(main(args), args.out)

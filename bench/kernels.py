@@ -25,7 +25,7 @@ pin_threads_from_argv()
 
 import torch  # noqa: E402
 
-from bench.machine import ceilings, describe, read_bandwidth_gbs  # noqa: E402
+from bench.machine import ceilings, describe, publish, read_bandwidth_gbs  # noqa: E402
 from catalog.model_config import ModelConfig  # noqa: E402
 from codegen.measure import measure_kernel_cases  # noqa: E402
 
@@ -72,11 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    text = report(args.rounds)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    publish(report(args.rounds), args.out)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,13 @@ def ceilings() -> dict[str, float]:
         "fp32_gflops": matmul_gflops(torch.float32),
         "bf16_gflops": matmul_gflops(torch.bfloat16),
     }
+
+
+def publish(text: str, out: str | None) -> None:
+    """Print a benchmark's report and, where --out names a file, write it there (BENCHMARKS.md is written from
+    those files)."""
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if out:
+        with open(out, "w") as f:
+            f.write(text)

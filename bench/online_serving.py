@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.machine import cpu_model
+from bench.machine import cpu_model, publish
 from bench.w2_data import INSTRUCTION, make_table
 
 W1_PROMPTS = [f"Write a short product review for item number {i}. The review should mention price, quality and delivery."
@@ -269,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             process.wait(60)
     load = (load_before, os.getloadavg()[0])
     text = markdown(rows, args, None if args.no_ceilings else ceilings(), server, load)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    publish(text, args.out)
     return 0
 
 

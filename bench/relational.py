@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import sqlm
-from bench.machine import describe
+from bench.machine import describe, publish
 
 QUERIES = {
     "filter + count": "SELECT count(*) AS n FROM {t} WHERE v > 0.5 AND cat <> 'c3'",
@@ -78,10 +78,7 @@ def main() -> None:
                 lines.append(f"| {name} | {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x |")
                 print(lines[-1], flush=True)
         con.close()
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
-from bench.machine import describe
+from bench.machine import describe, publish
 
 HISTORY_TOPICS = ["the sea", "a lost key", "an old clock", "a red kite", "the moon", "a city at night"]
 BURST_TOPICS = ["a quiet library", "a mountain road", "a winter garden", "a paper boat"]
@@ -51,9 +50,6 @@ def main() -> None:
     tok = loaded.tokenizer
     predictor = LengthPredictor()
 
-    def predict(request) -> float:
-        return predictor.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]
-
     def sampling(long: bool) -> SamplingParams:
         return SamplingParams(max_tokens=LONG_TOKENS if long else SHORT_TOKENS, temperature=0.0)
 
@@ -68,7 +64,7 @@ def main() -> None:
     rows = {}
     for policy in ("fcfs", "spf"):
         engine = Engine(model, tok, EngineConfig(kv_cache_memory=256 << 20, max_batch_size=args.max_batch_size,
-                                                 scheduling=policy), predict)
+                                                 scheduling=policy), predictor.expected_tokens)
         t0 = time.perf_counter()
         handles = [engine.submit(engine.request_from_text(text, sampling(long))) for text, long in burst]
         done: dict[str, float] = {}
@@ -87,10 +83,7 @@ def main() -> None:
         lines.append(f"| {policy} | {statistics.mean(lat):.2f} | {statistics.mean(lat[args.long:]):.2f} | "
                      f"{statistics.mean(lat[:args.long]):.2f} |")
     lines += ["", f"spf / fcfs mean latency: {spf / fcfs:.2f}x (bar: <= 0.8x)"]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

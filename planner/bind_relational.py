@@ -86,20 +86,22 @@ class TableResolver:
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(default_alias))
         table.replace(exp.Table(this=exp.to_identifier(name), alias=alias))
 
-    def session(self, schema_only: bool) -> RelationalSession:
-        db = RelationalSession(threads=1, sources=() if schema_only else self.tables.values())
+    def session(self) -> RelationalSession:
+        """A DuckDB session with every resolved table registered (a source that cannot be opened, like a
+        statistics-only test table, as an empty table of its schema: planning needs the schema only)."""
+        db = RelationalSession(threads=1, sources=self.tables.values())
         for name, source in self.tables.items():
             try:
-                db.register(name, source.schema.empty_table() if schema_only else source)
+                db.register(name, source)
             except (OSError, ValueError, SourceError):
-                db.register(name, source.schema.empty_table())  # planning needs the schema only
+                db.register(name, source.schema.empty_table())
         return db
 
 
 def _planned(binder, resolver: TableResolver, tree: exp.Expr) -> tuple[str, pa.Schema, float, str]:
     """(DuckDB SQL, result schema, estimated rows, DuckDB's plan outline) of a resolved tree."""
     query = tree.sql(dialect="duckdb")
-    with resolver.session(schema_only=False) as db:
+    with resolver.session() as db:
         try:
             schema = db.schema(query)
         except RelationalError as e:

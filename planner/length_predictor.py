@@ -82,6 +82,10 @@ class LengthPredictor:
         lo, hi = similarity[nearest].min(), similarity[nearest].max()
         return value, f"the {nearest.size} most similar of {n} earlier requests (similarity {lo:.2f}-{hi:.2f})"
 
+    def expected_tokens(self, request) -> float:
+        """The engine's spf predictor: expected output tokens of an operators.requests.GenerationRequest."""
+        return self.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]
+
     def spread(self) -> tuple[float, float, int] | None:
         """(p10, p90) of the recorded output lengths and how many, or None before MIN_HISTORY."""
         n = len(self)

@@ -54,6 +54,7 @@ class Executor:
         """plan: anything with root, inputs(node), op(node) and tables (the catalog tables its subqueries
         read, by name), e.g. planner.graph.Plan of physical nodes."""
         actuals: dict[int, Actuals] = {}
+        self.scans = 0  # each TableScan registers its source under a name of its own
         scans = [plan.op(n).source for n in plan.walk() if isinstance(plan.op(n), P.TableScan)]
         with RelationalSession(self.threads, [s for _, s in getattr(plan, "tables", ())] + scans) as self.db:
             for name, source in getattr(plan, "tables", ()):
@@ -81,7 +82,7 @@ class Executor:
         return self.db.query(op.query)
 
     def _TableScan(self, op: P.TableScan, inputs, record) -> pa.Table:
-        self.scans = getattr(self, "scans", 0) + 1
+        self.scans += 1
         name = f"__scan_{self.scans}"
         self.db.register(name, op.source)
         prefix = f"{op.alias}." if op.alias else ""

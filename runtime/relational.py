@@ -51,12 +51,9 @@ def _translate(e: duckdb.Error) -> RelationalError:
     return RelationalError(info.get("exception_message", text), int(position) if position else None, kind)
 
 
-def source_relation(source: TableSource, schema_only: bool = False):
-    """What DuckDB scans for a catalog source: the in-memory table, or a lazy Arrow dataset of the
-    Parquet file (DuckDB pushes projections and filters into it). schema_only: an empty table of the
-    source's schema, for planning without reading anything."""
-    if schema_only:
-        return source.schema.empty_table()
+def source_relation(source: TableSource):
+    """What DuckDB scans for a catalog source it was not allowed to open itself: the in-memory table, or a lazy
+    Arrow dataset of the Parquet file (DuckDB pushes projections and filters into it)."""
     if source.table is not None:
         return source.table
     if source.kind == "parquet":

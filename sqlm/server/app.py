@@ -139,8 +139,7 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         kernels = kernel_set("cpu")
         model = kernels.build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
                                     prefill_dtype=config.prefill_dtype)
-        predict = lambda request: predictor.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]  # noqa: E731
-        engine = Engine(model, loaded.tokenizer, config, predict, kernels=kernels)
+        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels)
         # what request plans obey: the engine as it runs (its pool's real size)
         knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
                         kv_cache_dtype=config.resolved_kv_cache_dtype())

@@ -9,7 +9,6 @@ the catalog every FLUSH_SECONDS, off the event loop: a request never waits on SQ
     planner = RequestPlanner.for_engine(catalog, settings, facts, knobs)
     plan = planner.plan(prompts, sampling, chat=True)   # a PhysicalPlan: knobs, estimates, choices
     planner.record(plan, results)                       # when the request has ended
-    planner.predict(request)                            # the engine's spf predictor: expected output tokens
 
 Every finished request also teaches the per-request length predictor (planner/length_predictor.py),
 persisted with the catalog, so a restarted server predicts from what the last one saw.
@@ -104,10 +103,6 @@ class RequestPlanner:
         ctx = catalog_context(catalog, settings, {facts.name: facts}, Statistics(lengths), {facts.name: knobs})
         ctx = replace(ctx, online=True, length_spread=predictor.spread())
         return RequestPlanner(ctx, lengths, facts.name, predictor, catalog)
-
-    def predict(self, request) -> float:
-        """Expected output tokens of an operators.requests.GenerationRequest (the engine's spf predictor)."""
-        return self.predictor.predict(request.prompt_token_ids, request.sampling.max_tokens)[0]
 
     def plan(self, prompts: list[tuple[int, ...]], sampling: SamplingParams, chat: bool) -> PhysicalPlan:
         guesses = [self.predictor.predict(p, sampling.max_tokens) for p in prompts]

@@ -160,6 +160,16 @@ def test_cancel_frees_blocks(tiny):
     assert h_keep.result().output_token_ids == generate(model, tokenizer, keep).output_token_ids
 
 
+def finishing_order(engine, requests) -> list[str]:
+    """Request ids in the order their requests finished, all submitted at once."""
+    handles = [engine.submit(r) for r in requests]
+    order = []
+    while engine.has_unfinished:
+        engine.step()
+        order += [h.request_id for h in handles if h.finished and h.request_id not in order]
+    return order
+
+
 def test_priority_and_shortest_predicted_first_order(tiny):
     model, tokenizer = tiny
     long_req = GenerationRequest((5, 6, 7), SamplingParams(max_tokens=8, ignore_eos=True), request_id="long")
@@ -167,13 +177,7 @@ def test_priority_and_shortest_predicted_first_order(tiny):
     urgent = GenerationRequest((10, 11), SamplingParams(max_tokens=8, ignore_eos=True), priority=-5, request_id="urgent")
 
     def finish_order(config, requests):
-        engine = Engine(model, tokenizer, config)
-        handles = [engine.submit(r) for r in requests]
-        order = []
-        while engine.has_unfinished:
-            engine.step()
-            order += [h.request_id for h in handles if h.finished and h.request_id not in order]
-        return order
+        return finishing_order(Engine(model, tokenizer, config), requests)
 
     one_at_a_time = dict(kv_cache_memory=8 << 20, max_batch_size=1)
     assert finish_order(EngineConfig(**one_at_a_time), [long_req, short_req]) == ["long", "short"]
@@ -283,13 +287,8 @@ def test_spf_with_the_learned_predictor_runs_the_requests_like_short_earlier_one
     def start_order(scheduling):
         engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, max_batch_size=1,
                                                        scheduling=scheduling),
-                        lambda r: predictor.predict(r.prompt_token_ids, r.sampling.max_tokens)[0])
-        handles = [engine.submit(r) for r in requests]
-        order = []
-        while engine.has_unfinished:
-            engine.step()
-            order += [h.request_id for h in handles if h.finished and h.request_id not in order]
-        return order
+                        predictor.expected_tokens)
+        return finishing_order(engine, requests)
 
     assert start_order("fcfs") == ["long0", "long1", "short0", "short1"]
     assert start_order("spf") == ["short0", "short1", "long0", "long1"]
