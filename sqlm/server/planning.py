@@ -6,13 +6,13 @@ corrections and the model's facts do not change while serving, and the engine's 
 fixed (facts a plan obeys, not choices). Output lengths are kept in memory and written to
 the catalog every FLUSH_SECONDS, off the event loop: a request never waits on SQLite.
 
-    planner = RequestPlanner.for_engine(catalog, settings, facts, knobs)
+    planner = RequestPlanner.for_engine(catalog, settings, facts, knobs, predictor)
     plan = planner.plan(prompts, sampling, chat=True)   # a PhysicalPlan: knobs, estimates, choices
     planner.record(plan, results)                       # when the request has ended
+    planner.flush()                                     # now and then, on a worker thread
 
 Every finished request also teaches the per-request length predictor (planner/length_predictor.py),
 persisted with the catalog, so a restarted server predicts from what the last one saw.
-    planner.flush()                                     # now and then, on a worker thread
 """
 from __future__ import annotations
 
