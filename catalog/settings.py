@@ -100,6 +100,11 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
          "KV cache element type (bf16 halves KV memory and rounds K/V)"),
     Knob("prefill_dtype", "auto", _choice("prefill_dtype", "auto", "fp32", "bf16"),
          "element type of quantized (native/tvm) matmuls over >= 64 rows (bf16 rounds activations and weights)"),
+    Knob("speculative", "auto", _choice("speculative", "auto", "off", "ngram", "draft"),
+         "speculative decoding: drafts from n-gram prompt lookup or a smaller draft model, verified in one step; "
+         "auto: where the expected acceptance pays for the verify cost at the plan's batch size"),
+    Knob("num_speculative_tokens", "auto", _auto_or_int("num_speculative_tokens", 1, 16),
+         "draft tokens per sequence and step when speculating"),
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
     Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),

@@ -45,6 +45,10 @@ DROP TABLE IF EXISTS cost_feedback;
 CREATE TABLE IF NOT EXISTS cost_observations (
     model TEXT NOT NULL, variant TEXT NOT NULL, cost_model INTEGER NOT NULL, prefill_estimate REAL NOT NULL,
     decode_estimate REAL NOT NULL, overhead_estimate REAL NOT NULL, actual REAL NOT NULL, recorded REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS speculation_stats (
+    model TEXT NOT NULL, template TEXT NOT NULL, method TEXT NOT NULL, draft_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, steps INTEGER NOT NULL, drafted INTEGER NOT NULL, accepted INTEGER NOT NULL,
+    PRIMARY KEY (model, template, method, draft_tokens));
 CREATE TABLE IF NOT EXISTS length_examples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, prompt BLOB NOT NULL, length INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS length_examples_model ON length_examples (model, id);
@@ -270,6 +274,21 @@ class Catalog:
         rows = self._query("SELECT length, censored, count FROM output_lengths WHERE model = ? AND template = ?"
                            " ORDER BY length", (model.lower(), template))
         return [(n, bool(c), k) for n, c, k in rows]
+
+    # -- speculative decoding per (model, prompt template): what drafts were accepted ---------------------------
+    def record_speculation(self, model: str, template: str, method: str, sums: dict[int, tuple[int, int, int, int]]) -> None:
+        """sums: draft tokens k -> (output tokens, decode steps, drafted, accepted), added to what is there."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO speculation_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, template, method, "
+                "draft_tokens) DO UPDATE SET output_tokens = output_tokens + excluded.output_tokens, steps = steps + "
+                "excluded.steps, drafted = drafted + excluded.drafted, accepted = accepted + excluded.accepted",
+                [(model.lower(), template, method, int(k), *map(int, v)) for k, v in sums.items()])
+
+    def speculation_stats(self, model: str, template: str, method: str) -> dict[int, tuple[int, int, int, int]]:
+        rows = self._query("SELECT draft_tokens, output_tokens, steps, drafted, accepted FROM speculation_stats "
+                           "WHERE model = ? AND template = ? AND method = ?", (model.lower(), template, method))
+        return {k: (n, s, d, a) for k, n, s, d, a in rows}
 
     # -- finished requests (prompt tail, output length): what the per-request length predictor learns from ------
     EXAMPLE_PROMPT_TOKENS = 256  # the prompt's last tokens are kept: where a request says what it wants

@@ -22,6 +22,7 @@ CHOICES = {
     "kv_cache_dtype": ("auto", "fp32", "bf16"),
     "attention_kernel": ("tvm", "torch"),  # codegen's paged kernel | gather + SDPA
     "prefill_dtype": ("fp32", "bf16"),
+    "speculative": ("off", "ngram", "draft"),
 }
 
 
@@ -50,6 +51,11 @@ class EngineConfig:
     # what the native/tvm path's quantized linears compute batches of >= bf16_min_tokens rows in
     # (codegen.quant_crossover); 'bf16' for bf16 weights, 'fp32' on every other path, where it is no choice
     prefill_dtype: str = "fp32"
+    # speculative decoding (runtime/speculation.py): drafts from n-gram prompt lookup or a smaller draft model,
+    # up to num_speculative_tokens a decoding sequence and step, verified in one multi-token pass
+    speculative: str = "off"
+    num_speculative_tokens: int = 5
+    draft_model: str | None = None  # the catalog model that drafts when speculative = 'draft'
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
@@ -60,6 +66,10 @@ class EngineConfig:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.prefill_chunk_tokens < 1:
             raise ValueError(f"prefill_chunk_tokens must be >= 1, got {self.prefill_chunk_tokens}")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError(f"num_speculative_tokens must be in 1..16, got {self.num_speculative_tokens}")
+        if (self.speculative == "draft") != (self.draft_model is not None):
+            raise ValueError("speculative = 'draft' needs a draft_model, and a draft_model needs speculative = 'draft'")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         for name, allowed in CHOICES.items():

@@ -22,6 +22,7 @@ from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
 from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
 from planner.sql.dialect import Sqlm
+from runtime.speculation import SPECULATIVE_TOKENS
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # when the budget is auto: what the engine may take on a shared box
 # candidates in tie-break order: on equal cost the first wins (more parallelism, the engine's defaults)
@@ -72,7 +73,35 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
     scored = LABEL_TOKENS if isinstance(op, L.Classify) else 0.0
     constrained = isinstance(op, L.Generate) and op.sampling.structured is not None
     return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint,
-                       longest_output_tokens(op, ctx), constrained)
+                       longest_output_tokens(op, ctx), constrained, speculation_estimates(op, ctx))
+
+
+# prompt lookup before any statistics of the template: drafts found on PRIOR_DRAFT_RATE of the steps, each draft
+# token accepted with PRIOR_ACCEPTANCE given the ones before it (chat answers that quote their prompt, roughly)
+PRIOR_DRAFT_RATE = 0.4
+PRIOR_ACCEPTANCE = 0.6
+
+
+def speculation_estimates(op, ctx: OptimizerContext) -> tuple[tuple[str, int, float, float], ...]:
+    """(method, k, drafted, accepted per sequence and decode step) for each draft length the optimizer prices.
+    Only rows that can speculate (runtime.speculation.speculable): greedy or plainly sampled generate."""
+    if not isinstance(op, L.Generate) or op.sampling.structured is not None or op.sampling.shapes_logits:
+        return ()
+    out = []
+    for k in SPECULATIVE_TOKENS:
+        seen = ctx.statistics.speculation(op.model, template_key(op), "ngram", k)
+        if seen is None:
+            accepted = PRIOR_DRAFT_RATE * sum(PRIOR_ACCEPTANCE ** i for i in range(1, k + 1))
+            seen = (PRIOR_DRAFT_RATE * k, accepted, 0)
+        out.append(("ngram", k, seen[0], seen[1]))
+    return tuple(out)
+
+
+def speculation_source(op, ctx: OptimizerContext, k: int) -> str:
+    seen = ctx.statistics.speculation(op.model, template_key(op), "ngram", k)
+    if seen is None:
+        return f"a prior (drafts on {PRIOR_DRAFT_RATE:.0%} of steps, each accepted with p {PRIOR_ACCEPTANCE})"
+    return f"prompt lookup replayed on {seen[2]:,} earlier output tokens of this template"
 
 
 def longest_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> float:
@@ -103,6 +132,7 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineConfig:
         kv_cache_dtype=_auto_or(s, "kv_cache_dtype", "fp32"),
         prefill_dtype=_auto_or(s, "prefill_dtype", "fp32"),
         attention_kernel=_auto_or(s, "kernels", "tvm" if "tvm" in ctx.kernels else "torch"),
+        num_speculative_tokens=_auto_or(s, "num_speculative_tokens", SPECULATIVE_TOKENS[0]),
     )
 
 
@@ -197,6 +227,9 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
                      w, facts, ctx, is_forced, saving)
     choices.append(c)
 
+    c, knobs = _pick_speculative(op, knobs, w, facts, ctx)
+    choices.append(c)
+
     if ctx.online:
         c, knobs = _pick_online_scheduling(knobs, w, facts, ctx)
         choices.append(c)
@@ -220,6 +253,38 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     if op.model in ctx.running:
         choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
+
+
+def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """Off, or prompt lookup with each priced draft length: drafts pay where a step's cost hardly grows with its
+    rows (batch-1 decode reads every weight for one token) and accepted tokens save whole steps; at large batches
+    the step is compute-bound and verifying drafts costs about what it saves."""
+    s = ctx.settings_for(op.model)
+    ks = SPECULATIVE_TOKENS if s.is_auto("num_speculative_tokens") else (knobs.num_speculative_tokens,)
+    methods = [m for m, *_ in w.speculation]
+    candidates = [("off", replace(knobs, speculative="off"))]
+    candidates += [(f"ngram k={k}", replace(knobs, speculative="ngram", num_speculative_tokens=k))
+                   for k in ks if "ngram" in methods]
+    forced = not s.is_auto("speculative")
+    if forced:
+        if s.speculative == "draft":
+            raise ValueError("speculative = 'draft' needs a draft model in the catalog; none is usable yet")
+        eligible = tuple(v for v, _ in candidates if v.split(" ")[0] == s.speculative)
+        if not eligible:  # SET ngram on a request that cannot speculate (penalties, structured output): off
+            eligible = ("off",)
+    else:
+        eligible = None
+
+    def note(chosen, other) -> str:
+        value = chosen[2] if chosen[2] != "off" else (other[2] if other else "off")
+        if value == "off":
+            return "these requests cannot speculate (penalties, structured output or classify)"
+        k = chosen[3].num_speculative_tokens if chosen[2] != "off" else other[3].num_speculative_tokens
+        drafted, accepted = w.drafts(replace(knobs, speculative="ngram", num_speculative_tokens=k))
+        rate = accepted / drafted if drafted else 0.0
+        return (f"ngram k={k}: expected acceptance {rate:.0%} ({accepted:.2f} of {drafted:.2f} drafted tokens a "
+                f"step), from {speculation_source(op, ctx, k)}")
+    return _pick("speculative", candidates, w, facts, ctx, forced, note, eligible=eligible)
 
 
 SPF_MIN_SPREAD = 2.0  # p90 / p10 of earlier output lengths from which shortest-first pays online

@@ -7,6 +7,8 @@ A query's model calls cost three kinds of time, which calibration corrects separ
   over the cached context, at the measured rate of the engine's attention backend;
 - decode: one step per generated token of the longest sequence in each wave of max_batch_size
   sequences, every step reading every weight once, plus attention over each sequence's context;
+  with speculative decoding a sequence's step runs its drafts too (more rows through the linears and
+  attention) and emits 1 + accepted tokens (fewer steps);
 - overhead: Python and kernel launches, per engine step (per layer), per sequence in a step,
   and per request (chat template, tokenizer, result).
 Estimates come in, seconds and bytes go out; nothing here chooses.
@@ -45,6 +47,18 @@ class LLMWorkload:
     cache_footprint_tokens: float = 0.0  # KV tokens the cache must keep for arrival order to find the sharing
     longest_output_tokens: float = 0.0  # the longest request's output: a wave decodes until it ends (0: the mean)
     constrained: bool = False  # structured output: every generated token pays for the grammar's mask
+    # speculative decoding, per (method, draft tokens k): (drafted, accepted) tokens per sequence and decode step,
+    # learned per template (planner/choose.py) or the prior
+    speculation: tuple[tuple[str, int, float, float], ...] = ()
+
+    def drafts(self, knobs: EngineConfig) -> tuple[float, float]:
+        """(drafted, accepted) per sequence and decode step under the knobs' speculation; (0, 0) without."""
+        if knobs.speculative == "off":
+            return 0.0, 0.0
+        for method, k, drafted, accepted in self.speculation:
+            if (method, k) == (knobs.speculative, knobs.num_speculative_tokens):
+                return drafted, accepted
+        return 0.0, 0.0
 
 
 @dataclass(frozen=True)
@@ -224,15 +238,19 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     decode_tokens = w.requests * per_request
     steps_decode = (math.ceil(w.requests / batch) - 1) * per_request + longest if decode_tokens > 0 else 0.0
     decode_s = rows = 0.0
+    drafted, accepted = w.drafts(knobs)
     if steps_decode:
-        rows = decode_tokens / steps_decode  # sequences in an average decode step
+        rows = decode_tokens / steps_decode * (1 + drafted)  # tokens through the model in an average decode step
+        steps_decode /= 1 + accepted
         decode_s = steps_decode * _matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
         context = w.prompt_tokens + w.output_tokens / 2
-        decode_s += _attention_seconds(decode_tokens * context, "decode", knobs, config, hw)
+        decode_s += _attention_seconds(decode_tokens * context * (1 + drafted) / (1 + accepted), "decode", knobs,
+                                       config, hw)
 
     per_step = OPS_PER_LAYER * config.num_layers + OPS_PER_STEP
     per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
-    ops = (steps_prefill + steps_decode) * per_step + (decode_tokens + w.requests) * per_row + w.requests * OPS_PER_REQUEST
+    ops = ((steps_prefill + steps_decode) * per_step + (decode_tokens / (1 + accepted) + w.requests) * per_row
+           + w.requests * OPS_PER_REQUEST)
     if w.constrained:
         ops += decode_tokens * OPS_PER_CONSTRAINED_TOKEN
     overhead_s = hw.op_overhead_s * ops

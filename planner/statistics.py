@@ -90,6 +90,7 @@ class StatsStore(Protocol):
     def column_stats(self, source: str) -> dict[str, dict]: ...
     def put_column_stats(self, source: str, stats: dict[str, dict]) -> None: ...
     def output_length_histogram(self, model: str, template: str) -> list[tuple[int, bool, int]]: ...
+    def speculation_stats(self, model: str, template: str, method: str) -> dict[int, tuple[int, int, int, int]]: ...
 
 
 class Statistics:
@@ -133,6 +134,15 @@ class Statistics:
         total = sum(count for _, _, count in hist)
         expected = sum(min(n, max_tokens) * count for n, _, count in hist) / total
         return expected, total
+
+    def speculation(self, model: str, template: str, method: str, k: int) -> tuple[float, float, int] | None:
+        """(drafted, accepted) tokens per decode step of one sequence with k drafts, and the output tokens they were
+        measured over; None without history."""
+        sums = self.store.speculation_stats(model, template, method).get(k) if self.store is not None else None
+        if not sums or not sums[1]:
+            return None
+        tokens, steps, drafted, accepted = sums
+        return drafted / steps, accepted / steps, tokens
 
     def output_length_p90(self, model: str, template: str, max_tokens: int) -> int | None:
         """The 90th percentile of min(length, max_tokens) over the template's history, or None without one."""

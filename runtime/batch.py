@@ -2,7 +2,8 @@
 
 The scheduler builds it; `ModelRunner.prepare_batch` turns it into tensors. Every
 row is a chunk of one sequence's tokens: a decode is a chunk of one token, a prefill
-chunk is several; both attend to the sequence's cached prefix plus themselves.
+chunk is several, a speculative decode is one token plus its drafts; all attend to the
+sequence's cached prefix plus themselves.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class BatchRow:
     start: int  # tokens of this sequence already in the KV cache
     block_table: tuple[int, ...]  # physical blocks covering positions 0 .. start + len - 1
     logit_offsets: tuple[int, ...]  # offsets within the chunk whose next-token logits are needed
+    num_draft_tokens: int = 0  # speculative: the chunk's last tokens are drafts to verify, not yet the sequence's
 
     @property
     def num_tokens(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -30,8 +30,12 @@ from runtime.sampler import make_generator, sample
 from runtime.logits_processors import process
 from runtime.structured import Grammars, allowed_tokens
 from runtime.scheduler import Scheduler
+from runtime.speculation import PromptLookup, speculable, verify
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+SPECULATION_OFF = dict(speculative="off", num_speculative_tokens=5, draft_model=None)  # what set_speculation may change
 
 
 class KVCacheTooSmallError(ValueError):
@@ -49,11 +53,17 @@ class EngineStats:
     num_generated_tokens: int
     num_scored_tokens: int
     num_block_copies: int  # copy-on-write copies of shared blocks
+    num_draft_tokens: int  # speculative tokens verified
+    num_accepted_draft_tokens: int  # of those, the ones the target model accepted
     preemptions: int
     peak_blocks: int  # most KV blocks in use at once
     num_blocks: int
     block_size: int
     kv_cache_bytes: int
+
+    @property
+    def draft_acceptance_rate(self) -> float | None:
+        return self.num_accepted_draft_tokens / self.num_draft_tokens if self.num_draft_tokens else None
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -127,12 +137,25 @@ class Engine:
         attention = (kernels or kernel_set("cpu")).attention() if config.attention_kernel == "tvm" else None
         self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, attention)
         self._live: dict[int, Sequence] = {}
+        self.proposer: PromptLookup | None = None
+        self.set_speculation(config)
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()
         self.grammars = Grammars(tokenizer, model.config.vocab_size)
         self._masks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-masks")  # llguidance drops the GIL
         self._counters = dict(num_steps=0, num_batched_tokens=0, num_computed_prompt_tokens=0,
-                              num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0)
+                              num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0,
+                              num_draft_tokens=0, num_accepted_draft_tokens=0)
+
+    def set_speculation(self, config: EngineConfig) -> None:
+        """Take config's speculative knobs (the rest must be this engine's): a plan that differs from the last one
+        only in how it speculates reuses the engine, its KV pool and its prefix cache."""
+        if replace(config, **SPECULATION_OFF) != replace(self.config, **SPECULATION_OFF):
+            raise ValueError("set_speculation changes only the speculative knobs")
+        self.config = config
+        self.proposer = PromptLookup() if config.speculative == "ngram" else None
+        for seq in self._live.values():
+            seq.draft_token_ids = []
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -191,7 +214,9 @@ class Engine:
     # --- the loop -----------------------------------------------------------------------------
 
     def step(self) -> list[TokenEvent]:
-        """One iteration: schedule a batch, run the model on it, apply its tokens."""
+        """One iteration: draft (when speculative), schedule a batch, run the model on it, apply its tokens."""
+        if self.proposer is not None:
+            self._propose()
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
@@ -199,6 +224,17 @@ class Engine:
         masks = self._masks.submit(self._constraint_masks, batch) if self._any_constrained(batch) else None
         logits = self.runner.run(batch)  # [batch.num_logits, V]
         return self._postprocess(batch, logits, masks.result() if masks is not None else {})
+
+    def _propose(self) -> None:
+        """Drafts for the running sequences that decode next: never past max_tokens or the context (the
+        target's own token follows the drafts)."""
+        context = self.model.config.max_position_embeddings
+        for seq in self.scheduler.running:
+            k = 0
+            if seq.num_remaining_tokens == 1 and speculable(seq):
+                k = min(self.config.num_speculative_tokens, seq.max_new_tokens - seq.num_output_tokens - 1,
+                        context - len(seq.token_ids) - 1)
+            seq.draft_token_ids = self.proposer.propose(seq.seq_id, seq.token_ids, k) if k > 0 else []
 
     def _any_constrained(self, batch: ScheduledBatch) -> bool:
         return any(self._live[r.seq_id].constraint is not None for r in batch.rows if r.logit_offsets)
@@ -236,15 +272,19 @@ class Engine:
                      masks: dict[int, torch.Tensor] | None = None) -> list[TokenEvent]:
         self.scheduler.advance(batch, self._live)
         self._count(batch)
-        to_sample, to_score, cursor = [], [], 0
+        to_sample, to_score, to_verify, cursor = [], [], [], 0
         for row in batch.rows:
             seq = self._live[row.seq_id]
-            if row.logit_offsets:
+            if row.num_draft_tokens:
+                to_verify.append((seq, row, cursor))
+            elif row.logit_offsets:
                 (to_score if seq.is_score else to_sample).append((seq, row, cursor))
             cursor += len(row.logit_offsets)
         if to_score:
             self._apply_scores(to_score, logits)
         events = []
+        for seq, row, cursor in to_verify:
+            events += self._verify(seq, row, logits[cursor : cursor + len(row.logit_offsets)])
         if to_sample:
             seqs = [seq for seq, _, _ in to_sample]
             rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
@@ -265,6 +305,34 @@ class Engine:
                 if seq.on_token:
                     seq.on_token(event)
                 events.append(event)
+        return events
+
+    def _verify(self, seq: Sequence, row, rows: torch.Tensor) -> list[TokenEvent]:
+        """rows [1 + drafts, V]: keep the accepted drafts and the target's next token (runtime/speculation.py)."""
+        if seq.is_finished:  # cancelled by a callback earlier in this step
+            return []
+        params = seq.request.sampling
+        drafts = list(row.token_ids[1:])
+        tokens = verify(rows, drafts, params, seq.generator, self.tokenizer.eos_token_ids)
+        self._counters["num_draft_tokens"] += len(drafts)
+        self._counters["num_accepted_draft_tokens"] += len(tokens) - 1
+        logprobs = ([None] * len(tokens) if seq.output_logprobs is None else
+                    token_logprobs(rows[: len(tokens)], tokens, [params.logprobs] * len(tokens)))
+        events = []
+        for token, logprob in zip(tokens, logprobs):
+            if logprob is not None:
+                seq.output_logprobs.append(logprob)
+            events.append(TokenEvent(seq.request_id, token, seq.append_token(token, self.tokenizer.eos_token_ids),
+                                     seq.finish_reason, logprob))
+            self._counters["num_generated_tokens"] += 1
+            if seq.finish_reason:
+                break
+        self.scheduler.accept_drafts(seq, min(len(events), len(tokens) - 1))
+        if seq.finish_reason:
+            self._finish(seq, seq.finish_reason)
+        for event in events:
+            if seq.on_token:
+                seq.on_token(event)
         return events
 
     @staticmethod
@@ -303,6 +371,8 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq, reason)
+        if self.proposer is not None:
+            self.proposer.forget(seq.seq_id)
         self._live.pop(seq.seq_id, None)
         self._by_request_id.pop(seq.request_id, None)
 

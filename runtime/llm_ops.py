@@ -20,6 +20,7 @@ from codegen.kernel_set import kernel_set
 from operators.engine_config import EngineConfig
 from runtime.beam_search import beam_search, text_of
 from runtime.engine import Engine
+from runtime.speculation import prompt_lookup_statistics
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
 Progress = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated so far)
@@ -57,6 +58,10 @@ class LLMOutcome:
     seconds: float = 0.0  # in the engine
     load_seconds: float = 0.0  # loading weights and building the engine (once per connection and knobs)
     shared_engine: bool = False  # ran beside other work, so `seconds` says little about this plan's cost
+    num_draft_tokens: int = 0  # speculative tokens verified (the engine's counters over this run)
+    num_accepted_draft_tokens: int = 0
+    # k -> (output tokens, decode steps, drafted, accepted) of prompt lookup replayed on the outputs
+    prompt_lookup: dict = field(default_factory=dict)
 
 
 def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LLMOutcome:
@@ -68,7 +73,7 @@ def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LL
                       num_prompt_tokens=prompt, num_cached_prompt_tokens=cached,
                       num_computed_prompt_tokens=prompt - cached,
                       num_generated_tokens=sum(len(r.output_token_ids) for r in generations),
-                      seconds=seconds, shared_engine=shared_engine)
+                      seconds=seconds, shared_engine=shared_engine, prompt_lookup=prompt_lookup_statistics(generations))
 
 
 def classify_prompt(tokenizer, instruction: str, text: str) -> list[int]:
@@ -115,6 +120,12 @@ class LLMService:
             self._models[key] = kernel_set("cpu").build_model(loaded, kernels=knobs.kernels,
                                                               weight_format=knobs.weight_format, **options)
         cached = self._engines.get(model)
+        if cached is not None and cached[0][0] == key and cached[0][1] != knobs:
+            try:  # a plan that speculates differently keeps the engine and its prefix cache
+                cached[1].set_speculation(knobs)
+                cached = self._engines[model] = ((key, knobs), cached[1])
+            except ValueError:
+                pass
         if cached is None or cached[0] != (key, knobs):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
@@ -192,10 +203,14 @@ class LLMService:
             results = shared.run(requests, rows)
         else:
             engine = self.engine(model, knobs)
-            before, t0 = engine.stats.num_generated_tokens, time.perf_counter()
+            before, t0 = engine.stats, time.perf_counter()
             progress = None if rows is None else (
-                lambda done, total: rows(done, total, engine.stats.num_generated_tokens - before))
+                lambda done, total: rows(done, total, engine.stats.num_generated_tokens - before.num_generated_tokens))
             results = engine.generate(requests, on_progress=progress)
         outcome = outcome_of(results, time.perf_counter() - t0, shared is not None)
         outcome.load_seconds = t0 - t_load
+        if shared is None:
+            after = engine.stats
+            outcome.num_draft_tokens = after.num_draft_tokens - before.num_draft_tokens
+            outcome.num_accepted_draft_tokens = after.num_accepted_draft_tokens - before.num_accepted_draft_tokens
         return results, outcome

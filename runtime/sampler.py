@@ -22,14 +22,11 @@ def _without_eos(row: torch.Tensor, eos_ids: frozenset[int]) -> torch.Tensor:
     return row
 
 
-def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-               eos_ids: frozenset[int] = frozenset()) -> int:
-    """logits [V] -> token id. ignore_eos masks the EOS tokens out (llama.cpp's and HF
-    min_new_tokens' meaning): the sequence runs to max_tokens with the best non-EOS token."""
+def distribution(logits: torch.Tensor, params: SamplingParams, eos_ids: frozenset[int] = frozenset()) -> torch.Tensor:
+    """logits [V] -> the probabilities [V] a non-greedy request samples from: temperature, top-k, min_p,
+    top-p, and ignore_eos's masking, in vLLM's order. Speculative verification accepts drafts against it."""
     if params.ignore_eos and eos_ids:
         logits = _without_eos(logits, eos_ids)
-    if params.greedy:
-        return int(torch.argmax(logits))
     scores = logits.float() / params.temperature
     if params.top_k > 0:
         kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
@@ -43,7 +40,22 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return probs
+
+
+def greedy_token(logits: torch.Tensor, params: SamplingParams, eos_ids: frozenset[int] = frozenset()) -> int:
+    if params.ignore_eos and eos_ids:
+        logits = _without_eos(logits, eos_ids)
+    return int(torch.argmax(logits))
+
+
+def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+               eos_ids: frozenset[int] = frozenset()) -> int:
+    """logits [V] -> token id. ignore_eos masks the EOS tokens out (llama.cpp's and HF
+    min_new_tokens' meaning): the sequence runs to max_tokens with the best non-EOS token."""
+    if params.greedy:
+        return greedy_token(logits, params, eos_ids)
+    return int(torch.multinomial(distribution(logits, params, eos_ids), 1, generator=generator))
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],

@@ -71,7 +71,8 @@ class Scheduler:
         queue = sorted(self.running, key=precedence)  # not yet scheduled this step
         while queue and budget > 0:
             seq = queue.pop(0)
-            num_tokens = min(seq.num_remaining_tokens, budget)
+            # a decode verifies its drafts in the same row, as far as the budget and the pool allow
+            num_tokens = min(seq.num_remaining_tokens + self._drafts(seq), budget)
             while (fit := min(num_tokens, self.kv.max_new_tokens(seq))) == 0 and queue:
                 preempted.append(self._preempt(queue.pop()))  # the lowest-precedence one left
             reserved = self.kv.reserve(seq, fit) if fit else None
@@ -154,10 +155,19 @@ class Scheduler:
         end = (seq.num_computed_tokens // self.kv.block_size + 1) * self.kv.block_size
         return tuple(seq.token_ids[:end]) if end <= len(seq.token_ids) else ()
 
+    @staticmethod
+    def _drafts(seq: Sequence) -> int:
+        return len(seq.draft_token_ids) if seq.num_remaining_tokens == 1 else 0
+
     def _row(self, seq: Sequence, num_tokens: int) -> BatchRow:
         start = seq.num_computed_tokens
-        return BatchRow(seq.seq_id, tuple(seq.token_ids[start : start + num_tokens]), start,
-                        tuple(seq.block_table), seq.logit_offsets(start, num_tokens))
+        real = min(num_tokens, seq.num_remaining_tokens)
+        drafts = seq.draft_token_ids[: num_tokens - real] if real == 1 else []
+        if drafts:  # the last real token and every draft need their next-token logits
+            return BatchRow(seq.seq_id, (seq.token_ids[start], *drafts), start, tuple(seq.block_table),
+                            tuple(range(1 + len(drafts))), len(drafts))
+        return BatchRow(seq.seq_id, tuple(seq.token_ids[start : start + real]), start,
+                        tuple(seq.block_table), seq.logit_offsets(start, real))
 
     def _preempt(self, seq: Sequence) -> Sequence:
         self.running.remove(seq)
@@ -171,11 +181,17 @@ class Scheduler:
         return seq
 
     def advance(self, batch: ScheduledBatch, seqs: dict[int, Sequence]) -> None:
-        """The batch ran: its tokens' K/V are in the cache now."""
+        """The batch ran: its tokens' K/V are in the cache now (drafts count once verified: accept_drafts)."""
         for row in batch.rows:
             seq = seqs[row.seq_id]
-            seq.num_computed_tokens += row.num_tokens
+            seq.num_computed_tokens += row.num_tokens - row.num_draft_tokens
             self.kv.cache_computed(seq)
+
+    def accept_drafts(self, seq: Sequence, num_accepted: int) -> None:
+        """Verified drafts are the sequence's tokens now, their K/V valid; the rejected ones' slots are
+        simply not counted (the next step overwrites them): the KV cache's rollback."""
+        seq.num_computed_tokens = min(seq.num_computed_tokens + num_accepted, len(seq.token_ids))
+        self.kv.cache_computed(seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Leave the engine (done or cancelled): blocks released, computed ones kept in the prefix cache."""

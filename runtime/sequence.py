@@ -45,6 +45,7 @@ class Sequence:
         self.predicted_output_tokens = predicted_output_tokens
         self.arrival_step: int | None = None  # the scheduler's step when it first queued
         self.constraint = None  # llguidance matcher of the request's structured output (runtime/structured.py)
+        self.draft_token_ids: list[int] = []  # speculative tokens proposed for the next step (runtime/speculation.py)
         self.detokenizer = detokenizer
         self.generator = generator
         self.on_token = on_token

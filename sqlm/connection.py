@@ -199,6 +199,8 @@ class Connection:
             if isinstance(op, P.BatchedGenerate):
                 self.catalog.record_output_lengths(op.model, op.template,
                                                    list(zip(actual.llm.output_tokens, actual.llm.censored)))
+                if actual.llm.prompt_lookup:
+                    self.catalog.record_speculation(op.model, op.template, "ngram", actual.llm.prompt_lookup)
             if actual.llm.shared_engine:
                 continue  # its time includes whatever else the shared engine ran: no lesson about speed
             key = variant(op.knobs)

@@ -62,6 +62,9 @@ class StatsCatalog:
     def output_length_histogram(self, model, template):
         return []
 
+    def speculation_stats(self, model, template, method):
+        return {}
+
     def context(self, settings: Settings, kernels: tuple[str, ...] = ("torch",)) -> OptimizerContext:
         """kernels: the implementations this target runs; with TVM, the example machine that timed its kernels."""
         hardware = EXAMPLE_TVM_HARDWARE if "tvm" in kernels else EXAMPLE_HARDWARE

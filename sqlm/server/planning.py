@@ -72,6 +72,9 @@ class OutputLengths:
         for (model, template), lengths in pending.items():
             self.catalog.record_output_lengths(model, template, lengths)
 
+    def speculation_stats(self, model: str, template: str, method: str) -> dict[int, tuple[int, int, int, int]]:
+        return self.catalog.speculation_stats(model, template, method)
+
     # column statistics: an online request brings its own (planner/request.py); files are the catalog's
     def column_stats(self, source: str) -> dict[str, dict]:
         return self.catalog.column_stats(source)
