@@ -56,6 +56,9 @@ class EngineConfig:
     speculative: str = "off"
     num_speculative_tokens: int = 5
     draft_model: str | None = None  # the catalog model that drafts when speculative = 'draft'
+    # drafts only while at most this many sequences decode: above it a step is compute-bound and verifying costs
+    # more than it saves (vLLM's speculative_disable_by_batch_size); the optimizer prices where that is
+    speculative_max_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -284,7 +284,28 @@ def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
         rate = accepted / drafted if drafted else 0.0
         return (f"ngram k={k}: expected acceptance {rate:.0%} ({accepted:.2f} of {drafted:.2f} drafted tokens a "
                 f"step), from {speculation_source(op, ctx, k)}")
-    return _pick("speculative", candidates, w, facts, ctx, forced, note, eligible=eligible)
+    choice, chosen = _pick("speculative", candidates, w, facts, ctx, forced, note, eligible=eligible)
+    if chosen.speculative == "off":
+        return choice, chosen
+    limit = speculative_max_batch(chosen, w, facts, ctx)
+    return replace(choice, note=f"{choice.note}; drafts while at most {limit} sequence{'s' if limit != 1 else ''} decode"), replace(
+        chosen, speculative_max_batch=limit)
+
+
+SPECULATION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def speculative_max_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext) -> int:
+    """The most concurrent decoding sequences at which the drafts still pay, by the cost model: an online engine's
+    batch changes every step, and a batch query's last sequences decode alone."""
+    off = replace(knobs, speculative="off")
+    best = 0
+    for b in SPECULATION_BATCHES:
+        one_wave = replace(w, requests=float(b), longest_output_tokens=0.0)
+        sized = replace(knobs, max_batch_size=max(b, knobs.max_batch_size))
+        if cost_of(one_wave, sized, facts, ctx).decode_seconds < cost_of(one_wave, replace(off, max_batch_size=sized.max_batch_size), facts, ctx).decode_seconds:
+            best = b
+    return max(1, best)
 
 
 SPF_MIN_SPREAD = 2.0  # p90 / p10 of earlier output lengths from which shortest-first pays online

@@ -87,7 +87,8 @@ def engine_settings(settings: Settings, knobs: EngineConfig) -> Settings:
               ("max_batch_size", knobs.max_batch_size), ("prefill_chunk_tokens", knobs.prefill_chunk_tokens),
               ("prefix_cache", "on" if knobs.prefix_cache else "off"), ("scheduling", knobs.scheduling),
               ("weight_format", knobs.weight_format), ("kernels", knobs.kernels),
-              ("kv_cache_dtype", knobs.kv_cache_dtype), ("prefill_dtype", knobs.prefill_dtype))
+              ("kv_cache_dtype", knobs.kv_cache_dtype), ("prefill_dtype", knobs.prefill_dtype),
+              ("speculative", knobs.speculative), ("num_speculative_tokens", knobs.num_speculative_tokens))
     for name, value in pinned:
         settings = settings.with_value(name, value)
     return settings

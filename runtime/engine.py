@@ -35,7 +35,7 @@ from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
-SPECULATION_OFF = dict(speculative="off", num_speculative_tokens=5, draft_model=None)  # what set_speculation may change
+SPECULATION_OFF = dict(speculative="off", num_speculative_tokens=5, draft_model=None, speculative_max_batch=256)  # what set_speculation may change
 
 
 class KVCacheTooSmallError(ValueError):
@@ -226,12 +226,13 @@ class Engine:
         return self._postprocess(batch, logits, masks.result() if masks is not None else {})
 
     def _propose(self) -> None:
-        """Drafts for the running sequences that decode next: never past max_tokens or the context (the
-        target's own token follows the drafts)."""
+        """Drafts for the running sequences that decode next, unless more than speculative_max_batch do: never
+        past max_tokens or the context (the target's own token follows the drafts)."""
         context = self.model.config.max_position_embeddings
+        decoding = sum(seq.num_remaining_tokens == 1 for seq in self.scheduler.running)
         for seq in self.scheduler.running:
             k = 0
-            if seq.num_remaining_tokens == 1 and speculable(seq):
+            if decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq):
                 k = min(self.config.num_speculative_tokens, seq.max_new_tokens - seq.num_output_tokens - 1,
                         context - len(seq.token_ids) - 1)
             seq.draft_token_ids = self.proposer.propose(seq.seq_id, seq.token_ids, k) if k > 0 else []

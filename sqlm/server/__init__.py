@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
                    help="admission order: fcfs, or spf (shortest predicted output first, predictions learned from "
                         "earlier requests, aged so none starves); every policy runs a lower priority value first, "
                         "so 'priority' (vLLM's name) is fcfs within a priority (default: the optimizer's pick)"),
+    p.add_argument("--speculative", choices=["auto", "off", "ngram"],
+                   help="speculative decoding: n-gram prompt lookup drafts tokens that one step verifies (greedy "
+                        "output unchanged); auto: where the optimizer expects it to pay, drafting only while few "
+                        "sequences decode (default: the catalog's speculative setting)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
     p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                         prefill_dtype=args.prefill_dtype, kv_cache_memory=args.kv_cache_memory,
                                         max_batch_size=args.max_batch_size, threads=args.threads,
                                         scheduling={"priority": "fcfs"}.get(args.scheduling, args.scheduling),
+                                        speculative=args.speculative,
                                         catalog_path=args.home, api_key=args.api_key,
                                         max_body_bytes=args.max_body_bytes, sql_files=args.sql_files,
                                         sql_write=args.sql_write))

@@ -55,13 +55,15 @@ class ServerSettings:
     max_batch_size: int | None = None
     threads: int | None = None
     scheduling: str | None = None  # 'fcfs' | 'spf' (every policy runs a lower priority value first)
+    speculative: str | None = None  # 'auto' | 'off' | 'ngram'
     catalog_path: str | None = None
     api_key: str | None = None  # every endpoint but /health and /metrics needs 'Authorization: Bearer <key>'
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     sql_files: str | None = None  # the one directory /v1/sql may read and COPY into (None: no file access)
     sql_write: bool = False  # /v1/sql may CREATE TABLE / CREATE MODEL in the catalog
 
-    KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads", "scheduling")
+    KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads", "scheduling",
+             "speculative")
 
 
 def load_served_model(model_name: str, catalog):
