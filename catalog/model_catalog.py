@@ -37,7 +37,16 @@ def describe_loaded(loaded) -> dict:
         "weight_formats": list(loaded.weight_formats),
         "native_format": loaded.native_format,
         "linear_formats": linear_formats(loaded.weights, loaded.config),
+        "tokenizer_digest": tokenizer_digest(tok),
     }
+
+
+def tokenizer_digest(tok) -> str:
+    """Equal for tokenizers that map every text to the same ids: a draft model must share its target's."""
+    import hashlib
+
+    vocab = sorted(tok.backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    return hashlib.sha256("\n".join(t for t, _ in vocab).encode()).hexdigest()[:16]
 
 
 def register_loaded(catalog: Catalog, name: str, loaded) -> ModelEntry:

@@ -21,6 +21,7 @@ from operators.engine_config import EngineConfig
 from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
 from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
+from planner.errors import SqlError
 from planner.sql.dialect import Sqlm
 from runtime.speculation import SPECULATIVE_TOKENS
 
@@ -72,8 +73,10 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
     output, _ = expected_output_tokens(op, ctx)
     scored = LABEL_TOKENS if isinstance(op, L.Classify) else 0.0
     constrained = isinstance(op, L.Generate) and op.sampling.structured is not None
+    draft = draft_model_for(op, ctx)
     return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint,
-                       longest_output_tokens(op, ctx), constrained, speculation_estimates(op, ctx))
+                       longest_output_tokens(op, ctx), constrained, speculation_estimates(op, ctx),
+                       None if draft is None else (draft.config, draft.weight_bytes))
 
 
 # prompt lookup before any statistics of the template: drafts found on PRIOR_DRAFT_RATE of the steps, each draft
@@ -88,20 +91,35 @@ def speculation_estimates(op, ctx: OptimizerContext) -> tuple[tuple[str, int, fl
     if not isinstance(op, L.Generate) or op.sampling.structured is not None or op.sampling.shapes_logits:
         return ()
     out = []
-    for k in SPECULATIVE_TOKENS:
-        seen = ctx.statistics.speculation(op.model, template_key(op), "ngram", k)
-        if seen is None:
-            accepted = PRIOR_DRAFT_RATE * sum(PRIOR_ACCEPTANCE ** i for i in range(1, k + 1))
-            seen = (PRIOR_DRAFT_RATE * k, accepted, 0)
-        out.append(("ngram", k, seen[0], seen[1]))
+    draft = draft_model_for(op, ctx)
+    for method in ("ngram",) + (() if draft is None else ("draft",)):
+        rate = PRIOR_DRAFT_RATE if method == "ngram" else 1.0  # a draft model drafts on every step
+        for k in SPECULATIVE_TOKENS:
+            seen = ctx.statistics.speculation(op.model, template_key(op), stats_method(method, draft), k)
+            if seen is None:
+                seen = (rate * k, rate * sum(PRIOR_ACCEPTANCE ** i for i in range(1, k + 1)), 0)
+            out.append((method, k, seen[0], seen[1]))
     return tuple(out)
 
 
-def speculation_source(op, ctx: OptimizerContext, k: int) -> str:
-    seen = ctx.statistics.speculation(op.model, template_key(op), "ngram", k)
+def draft_model_for(op, ctx: OptimizerContext):
+    """The smallest catalog model with the op's tokenizer, which speculative = 'draft' would run (None: none)."""
+    found = ctx.draft_models.get(op.model) if isinstance(op, L.Generate) else None
+    return found[0] if found else None
+
+
+def stats_method(method: str, draft) -> str:
+    """The key of a method's acceptance statistics: a draft model's are its own."""
+    return f"draft:{draft.name}" if method == "draft" else method
+
+
+def speculation_source(op, ctx: OptimizerContext, method: str, k: int) -> str:
+    seen = ctx.statistics.speculation(op.model, template_key(op), stats_method(method, draft_model_for(op, ctx)), k)
     if seen is None:
-        return f"a prior (drafts on {PRIOR_DRAFT_RATE:.0%} of steps, each accepted with p {PRIOR_ACCEPTANCE})"
-    return f"prompt lookup replayed on {seen[2]:,} earlier output tokens of this template"
+        rate = f"drafts on {PRIOR_DRAFT_RATE:.0%} of steps, each" if method == "ngram" else "each draft"
+        return f"a prior ({rate} accepted with p {PRIOR_ACCEPTANCE})"
+    how = "prompt lookup replayed on" if method == "ngram" else "measured over"
+    return f"{how} {seen[2]:,} earlier output tokens of this template"
 
 
 def longest_output_tokens(op: L.Generate | L.Classify, ctx: OptimizerContext) -> float:
@@ -262,13 +280,18 @@ def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
     s = ctx.settings_for(op.model)
     ks = SPECULATIVE_TOKENS if s.is_auto("num_speculative_tokens") else (knobs.num_speculative_tokens,)
     methods = [m for m, *_ in w.speculation]
+    draft = draft_model_for(op, ctx)
     candidates = [("off", replace(knobs, speculative="off"))]
     candidates += [(f"ngram k={k}", replace(knobs, speculative="ngram", num_speculative_tokens=k))
                    for k in ks if "ngram" in methods]
+    candidates += [(f"draft {draft.name} k={k}", replace(knobs, speculative="draft", draft_model=draft.name,
+                                                          num_speculative_tokens=k))
+                   for k in ks if "draft" in methods]
     forced = not s.is_auto("speculative")
     if forced:
-        if s.speculative == "draft":
-            raise ValueError("speculative = 'draft' needs a draft model in the catalog; none is usable yet")
+        if s.speculative == "draft" and draft is None and isinstance(op, L.Generate):
+            raise SqlError("Planner error", f"speculative = 'draft': the catalog holds no model smaller than "
+                           f"{op.model!r} with its tokenizer (CREATE MODEL one, or SET speculative = 'ngram')")
         eligible = tuple(v for v, _ in candidates if v.split(" ")[0] == s.speculative)
         if not eligible:  # SET ngram on a request that cannot speculate (penalties, structured output): off
             eligible = ("off",)
@@ -276,16 +299,16 @@ def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
         eligible = None
 
     def note(chosen, other) -> str:
-        value = chosen[2] if chosen[2] != "off" else (other[2] if other else "off")
-        if value == "off":
+        shown = chosen if chosen[2] != "off" else other
+        if shown is None or shown[2] == "off":
             return "these requests cannot speculate (penalties, structured output or classify)"
-        k = chosen[3].num_speculative_tokens if chosen[2] != "off" else other[3].num_speculative_tokens
-        drafted, accepted = w.drafts(replace(knobs, speculative="ngram", num_speculative_tokens=k))
+        k, method = shown[3].num_speculative_tokens, shown[3].speculative
+        drafted, accepted = w.drafts(shown[3])
         rate = accepted / drafted if drafted else 0.0
-        return (f"ngram k={k}: expected acceptance {rate:.0%} ({accepted:.2f} of {drafted:.2f} drafted tokens a "
-                f"step), from {speculation_source(op, ctx, k)}")
+        return (f"{shown[2]}: expected acceptance {rate:.0%} ({accepted:.2f} of {drafted:.2f} drafted tokens a "
+                f"step), from {speculation_source(op, ctx, method, k)}")
     choice, chosen = _pick("speculative", candidates, w, facts, ctx, forced, note, eligible=eligible)
-    if chosen.speculative == "off":
+    if chosen.speculative == "off" or forced:  # SET speculates whatever the batch (vLLM's default)
         return choice, chosen
     limit = speculative_max_batch(chosen, w, facts, ctx)
     return replace(choice, note=f"{choice.note}; drafts while at most {limit} sequence{'s' if limit != 1 else ''} decode"), replace(
@@ -298,7 +321,7 @@ SPECULATION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def speculative_max_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext) -> int:
     """The most concurrent decoding sequences at which the drafts still pay, by the cost model: an online engine's
     batch changes every step, and a batch query's last sequences decode alone."""
-    off = replace(knobs, speculative="off")
+    off = replace(knobs, speculative="off", draft_model=None)
     best = 0
     for b in SPECULATION_BATCHES:
         one_wave = replace(w, requests=float(b), longest_output_tokens=0.0)

@@ -28,6 +28,7 @@ class ModelFacts:
     # linear (qkv, o, gate_up, down, lm_head) -> its weight format as the model is built ('Q4_1', 'fp32', ...);
     # None for a catalog entry described before they were recorded
     linear_formats: MappingProxyType | None = None
+    tokenizer_digest: str | None = None  # catalog.model_catalog.tokenizer_digest (None: described before it was kept)
 
     @staticmethod
     def from_entry(entry) -> ModelFacts:
@@ -47,7 +48,7 @@ class ModelFacts:
         linears = m.get("linear_formats")
         return ModelFacts(name, config, m["chat_prefix_tokens"], m["chat_suffix_tokens"], m["tokens_per_char"],
                           MappingProxyType(dict(m["weight_bytes"])), tuple(m["weight_formats"]),
-                          None if linears is None else MappingProxyType(dict(linears)))
+                          None if linears is None else MappingProxyType(dict(linears)), m.get("tokenizer_digest"))
 
 
 ANY_VARIANT = "*"  # feedback key: fitted over every weight path of a model
@@ -71,6 +72,8 @@ class OptimizerContext:
     # the (p10, p90, count) of earlier requests' output lengths (planner.length_predictor.LengthPredictor.spread)
     online: bool = False
     length_spread: tuple[float, float, int] | None = None
+    # model name -> catalog models that could draft for it (same tokenizer, fewer parameters), smallest first
+    draft_models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def model(self, name: str) -> ModelFacts:
         return self.models[name]
@@ -117,4 +120,19 @@ def catalog_context(catalog, settings: Settings, models: dict[str, ModelFacts], 
     kernels = ("torch", "tvm") if hw.quant_gemv_rate_t1 > 0 else ("torch",)
     return OptimizerContext(settings, hw, statistics, MappingProxyType(dict(models)), kernels=kernels,
                             cpu_target=host_target().describe(),
-                            feedback=MappingProxyType(feedback), running=MappingProxyType(dict(running or {})))
+                            feedback=MappingProxyType(feedback), running=MappingProxyType(dict(running or {})),
+                            draft_models=MappingProxyType(draft_models(catalog, models)))
+
+
+def draft_models(catalog, models: dict[str, ModelFacts]) -> dict[str, tuple[ModelFacts, ...]]:
+    """For each model, the catalog's models with its tokenizer and fewer parameters, smallest first."""
+    if not models:
+        return {}
+    others = [ModelFacts.from_entry(e) for e in catalog.list_models()]
+    out = {}
+    for name, facts in models.items():
+        found = [o for o in others if o.tokenizer_digest is not None and o.tokenizer_digest == facts.tokenizer_digest
+                 and o.config.num_parameters < facts.config.num_parameters]
+        if found:
+            out[name] = tuple(sorted(found, key=lambda o: o.config.num_parameters))
+    return out

@@ -50,6 +50,7 @@ class LLMWorkload:
     # speculative decoding, per (method, draft tokens k): (drafted, accepted) tokens per sequence and decode step,
     # learned per template (planner/choose.py) or the prior
     speculation: tuple[tuple[str, int, float, float], ...] = ()
+    draft: tuple | None = None  # (ModelConfig, weight bytes per format) of the draft model speculative='draft' runs
 
     def drafts(self, knobs: EngineConfig) -> tuple[float, float]:
         """(drafted, accepted) per sequence and decode step under the knobs' speculation; (0, 0) without."""
@@ -246,11 +247,18 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
         context = w.prompt_tokens + w.output_tokens / 2
         decode_s += _attention_seconds(decode_tokens * context * (1 + drafted) / (1 + accepted), "decode", knobs,
                                        config, hw)
+        if knobs.speculative == "draft" and w.draft is not None:  # k one-token passes of the draft model a step
+            draft_config, draft_bytes = w.draft
+            sequences = rows / (1 + drafted)
+            decode_s += steps_decode * knobs.num_speculative_tokens * _matmul_seconds(
+                sequences, sequences, knobs, draft_config, dict(draft_bytes), hw)
 
     per_step = OPS_PER_LAYER * config.num_layers + OPS_PER_STEP
     per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
     ops = ((steps_prefill + steps_decode) * per_step + (decode_tokens / (1 + accepted) + w.requests) * per_row
            + w.requests * OPS_PER_REQUEST)
+    if knobs.speculative == "draft" and w.draft is not None:
+        ops += steps_decode * knobs.num_speculative_tokens * (OPS_PER_LAYER * w.draft[0].num_layers + OPS_PER_STEP)
     if w.constrained:
         ops += decode_tokens * OPS_PER_CONSTRAINED_TOKEN
     overhead_s = hw.op_overhead_s * ops

@@ -30,6 +30,7 @@ from runtime.sampler import make_generator, sample
 from runtime.logits_processors import process
 from runtime.structured import Grammars, allowed_tokens
 from runtime.scheduler import Scheduler
+from runtime.draft_model import DraftModelProposer
 from runtime.speculation import PromptLookup, speculable, verify
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -53,6 +54,7 @@ class EngineStats:
     num_generated_tokens: int
     num_scored_tokens: int
     num_block_copies: int  # copy-on-write copies of shared blocks
+    num_speculative_steps: int  # sequence steps that verified drafts
     num_draft_tokens: int  # speculative tokens verified
     num_accepted_draft_tokens: int  # of those, the ones the target model accepted
     preemptions: int
@@ -116,9 +118,11 @@ class RequestHandle:
 
 class Engine:
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig(),
-                 predictor: Callable[[GenerationRequest], float] | None = None, kernels: KernelSet | None = None):
+                 predictor: Callable[[GenerationRequest], float] | None = None, kernels: KernelSet | None = None,
+                 draft_model: LlamaModel | None = None):
         """predictor: expected output tokens of a request, for scheduling='spf' (default: its max_tokens).
-        kernels: where config.attention_kernel = 'tvm' finds its kernels (default: the CPU's set)."""
+        kernels: where config.attention_kernel = 'tvm' finds its kernels (default: the CPU's set).
+        draft_model: a smaller model of the same tokenizer, for speculative = 'draft'."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -136,6 +140,8 @@ class Engine:
             raise ValueError(f"attention_kernel must be 'tvm' or 'torch', got {config.attention_kernel!r}")
         attention = (kernels or kernel_set("cpu")).attention() if config.attention_kernel == "tvm" else None
         self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, attention)
+        self.draft_model, self._attention_kernels = draft_model, attention
+        self._draft_name = config.draft_model  # the name the draft model was built under
         self._live: dict[int, Sequence] = {}
         self.proposer: PromptLookup | None = None
         self.set_speculation(config)
@@ -145,15 +151,23 @@ class Engine:
         self._masks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-masks")  # llguidance drops the GIL
         self._counters = dict(num_steps=0, num_batched_tokens=0, num_computed_prompt_tokens=0,
                               num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0,
-                              num_draft_tokens=0, num_accepted_draft_tokens=0)
+                              num_speculative_steps=0, num_draft_tokens=0, num_accepted_draft_tokens=0)
 
     def set_speculation(self, config: EngineConfig) -> None:
         """Take config's speculative knobs (the rest must be this engine's): a plan that differs from the last one
         only in how it speculates reuses the engine, its KV pool and its prefix cache."""
         if replace(config, **SPECULATION_OFF) != replace(self.config, **SPECULATION_OFF):
             raise ValueError("set_speculation changes only the speculative knobs")
+        if config.speculative == "draft" and (self.draft_model is None or config.draft_model != self._draft_name):
+            raise ValueError(f"speculative = 'draft' with draft_model {config.draft_model!r} needs the engine built "
+                             "with that draft model")
         self.config = config
-        self.proposer = PromptLookup() if config.speculative == "ngram" else None
+        self.proposer = None
+        if config.speculative == "ngram":
+            self.proposer = PromptLookup()
+        elif config.speculative == "draft":
+            self.proposer = DraftModelProposer(self.draft_model, self.kv.pool.num_blocks, self.kv.block_size,
+                                               self._attention_kernels)
         for seq in self._live.values():
             seq.draft_token_ids = []
 
@@ -230,12 +244,18 @@ class Engine:
         past max_tokens or the context (the target's own token follows the drafts)."""
         context = self.model.config.max_position_embeddings
         decoding = sum(seq.num_remaining_tokens == 1 for seq in self.scheduler.running)
+        wanted = []
         for seq in self.scheduler.running:
-            k = 0
+            seq.draft_token_ids = []
             if decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq):
                 k = min(self.config.num_speculative_tokens, seq.max_new_tokens - seq.num_output_tokens - 1,
                         context - len(seq.token_ids) - 1)
-            seq.draft_token_ids = self.proposer.propose(seq.seq_id, seq.token_ids, k) if k > 0 else []
+                if k > 0:
+                    wanted.append((seq, k))
+        if wanted:
+            drafts = self.proposer.propose_all([(seq.seq_id, seq.token_ids, k) for seq, k in wanted])
+            for seq, _ in wanted:
+                seq.draft_token_ids = drafts.get(seq.seq_id, [])
 
     def _any_constrained(self, batch: ScheduledBatch) -> bool:
         return any(self._live[r.seq_id].constraint is not None for r in batch.rows if r.logit_offsets)
@@ -315,6 +335,7 @@ class Engine:
         params = seq.request.sampling
         drafts = list(row.token_ids[1:])
         tokens = verify(rows, drafts, params, seq.generator, self.tokenizer.eos_token_ids)
+        self._counters["num_speculative_steps"] += 1
         self._counters["num_draft_tokens"] += len(drafts)
         self._counters["num_accepted_draft_tokens"] += len(tokens) - 1
         logprobs = ([None] * len(tokens) if seq.output_logprobs is None else

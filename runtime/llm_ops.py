@@ -58,7 +58,8 @@ class LLMOutcome:
     seconds: float = 0.0  # in the engine
     load_seconds: float = 0.0  # loading weights and building the engine (once per connection and knobs)
     shared_engine: bool = False  # ran beside other work, so `seconds` says little about this plan's cost
-    num_draft_tokens: int = 0  # speculative tokens verified (the engine's counters over this run)
+    num_speculative_steps: int = 0  # the engine's counters over this run: sequence steps that verified drafts,
+    num_draft_tokens: int = 0  # the drafts verified,
     num_accepted_draft_tokens: int = 0
     # k -> (output tokens, decode steps, drafted, accepted) of prompt lookup replayed on the outputs
     prompt_lookup: dict = field(default_factory=dict)
@@ -130,7 +131,11 @@ class LLMService:
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
             self._engines.pop(model, None)
-            cached = ((key, knobs), Engine(self._models[key], loaded.tokenizer, knobs))
+            draft = None
+            if knobs.speculative == "draft":  # the same weight path, so the draft reads weights as the target does
+                draft = kernel_set("cpu").build_model(self._load_model(knobs.draft_model), kernels=knobs.kernels,
+                                                      weight_format=knobs.weight_format, **options)
+            cached = ((key, knobs), Engine(self._models[key], loaded.tokenizer, knobs, draft_model=draft))
             self._engines[model] = cached
         return cached[1]
 
@@ -211,6 +216,7 @@ class LLMService:
         outcome.load_seconds = t0 - t_load
         if shared is None:
             after = engine.stats
+            outcome.num_speculative_steps = after.num_speculative_steps - before.num_speculative_steps
             outcome.num_draft_tokens = after.num_draft_tokens - before.num_draft_tokens
             outcome.num_accepted_draft_tokens = after.num_accepted_draft_tokens - before.num_accepted_draft_tokens
         return results, outcome

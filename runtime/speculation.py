@@ -56,6 +56,10 @@ class PromptLookup:
                 return tokens[follow:follow + k]
         return []
 
+    def propose_all(self, wanted: list[tuple[int, list[int], int]]) -> dict[int, list[int]]:
+        """(seq_id, tokens so far, k) -> drafts of each (the proposers' common interface)."""
+        return {seq_id: self.propose(seq_id, tokens, k) for seq_id, tokens, k in wanted}
+
     def forget(self, seq_id: int) -> None:
         self._index.pop(seq_id, None)
 

@@ -201,6 +201,11 @@ class Connection:
                                                    list(zip(actual.llm.output_tokens, actual.llm.censored)))
                 if actual.llm.prompt_lookup:
                     self.catalog.record_speculation(op.model, op.template, "ngram", actual.llm.prompt_lookup)
+                if op.knobs.speculative == "draft" and actual.llm.num_speculative_steps:
+                    o = actual.llm
+                    self.catalog.record_speculation(op.model, op.template, f"draft:{op.knobs.draft_model}", {
+                        op.knobs.num_speculative_tokens: (o.num_generated_tokens, o.num_speculative_steps,
+                                                          o.num_draft_tokens, o.num_accepted_draft_tokens)})
             if actual.llm.shared_engine:
                 continue  # its time includes whatever else the shared engine ran: no lesson about speed
             key = variant(op.knobs)

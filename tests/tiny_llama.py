@@ -40,7 +40,7 @@ def _byte_level_vocab(corpus: str, num_merges: int):
     return tok
 
 
-def write_tiny_llama(root: Path, *, quantize: bool = True, seed: int = 0) -> TinyLlamaFiles:
+def write_tiny_llama(root: Path, *, quantize: bool = True, seed: int = 0, layers: int = 2) -> TinyLlamaFiles:
     import gguf
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -52,7 +52,7 @@ def write_tiny_llama(root: Path, *, quantize: bool = True, seed: int = 0) -> Tin
     merges = [" ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
 
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
                          rope_theta=ROPE_THETA, max_position_embeddings=256, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2)

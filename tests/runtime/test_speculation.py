@@ -97,6 +97,9 @@ class OracleDrafts:
                 return drafts
         raise AssertionError("unknown sequence")
 
+    def propose_all(self, wanted):
+        return {seq_id: self.propose(seq_id, tokens, k) for seq_id, tokens, k in wanted}
+
     def forget(self, seq_id):
         pass
 
@@ -192,3 +195,40 @@ def test_penalized_requests_decode_one_token_at_a_time(tiny, repetitive):
     engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, speculative="ngram"))
     assert [r.output_token_ids for r in engine.generate(requests)] == [r.output_token_ids for r in plain]
     assert engine.stats.num_draft_tokens == 0
+
+
+@pytest.fixture(scope="module")
+def other_tiny(tmp_path_factory):
+    """Another random tiny Llama with the same tokenizer: a draft model that often disagrees."""
+    from catalog.loader import load_model
+    from operators.llama import build_model
+    from tiny_llama import write_tiny_llama
+
+    files = write_tiny_llama(tmp_path_factory.mktemp("other_tiny"), seed=1)
+    return build_model(load_model(files.hf_dir), "fp32")
+
+
+@pytest.mark.parametrize("same, attention", [(True, "torch"), (False, "torch"), (False, "tvm")])
+def test_draft_model_output_is_identical(tiny, other_tiny, repetitive, same, attention):
+    """The target as its own draft is accepted every time; another model's drafts often are not; the output is
+    the reference's either way, through chunked prefill and the draft's own KV pool."""
+    model, tokenizer = tiny
+    requests, expected = repetitive
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, prefill_chunk_tokens=16,
+                                                   speculative="draft", draft_model="d", num_speculative_tokens=4,
+                                                   attention_kernel=attention),
+                    draft_model=model if same else other_tiny)
+    for got, want in zip(engine.generate(requests), expected, strict=True):
+        assert got.output_token_ids == want.output_token_ids, got.request_id
+    stats = engine.stats
+    if same:
+        assert stats.num_accepted_draft_tokens == stats.num_draft_tokens > 0
+    else:
+        assert 0 < stats.num_accepted_draft_tokens < stats.num_draft_tokens
+    assert engine.proposer.kv.pool.num_used == 0  # finished sequences gave their draft blocks back
+
+
+def test_a_draft_engine_needs_its_draft_model(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="draft model"):
+        Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, speculative="draft", draft_model="d"))
