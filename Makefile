@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.online_serving --out bench/results/online_serving.md
 	$(BIN)/python -m bench.relational --out bench/results/relational.md
 	$(BIN)/python -m bench.spf_burst --out bench/results/spf_burst.md
+	$(BIN)/python -m bench.speculative --out bench/results/speculative.md
 
 clean:
 	rm -rf $(VENV)
