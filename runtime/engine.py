@@ -36,7 +36,9 @@ from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
-SPECULATION_OFF = dict(speculative="off", num_speculative_tokens=5, draft_model=None, speculative_max_batch=256)  # what set_speculation may change
+# what reconfigure() may change: how steps are scheduled and drafted, not the model, the KV pool or its layout
+RECONFIGURABLE = ("max_batch_size", "prefill_chunk_tokens", "scheduling", "speculative", "num_speculative_tokens",
+                  "speculative_max_batch", "draft_model")
 
 
 class KVCacheTooSmallError(ValueError):
@@ -144,7 +146,7 @@ class Engine:
         self._draft_name = config.draft_model  # the name the draft model was built under
         self._live: dict[int, Sequence] = {}
         self.proposer: PromptLookup | None = None
-        self.set_speculation(config)
+        self.reconfigure(config)
         self._by_request_id: dict[str, Sequence] = {}
         self._seq_ids = itertools.count()
         self.grammars = Grammars(tokenizer, model.config.vocab_size)
@@ -153,23 +155,24 @@ class Engine:
                               num_recomputed_tokens=0, num_generated_tokens=0, num_scored_tokens=0, num_block_copies=0,
                               num_speculative_steps=0, num_draft_tokens=0, num_accepted_draft_tokens=0)
 
-    def set_speculation(self, config: EngineConfig) -> None:
-        """Take config's speculative knobs (the rest must be this engine's): a plan that differs from the last one
-        only in how it speculates reuses the engine, its KV pool and its prefix cache."""
-        if replace(config, **SPECULATION_OFF) != replace(self.config, **SPECULATION_OFF):
-            raise ValueError("set_speculation changes only the speculative knobs")
+    def reconfigure(self, config: EngineConfig) -> None:
+        """Take config's scheduling and speculation knobs (RECONFIGURABLE; the rest must be this engine's): a plan
+        that differs from the last one only there reuses the engine, its KV pool and its prefix cache."""
+        unchanged = {name: getattr(self.config, name) for name in RECONFIGURABLE}
+        if replace(config, **unchanged) != self.config:
+            raise ValueError(f"reconfigure changes only {', '.join(RECONFIGURABLE)}")
         if config.speculative == "draft" and (self.draft_model is None or config.draft_model != self._draft_name):
             raise ValueError(f"speculative = 'draft' with draft_model {config.draft_model!r} needs the engine built "
                              "with that draft model")
-        self.config = config
-        self.proposer = None
-        if config.speculative == "ngram":
-            self.proposer = PromptLookup()
-        elif config.speculative == "draft":
-            self.proposer = DraftModelProposer(self.draft_model, self.kv.pool.num_blocks, self.kv.block_size,
-                                               self._attention_kernels)
-        for seq in self._live.values():
-            seq.draft_token_ids = []
+        same_proposer = self.proposer is not None and config.speculative == self.config.speculative
+        self.config = self.scheduler.config = config
+        if not same_proposer:  # a draft model's proposer holds its KV pool: kept while the method stays
+            self.proposer = None
+            if config.speculative == "ngram":
+                self.proposer = PromptLookup()
+            elif config.speculative == "draft":
+                self.proposer = DraftModelProposer(self.draft_model, self.kv.pool.num_blocks, self.kv.block_size,
+                                                   self._attention_kernels)
 
     # --- requests -----------------------------------------------------------------------------
 

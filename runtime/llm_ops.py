@@ -122,8 +122,8 @@ class LLMService:
                                                               weight_format=knobs.weight_format, **options)
         cached = self._engines.get(model)
         if cached is not None and cached[0][0] == key and cached[0][1] != knobs:
-            try:  # a plan that speculates differently keeps the engine and its prefix cache
-                cached[1].set_speculation(knobs)
+            try:  # a plan that schedules or speculates differently keeps the engine and its prefix cache
+                cached[1].reconfigure(knobs)
                 cached = self._engines[model] = ((key, knobs), cached[1])
             except ValueError:
                 pass

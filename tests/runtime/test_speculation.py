@@ -232,3 +232,16 @@ def test_a_draft_engine_needs_its_draft_model(tiny):
     model, tokenizer = tiny
     with pytest.raises(ValueError, match="draft model"):
         Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, speculative="draft", draft_model="d"))
+
+
+def test_reconfigure_changes_scheduling_and_speculation_but_not_the_pool(tiny, repetitive):
+    model, tokenizer = tiny
+    requests, expected = repetitive
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, kv_block_size=4))
+    engine.generate(requests[:2])
+    cache = engine.runner.cache
+    engine.reconfigure(EngineConfig(kv_cache_memory=8 << 20, kv_block_size=4, max_batch_size=2, speculative="ngram"))
+    assert [r.output_token_ids for r in engine.generate(requests)] == [e.output_token_ids for e in expected]
+    assert engine.runner.cache is cache and engine.stats.num_cached_prompt_tokens > 0
+    with pytest.raises(ValueError, match="reconfigure changes only"):
+        engine.reconfigure(EngineConfig(kv_cache_memory=4 << 20))
