@@ -40,10 +40,11 @@ def parser() -> argparse.ArgumentParser:
                    help="admission order: fcfs, or spf (shortest predicted output first, predictions learned from "
                         "earlier requests, aged so none starves); every policy runs a lower priority value first, "
                         "so 'priority' (vLLM's name) is fcfs within a priority (default: the optimizer's pick)"),
-    p.add_argument("--speculative", choices=["auto", "off", "ngram"],
-                   help="speculative decoding: n-gram prompt lookup drafts tokens that one step verifies (greedy "
-                        "output unchanged); auto: where the optimizer expects it to pay, drafting only while few "
-                        "sequences decode (default: the catalog's speculative setting)")
+    p.add_argument("--speculative", choices=["auto", "off", "ngram", "draft"],
+                   help="speculative decoding: n-gram prompt lookup, or the smallest catalog model with the served "
+                        "model's tokenizer, drafts tokens that one step verifies (greedy output unchanged); auto: "
+                        "where the optimizer expects it to pay, drafting only while few sequences decode (default: "
+                        "the catalog's speculative setting)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
     p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "

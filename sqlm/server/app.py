@@ -55,7 +55,7 @@ class ServerSettings:
     max_batch_size: int | None = None
     threads: int | None = None
     scheduling: str | None = None  # 'fcfs' | 'spf' (every policy runs a lower priority value first)
-    speculative: str | None = None  # 'auto' | 'off' | 'ngram'
+    speculative: str | None = None  # 'auto' | 'off' | 'ngram' | 'draft'
     catalog_path: str | None = None
     api_key: str | None = None  # every endpoint but /health and /metrics needs 'Authorization: Bearer <key>'
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -141,7 +141,13 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         kernels = kernel_set("cpu")
         model = kernels.build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
                                     prefill_dtype=config.prefill_dtype)
-        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels)
+        draft = None
+        if config.speculative == "draft":  # the smallest catalog model with the served model's tokenizer
+            from catalog.model_catalog import ensure_model, load_entry
+
+            draft = kernels.build_model(load_entry(ensure_model(catalog, config.draft_model)), kernels=config.kernels,
+                                        weight_format=config.weight_format, prefill_dtype=config.prefill_dtype)
+        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels, draft_model=draft)
         # what request plans obey: the engine as it runs (its pool's real size)
         knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
                         kv_cache_dtype=config.resolved_kv_cache_dtype())

@@ -63,10 +63,11 @@ def test_serve_with_an_unknown_model_exits_with_a_message():
 
 def test_serve_explain_prints_the_engines_plan_and_exits(tiny_llama, tmp_path):
     process = serve("--model", str(tiny_llama.hf_dir), "--kv-cache-memory", "8MB", "--max-batch-size", "5",
-                    "--home", str(tmp_path / "home"), "--explain")
+                    "--speculative", "ngram", "--home", str(tmp_path / "home"), "--explain")
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
     assert "BatchedGenerate" in stdout and "choice max_batch_size = 5" in stdout and "choice kv_block_size" in stdout
+    assert "choice speculative = ngram" in stdout and "[forced by SET]" in stdout
 
 
 def test_serve_takes_a_prefill_dtype():
