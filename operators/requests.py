@@ -111,6 +111,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS or stop string), "length", "cancelled"
     num_cached_prompt_tokens: int = 0
     logprobs: list[TokenLogprobs] | None = None  # one per output token, when SamplingParams.logprobs asked
+    cache_tier_hits: dict[str, int] = field(default_factory=dict)  # cached prompt tokens by tier (memory/host/disk)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class ScoreResult:
     token_logprobs: list[float]  # log p(continuation[i] | prompt + continuation[:i])
     finish_reason: str  # "scored" or "cancelled"
     num_cached_prompt_tokens: int = 0
+    cache_tier_hits: dict[str, int] = field(default_factory=dict)  # cached prompt tokens by tier (memory/host/disk)
 
     @property
     def logprob(self) -> float:

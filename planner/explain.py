@@ -68,6 +68,8 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
                                prompt_tokens=o.num_prompt_tokens, computed_prompt_tokens=o.num_computed_prompt_tokens,
                                cached_prompt_tokens=o.num_cached_prompt_tokens, output_tokens=o.num_generated_tokens,
                                prefix_cache_hit_rate=hit, engine_seconds=o.seconds, load_seconds=o.load_seconds)
+            if o.cache_tier_hits:
+                d["actual"]["cache_tier_hits"] = {t: o.cache_tier_hits.get(t, 0) for t in ("memory", "host", "disk")}
             if o.num_draft_tokens:
                 d["actual"].update(draft_tokens=o.num_draft_tokens, accepted_draft_tokens=o.num_accepted_draft_tokens,
                                    draft_acceptance=o.num_accepted_draft_tokens / o.num_draft_tokens)
@@ -144,6 +146,8 @@ def _text_node(d: dict, depth: int, lines: list[str], verbose: bool = False) -> 
                      f" llm_calls={a['llm_calls']:,} prompt_tokens={a['prompt_tokens']:,}"
                      f" computed={a['computed_prompt_tokens']:,} output_tokens={a['output_tokens']:,}"
                      f" prefix_cache_hit={a['prefix_cache_hit_rate']:.0%}")
+            if "cache_tier_hits" in a:
+                head += " cached_by_tier=" + "/".join(f"{t} {n:,}" for t, n in a["cache_tier_hits"].items())
             if "draft_tokens" in a:
                 head += (f" speculative: accepted {a['accepted_draft_tokens']:,} of {a['draft_tokens']:,} drafts"
                          f" ({a['draft_acceptance']:.0%})")

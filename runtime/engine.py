@@ -21,6 +21,7 @@ from runtime.batch import ScheduledBatch
 from operators.engine_config import EngineConfig
 from runtime.errors import check_context
 from runtime.kv_blocks import KVCacheManager
+from runtime.kv_tiers import KVTierSpec
 from runtime.logprobs import token_logprobs
 from codegen.kernel_set import KernelSet, kernel_set
 from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
@@ -112,19 +113,23 @@ class RequestHandle:
             raise RuntimeError(f"request {seq.request_id} has not finished")
         if seq.is_score:
             return ScoreResult(seq.request_id, tuple(seq.request.prompt_token_ids), tuple(seq.request.continuation_token_ids),
-                               list(seq.token_logprobs), seq.finish_reason, seq.num_cached_prompt_tokens)
+                               list(seq.token_logprobs), seq.finish_reason, seq.num_cached_prompt_tokens,
+                               dict(seq.cache_tier_hits))
         logprobs = list(seq.output_logprobs) if seq.output_logprobs is not None else None
         return GenerationResult(seq.request_id, tuple(seq.request.prompt_token_ids), seq.output_token_ids,
-                                seq.detokenizer.text, seq.finish_reason, seq.num_cached_prompt_tokens, logprobs)
+                                seq.detokenizer.text, seq.finish_reason, seq.num_cached_prompt_tokens, logprobs,
+                                dict(seq.cache_tier_hits))
 
 
 class Engine:
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig(),
                  predictor: Callable[[GenerationRequest], float] | None = None, kernels: KernelSet | None = None,
-                 draft_model: LlamaModel | None = None):
+                 draft_model: LlamaModel | None = None, kv_tiers: KVTierSpec | None = None):
         """predictor: expected output tokens of a request, for scheduling='spf' (default: its max_tokens).
         kernels: where config.attention_kernel = 'tvm' finds its kernels (default: the CPU's set).
-        draft_model: a smaller model of the same tokenizer, for speculative = 'draft'."""
+        draft_model: a smaller model of the same tokenizer, for speculative = 'draft'.
+        kv_tiers: keep KV blocks beyond the pool (host RAM, and a disk tier under kv_tiers.home that later
+        processes reuse); with the prefix cache only."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -136,12 +141,13 @@ class Engine:
         if num_blocks < 1:
             raise KVCacheTooSmallError(f"kv_cache_memory {config.resolved_kv_cache_memory()} bytes holds no "
                                        f"{bs}-token KV block of this model")
-        self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache)
-        self.scheduler = Scheduler(config, self.kv)
         if config.attention_kernel not in ("tvm", "torch"):
             raise ValueError(f"attention_kernel must be 'tvm' or 'torch', got {config.attention_kernel!r}")
         attention = (kernels or kernel_set("cpu")).attention() if config.attention_kernel == "tvm" else None
         self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, attention)
+        self.tiers = kv_tiers.store(self.runner.cache) if kv_tiers is not None and config.prefix_cache else None
+        self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache, self.tiers)
+        self.scheduler = Scheduler(config, self.kv)
         self.draft_model, self._attention_kernels = draft_model, attention
         self._draft_name = config.draft_model  # the name the draft model was built under
         self._live: dict[int, Sequence] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from runtime.prefix_cache import RadixPrefixCache
+from runtime.prefix_cache import RadixPrefixCache, chain_digest
 
 
 class OutOfBlocksError(RuntimeError):
@@ -75,10 +75,14 @@ class KVCacheManager:
     needed), `prefix_node` and `num_tree_blocks` (see runtime.sequence.Sequence).
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True, tiers=None):
+        """tiers: where blocks live beyond the pool (runtime.kv_tiers.TieredKVStore: contains, restore, evicted,
+        computed), with the prefix cache only."""
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
-        self.prefix_cache = RadixPrefixCache(block_size) if enable_prefix_cache else None
+        self.tiers = tiers if enable_prefix_cache else None
+        self.prefix_cache = RadixPrefixCache(block_size, on_evict=tiers.evicted if self.tiers else None) \
+            if enable_prefix_cache else None
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -94,6 +98,8 @@ class KVCacheManager:
         assert not seq.block_table and seq.prefix_node is None
         if self.prefix_cache is None:
             return 0
+        if self.tiers is not None:
+            seq.tier_tokens = self._restore_from_tiers(seq)
         match = self.prefix_cache.match(seq.token_ids)
         num_tokens = min(match.num_tokens, seq.max_cached_tokens)
         if num_tokens == 0:
@@ -112,6 +118,42 @@ class KVCacheManager:
         seq.num_tree_blocks = num_tokens // self.block_size
         seq.num_computed_tokens = num_tokens
         return num_tokens
+
+    def _restore_from_tiers(self, seq) -> dict[str, int]:
+        """Load the blocks that continue the memory-cached prefix from the host or disk tier into pool blocks and
+        the tree, as long as they are found and the pool has room; returns the tokens restored per tier."""
+        bs, tokens = self.block_size, seq.token_ids
+        match = self.prefix_cache.match(tokens)
+        restored: dict[str, int] = {}
+        first, last = len(match.blocks), seq.max_cached_tokens // bs
+        if first >= last:
+            return restored
+        self.prefix_cache.lock(match.node)  # making room must not evict the prefix being extended
+        digest, blocks = match.node.digest, []
+        try:
+            for i in range(first, last):
+                key = tuple(tokens[i * bs:(i + 1) * bs])
+                next_digest = chain_digest(digest, key)
+                if self.tiers.contains(next_digest) is None or self.num_available_blocks < 2:
+                    break
+                self._make_free(1)
+                block = self.pool.allocate()
+                tier = self.tiers.restore(next_digest, block)
+                if tier is None:
+                    self.pool.decref(block)
+                    break
+                blocks.append(block)
+                restored[tier] = restored.get(tier, 0) + bs
+                digest = next_digest
+        finally:
+            self.prefix_cache.unlock(match.node)
+        if blocks:
+            result = self.prefix_cache.insert(tokens[:(first + len(blocks)) * bs], list(match.blocks) + blocks)
+            for block in result.adopted_blocks:
+                self.pool.incref(block)
+            for block in blocks:
+                self.pool.decref(block)  # the tree's reference stays
+        return restored
 
     def blocks_needed(self, seq, end: int) -> int:
         """Blocks the sequence must still get to hold tokens up to `end` (copies included)."""
@@ -172,11 +214,21 @@ class KVCacheManager:
         result = self.prefix_cache.insert(seq.token_ids[: num_full * self.block_size], seq.block_table[:num_full])
         for block in result.adopted_blocks:
             self.pool.incref(block)
+        if self.tiers is not None and result.adopted_blocks:
+            self._write_through(seq, result.node, num_full)
         self.prefix_cache.lock(result.node)
         if seq.prefix_node is not None:
             self.prefix_cache.unlock(seq.prefix_node)
         seq.prefix_node = result.node
         seq.num_tree_blocks = num_full
+
+    def _write_through(self, seq, node, num_full: int) -> None:
+        """Full blocks of the prompt just computed go to the disk tier (outputs are rarely asked again)."""
+        prompt_blocks = getattr(seq, "num_prompt_tokens", 0) // self.block_size
+        for index in range(num_full - 1, seq.num_tree_blocks - 1, -1):
+            if index < prompt_blocks and node.block == seq.block_table[index]:
+                self.tiers.computed(node.block, node.digest)
+            node = node.parent
 
     def free(self, seq) -> None:
         """Release every block of the sequence (cached ones stay in the tree, unlocked)."""

@@ -20,6 +20,7 @@ from codegen.kernel_set import kernel_set
 from operators.engine_config import EngineConfig
 from runtime.beam_search import beam_search, text_of
 from runtime.engine import Engine
+from runtime.kv_tiers import KVTierSpec
 from runtime.speculation import prompt_lookup_statistics
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
@@ -63,6 +64,7 @@ class LLMOutcome:
     num_accepted_draft_tokens: int = 0
     # k -> (output tokens, decode steps, drafted, accepted) of prompt lookup replayed on the outputs
     prompt_lookup: dict = field(default_factory=dict)
+    cache_tier_hits: dict = field(default_factory=dict)  # cached prompt tokens by tier: memory, host, disk
 
 
 def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LLMOutcome:
@@ -74,7 +76,16 @@ def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LL
                       num_prompt_tokens=prompt, num_cached_prompt_tokens=cached,
                       num_computed_prompt_tokens=prompt - cached,
                       num_generated_tokens=sum(len(r.output_token_ids) for r in generations),
-                      seconds=seconds, shared_engine=shared_engine, prompt_lookup=prompt_lookup_statistics(generations))
+                      seconds=seconds, shared_engine=shared_engine, prompt_lookup=prompt_lookup_statistics(generations),
+                      cache_tier_hits=tier_hits(results))
+
+
+def tier_hits(results: list[Result]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for r in results:
+        for tier, n in r.cache_tier_hits.items():
+            total[tier] = total.get(tier, 0) + n
+    return total
 
 
 def classify_prompt(tokenizer, instruction: str, text: str) -> list[int]:
@@ -101,9 +112,12 @@ class LLMService:
     """Loads models and keeps one engine per (model, weight path and its options, knobs) for a connection;
     a model the shared engine runs goes there instead."""
 
-    def __init__(self, load_model: Callable[[str], object], shared: SharedEngine | None = None) -> None:
+    def __init__(self, load_model: Callable[[str], object], shared: SharedEngine | None = None,
+                 kv_home: Path | None = None) -> None:
+        """kv_home: the catalog's home, whose kv/ directory keeps prompt KV blocks for later processes."""
         self._load_model = load_model  # catalog model name -> catalog.loader.LoadedModel
         self.shared = shared
+        self.kv_home = kv_home
         self._models: dict[tuple[str, str], object] = {}
         self._engines: dict[str, tuple[tuple, Engine]] = {}
 
@@ -130,18 +144,27 @@ class LLMService:
         if cached is None or cached[0] != (key, knobs):
             # new knobs need a new KV pool; with unchanged knobs the engine (and its prefix cache) carries over
             # to the next query of this connection, so a repeated query finds its prompts cached
-            self._engines.pop(model, None)
+            self._close(self._engines.pop(model, None))
             draft = None
             if knobs.speculative == "draft":  # the same weight path, so the draft reads weights as the target does
                 draft = kernel_set("cpu").build_model(self._load_model(knobs.draft_model), kernels=knobs.kernels,
                                                       weight_format=knobs.weight_format, **options)
-            cached = ((key, knobs), Engine(self._models[key], loaded.tokenizer, knobs, draft_model=draft))
+            tiers = None if self.kv_home is None else KVTierSpec(self.kv_home, model, str(loaded.path))
+            cached = ((key, knobs), Engine(self._models[key], loaded.tokenizer, knobs, draft_model=draft, kv_tiers=tiers))
             self._engines[model] = cached
         return cached[1]
 
     def close(self) -> None:
+        for cached in self._engines.values():
+            self._close(cached)
         self._engines.clear()
         self._models.clear()
+
+    @staticmethod
+    def _close(cached) -> None:
+        """Blocks on their way to the disk tier land before the engine goes."""
+        if cached is not None and cached[1].tiers is not None:
+            cached[1].tiers.flush()
 
     def generate(self, model: str, knobs: EngineConfig, prompts: list[str], sampling: SamplingParams, chat: bool,
                  on_progress: Progress | None = None, priority: int = 0, n: int = 1) -> LLMOutcome:

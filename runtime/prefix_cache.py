@@ -10,6 +10,9 @@ The tree never touches the block pool: `insert` says which blocks it adopted (th
 caller takes a reference for the tree) and `evict` returns the blocks it dropped
 (the caller releases the tree's reference). No torch here.
 
+Each node also carries a digest of its whole path (BLAKE2b of its parent's digest and its own tokens):
+the content address under which runtime/kv_tiers.py keeps a block beyond the pool.
+
 >>> cache = RadixPrefixCache(block_size=2)
 >>> cache.insert([1, 2, 3, 4, 5], blocks=[10, 11]).adopted_blocks
 (10, 11)
@@ -21,8 +24,10 @@ caller takes a reference for the tree) and `evict` returns the blocks it dropped
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
+from array import array
 from dataclasses import dataclass, field
 
 
@@ -34,6 +39,7 @@ class RadixNode:
     children: dict[tuple[int, ...], RadixNode] = field(default_factory=dict)
     lock_ref: int = 0  # sequences using this node or a descendant
     last_access: int = 0
+    digest: bytes = b""  # of the path from the root: chain_digest(parent.digest, key)
 
     @property
     def is_leaf(self) -> bool:
@@ -53,6 +59,11 @@ class InsertResult:
     adopted_blocks: tuple[int, ...]  # the caller's blocks the tree now also references
 
 
+def chain_digest(parent: bytes, key: tuple[int, ...]) -> bytes:
+    """A block's content address: its tokens, and everything before them through the parent's digest."""
+    return hashlib.blake2b(parent + array("i", key).tobytes(), digest_size=16).digest()
+
+
 class LRUPolicy:
     """Evict the least recently matched or inserted leaf first."""
 
@@ -61,11 +72,13 @@ class LRUPolicy:
 
 
 class RadixPrefixCache:
-    def __init__(self, block_size: int, policy=None):
+    def __init__(self, block_size: int, policy=None, on_evict=None):
+        """on_evict(block, digest): called for each block evict() drops, before it can be reused."""
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.block_size = block_size
         self.policy = policy or LRUPolicy()
+        self.on_evict = on_evict
         self.root = RadixNode(key=(), block=-1, parent=None)
         self.root.lock_ref = 1  # the root is never evicted
         self._clock = itertools.count(1)
@@ -109,7 +122,7 @@ class RadixPrefixCache:
         for key, block in zip(keys, blocks):
             child = node.children.get(key)
             if child is None:
-                child = RadixNode(key=key, block=block, parent=node)
+                child = RadixNode(key=key, block=block, parent=node, digest=chain_digest(node.digest, key))
                 node.children[key] = child
                 adopted.append(block)
                 self.num_blocks += 1
@@ -146,6 +159,8 @@ class RadixPrefixCache:
             del parent.children[node.key]
             node.parent = None
             evicted.append(node.block)
+            if self.on_evict is not None:
+                self.on_evict(node.block, node.digest)
             self.num_blocks -= 1
             if parent is not self.root and parent.is_leaf and parent.lock_ref == 0:
                 heapq.heappush(leaves, (self.policy.priority(parent), next(tie), parent))

@@ -128,6 +128,9 @@ class Scheduler:
             self.waiting.remove(seq)
             if seq.num_preemptions == 0:
                 seq.num_cached_prompt_tokens = min(cached, seq.num_prompt_tokens)
+                from_tiers = {t: min(n, seq.num_cached_prompt_tokens) for t, n in seq.tier_tokens.items()}
+                memory = seq.num_cached_prompt_tokens - sum(from_tiers.values())
+                seq.cache_tier_hits = {"memory": max(0, memory), **from_tiers} if seq.num_cached_prompt_tokens else {}
                 self.num_cached_prompt_tokens += seq.num_cached_prompt_tokens
                 self.num_prompt_tokens += seq.num_prompt_tokens
             seq.status = SequenceStatus.RUNNING

@@ -58,6 +58,8 @@ class Sequence:
         self.num_tree_blocks = 0
         # Accounting.
         self.num_cached_prompt_tokens = 0  # served from the prefix cache at first admission
+        self.tier_tokens: dict[str, int] = {}  # of the last prefix match, tokens restored from the host / disk tier
+        self.cache_tier_hits: dict[str, int] = {}  # num_cached_prompt_tokens by tier: memory, host, disk
         self.num_preemptions = 0
         self.token_logprobs: list[float] = []  # score requests
         # generation requests that asked for logprobs: one per output token

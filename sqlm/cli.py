@@ -108,6 +108,31 @@ def cmd_calibrate(args, con) -> None:
     print(f"cost observations cleared: {con.catalog.clear_cost_observations()}")
 
 
+def cmd_cache(args, con) -> None:
+    """The KV blocks kept on disk for later processes (runtime/kv_tiers.py), per model and layout; `clear` drops
+    them."""
+    import shutil
+
+    import pyarrow as pa
+
+    from runtime.kv_tiers import cache_namespaces
+
+    spaces = cache_namespaces(Path(con.catalog.home))
+    if args.action == "clear":
+        shutil.rmtree(Path(con.catalog.home) / "kv", ignore_errors=True)
+        print(f"cleared {sum(s['entries'] for s in spaces):,} KV blocks ({sum(s['bytes'] for s in spaces):,} bytes)")
+        return
+    table = pa.table({
+        "model": [s.get("model", "?") for s in spaces],
+        "dtype": [s.get("dtype", "?") for s in spaces],
+        "block_size": [s.get("block_size") for s in spaces],
+        "blocks": [s["entries"] for s in spaces],
+        "bytes": [s["bytes"] for s in spaces],
+        "namespace": [s["namespace"] for s in spaces],
+    })
+    print(FORMATS[args.format](table))
+
+
 def cmd_shell(args, con) -> None:
     import readline
 
@@ -171,6 +196,10 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models in the catalog")
     m.add_argument("--format", choices=sorted(FORMATS), default="table")
     m.set_defaults(run=cmd_models)
+    k = sub.add_parser("cache", help="show (or clear) the KV blocks kept on disk for later processes")
+    k.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
+    k.add_argument("--format", choices=sorted(FORMATS), default="table")
+    k.set_defaults(run=cmd_cache)
     c = sub.add_parser("calibrate", help="re-measure this machine for the cost model (run it on a quiet machine)")
     c.set_defaults(run=cmd_calibrate)
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (see `sqlm serve --help`)", add_help=False)

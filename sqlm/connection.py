@@ -75,7 +75,8 @@ class Connection:
         self.catalog = Catalog(path)
         self.settings: Settings = self.catalog.settings()
         self._tables: dict[str, object] = {}  # session-registered in-memory tables
-        self._llm = LLMService(lambda name: load_entry(ensure_model(self.catalog, name)), shared_engine)
+        self._llm = LLMService(lambda name: load_entry(ensure_model(self.catalog, name)), shared_engine,
+                               self.catalog.home)
         self.on_progress = None  # (rows done, rows total, tokens) callback, set by the CLI
         self.last_plan: PhysicalPlan | None = None
         self.last_actuals: dict | None = None

@@ -27,6 +27,7 @@ from planner.lower import PhysicalPlan
 from planner.request import plan_request
 from planner.statistics import Statistics
 from runtime.engine import Engine
+from runtime.kv_tiers import KVTierSpec
 from runtime.llm_ops import SharedEngine
 from sqlm.policy import SqlPolicy
 from sqlm.server import completions as C
@@ -147,7 +148,8 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
 
             draft = kernels.build_model(load_entry(ensure_model(catalog, config.draft_model)), kernels=config.kernels,
                                         weight_format=config.weight_format, prefill_dtype=config.prefill_dtype)
-        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels, draft_model=draft)
+        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels, draft_model=draft,
+                        kv_tiers=KVTierSpec(catalog.home, name, str(loaded.path)))
         # what request plans obey: the engine as it runs (its pool's real size)
         knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
                         kv_cache_dtype=config.resolved_kv_cache_dtype())

@@ -155,6 +155,8 @@ class EngineLoop:
         self._commands.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self.engine.tiers is not None:  # prompt blocks on their way to the disk tier land first
+            self.engine.tiers.flush()
 
     @property
     def alive(self) -> bool:

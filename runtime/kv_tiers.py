@@ -1,0 +1,316 @@
+"""KV blocks beyond the pool: a host tier (RAM, compressed) and a disk tier that survives restarts.
+
+Blocks are content-addressed by their radix path's digest (runtime/prefix_cache.py: each block's digest chains
+its parent's with its own tokens), inside a namespace keyed by the model file's hash, the cache's element type,
+the block size, the KV layout and FORMAT_VERSION, so a block is only ever reused by the engine that could have
+computed it. Blocks the prefix cache evicts go to the host tier; full prompt blocks are also written through to
+the disk tier, on a background thread (the engine never waits for a disk write). On a prefix miss in memory the
+KV manager asks the tiers for the following blocks and loads them into pool blocks before the step's forward.
+
+A disk entry is one file: a header (magic, format version, payload length, BLAKE2b checksum) and the block's
+K then V bytes. A truncated, mismatched or corrupt entry is detected on read, deleted and never used. The disk
+tier is size-bounded: the least recently used entries go first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MAGIC = b"SQKV"
+HEADER = struct.Struct("<4sHHQ16s")  # magic, version, reserved, payload bytes, checksum
+DEFAULT_HOST_BYTES = 256 << 20
+DEFAULT_DISK_BYTES = 2 << 30
+TIERS = ("memory", "host", "disk")
+
+
+@lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime: float) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """The model's content hash: its GGUF file, or every file of an HF directory (in name order)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        st = f.stat()
+        h.update(_file_digest(str(f), st.st_size, st.st_mtime).encode())
+    return h.hexdigest()
+
+
+def namespace(model_hash: str, dtype: torch.dtype, block_size: int, layout: tuple[int, ...]) -> str:
+    """The directory name of one engine's compatible blocks."""
+    key = f"{model_hash}|{dtype}|{block_size}|{layout}|v{FORMAT_VERSION}"
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+
+
+def _checksum(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _shuffle(raw: bytes, itemsize: int) -> bytes:
+    """Byte planes (every element's first bytes, then its second, ...): float bytes compress far better so."""
+    return np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def _unshuffle(planes: bytes, itemsize: int) -> bytes:
+    return np.frombuffer(planes, np.uint8).reshape(itemsize, -1).T.tobytes()
+
+
+class DiskTier:
+    """Files under `root`, one per block; bounded to `budget` bytes, least recently used evicted first."""
+
+    def __init__(self, root: Path, budget: int = DEFAULT_DISK_BYTES, describe: dict | None = None):
+        self.root = root
+        self.budget = budget
+        root.mkdir(parents=True, exist_ok=True)
+        if describe is not None and not (root / "meta.json").exists():
+            (root / "meta.json").write_text(json.dumps(describe))
+        self.bytes = sum(p.stat().st_size for p in root.glob("*.kv"))
+
+    def path(self, digest: bytes) -> Path:
+        return self.root / f"{digest.hex()}.kv"
+
+    def contains(self, digest: bytes) -> bool:
+        return self.path(digest).exists()
+
+    def get(self, digest: bytes) -> bytes | None:
+        path = self.path(digest)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if len(data) >= HEADER.size:
+            magic, version, _, length, checksum = HEADER.unpack_from(data)
+            payload = data[HEADER.size:]
+            if magic == MAGIC and version == FORMAT_VERSION and length == len(payload) and _checksum(payload) == checksum:
+                os.utime(path)  # recently used
+                return payload
+        self._remove(path)  # truncated, another format, or corrupt: never used
+        return None
+
+    def put(self, digest: bytes, payload: bytes) -> None:
+        path = self.path(digest)
+        if path.exists():
+            return
+        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+        tmp.write_bytes(HEADER.pack(MAGIC, FORMAT_VERSION, 0, len(payload), _checksum(payload)) + payload)
+        os.replace(tmp, path)  # readers see the whole entry or none
+        self.bytes += HEADER.size + len(payload)
+        if self.bytes > self.budget:
+            self._evict()
+
+    def _evict(self) -> None:
+        entries = sorted(self.root.glob("*.kv"), key=lambda p: p.stat().st_mtime)
+        for path in entries:
+            if self.bytes <= self.budget * 0.9:
+                break
+            self._remove(path)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            self.bytes -= size
+        except OSError:
+            pass
+
+
+class HostTier:
+    """Compressed blocks in RAM, bounded to `budget` bytes, least recently used dropped first."""
+
+    def __init__(self, budget: int, itemsize: int):
+        self.budget, self.itemsize = budget, itemsize
+        self.bytes = 0
+        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def contains(self, digest: bytes) -> bool:
+        with self._lock:
+            return digest in self._blocks
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            packed = self._blocks.get(digest)
+            if packed is not None:
+                self._blocks.move_to_end(digest)
+        return None if packed is None else _unshuffle(zlib.decompress(packed), self.itemsize)
+
+    def put(self, digest: bytes, raw: bytes) -> None:
+        packed = zlib.compress(_shuffle(raw, self.itemsize), 1)
+        with self._lock:
+            if digest in self._blocks:
+                return
+            self._blocks[digest] = packed
+            self.bytes += len(packed)
+            while self.bytes > self.budget and self._blocks:
+                _, dropped = self._blocks.popitem(last=False)
+                self.bytes -= len(dropped)
+
+
+@dataclass(frozen=True)
+class KVTierSpec:
+    """Where an engine keeps KV blocks beyond its pool: `home`/kv/<namespace> on disk, plus host RAM."""
+    home: Path
+    model_name: str
+    model_path: str
+    host_bytes: int = DEFAULT_HOST_BYTES
+    disk_bytes: int = DEFAULT_DISK_BYTES
+
+    def store(self, cache) -> TieredKVStore:
+        layout = (tuple(cache.k.shape[:1]) + tuple(cache.k.shape[2:]), tuple(cache.v.shape[2:]))
+        model_hash = model_digest(self.model_path)
+        name = namespace(model_hash, cache.dtype, cache.block_size, layout)
+        describe = {"model": self.model_name, "model_hash": model_hash, "dtype": str(cache.dtype).removeprefix("torch."),
+                    "block_size": cache.block_size, "format_version": FORMAT_VERSION}
+        return TieredKVStore(cache, Path(self.home) / "kv" / name, self.host_bytes, self.disk_bytes, describe)
+
+
+class TieredKVStore:
+    """The tiers of one engine's KV cache (runtime.model_runner.PagedKVCache), as the KV manager sees them:
+    `contains`, `restore` into a pool block, and `evicted` / `computed` to keep a block beyond the pool."""
+
+    def __init__(self, cache, disk_root: Path | None, host_bytes: int = DEFAULT_HOST_BYTES,
+                 disk_bytes: int = DEFAULT_DISK_BYTES, describe: dict | None = None):
+        self.cache = cache
+        self.host = HostTier(host_bytes, cache.dtype.itemsize) if host_bytes > 0 else None
+        self.disk = DiskTier(disk_root, disk_bytes, describe) if disk_root is not None else None
+        self._pending: dict[tuple[str, bytes], bytes] = {}  # (tier, digest) -> raw block on its way (readable)
+
+    # --- what the KV manager calls (no torch there) --------------------------------------------------------
+    def contains(self, digest: bytes) -> str | None:
+        """The tier holding the block: 'host' or 'disk' (None: neither)."""
+        if self._queued(digest) is not None or (self.host is not None and self.host.contains(digest)):
+            return "host"
+        if self.disk is not None and self.disk.contains(digest):
+            return "disk"
+        return None
+
+    def restore(self, digest: bytes, block: int) -> str | None:
+        """Load the block's K/V into pool block `block`; the tier it came from, or None (gone or corrupt)."""
+        raw, tier = self._queued(digest), "host"
+        if raw is None and self.host is not None:
+            raw = self.host.get(digest)
+        if raw is None and self.disk is not None:
+            raw, tier = self.disk.get(digest), "disk"
+        if raw is None or len(raw) != self._block_bytes():
+            return None
+        self._write_block(block, raw)
+        return tier
+
+    def evicted(self, block: int, digest: bytes) -> None:
+        """The prefix cache drops this block from the pool: keep it in the host tier."""
+        if self.host is not None:
+            self._enqueue("host", digest, self._read_block(block))
+
+    def computed(self, block: int, digest: bytes) -> None:
+        """A full prompt block is computed: write it through to the disk tier."""
+        if self.disk is not None and not self.disk.contains(digest):
+            self._enqueue("disk", digest, self._read_block(block))
+
+    def flush(self) -> None:
+        """Wait until every queued block is in its tier."""
+        _WRITER.queue.join()
+
+    def close(self) -> None:
+        self.flush()
+
+    # --- internals --------------------------------------------------------------------------------------------
+    def _queued(self, digest: bytes) -> bytes | None:
+        return self._pending.get(("host", digest)) or self._pending.get(("disk", digest))
+
+    def _enqueue(self, tier: str, digest: bytes, raw: bytes) -> None:
+        if (tier, digest) in self._pending:
+            return
+        self._pending[(tier, digest)] = raw
+        if not _WRITER.put(self.host if tier == "host" else self.disk, self._pending, (tier, digest), raw):
+            self._pending.pop((tier, digest), None)  # the tiers are behind: drop this block, never stall the engine
+
+    def _block_bytes(self) -> int:
+        c = self.cache
+        return (c.k[:, 0].numel() + c.v[:, 0].numel()) * c.dtype.itemsize
+
+    def _read_block(self, block: int) -> bytes:
+        c = self.cache
+        k, v = c.k[:, block].contiguous(), c.v[:, block].contiguous()
+        return _tensor_bytes(k) + _tensor_bytes(v)
+
+    def _write_block(self, block: int, raw: bytes) -> None:
+        c = self.cache
+        k_bytes = c.k[:, 0].numel() * c.dtype.itemsize
+        c.k[:, block] = _from_bytes(raw[:k_bytes], c.dtype).view(c.k[:, block].shape)
+        c.v[:, block] = _from_bytes(raw[k_bytes:], c.dtype).view(c.v[:, block].shape)
+
+
+class _Writer:
+    """One background thread for every engine's tiers. Its work items hold the tier and the pending map, never
+    the store: an engine that is dropped frees its KV pool at once, while its last blocks still land."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=256)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, tier, pending: dict, key, raw: bytes) -> bool:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="sqlm-kv-tiers", daemon=True)
+                self._thread.start()
+        try:
+            self.queue.put_nowait((tier, pending, key, raw))
+            return True
+        except queue.Full:
+            return False
+
+    def _work(self) -> None:
+        while True:
+            tier, pending, key, raw = self.queue.get()
+            try:
+                tier.put(key[1], raw)
+            except OSError:
+                pass  # a full or read-only disk loses the block, never the request
+            finally:
+                pending.pop(key, None)
+                self.queue.task_done()
+
+
+_WRITER = _Writer()
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes()
+
+
+def _from_bytes(raw: bytes, dtype: torch.dtype) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+
+
+def cache_namespaces(home: Path) -> list[dict]:
+    """Every namespace under `home`/kv with its entries and bytes (for `sqlm cache`)."""
+    root = home / "kv"
+    out = []
+    for d in sorted(root.iterdir()) if root.exists() else []:
+        if not d.is_dir():
+            continue
+        files = list(d.glob("*.kv"))
+        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+        out.append({"namespace": d.name, **meta, "entries": len(files), "bytes": sum(f.stat().st_size for f in files)})
+    return out
