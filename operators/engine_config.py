@@ -19,7 +19,7 @@ CHOICES = {
     "scheduling": ("fcfs", "spf"),
     "weight_format": ("fp32", "bf16", "native"),
     "kernels": ("torch", "tvm"),
-    "kv_cache_dtype": ("auto", "fp32", "bf16"),
+    "kv_cache_dtype": ("auto", "fp32", "bf16", "int8"),
     "attention_kernel": ("tvm", "torch"),  # codegen's paged kernel | gather + SDPA
     "prefill_dtype": ("fp32", "bf16"),
     "speculative": ("off", "ngram", "draft"),

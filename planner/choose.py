@@ -394,16 +394,35 @@ def _pick_prefill_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, 
 
 def _pick_kv_cache_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
     """bf16 halves the KV bytes (more sequences fit the budget) but rounds K and V: auto takes it only
-    where the weights are bf16 already, as the engine's own auto does."""
+    where the weights are bf16 already, as the engine's own auto does. int8 (per-token scales, 0.27x the
+    bytes, the torch attention path) is priced too, and where the KV budget is what limits the batch EXPLAIN
+    says what it would gain; it is taken only when SET."""
     s = ctx.settings_for(facts.name)
     forced = not s.is_auto("kv_cache_dtype")
     lossless = ("bf16", "fp32") if knobs.weight_format == "bf16" else ("fp32",)
     order = [s.kv_cache_dtype] if forced else list(lossless)
-    order += [v for v in ("fp32", "bf16") if v not in order]
-    note = None if forced or "bf16" in lossless else (
-        lambda chosen, other: "bf16 is considered only when SET or with bf16 weights (it rounds K/V)")
-    return _pick("kv_cache_dtype", [(v, replace(knobs, kv_cache_dtype=v)) for v in order], w, facts, ctx, forced,
-                 note, eligible=None if forced else lossless)
+    order += [v for v in ("fp32", "bf16", "int8") if v not in order]
+    candidates = [(v, replace(knobs, kv_cache_dtype=v, attention_kernel="torch" if v == "int8" else
+                              knobs.attention_kernel)) for v in order]
+
+    def note(chosen, other) -> str:
+        if forced:
+            return ""
+        text = "bf16 and int8 are considered only when SET (they round K/V)" if "bf16" not in lossless else (
+            "int8 is considered only when SET (it rounds K/V)")
+        fp32_batch = _kv_batch(replace(knobs, kv_cache_dtype="fp32"), w, facts)
+        int8_batch = _kv_batch(replace(knobs, kv_cache_dtype="int8"), w, facts)
+        if int8_batch > fp32_batch:
+            text += (f"; the KV budget holds {fp32_batch:.0f} sequences in fp32, {int8_batch:.0f} in int8 "
+                     f"(SET kv_cache_dtype = 'int8')")
+        return text
+    return _pick("kv_cache_dtype", candidates, w, facts, ctx, forced, note, eligible=None if forced else lossless)
+
+
+def _kv_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts) -> float:
+    """Sequences of this workload the KV budget holds at once."""
+    per_seq = max(1.0, w.prompt_tokens + w.output_tokens + w.scored_tokens)
+    return knobs.kv_cache_memory / kv_bytes_per_token(facts.config, knobs.resolved_kv_cache_dtype()) / per_seq
 
 
 def _pick_attention_kernel(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
@@ -416,6 +435,10 @@ def _pick_attention_kernel(knobs: EngineConfig, w: LLMWorkload, facts: ModelFact
     # unforced, TVM first: on a tie the engine's default wins
     available = (first,) + tuple(k for k in ctx.kernels if k != first) if forced else tuple(
         sorted(ctx.kernels, key=lambda k: k != "tvm"))
+    if knobs.kv_cache_dtype == "int8":  # TVM's paged kernel reads fp32 or bf16 blocks only
+        choice, chosen = _pick("attention_kernel", [("torch", replace(knobs, attention_kernel="torch"))], w, facts,
+                               ctx, True)
+        return replace(choice, forced_by="kv_cache_dtype = int8 (TVM's paged kernel reads fp32 or bf16)"), chosen
     return _pick("attention_kernel", [(k, replace(knobs, attention_kernel=k)) for k in available], w, facts, ctx,
                  forced)
 

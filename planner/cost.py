@@ -32,7 +32,7 @@ OPS_PER_ROW = 4  # per sequence in a step: its slots, its sampled token, detoken
 OPS_PER_ROW_GATHER = 3  # the torch attention path also builds each row's gather indices and mask
 OPS_PER_REQUEST = 32  # chat template, tokenizer, submit, result (~270 us measured for a W1 prompt)
 QUANT_DEQUANT_FLOPS_PER_WEIGHT = 4  # scale, offset, unpack: what the torch 'native' path does per weight per call
-KV_ELEMENT_BYTES = {"fp32": 4, "bf16": 2}
+KV_ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class LLMCost:
 
 def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
     """K and V of one token in every layer, in the cache's element type."""
-    return config.kv_bytes_per_token * KV_ELEMENT_BYTES[kv_cache_dtype] / 4
+    per_element = KV_ELEMENT_BYTES[kv_cache_dtype] + (4 / config.head_dim if kv_cache_dtype == "int8" else 0.0)
+    return config.kv_bytes_per_token * per_element / 4  # int8: one fp32 scale per token and head, K and V
 
 
 def _bytes_and_rate(knobs: EngineConfig, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:

@@ -42,6 +42,14 @@ RECONFIGURABLE = ("max_batch_size", "prefill_chunk_tokens", "scheduling", "specu
                   "speculative_max_batch", "draft_model")
 
 
+# what an int8 KV cache's per-channel key magnitudes are measured on (PagedKVCache.calibrate_keys)
+KEY_CALIBRATION_TEXT = (
+    "The committee met in the library on Tuesday to discuss the budget for the new park. Some members wanted a "
+    "playground near the entrance; others preferred a quiet garden with benches, a pond and fifty trees. Question: "
+    "what is 17 times 23? Answer: 391. def add(a, b):\n    return a + b\n# Write a short review of item 42: great "
+    "price, good quality, fast delivery. Le chat dort sur le canape. 2026-12-02, 18:00 UTC, $19.99, 3.14159.")
+
+
 class KVCacheTooSmallError(ValueError):
     """A single request needs more KV memory than the whole pool: it could never run."""
 
@@ -145,6 +153,8 @@ class Engine:
             raise ValueError(f"attention_kernel must be 'tvm' or 'torch', got {config.attention_kernel!r}")
         attention = (kernels or kernel_set("cpu")).attention() if config.attention_kernel == "tvm" else None
         self.runner = ModelRunner(model, num_blocks, bs, kv_dtype, attention)
+        if kv_dtype == "int8":
+            self.runner.cache.calibrate_keys(model, tokenizer.encode(KEY_CALIBRATION_TEXT)[:256])
         self.tiers = kv_tiers.store(self.runner.cache) if kv_tiers is not None and config.prefix_cache else None
         self.kv = KVCacheManager(num_blocks, bs, config.prefix_cache, self.tiers)
         self.scheduler = Scheduler(config, self.kv)

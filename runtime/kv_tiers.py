@@ -191,6 +191,7 @@ class TieredKVStore:
     def __init__(self, cache, disk_root: Path | None, host_bytes: int = DEFAULT_HOST_BYTES,
                  disk_bytes: int = DEFAULT_DISK_BYTES, describe: dict | None = None):
         self.cache = cache
+        # byte planes of the element type (int8 blocks' fp32 scales are a small tail, shuffled alike)
         self.host = HostTier(host_bytes, cache.dtype.itemsize) if host_bytes > 0 else None
         self.disk = DiskTier(disk_root, disk_bytes, describe) if disk_root is not None else None
         self._pending: dict[tuple[str, bytes], bytes] = {}  # (tier, digest) -> raw block on its way (readable)
@@ -245,19 +246,17 @@ class TieredKVStore:
             self._pending.pop((tier, digest), None)  # the tiers are behind: drop this block, never stall the engine
 
     def _block_bytes(self) -> int:
-        c = self.cache
-        return (c.k[:, 0].numel() + c.v[:, 0].numel()) * c.dtype.itemsize
+        return sum(t[:, 0].numel() * t.dtype.itemsize for t in self.cache.block_tensors())
 
     def _read_block(self, block: int) -> bytes:
-        c = self.cache
-        k, v = c.k[:, block].contiguous(), c.v[:, block].contiguous()
-        return _tensor_bytes(k) + _tensor_bytes(v)
+        return b"".join(_tensor_bytes(t[:, block].contiguous()) for t in self.cache.block_tensors())
 
     def _write_block(self, block: int, raw: bytes) -> None:
-        c = self.cache
-        k_bytes = c.k[:, 0].numel() * c.dtype.itemsize
-        c.k[:, block] = _from_bytes(raw[:k_bytes], c.dtype).view(c.k[:, block].shape)
-        c.v[:, block] = _from_bytes(raw[k_bytes:], c.dtype).view(c.v[:, block].shape)
+        at = 0
+        for t in self.cache.block_tensors():
+            n = t[:, 0].numel() * t.dtype.itemsize
+            t[:, block] = _from_bytes(raw[at:at + n], t.dtype).view(t[:, block].shape)
+            at += n
 
 
 class _Writer:
@@ -296,7 +295,7 @@ _WRITER = _Writer()
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.uint8 else t.numpy().tobytes()
+    return t.view(torch.uint8).numpy().tobytes()
 
 
 def _from_bytes(raw: bytes, dtype: torch.dtype) -> torch.Tensor:

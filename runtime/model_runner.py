@@ -23,13 +23,22 @@ from operators import tensor_ops
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
 
-KV_CACHE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+KV_CACHE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+INT8_MAX = 127.0
 
 
 class PagedKVCache:
     """K and V blocks of every layer, in codegen.kernels.paged_attention's layout:
     k [L, NB, Hkv, D, bs] (each block's keys transposed) and v [L, NB, Hkv, bs, D], so one
-    block of one head is one contiguous run for the kernel."""
+    block of one head is one contiguous run for the kernel.
+
+    int8 (vLLM's and LMDeploy's per-token quantization): each token's K and V of each head are stored as int8
+    with one fp32 scale (max |x| / 127), k_scale / v_scale [L, NB, Hkv, bs]: 2D + 8 bytes a token and head
+    against fp32's 8D (0.27x at D = 64); the torch attention path widens a gathered block back to fp32.
+    Keys have a few large channels (the same ones in every token), which would leave the others a few bits of
+    a per-token scale: each key channel is first divided by its typical magnitude (k_channel [L, Hkv, D],
+    calibrated once on a fixed text: calibrate_keys), and multiplied back when read. q.k is unchanged by it up
+    to rounding (KIVI's and SmoothQuant's per-channel observation, folded into the per-token format)."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32):
@@ -38,6 +47,13 @@ class PagedKVCache:
         self.v = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size, head_dim, dtype=dtype)
         # per-layer views made once: indexing self.k[layer] costs ~1 us per call, twice per layer and step
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+        self.k_scale = self.v_scale = None
+        if dtype == torch.int8:
+            self.k_scale = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size)
+            self.v_scale = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size)
+            self.scales = list(zip(self.k_scale.unbind(0), self.v_scale.unbind(0)))
+            self.k_channel = torch.ones(num_layers, num_kv_heads, head_dim)
+            self.v_channel = torch.ones(num_layers, num_kv_heads, head_dim)
         self.block_size = block_size
 
     @property
@@ -50,21 +66,51 @@ class PagedKVCache:
 
     def write(self, layer: int, blocks: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the K/V [T, Hkv, D] of tokens at (block, offset) slots, blocks/offsets [T] int32."""
+        if self.k_scale is not None:
+            k, k_scale = _quantize_int8(k.float() / self.k_channel[layer])
+            v, v_scale = _quantize_int8(v.float() / self.v_channel[layer])
+            self.k_scale[layer][blocks, :, offsets] = k_scale
+            self.v_scale[layer][blocks, :, offsets] = v_scale
         self.k[layer][blocks, :, :, offsets] = k.to(self.dtype)
         self.v[layer][blocks, :, offsets, :] = v.to(self.dtype)
 
     @staticmethod
     def bytes_per_block(config, block_size: int, dtype: torch.dtype = torch.float32) -> int:
-        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * dtype.itemsize
+        scales = 2 * config.num_layers * block_size * config.num_kv_heads * 4 if dtype == torch.int8 else 0
+        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * dtype.itemsize + scales
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        scales = self.k_scale.nbytes + self.v_scale.nbytes if self.k_scale is not None else 0
+        return self.k.nbytes + self.v.nbytes + scales
+
+    @torch.inference_mode()
+    def calibrate_keys(self, model, token_ids: list[int]) -> None:
+        """k_channel from the keys the model computes for token_ids: each channel's largest |k|, relative to its
+        head's largest (deterministic for a model, so blocks kept on disk stay valid)."""
+        from operators.llama import ContiguousKVCache
+
+        reference = ContiguousKVCache(model.config, len(token_ids))
+        model.forward(torch.tensor(token_ids), torch.arange(len(token_ids)), reference)
+        for name, kv in (("k_channel", reference.k), ("v_channel", reference.v)):
+            amax = kv.abs().amax(dim=1)  # [L, Hkv, D]
+            setattr(self, name, (amax / amax.amax(dim=-1, keepdim=True)).clamp_min(1e-3))
+
+    def block_tensors(self) -> list[torch.Tensor]:
+        """Every tensor that holds part of a block (block index on dim 1): K, V and, for int8, their scales."""
+        return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.k_scale is not None else [])
 
     def copy_blocks(self, copies) -> None:
         for src, dst in copies:
-            self.k[:, dst] = self.k[:, src]
-            self.v[:, dst] = self.v[:, src]
+            for t in self.block_tensors():
+                t[:, dst] = t[:, src]
+
+
+def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, H, D] -> (int8 [T, H, D], scale [T, H]): per token and head, symmetric, round to nearest."""
+    scale = x.abs().amax(dim=-1).float() / INT8_MAX  # [T, H]
+    q = torch.round(x.float() / scale.clamp_min(1e-30)[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
 
 
 @dataclass
@@ -133,8 +179,14 @@ class GatherPagedAttention:
             rows, width = g.query_index.shape
             tables = g.block_tables.view(-1)  # [P * MB]
             keys = k_cache.index_select(0, tables).view(rows, -1, num_kv_heads, head_dim, bs)  # [P, MB, Hkv, D, bs]
-            keys = keys.permute(0, 2, 1, 4, 3).reshape(rows, num_kv_heads, -1, head_dim).to(q.dtype)  # [P, Hkv, S, D]
             values = v_cache.index_select(0, tables).view(rows, -1, num_kv_heads, bs, head_dim)  # [P, MB, Hkv, bs, D]
+            if self.cache.k_scale is not None:  # int8: widen with each token's scale
+                k_scale, v_scale = self.cache.scales[layer]  # [NB, Hkv, bs] each
+                keys = keys.float() * k_scale.index_select(0, tables).view(rows, -1, num_kv_heads, 1, bs) \
+                    * self.cache.k_channel[layer].view(1, 1, num_kv_heads, head_dim, 1)
+                values = values.float() * v_scale.index_select(0, tables).view(rows, -1, num_kv_heads, bs, 1) \
+                    * self.cache.v_channel[layer].view(1, 1, num_kv_heads, 1, head_dim)
+            keys = keys.permute(0, 2, 1, 4, 3).reshape(rows, num_kv_heads, -1, head_dim).to(q.dtype)  # [P, Hkv, S, D]
             values = values.permute(0, 2, 1, 3, 4).reshape(rows, num_kv_heads, -1, head_dim).to(q.dtype)
             queries = q[g.query_index.view(-1)].view(rows, width, self.num_q_heads, head_dim).transpose(1, 2)  # [P, Hq, Tq, D]
             out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=g.mask, enable_gqa=True)  # [P, Hq, Tq, D]
@@ -167,6 +219,9 @@ class ModelRunner:
         self.kernels = attention
         self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim,
                                   KV_CACHE_DTYPES[kv_cache_dtype])
+        if attention is not None and kv_cache_dtype == "int8":
+            raise ValueError("an int8 KV cache runs on the torch attention path (attention_kernel = 'torch'); "
+                             "TVM's paged-attention kernel reads fp32 or bf16 blocks")
         if attention is not None:  # compiled now, for this cache, rather than in the first request
             activations = "bf16" if getattr(model, "activation_dtype", torch.float32) == torch.bfloat16 else "fp32"
             attention.warm_up(c, block_size, activations, kv_cache_dtype)
