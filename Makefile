@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.relational --out bench/results/relational.md
 	$(BIN)/python -m bench.spf_burst --out bench/results/spf_burst.md
 	$(BIN)/python -m bench.speculative --out bench/results/speculative.md
+	$(BIN)/python -m bench.kv_tiers --out bench/results/kv_tiers.md
 
 clean:
 	rm -rf $(VENV)
