@@ -1,4 +1,5 @@
-"""`sqlm serve` as a user runs it: a separate process on 127.0.0.1, stopped with SIGTERM."""
+"""`sqlm serve` as a user runs it: a separate process on 127.0.0.1, stopped with SIGTERM (its refusals and
+--explain, which never serve, in-process)."""
 from __future__ import annotations
 
 import os
@@ -54,18 +55,19 @@ def test_serve_answers_openai_requests_and_stops_cleanly(tiny_llama):
     assert "Traceback" not in stderr
 
 
-def test_serve_with_an_unknown_model_exits_with_a_message():
-    process = serve("--model", "no-such-model", "--port", str(free_port()))
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 2
-    assert "no-such-model" in stderr
+def test_serve_with_an_unknown_model_exits_with_a_message(tmp_path, capsys):
+    from sqlm.server import main
+
+    assert main(["--model", "no-such-model", "--home", str(tmp_path / "home")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
 
 
-def test_serve_explain_prints_the_engines_plan_and_exits(tiny_llama, tmp_path):
-    process = serve("--model", str(tiny_llama.hf_dir), "--kv-cache-memory", "8MB", "--max-batch-size", "5",
-                    "--speculative", "ngram", "--home", str(tmp_path / "home"), "--explain")
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+def test_serve_explain_prints_the_engines_plan_and_exits(tiny_llama, tmp_path, capsys):
+    from sqlm.server import main
+
+    assert main(["--model", str(tiny_llama.hf_dir), "--kv-cache-memory", "8MB", "--max-batch-size", "5",
+                 "--speculative", "ngram", "--home", str(tmp_path / "home"), "--explain"]) == 0
+    stdout = capsys.readouterr().out
     assert "BatchedGenerate" in stdout and "choice max_batch_size = 5" in stdout and "choice kv_block_size" in stdout
     assert "choice speculative = ngram" in stdout and "[forced by SET]" in stdout
 
