@@ -23,8 +23,9 @@ demo: $(STAMP)
 	$(BIN)/python examples/make_reviews.py
 	$(BIN)/python examples/demo.py
 
+# two workers, one thread each: TVM compiles single-threaded, so the suite takes about half the time
 test: $(STAMP)
-	$(BIN)/python -m pytest -x
+	$(BIN)/python -m pytest -x -n 2 --dist loadfile
 
 # Each benchmark measures its peer and the machine's ceilings in the same run; BENCHMARKS.md is
 # written from these files.

@@ -18,9 +18,12 @@ from typing import Any, Callable
 
 
 def default_root() -> Path:
+    """$SQLM_KERNEL_CACHE, else $SQLM_HOME/kernels: processes that share a directory share compiled kernels (writes
+    are atomic renames, so concurrent builders never tear a file)."""
     from catalog.store import default_home
 
-    return default_home() / "kernels"
+    explicit = os.environ.get("SQLM_KERNEL_CACHE")
+    return Path(explicit).expanduser() if explicit else default_home() / "kernels"
 
 
 def source_digest(*paths: str) -> str:

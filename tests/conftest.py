@@ -5,11 +5,17 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Under pytest-xdist (`make test` runs two workers on this 2-core machine) each worker computes on one thread,
+# TVM's pool included, which is sized when codegen is first imported: set before anything imports it.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("SQLM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(int(os.environ.get("SQLM_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("SQLM_TEST_THREADS", "1" if WORKER else "2")))
 
 from tiny_llama import write_tiny_llama  # noqa: E402
 
@@ -20,7 +26,10 @@ def sqlm_home(tmp_path_factory):
     ~/.cache/sqlm: the machine is measured once per run, whatever the number of catalogs."""
     home = tmp_path_factory.mktemp("sqlm_home")
     os.environ["SQLM_HOME"] = str(home)
-    os.environ["SQLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("machine_cache"))
+    # kernels and the machine's profile are shared by the run's workers: each kernel is compiled once per run
+    shared = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
+    os.environ["SQLM_KERNEL_CACHE"] = str(shared / "kernels")
+    os.environ["SQLM_CACHE_DIR"] = str(shared / "machine_cache")
     return home
 
 
