@@ -6,8 +6,8 @@ Persistence: a ~1,600-token document (bench/w5_passages.SENTENCES, a fixed seed)
 each asked by a new `python` process through SQL. "cold": a catalog that never saw the document; "warm": a
 catalog where an earlier process asked another question over it (its prompt blocks are in the disk tier).
 Figures: engine seconds of the question, prompt tokens by cache tier, disk bytes. int8: W1's first 16 prompts,
-greedy, 64 tokens, on the torch attention path with an fp32, a bf16 and an int8 KV cache: outputs identical
-to fp32's, and KV bytes per block.
+greedy, 64 tokens, on each attention path (TVM's paged kernel, torch's gather) with an fp32, a bf16 and an
+int8 KV cache: outputs identical to that path's fp32-KV outputs, and KV bytes per block.
 """
 from __future__ import annotations
 
@@ -69,18 +69,19 @@ def int8_agreement() -> list[str]:
     model = kernel_set("cpu").build_model(loaded, kernels="tvm", weight_format="native")
     prompts = [f"Write a short product review for item number {i}. The review should mention price, quality and "
                "delivery." for i in range(16)]
-    outs, sizes = {}, {}
-    for dtype in ("fp32", "bf16", "int8"):
-        engine = Engine(model, loaded.tokenizer, EngineConfig(kv_cache_memory=256 << 20, kv_cache_dtype=dtype,
-                                                              attention_kernel="torch"))
-        requests = [engine.request_from_text(p, SamplingParams(max_tokens=64, ignore_eos=True)) for p in prompts]
-        outs[dtype] = [r.output_token_ids for r in engine.generate(requests)]
-        sizes[dtype] = engine.runner.cache.nbytes // engine.kv.pool.num_blocks
-    lines = ["| KV cache | bytes per 16-token block | x fp32 | greedy outputs equal to fp32-KV's (of 16) |",
-             "|---|---|---|---|"]
-    for dtype in ("fp32", "bf16", "int8"):
-        same = sum(a == b for a, b in zip(outs["fp32"], outs[dtype]))
-        lines.append(f"| {dtype} | {sizes[dtype]:,} | {sizes[dtype] / sizes['fp32']:.2f} | {same} |")
+    lines = ["| attention | KV cache | bytes per 16-token block | x fp32 | greedy outputs equal to fp32-KV's (of 16) |",
+             "|---|---|---|---|---|"]
+    for attention in ("tvm", "torch"):
+        outs, sizes = {}, {}
+        for dtype in ("fp32", "bf16", "int8"):
+            engine = Engine(model, loaded.tokenizer, EngineConfig(kv_cache_memory=256 << 20, kv_cache_dtype=dtype,
+                                                                  attention_kernel=attention))
+            requests = [engine.request_from_text(p, SamplingParams(max_tokens=64, ignore_eos=True)) for p in prompts]
+            outs[dtype] = [r.output_token_ids for r in engine.generate(requests)]
+            sizes[dtype] = engine.runner.cache.nbytes // engine.kv.pool.num_blocks
+        for dtype in ("fp32", "bf16", "int8"):
+            same = sum(a == b for a, b in zip(outs["fp32"], outs[dtype]))
+            lines.append(f"| {attention} | {dtype} | {sizes[dtype]:,} | {sizes[dtype] / sizes['fp32']:.2f} | {same} |")
     return lines
 
 

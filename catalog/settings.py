@@ -97,8 +97,7 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
     Knob("weight_format", "auto", _choice("weight_format", "auto", "native", "fp32", "bf16"),
          "keep GGUF quantized blocks (native) or dequantize"),
     Knob("kv_cache_dtype", "auto", _choice("kv_cache_dtype", "auto", "fp32", "bf16", "int8"),
-         "KV cache element type (bf16 halves KV memory and rounds K/V; int8 with per-token scales takes 0.27x "
-         "and runs on the torch attention path)"),
+         "KV cache element type (bf16 halves KV memory and rounds K/V; int8 with per-token scales takes 0.27x)"),
     Knob("prefill_dtype", "auto", _choice("prefill_dtype", "auto", "fp32", "bf16"),
          "element type of quantized (native/tvm) matmuls over >= 64 rows (bf16 rounds activations and weights)"),
     Knob("speculative", "auto", _choice("speculative", "auto", "off", "ngram", "draft"),

@@ -30,7 +30,7 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}
 # Outputs are allocated with empty_like or int sizes: torch.empty(t.shape) parses a torch.Size
 # for ~3 us more per call, and a decode step makes ~150 of these calls.
 
@@ -88,21 +88,27 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = No
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     query_start: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor | None = None,
-                    target: Target | None = None) -> torch.Tensor:
+                    target: Target | None = None, int8_scales: tuple | None = None) -> torch.Tensor:
     """Causal attention of a ragged batch over a paged cache (codegen/kernels/paged_attention.py).
 
     q [T, Hq, D] fp32; k_cache [num_blocks, Hkv, D, block_size] (keys transposed per block) and
     v_cache [num_blocks, Hkv, block_size, D], fp32 or bf16; block_tables [B, max_blocks] int32;
     query_start [B + 1] int32 (sequence b owns q rows query_start[b]..query_start[b+1]-1);
     context_lens [B] int32 (cached tokens of b, its new ones included). Returns [T, Hq, D] fp32
-    (`out` when given).
+    (`out` when given). An int8 cache comes with int8_scales = (k_scale, v_scale [num_blocks, Hkv, block_size],
+    k_channel, v_channel [Hkv, D]), fp32 (runtime.model_runner.PagedKVCache's int8 layout).
     """
     q = q.contiguous()
     out = torch.empty_like(q) if out is None else out
     kernel = _kernel("paged_attention", target, ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
                      ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
                      ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))
-    kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
+    if k_cache.dtype == torch.int8:
+        if int8_scales is None:
+            raise ValueError("an int8 KV cache needs its int8_scales (k_scale, v_scale, k_channel, v_channel)")
+        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, *int8_scales, out)
+    else:
+        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
     return out
 
 
@@ -125,10 +131,12 @@ def warm_up(config: ModelConfig, dtypes: tuple[str, ...] = ("fp32",)) -> None:
 
 def warm_up_attention(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str,
                       target: Target | None = None) -> None:
-    """Compile or load the RoPE + KV-write and paged-attention kernels of an engine's KV cache."""
-    get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
-                            "head_dim": config.head_dim, "block_size": block_size, "x_dtype": x_dtype,
-                            "kv_dtype": kv_dtype}, target)
+    """Compile or load the RoPE + KV-write and paged-attention kernels of an engine's KV cache (an int8 cache is
+    written by torch: PagedKVCache.write quantizes)."""
+    if kv_dtype != "int8":
+        get_kernel("rope_qkv", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
+                                "head_dim": config.head_dim, "block_size": block_size, "x_dtype": x_dtype,
+                                "kv_dtype": kv_dtype}, target)
     get_kernel("paged_attention", {"num_q_heads": config.num_heads, "num_kv_heads": config.num_kv_heads,
                                    "head_dim": config.head_dim, "block_size": block_size, "kv_dtype": kv_dtype},
                target)

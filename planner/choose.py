@@ -395,15 +395,14 @@ def _pick_prefill_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, 
 def _pick_kv_cache_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
     """bf16 halves the KV bytes (more sequences fit the budget) but rounds K and V: auto takes it only
     where the weights are bf16 already, as the engine's own auto does. int8 (per-token scales, 0.27x the
-    bytes, the torch attention path) is priced too, and where the KV budget is what limits the batch EXPLAIN
+    bytes) is priced too, and where the KV budget is what limits the batch EXPLAIN
     says what it would gain; it is taken only when SET."""
     s = ctx.settings_for(facts.name)
     forced = not s.is_auto("kv_cache_dtype")
     lossless = ("bf16", "fp32") if knobs.weight_format == "bf16" else ("fp32",)
     order = [s.kv_cache_dtype] if forced else list(lossless)
     order += [v for v in ("fp32", "bf16", "int8") if v not in order]
-    candidates = [(v, replace(knobs, kv_cache_dtype=v, attention_kernel="torch" if v == "int8" else
-                              knobs.attention_kernel)) for v in order]
+    candidates = [(v, replace(knobs, kv_cache_dtype=v)) for v in order]
 
     def note(chosen, other) -> str:
         if forced:
@@ -435,10 +434,6 @@ def _pick_attention_kernel(knobs: EngineConfig, w: LLMWorkload, facts: ModelFact
     # unforced, TVM first: on a tie the engine's default wins
     available = (first,) + tuple(k for k in ctx.kernels if k != first) if forced else tuple(
         sorted(ctx.kernels, key=lambda k: k != "tvm"))
-    if knobs.kv_cache_dtype == "int8":  # TVM's paged kernel reads fp32 or bf16 blocks only
-        choice, chosen = _pick("attention_kernel", [("torch", replace(knobs, attention_kernel="torch"))], w, facts,
-                               ctx, True)
-        return replace(choice, forced_by="kv_cache_dtype = int8 (TVM's paged kernel reads fp32 or bf16)"), chosen
     return _pick("attention_kernel", [(k, replace(knobs, attention_kernel=k)) for k in available], w, facts, ctx,
                  forced)
 

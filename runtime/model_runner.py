@@ -34,7 +34,9 @@ class PagedKVCache:
 
     int8 (vLLM's and LMDeploy's per-token quantization): each token's K and V of each head are stored as int8
     with one fp32 scale (max |x| / 127), k_scale / v_scale [L, NB, Hkv, bs]: 2D + 8 bytes a token and head
-    against fp32's 8D (0.27x at D = 64); the torch attention path widens a gathered block back to fp32.
+    against fp32's 8D (0.27x at D = 64). Both backends read it: torch's gather widens a block back to fp32,
+    TVM's paged kernel (kv_dtype 'int8') folds the scales into its scores and value weights; the write
+    (quantize) is torch's.
     Keys have a few large channels (the same ones in every token), which would leave the others a few bits of
     a per-token scale: each key channel is first divided by its typical magnitude (k_channel [L, Hkv, D],
     calibrated once on a fixed text: calibrate_keys), and multiplied back when read. q.k is unchanged by it up
@@ -153,10 +155,17 @@ class KernelPagedAttention:
         self.num_q_heads = num_q_heads
 
     def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        inp, r = self.inputs, self.inputs.ragged
-        k_cache, v_cache = self.cache.layers[layer]
-        q = self._rope_qkv(qkv, cos, sin, k_cache, v_cache, inp.slot_blocks, inp.slot_offsets, self.num_q_heads)
-        return self._attention(q, k_cache, v_cache, r.block_tables, r.query_start, r.context_lens)  # [T, Hq, D]
+        inp, r, cache = self.inputs, self.inputs.ragged, self.cache
+        k_cache, v_cache = cache.layers[layer]
+        if cache.k_scale is None:
+            q = self._rope_qkv(qkv, cos, sin, k_cache, v_cache, inp.slot_blocks, inp.slot_offsets, self.num_q_heads)
+            return self._attention(q, k_cache, v_cache, r.block_tables, r.query_start, r.context_lens)  # [T, Hq, D]
+        # int8: RoPE and the quantizing write in torch, the attention over the int8 blocks in the kernel
+        q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_q_heads, k_cache.shape[1])
+        cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
+        scales = (*cache.scales[layer], cache.k_channel[layer], cache.v_channel[layer])
+        return self._attention(q.float(), k_cache, v_cache, r.block_tables, r.query_start, r.context_lens,
+                               int8_scales=scales)
 
 
 class GatherPagedAttention:
@@ -219,9 +228,6 @@ class ModelRunner:
         self.kernels = attention
         self.cache = PagedKVCache(c.num_layers, num_blocks, block_size, c.num_kv_heads, c.head_dim,
                                   KV_CACHE_DTYPES[kv_cache_dtype])
-        if attention is not None and kv_cache_dtype == "int8":
-            raise ValueError("an int8 KV cache runs on the torch attention path (attention_kernel = 'torch'); "
-                             "TVM's paged-attention kernel reads fp32 or bf16 blocks")
         if attention is not None:  # compiled now, for this cache, rather than in the first request
             activations = "bf16" if getattr(model, "activation_dtype", torch.float32) == torch.bfloat16 else "fp32"
             attention.warm_up(c, block_size, activations, kv_cache_dtype)

@@ -17,7 +17,9 @@ Loop extents depend on the data (context lengths), which TE cannot express, so t
 kernel is written as TIR loops: one task per (sequence, KV head), run in parallel,
 reading each block once per query-head group member, with an online softmax (running
 max and sum) over blocks. The cache holds fp32 or bf16 (half the bytes; widened to
-fp32 on load, exactly); arithmetic is fp32.
+fp32 on load, exactly), or int8 with per-token scales and per-channel factors (runtime.model_runner's
+int8 layout; the kernel then takes k_scale, v_scale [NB, Hkv, bs] and k_channel, v_channel [Hkv, D]
+after context_lens); arithmetic is fp32.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from codegen.build import KernelSpec
 from codegen.kernels.common import exp_f32, loop_kinds
 from codegen.target import Target
 
-KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 SPLIT = 4  # independent partial sums per score vector
 
 
@@ -81,22 +83,13 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         if W >= 2:
             halve(buf, h, 1, take_max)
 
-    @T.prim_func
-    def paged_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
-                        qstart_h: T.handle, ctx_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        num_tokens = T.int64()
-        num_seqs = T.int64()
-        num_seqs_p1 = T.int64()
-        num_blocks = T.int64()
-        max_blocks = T.int64()
-        q = T.match_buffer(q_h, (num_tokens, HQ, D), "float32")
-        k_cache = T.match_buffer(k_h, (num_blocks, HKV, D, BS), KV)  # keys transposed per block
-        v_cache = T.match_buffer(v_h, (num_blocks, HKV, BS, D), KV)
-        block_tables = T.match_buffer(tables_h, (num_seqs, max_blocks), "int32")
-        query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
-        context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
-        out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
+    INT8 = kv_dtype == "int8"
+
+    @T.macro
+    def attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
+               v_channel, num_seqs):
+        """int8 (INT8): a key's score is (q x k_channel) . k_int8 x k_scale, a value's weight p x v_scale, and
+        the output is scaled back by v_channel (runtime.model_runner.PagedKVCache's int8 layout)."""
         for task in OUTER(num_seqs * HKV):
             qs = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
@@ -116,7 +109,10 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                     run_max[h] = T.float32(NEG)
                     run_sum[h] = T.float32(0)
                     for d in VEC(D):
-                        qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale)
+                        if INT8:
+                            qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale) * k_channel[g, d]
+                        else:
+                            qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale)
                         acc[h, d] = T.float32(0)
                 for kb in range((num_keys + BS - 1) // BS):
                     blk = block_tables[b, kb]
@@ -131,6 +127,11 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                                 for jj in VEC(BS):
                                     part[c, h, jj] = part[c, h, jj] + qs[h, dd * SPLIT + c] * T.Cast(
                                         "float32", k_cache[blk, g, dd * SPLIT + c, jj])
+                    if INT8:
+                        for c in T.unroll(SPLIT):
+                            for h in T.unroll(GROUP):
+                                for jj in VEC(BS):
+                                    part[c, h, jj] = part[c, h, jj] * k_scale[blk, g, jj]
                     for h in T.unroll(GROUP):
                         for jj in VEC(W):
                             probs[h, jj] = T.Select(jj < count, (part[0, h, T.min(jj, BS - 1)] + part[1, h, T.min(jj, BS - 1)])
@@ -149,13 +150,65 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                         run_sum[h] = run_sum[h] * alpha + fold[h, 0]
                         for d in VEC(D):
                             acc[h, d] = acc[h, d] * alpha
+                    if INT8:  # each value's weight carries its token's scale
+                        for h in T.unroll(GROUP):
+                            for jj in VEC(BS):
+                                probs[h, jj] = probs[h, jj] * v_scale[blk, g, jj]
                     for jj in range(count):
                         for h in T.unroll(GROUP):  # GROUP x D/16 independent accumulators
                             for d in VEC(D):
                                 acc[h, d] = acc[h, d] + probs[h, jj] * T.Cast("float32", v_cache[blk, g, jj, d])
                 for h in range(GROUP):
                     for d in VEC(D):
-                        out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]
+                        if INT8:
+                            out[row, g * GROUP + h, d] = acc[h, d] * v_channel[g, d] / run_sum[h]
+                        else:
+                            out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]
+
+    if INT8:
+        @T.prim_func
+        def paged_attention_int8(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
+                                 qstart_h: T.handle, ctx_h: T.handle, ks_h: T.handle, vs_h: T.handle, kc_h: T.handle,
+                                 vc_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            num_tokens = T.int64()
+            num_seqs = T.int64()
+            num_seqs_p1 = T.int64()
+            num_blocks = T.int64()
+            max_blocks = T.int64()
+            q = T.match_buffer(q_h, (num_tokens, HQ, D), "float32")
+            k_cache = T.match_buffer(k_h, (num_blocks, HKV, D, BS), "int8")
+            v_cache = T.match_buffer(v_h, (num_blocks, HKV, BS, D), "int8")
+            block_tables = T.match_buffer(tables_h, (num_seqs, max_blocks), "int32")
+            query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
+            context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
+            k_scale = T.match_buffer(ks_h, (num_blocks, HKV, BS), "float32")
+            v_scale = T.match_buffer(vs_h, (num_blocks, HKV, BS), "float32")
+            k_channel = T.match_buffer(kc_h, (HKV, D), "float32")
+            v_channel = T.match_buffer(vc_h, (HKV, D), "float32")
+            out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
+            attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
+                   v_channel, num_seqs)
+
+        return paged_attention_int8
+
+    @T.prim_func
+    def paged_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
+                        qstart_h: T.handle, ctx_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        num_tokens = T.int64()
+        num_seqs = T.int64()
+        num_seqs_p1 = T.int64()
+        num_blocks = T.int64()
+        max_blocks = T.int64()
+        q = T.match_buffer(q_h, (num_tokens, HQ, D), "float32")
+        k_cache = T.match_buffer(k_h, (num_blocks, HKV, D, BS), KV)  # keys transposed per block
+        v_cache = T.match_buffer(v_h, (num_blocks, HKV, BS, D), KV)
+        block_tables = T.match_buffer(tables_h, (num_seqs, max_blocks), "int32")
+        query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
+        context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
+        out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
+        attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_cache, v_cache, q, q, num_seqs)
 
     return paged_attention
 
