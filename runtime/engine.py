@@ -75,10 +75,6 @@ class EngineStats:
     kv_cache_bytes: int
 
     @property
-    def draft_acceptance_rate(self) -> float | None:
-        return self.num_accepted_draft_tokens / self.num_draft_tokens if self.num_draft_tokens else None
-
-    @property
     def prefix_cache_hit_rate(self) -> float:
         return self.num_cached_prompt_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from runtime.prefix_cache import RadixPrefixCache, chain_digest
+from runtime.prefix_cache import MatchResult, RadixPrefixCache, chain_digest
 
 
 class OutOfBlocksError(RuntimeError):
@@ -98,9 +98,9 @@ class KVCacheManager:
         assert not seq.block_table and seq.prefix_node is None
         if self.prefix_cache is None:
             return 0
-        if self.tiers is not None:
-            seq.tier_tokens = self._restore_from_tiers(seq)
         match = self.prefix_cache.match(seq.token_ids)
+        if self.tiers is not None:
+            match, seq.tier_tokens = self._restore_from_tiers(seq, match)
         num_tokens = min(match.num_tokens, seq.max_cached_tokens)
         if num_tokens == 0:
             return 0
@@ -119,15 +119,15 @@ class KVCacheManager:
         seq.num_computed_tokens = num_tokens
         return num_tokens
 
-    def _restore_from_tiers(self, seq) -> dict[str, int]:
-        """Load the blocks that continue the memory-cached prefix from the host or disk tier into pool blocks and
-        the tree, as long as they are found and the pool has room; returns the tokens restored per tier."""
+    def _restore_from_tiers(self, seq, match: MatchResult) -> tuple[MatchResult, dict[str, int]]:
+        """Load the blocks that continue the memory-cached prefix `match` from the host or disk tier into pool
+        blocks and the tree, as long as they are found and the pool has room; returns the match extended over
+        them and the tokens restored per tier."""
         bs, tokens = self.block_size, seq.token_ids
-        match = self.prefix_cache.match(tokens)
         restored: dict[str, int] = {}
         first, last = len(match.blocks), seq.max_cached_tokens // bs
         if first >= last:
-            return restored
+            return match, restored
         self.prefix_cache.lock(match.node)  # making room must not evict the prefix being extended
         digest, blocks = match.node.digest, []
         try:
@@ -147,13 +147,14 @@ class KVCacheManager:
                 digest = next_digest
         finally:
             self.prefix_cache.unlock(match.node)
-        if blocks:
-            result = self.prefix_cache.insert(tokens[:(first + len(blocks)) * bs], list(match.blocks) + blocks)
-            for block in result.adopted_blocks:
-                self.pool.incref(block)
-            for block in blocks:
-                self.pool.decref(block)  # the tree's reference stays
-        return restored
+        if not blocks:
+            return match, restored
+        result = self.prefix_cache.insert(tokens[:(first + len(blocks)) * bs], list(match.blocks) + blocks)
+        for block in result.adopted_blocks:
+            self.pool.incref(block)
+        for block in blocks:
+            self.pool.decref(block)  # the tree's reference stays
+        return MatchResult(match.blocks + tuple(blocks), (first + len(blocks)) * bs, result.node), restored
 
     def blocks_needed(self, seq, end: int) -> int:
         """Blocks the sequence must still get to hold tokens up to `end` (copies included)."""
