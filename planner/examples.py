@@ -35,7 +35,8 @@ SMOLLM2_FACTS = ModelFacts("smollm2", SMOLLM2_CONFIG, chat_prefix_tokens=24, cha
                                                             "down": "Q4_1", "lm_head": "Q8_0"}))
 # a 2-core machine's measured ceilings (catalog.hardware.measure on the development box)
 EXAMPLE_HARDWARE = HardwareProfile(copy_bandwidth=6.2e9, fp32_flops=3.4e10, bf16_flops=1.1e11,
-                                   op_overhead_s=8e-6, threads=2, description="example 2-core machine")
+                                   op_overhead_s=8e-6, threads=2, description="example 2-core machine",
+                                   kv_host_restore_rate=3.5e8, kv_disk_restore_rate=5.8e8)
 # the same machine where TVM builds: its fused Q4_1 kernels, the bf16 prefill path (dequantize ~2.5 G
 # weights/s, then AMX bf16 GEMM ~1.5e11 weights x tokens/s: catalog.hardware.measure_bf16_prefill) and both
 # attention backends timed (bench/results/kernels.md, 2 threads: TVM's paged kernel leads in decode, torch's

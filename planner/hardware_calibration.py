@@ -10,12 +10,14 @@ import time
 
 import torch
 
-from catalog.hardware import CEILINGS, KERNEL_RATES, HardwareProfile, fingerprint, store_part, stored_part
+from catalog.hardware import (CEILINGS, KERNEL_RATES, TIER_RATES, HardwareProfile, fingerprint, machine_cache_dir,
+                              store_part, stored_part)
 from catalog.quant import quantize
 from codegen.build import get_kernel
 from codegen.linear import TvmQuantizedLinear
 from codegen.packed import pack
 from runtime.attention_timing import measure_attention
+from runtime.kv_tiers import measure_restore_rates
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -103,13 +105,19 @@ def measure_kernel_rates() -> dict:
     return {**measure_quant_kernels(), **measure_attention()}
 
 
+def measure_tier_rates() -> dict:
+    """How fast KV blocks come back from the host and disk tiers (a few milliseconds)."""
+    return measure_restore_rates(machine_cache_dir())
+
+
 def hardware_profile(with_kernels: bool = True, recalibrate: bool = False) -> HardwareProfile:
     """This machine's profile: each part read from the per-machine store, or measured now and stored.
     Without `with_kernels` (plans that call no model) the kernel rates are left at 0 and not measured."""
-    parts = {CEILINGS: measure_ceilings, KERNEL_RATES: measure_kernel_rates}
+    parts = {CEILINGS: measure_ceilings, KERNEL_RATES: measure_kernel_rates,
+             TIER_RATES: measure_tier_rates}
     figures = {}
     for part, measure in parts.items():
-        if part is KERNEL_RATES and not with_kernels:
+        if part is not CEILINGS and not with_kernels:
             continue
         stored = None if recalibrate else stored_part(part)
         if stored is None:

@@ -39,7 +39,7 @@ from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 # what reconfigure() may change: how steps are scheduled and drafted, not the model, the KV pool or its layout
 RECONFIGURABLE = ("max_batch_size", "prefill_chunk_tokens", "scheduling", "speculative", "num_speculative_tokens",
-                  "speculative_max_batch", "draft_model")
+                  "speculative_max_batch", "draft_model", "kv_restore")
 
 
 # what an int8 KV cache's per-channel key magnitudes are measured on (PagedKVCache.calibrate_keys)
@@ -178,6 +178,8 @@ class Engine:
                              "with that draft model")
         same_proposer = self.proposer is not None and config.speculative == self.config.speculative
         self.config = self.scheduler.config = config
+        if self.tiers is not None:
+            self.tiers.load_tiers = config.kv_restore_tiers
         if not same_proposer:  # a draft model's proposer holds its KV pool: kept while the method stays
             self.proposer = None
             if config.speculative == "ngram":
@@ -225,6 +227,7 @@ class Engine:
             return RequestHandle(seq)
         self._live[seq.seq_id] = seq
         self._by_request_id[request_id] = seq
+        self.kv.prefetch(seq.token_ids, seq.max_cached_tokens)  # tier reads overlap the steps until admission
         self.scheduler.add(seq)
         return RequestHandle(seq)
 

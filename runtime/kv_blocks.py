@@ -83,6 +83,19 @@ class KVCacheManager:
         self.tiers = tiers if enable_prefix_cache else None
         self.prefix_cache = RadixPrefixCache(block_size, on_evict=tiers.evicted if self.tiers else None) \
             if enable_prefix_cache else None
+        if self.tiers is not None:
+            self.tiers.in_memory = self.prefix_cache.digests.__contains__
+
+    def prefetch(self, token_ids, max_cached_tokens: int) -> None:
+        """Start reading ahead, from the tiers, the blocks of this prompt that the pool lacks (safe from any
+        thread: it reads only the tree's digest set)."""
+        if self.tiers is None:
+            return
+        digest, digests, bs = b"", [], self.block_size
+        for i in range(max_cached_tokens // bs):
+            digest = chain_digest(digest, tuple(token_ids[i * bs:(i + 1) * bs]))
+            digests.append(digest)
+        self.tiers.prefetch(digests)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)

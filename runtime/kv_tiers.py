@@ -6,6 +6,13 @@ the block size, the KV layout and FORMAT_VERSION, so a block is only ever reused
 computed it. Blocks the prefix cache evicts go to the host tier; full prompt blocks are also written through to
 the disk tier, on a background thread (the engine never waits for a disk write). On a prefix miss in memory the
 KV manager asks the tiers for the following blocks and loads them into pool blocks before the step's forward.
+Loading is asynchronous: when a request is submitted, the reads (file, checksum, decompression) of its prompt
+blocks that are in a tier but not in the pool start on a background thread, so they overlap the engine's steps,
+and admission only copies the bytes into the pool.
+
+Which tiers are worth it is the optimizer's call (EngineConfig.kv_restore, priced in planner/choose.py from
+measured restore rates against recomputing a block): a tier not in `load_tiers` is neither filled nor read,
+so preemption without the host tier recomputes, and with it swaps (evicted blocks come back from RAM).
 
 A disk entry is one file: a header (magic, format version, payload length, BLAKE2b checksum) and the block's
 K then V bytes. A truncated, mismatched or corrupt entry is detected on read, deleted and never used. The disk
@@ -17,13 +24,17 @@ import hashlib
 import json
 import os
 import queue
+import tempfile
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +45,7 @@ HEADER = struct.Struct("<4sHHQ16s")  # magic, version, reserved, payload bytes, 
 DEFAULT_HOST_BYTES = 256 << 20
 DEFAULT_DISK_BYTES = 2 << 30
 TIERS = ("memory", "host", "disk")
+MAX_PREFETCH_BYTES = 128 << 20  # blocks read ahead and not yet restored; the oldest are dropped beyond it
 
 
 @lru_cache(maxsize=16)
@@ -56,7 +68,7 @@ def model_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def namespace(model_hash: str, dtype: torch.dtype, block_size: int, layout: tuple[int, ...]) -> str:
+def namespace(model_hash: str, dtype: torch.dtype, block_size: int, layout: tuple[int, ]) -> str:
     """The directory name of one engine's compatible blocks."""
     key = f"{model_hash}|{dtype}|{block_size}|{layout}|v{FORMAT_VERSION}"
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
@@ -67,7 +79,7 @@ def _checksum(payload: bytes) -> bytes:
 
 
 def _shuffle(raw: bytes, itemsize: int) -> bytes:
-    """Byte planes (every element's first bytes, then its second, ...): float bytes compress far better so."""
+    """Byte planes (every element's first bytes, then its second, ): float bytes compress far better so."""
     return np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T.tobytes()
 
 
@@ -181,12 +193,14 @@ class KVTierSpec:
         name = namespace(model_hash, cache.dtype, cache.block_size, layout)
         describe = {"model": self.model_name, "model_hash": model_hash, "dtype": str(cache.dtype).removeprefix("torch."),
                     "block_size": cache.block_size, "format_version": FORMAT_VERSION}
-        return TieredKVStore(cache, Path(self.home) / "kv" / name, self.host_bytes, self.disk_bytes, describe)
+        disk_root = Path(self.home) / "kv" / name if self.disk_bytes > 0 else None
+        return TieredKVStore(cache, disk_root, self.host_bytes, self.disk_bytes, describe)
 
 
 class TieredKVStore:
     """The tiers of one engine's KV cache (runtime.model_runner.PagedKVCache), as the KV manager sees them:
-    `contains`, `restore` into a pool block, and `evicted` / `computed` to keep a block beyond the pool."""
+    `contains`, `restore` into a pool block, `prefetch` ahead of it, and `evicted` / `computed` to keep a block
+    beyond the pool. Only the tiers in `load_tiers` (the plan's kv_restore) are filled and read."""
 
     def __init__(self, cache, disk_root: Path | None, host_bytes: int = DEFAULT_HOST_BYTES,
                  disk_bytes: int = DEFAULT_DISK_BYTES, describe: dict | None = None):
@@ -194,37 +208,70 @@ class TieredKVStore:
         # byte planes of the element type (int8 blocks' fp32 scales are a small tail, shuffled alike)
         self.host = HostTier(host_bytes, cache.dtype.itemsize) if host_bytes > 0 else None
         self.disk = DiskTier(disk_root, disk_bytes, describe) if disk_root is not None else None
+        self.load_tiers: frozenset[str] = frozenset(("host", "disk"))
+        self.in_memory: Callable[[bytes], bool] = lambda digest: False  # the KV manager's: is it in the pool?
         self._pending: dict[tuple[str, bytes], bytes] = {}  # (tier, digest) -> raw block on its way (readable)
+        # digest -> (tier, read of (raw, tier)): blocks being read ahead
+        self._prefetched: OrderedDict[bytes, tuple[str, Future]] = OrderedDict()
+        self._prefetch_lock = threading.Lock()
+        self._max_prefetched = max(1, MAX_PREFETCH_BYTES // self._block_bytes())
 
-    # --- what the KV manager calls (no torch there) --------------------------------------------------------
+    # --- what the KV manager and the engine call (no torch there) ------------------------------------------------
     def contains(self, digest: bytes) -> str | None:
-        """The tier holding the block: 'host' or 'disk' (None: neither)."""
-        if self._queued(digest) is not None or (self.host is not None and self.host.contains(digest)):
-            return "host"
-        if self.disk is not None and self.disk.contains(digest):
-            return "disk"
+        """The tier holding the block, among the loaded ones: 'host' or 'disk' (None: neither). A block read ahead
+        counts as in the tier it was read from."""
+        with self._prefetch_lock:
+            ahead = self._prefetched.get(digest)
+        if ahead is not None and not ahead[1].cancelled():
+            return ahead[0]
+        for tier in ("host", "disk"):
+            store = self.host if tier == "host" else self.disk
+            if tier in self.load_tiers and store is not None and (
+                    (tier, digest) in self._pending or store.contains(digest)):
+                return tier
         return None
+
+    def prefetch(self, digests) -> None:
+        """Start reading ahead the blocks of a prompt's radix path (chain digests, in order) that are in a tier
+        and not in the pool, up to the first that is in neither: restore() then finds them read."""
+        for digest in digests:
+            if self.in_memory(digest):
+                continue
+            with self._prefetch_lock:
+                if digest in self._prefetched:
+                    continue
+            tier = self.contains(digest)
+            if tier is None:
+                return  # restore never gets past a block nobody has
+            future = _READER.submit(self._read, digest)
+            with self._prefetch_lock:
+                self._prefetched[digest] = (tier, future)
+                while len(self._prefetched) > self._max_prefetched:
+                    self._prefetched.popitem(last=False)[1][1].cancel()
 
     def restore(self, digest: bytes, block: int) -> str | None:
         """Load the block's K/V into pool block `block`; the tier it came from, or None (gone or corrupt)."""
-        raw, tier = self._queued(digest), "host"
-        if raw is None and self.host is not None:
-            raw = self.host.get(digest)
-        if raw is None and self.disk is not None:
-            raw, tier = self.disk.get(digest), "disk"
+        with self._prefetch_lock:
+            ahead = self._prefetched.pop(digest, None)
+        raw, tier = None, None
+        if ahead is not None and not ahead[1].cancelled():
+            raw, tier = ahead[1].result()  # waits only for a read still under way
+        if raw is None:
+            raw, tier = self._read(digest)
         if raw is None or len(raw) != self._block_bytes():
             return None
         self._write_block(block, raw)
         return tier
 
     def evicted(self, block: int, digest: bytes) -> None:
-        """The prefix cache drops this block from the pool: keep it in the host tier."""
-        if self.host is not None:
+        """The prefix cache drops this block from the pool: keep it in the host tier (a preempted sequence's blocks
+        come back from there: swap rather than recompute)."""
+        if self.host is not None and "host" in self.load_tiers:
             self._enqueue("host", digest, self._read_block(block))
 
     def computed(self, block: int, digest: bytes) -> None:
         """A full prompt block is computed: write it through to the disk tier."""
-        if self.disk is not None and not self.disk.contains(digest):
+        if self.disk is not None and "disk" in self.load_tiers and not self.disk.contains(digest):
             self._enqueue("disk", digest, self._read_block(block))
 
     def flush(self) -> None:
@@ -235,8 +282,16 @@ class TieredKVStore:
         self.flush()
 
     # --- internals --------------------------------------------------------------------------------------------
-    def _queued(self, digest: bytes) -> bytes | None:
-        return self._pending.get(("host", digest)) or self._pending.get(("disk", digest))
+    def _read(self, digest: bytes) -> tuple[bytes | None, str | None]:
+        """The block's raw bytes from the first loaded tier that has it (a queued write counts as there)."""
+        for tier in ("host", "disk"):
+            store = self.host if tier == "host" else self.disk
+            if tier not in self.load_tiers or store is None:
+                continue
+            raw = self._pending.get((tier, digest)) or store.get(digest)
+            if raw is not None:
+                return raw, tier
+        return None, None
 
     def _enqueue(self, tier: str, digest: bytes, raw: bytes) -> None:
         if (tier, digest) in self._pending:
@@ -292,6 +347,8 @@ class _Writer:
 
 
 _WRITER = _Writer()
+# one reader for every engine's read-ahead: file reads, checksums and zlib release the GIL
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlm-kv-reader")
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -313,3 +370,29 @@ def cache_namespaces(home: Path) -> list[dict]:
         meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
         out.append({"namespace": d.name, **meta, "entries": len(files), "bytes": sum(f.stat().st_size for f in files)})
     return out
+
+
+def measure_restore_rates(directory: str | os.PathLike | None = None, block_bytes: int = 1 << 20) -> dict[str, float]:
+    """Bytes per second a block comes back into a pool tensor at from each tier, the way restore() does it: host
+    (decompress, unshuffle, copy) and disk (read the file, verify its checksum, copy), on fp32 values shaped like
+    activations. The disk figure is a read from the page cache, as of a block written recently."""
+    values = torch.randn(block_bytes // 4, generator=torch.Generator().manual_seed(0))
+    raw = _tensor_bytes(values)
+    pool = torch.empty(block_bytes, dtype=torch.uint8)
+    digest = hashlib.blake2b(raw, digest_size=16).digest()
+    host = HostTier(2 * block_bytes, 4)
+    host.put(digest, raw)
+
+    def best(get) -> float:
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            pool.copy_(_from_bytes(get(digest), torch.uint8))
+            seconds.append(time.perf_counter() - start)
+        return block_bytes / min(seconds)
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix="sqlm-kv-rate-") as root:
+        disk = DiskTier(Path(root), budget=4 * block_bytes)
+        disk.put(digest, raw)
+        return {"kv_host_restore_rate": best(host.get), "kv_disk_restore_rate": best(disk.get)}

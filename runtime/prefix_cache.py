@@ -83,6 +83,7 @@ class RadixPrefixCache:
         self.root.lock_ref = 1  # the root is never evicted
         self._clock = itertools.count(1)
         self.num_blocks = 0  # blocks held by the tree
+        self.digests: set[bytes] = set()  # of every node: what the tiers' read-ahead skips (read from other threads)
         self.num_locked_blocks = 0  # of those, blocks some sequence is using
         self.num_match_queries = 0
         self.num_matched_tokens = 0
@@ -124,6 +125,7 @@ class RadixPrefixCache:
             if child is None:
                 child = RadixNode(key=key, block=block, parent=node, digest=chain_digest(node.digest, key))
                 node.children[key] = child
+                self.digests.add(child.digest)
                 adopted.append(block)
                 self.num_blocks += 1
             child.last_access = now
@@ -157,6 +159,7 @@ class RadixPrefixCache:
             _, _, node = heapq.heappop(leaves)
             parent = node.parent
             del parent.children[node.key]
+            self.digests.discard(node.digest)
             node.parent = None
             evicted.append(node.block)
             if self.on_evict is not None:

@@ -65,9 +65,9 @@ class StatsCatalog:
     def speculation_stats(self, model, template, method):
         return {}
 
-    def context(self, settings: Settings, kernels: tuple[str, ...] = ("torch",)) -> OptimizerContext:
+    def context(self, settings: Settings, kernels: tuple[str, ...] = ("torch",), hardware=None) -> OptimizerContext:
         """kernels: the implementations this target runs; with TVM, the example machine that timed its kernels."""
-        hardware = EXAMPLE_TVM_HARDWARE if "tvm" in kernels else EXAMPLE_HARDWARE
+        hardware = hardware or (EXAMPLE_TVM_HARDWARE if "tvm" in kernels else EXAMPLE_HARDWARE)
         return OptimizerContext(settings, hardware, Statistics(self), MappingProxyType({"smollm2": self.facts}),
                                 kernels=kernels)
 
@@ -120,9 +120,9 @@ def settings_with(values: dict[str, str]) -> Settings:
     return settings
 
 
-def plan(sql: str, catalog: StatsCatalog, settings: Settings, kernels: tuple[str, ...] = ("torch",)):
+def plan(sql: str, catalog: StatsCatalog, settings: Settings, kernels: tuple[str, ...] = ("torch",), hardware=None):
     (statement,) = parse(sql)
-    ctx = catalog.context(settings, kernels)
+    ctx = catalog.context(settings, kernels, hardware)
     logical = bind(statement, catalog, sql)
     optimized, runs = optimize(logical, ctx)
     return lower(optimized, runs, ctx)

@@ -7,12 +7,12 @@ from dataclasses import asdict, replace
 import pytest
 
 import planner.hardware_calibration as calibration
-from catalog.hardware import CEILINGS, KERNEL_RATES, HardwareProfile, fingerprint, store_part, stored_part
+from catalog.hardware import CEILINGS, KERNEL_RATES, TIER_RATES, HardwareProfile, fingerprint, store_part, stored_part
 from planner.hardware_calibration import hardware_profile, measure_bf16_prefill
 
 MEASURED = HardwareProfile(copy_bandwidth=6.2e9, fp32_flops=3.4e10, bf16_flops=1.1e11, op_overhead_s=8e-6, threads=2,
                            description="fresh", quant_gemv_rate_t1=3e10, quant_dequant_bf16_rate=2.5e9,
-                           quant_bf16_gemm_rate=1.5e11)
+                           quant_bf16_gemm_rate=1.5e11, kv_host_restore_rate=3.5e8, kv_disk_restore_rate=5.8e8)
 
 
 def never(*_):
@@ -23,7 +23,7 @@ def never(*_):
 def measured(monkeypatch, tmp_path):
     """This test's machine cache is empty; measuring yields MEASURED and is counted per part."""
     monkeypatch.setenv("SQLM_CACHE_DIR", str(tmp_path / "cache"))
-    counts = {"ceilings": 0, "kernels": 0}
+    counts = {"ceilings": 0, "kernels": 0, "tiers": 0}
 
     def ceilings():
         counts["ceilings"] += 1
@@ -32,8 +32,12 @@ def measured(monkeypatch, tmp_path):
     def kernels():
         counts["kernels"] += 1
         return {k: v for k, v in asdict(MEASURED).items() if k in KERNEL_RATES}
+    def tiers():
+        counts["tiers"] += 1
+        return {k: v for k, v in asdict(MEASURED).items() if k in TIER_RATES}
     monkeypatch.setattr(calibration, "measure_ceilings", ceilings)
     monkeypatch.setattr(calibration, "measure_kernel_rates", kernels)
+    monkeypatch.setattr(calibration, "measure_tier_rates", tiers)
     return counts
 
 
@@ -41,16 +45,17 @@ def test_measured_once_per_machine_then_read_back(measured, monkeypatch):
     assert hardware_profile() == MEASURED
     monkeypatch.setattr(calibration, "measure_ceilings", never)
     monkeypatch.setattr(calibration, "measure_kernel_rates", never)
+    monkeypatch.setattr(calibration, "measure_tier_rates", never)
     assert hardware_profile() == MEASURED  # any catalog, any process: the machine's file
-    assert measured == {"ceilings": 1, "kernels": 1}
+    assert measured == {"ceilings": 1, "kernels": 1, "tiers": 1}
 
 
 def test_a_plan_without_model_calls_measures_no_kernels(measured):
     profile = hardware_profile(with_kernels=False)
     assert profile.copy_bandwidth == MEASURED.copy_bandwidth and profile.quant_gemv_rate_t1 == 0
-    assert measured == {"ceilings": 1, "kernels": 0}
+    assert measured == {"ceilings": 1, "kernels": 0, "tiers": 0}
     assert hardware_profile() == MEASURED  # the first model call measures the kernels, the ceilings are kept
-    assert measured == {"ceilings": 1, "kernels": 1}
+    assert measured == {"ceilings": 1, "kernels": 1, "tiers": 1}
 
 
 def test_a_profile_stored_before_a_figure_existed_is_measured_again(measured):
@@ -58,14 +63,14 @@ def test_a_profile_stored_before_a_figure_existed_is_measured_again(measured):
     del old["quant_dequant_bf16_rate"], old["quant_bf16_gemm_rate"]
     store_part(old)
     assert hardware_profile().quant_bf16_gemm_rate == 1.5e11
-    assert measured == {"ceilings": 0, "kernels": 1}  # the ceilings were complete
+    assert measured == {"ceilings": 0, "kernels": 1, "tiers": 0}  # the ceilings and tier rates were complete
     assert stored_part(KERNEL_RATES)["quant_bf16_gemm_rate"] == 1.5e11
 
 
 def test_profiles_are_keyed_by_machine(measured):
     store_part(asdict(MEASURED), key="another CPU|64 cores")
     hardware_profile()
-    assert measured == {"ceilings": 1, "kernels": 1}  # another machine's profile is not this one's
+    assert measured == {"ceilings": 1, "kernels": 1, "tiers": 1}  # another machine's profile is not this one's
     assert stored_part(CEILINGS, key=fingerprint())["description"] == "fresh"
 
 

@@ -89,3 +89,51 @@ def test_evicted_blocks_come_back_from_the_host_tier(tiny, tmp_path, tiny_llama)
     (result,) = small.generate([question(1)])
     assert result.output_token_ids == generate(model, tokenizer, question(1)).output_token_ids
     assert result.cache_tier_hits.get("host", 0) > 0
+
+
+def test_admission_restores_what_the_read_ahead_fetched(tiny, spec):
+    """Reads start when a request is submitted and overlap the engine's steps: here they finish, then the files
+    vanish, and admission still restores every block from the bytes already read."""
+    model, tokenizer = tiny
+    first = engine(tiny, spec)
+    first.generate([question(0)])
+    first.tiers.flush()
+    later = engine(tiny, spec)
+    handle = later.submit(question(1))
+    for _, read in list(later.tiers._prefetched.values()):
+        read.result()
+    assert len(later.tiers._prefetched) == 7
+    for entry in (spec.home / "kv").rglob("*.kv"):
+        entry.unlink()
+    while later.has_unfinished:
+        later.step()
+    assert handle.result().cache_tier_hits == {"memory": 0, "disk": 112}
+    assert handle.result().output_token_ids == generate(model, tokenizer, question(1)).output_token_ids
+
+
+def test_tiers_the_plan_leaves_out_are_neither_filled_nor_read(tiny, spec):
+    engine(tiny, spec, kv_restore="none").generate([question(0)])
+    assert not list((spec.home / "kv").rglob("*.kv"))  # nothing written through
+    first = engine(tiny, spec)
+    first.generate([question(0)])
+    first.tiers.flush()
+    (result,) = engine(tiny, spec, kv_restore="host").generate([question(1)])
+    assert result.cache_tier_hits.get("disk", 0) == 0  # on disk, but disk is not a tier this plan loads from
+
+
+def test_preemption_swaps_through_the_host_tier_instead_of_recomputing(tiny, tmp_path, tiny_llama):
+    """With the host tier a preempted sequence's full blocks come back from RAM; without it they are recomputed."""
+    model, tokenizer = tiny
+    prompts = [tuple(random.Random(i).randrange(3, 250) for _ in range(40)) for i in range(6)]
+    requests = [GenerationRequest(p, SamplingParams(max_tokens=24, ignore_eos=True)) for p in prompts]
+    expected = [generate(model, tokenizer, r).output_token_ids for r in requests]
+    budget = 20 * PagedKVCache.bytes_per_block(model.config, 4)
+    recomputed = {}
+    for kv_restore in ("host", "none"):
+        spec = KVTierSpec(tmp_path / kv_restore, "tiny", str(tiny_llama.hf_dir), disk_bytes=0)
+        small = Engine(model, tokenizer, EngineConfig(kv_cache_memory=budget, kv_block_size=4, prefill_chunk_tokens=16,
+                                                      kv_restore=kv_restore), kv_tiers=spec)
+        assert [r.output_token_ids for r in small.generate(requests)] == expected
+        assert small.stats.preemptions > 0
+        recomputed[kv_restore] = small.stats.num_recomputed_tokens
+    assert recomputed["host"] < recomputed["none"]
