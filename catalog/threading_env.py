@@ -11,4 +11,6 @@ that sets OMP_WAIT_POLICY itself, keeps its own policy.
 """
 import os
 
+INHERITED_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")  # what the user set, if anything (benchmarks'
+# peers run with it rather than with sqlm's default)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -60,6 +60,10 @@ class EngineConfig:
     # drafts only while at most this many sequences decode: above it a step is compute-bound and verifying costs
     # more than it saves (vLLM's speculative_disable_by_batch_size); the optimizer prices where that is
     speculative_max_batch: int = 256
+    # a sequence stops drafting once its own drafts are accepted less often than this (after
+    # SPECULATION_PROBE_DRAFTS of them): below it verifying costs more than it saves. The optimizer prices the
+    # break-even from the cost model; 0 drafts whatever the acceptance (SET speculative, vLLM's behaviour)
+    speculative_min_acceptance: float = 0.0
     # the KV tiers (runtime/kv_tiers.py) blocks are kept in and loaded back from instead of recomputed: host RAM
     # (also what preemption swaps to) and disk; the optimizer prices loading against recomputing a block
     kv_restore: str = "host,disk"
@@ -81,6 +85,8 @@ class EngineConfig:
             raise ValueError(f"num_speculative_tokens must be in 1..16, got {self.num_speculative_tokens}")
         if (self.speculative == "draft") != (self.draft_model is not None):
             raise ValueError("speculative = 'draft' needs a draft_model, and a draft_model needs speculative = 'draft'")
+        if not 0.0 <= self.speculative_min_acceptance <= 1.0:
+            raise ValueError(f"speculative_min_acceptance must be in 0..1, got {self.speculative_min_acceptance}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         for name, allowed in CHOICES.items():

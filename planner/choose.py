@@ -314,8 +314,10 @@ def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
     if chosen.speculative == "off" or forced:  # SET speculates whatever the batch (vLLM's default)
         return choice, chosen
     limit = speculative_max_batch(chosen, w, facts, ctx)
-    return replace(choice, note=f"{choice.note}; drafts while at most {limit} sequence{'s' if limit != 1 else ''} decode"), replace(
-        chosen, speculative_max_batch=limit)
+    floor = speculative_min_acceptance(chosen, w, facts, ctx)
+    return replace(choice, note=f"{choice.note}; drafts while at most {limit} sequence{'s' if limit != 1 else ''} "
+                                f"decode, and a sequence stops drafting where under {floor:.0%} of its drafts are "
+                                f"accepted"), replace(chosen, speculative_max_batch=limit, speculative_min_acceptance=floor)
 
 
 SPECULATION_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -332,6 +334,27 @@ def speculative_max_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
         if cost_of(one_wave, sized, facts, ctx).decode_seconds < cost_of(one_wave, replace(off, max_batch_size=sized.max_batch_size), facts, ctx).decode_seconds:
             best = b
     return max(1, best)
+
+
+def speculative_min_acceptance(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext) -> float:
+    """The fraction of its drafts a sequence decoding alone must have accepted for verifying them to cost less than
+    the steps they save, by the cost model (a sequence drafting all k tokens every step); the engine stops a
+    sequence drafting below it (runtime/speculation.still_pays). 1.0 where no acceptance pays."""
+    one = replace(w, requests=1.0, longest_output_tokens=0.0)
+    off = cost_of(one, replace(knobs, speculative="off", draft_model=None), facts, ctx).decode_seconds
+    k = knobs.num_speculative_tokens
+
+    def pays(accepted: float) -> bool:
+        drafted = replace(one, speculation=((knobs.speculative, k, float(k), accepted),))
+        return cost_of(drafted, knobs, facts, ctx).decode_seconds < off
+
+    if not pays(float(k)):
+        return 1.0
+    lo, hi = 0.0, float(k)
+    for _ in range(20):  # bisect the break-even accepted tokens a step
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if pays(mid) else (mid, hi)
+    return round(hi / k, 3)
 
 
 SPF_MIN_SPREAD = 2.0  # p90 / p10 of earlier output lengths from which shortest-first pays online

@@ -16,6 +16,13 @@ import pyarrow.compute as pc
 SAMPLE_ROWS = 20_000
 
 
+def capped_length(length: int, censored: bool, max_tokens: int) -> int:
+    """min(length, max_tokens) of an earlier output; one cut off by its own max_tokens (censored) says only that the
+    answer runs at least that long, so it counts as running to this request's max_tokens (an output of 1 token
+    under max_tokens => 1 predicts nothing about max_tokens => 128)."""
+    return max_tokens if censored else min(length, max_tokens)
+
+
 @dataclass(frozen=True)
 class ColumnStats:
     rows: int
@@ -132,7 +139,7 @@ class Statistics:
         if not hist:
             return None
         total = sum(count for _, _, count in hist)
-        expected = sum(min(n, max_tokens) * count for n, _, count in hist) / total
+        expected = sum(capped_length(n, censored, max_tokens) * count for n, censored, count in hist) / total
         return expected, total
 
     def speculation(self, model: str, template: str, method: str, k: int) -> tuple[float, float, int] | None:
@@ -146,16 +153,16 @@ class Statistics:
 
     def output_length_p90(self, model: str, template: str, max_tokens: int) -> int | None:
         """The 90th percentile of min(length, max_tokens) over the template's history, or None without one."""
-        hist = sorted(self.store.output_length_histogram(model, template)) if self.store is not None else []
+        hist = self.store.output_length_histogram(model, template) if self.store is not None else []
         total = sum(count for _, _, count in hist)
         seen = 0
-        for n, _, count in hist:
+        for capped, count in sorted((capped_length(n, censored, max_tokens), count) for n, censored, count in hist):
             seen += count
             if seen >= 0.9 * total:
-                return min(n, max_tokens)
+                return capped
         return None
 
     def longest_output_tokens(self, model: str, template: str, max_tokens: int) -> int | None:
         """The longest output seen (at most max_tokens), or None without history."""
         hist = self.store.output_length_histogram(model, template) if self.store is not None else []
-        return max(min(n, max_tokens) for n, _, _ in hist) if hist else None
+        return max(capped_length(n, censored, max_tokens) for n, censored, _ in hist) if hist else None

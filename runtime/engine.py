@@ -32,14 +32,14 @@ from runtime.logits_processors import process
 from runtime.structured import Grammars, allowed_tokens
 from runtime.scheduler import Scheduler
 from runtime.draft_model import DraftModelProposer
-from runtime.speculation import PromptLookup, speculable, verify
+from runtime.speculation import PromptLookup, speculable, still_pays, verify
 from runtime.sequence import Sequence, SequenceStatus, TokenEvent
 from catalog.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
 # what reconfigure() may change: how steps are scheduled and drafted, not the model, the KV pool or its layout
 RECONFIGURABLE = ("max_batch_size", "prefill_chunk_tokens", "scheduling", "speculative", "num_speculative_tokens",
-                  "speculative_max_batch", "draft_model", "kv_restore")
+                  "speculative_max_batch", "speculative_min_acceptance", "draft_model", "kv_restore")
 
 
 # what an int8 KV cache's per-channel key magnitudes are measured on (PagedKVCache.calibrate_keys)
@@ -265,7 +265,8 @@ class Engine:
         wanted = []
         for seq in self.scheduler.running:
             seq.draft_token_ids = []
-            if decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq):
+            if (decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq)
+                    and still_pays(seq, self.config.speculative_min_acceptance)):
                 k = min(self.config.num_speculative_tokens, seq.max_new_tokens - seq.num_output_tokens - 1,
                         context - len(seq.token_ids) - 1)
                 if k > 0:
@@ -356,6 +357,8 @@ class Engine:
         self._counters["num_speculative_steps"] += 1
         self._counters["num_draft_tokens"] += len(drafts)
         self._counters["num_accepted_draft_tokens"] += len(tokens) - 1
+        seq.num_drafted += len(drafts)
+        seq.num_accepted += len(tokens) - 1
         logprobs = ([None] * len(tokens) if seq.output_logprobs is None else
                     token_logprobs(rows[: len(tokens)], tokens, [params.logprobs] * len(tokens)))
         events = []

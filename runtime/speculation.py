@@ -24,12 +24,22 @@ NGRAM_MAX = 3  # longest suffix looked up; the longest match wins
 NGRAM_MIN = 2  # a one-token match proposes too much noise for the verify cost it adds
 
 
+SPECULATION_PROBE_DRAFTS = 16  # drafts a sequence verifies before its own acceptance can stop it drafting
+
+
 def speculable(seq) -> bool:
     """Rows whose next-token distribution depends only on the logits: penalties and grammars carry
     per-token state that a multi-token verify would have to replay, so those rows decode one at a time."""
     if seq.is_score or seq.constraint is not None:
         return False
     return not seq.request.sampling.shapes_logits
+
+
+def still_pays(seq, min_acceptance: float) -> bool:
+    """Whether a sequence keeps drafting: until it has verified SPECULATION_PROBE_DRAFTS drafts, and after that while
+    its own acceptance stays at or above the break-even the optimizer priced (SmartSpec's and vLLM's dynamic
+    speculation: a prompt the output does not quote stops paying for verification after a few steps)."""
+    return seq.num_drafted < SPECULATION_PROBE_DRAFTS or seq.num_accepted >= min_acceptance * seq.num_drafted
 
 
 class PromptLookup:

@@ -11,7 +11,7 @@ from operators.requests import GenerationRequest, SamplingParams
 from runtime.engine import Engine
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
-from runtime.speculation import PromptLookup, verify
+from runtime.speculation import SPECULATION_PROBE_DRAFTS, PromptLookup, verify
 
 
 @pytest.mark.parametrize("tokens, k, drafts", [
@@ -245,3 +245,17 @@ def test_reconfigure_changes_scheduling_and_speculation_but_not_the_pool(tiny, r
     assert engine.runner.cache is cache and engine.stats.num_cached_prompt_tokens > 0
     with pytest.raises(ValueError, match="reconfigure changes only"):
         engine.reconfigure(EngineConfig(kv_cache_memory=4 << 20))
+
+
+def test_a_sequence_whose_drafts_are_rejected_stops_drafting(tiny, repetitive):
+    """Below the optimizer's break-even acceptance a sequence stops drafting after its probe; the output is
+    the same either way."""
+    requests, expected = repetitive
+    drafted = {}
+    for floor in (0.0, 0.9):
+        engine = speculative_engine(tiny, expected, wrong_every=1, num_speculative_tokens=4,
+                                    speculative_min_acceptance=floor)
+        assert [r.output_token_ids for r in engine.generate(requests)] == [e.output_token_ids for e in expected]
+        drafted[floor] = engine.stats.num_draft_tokens
+    assert drafted[0.9] <= len(requests) * (SPECULATION_PROBE_DRAFTS + 3)  # each stopped once probed
+    assert drafted[0.9] < drafted[0.0]
