@@ -14,6 +14,7 @@ from functools import partial
 import torch
 
 from catalog.quant import QuantizedTensor
+from codegen import interleaved_with_torch
 from codegen import ops as tvm_ops
 from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
 from operators.linear import DenseLinear, make_linear
@@ -64,6 +65,8 @@ def model_ops(kernels: str) -> ModelOps:
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
     kernels, weight_format = resolve(kernels, weight_format, loaded)
+    if weight_format in ("bf16", "fp32") or options.get("prefill_dtype") == "bf16":
+        interleaved_with_torch()  # torch's GEMMs between TVM's kernels (the attention's, at least)
     if kernels == "tvm":
         tvm_ops.warm_up(loaded.config, dtypes=("bf16",) if weight_format == "bf16" else ("fp32",))
     model = build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),
