@@ -122,6 +122,9 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
     Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),
+    Knob("replicas", "auto", _auto_or_int("replicas", 1, 64),
+         "engine replicas (Ray actors, each its own process and KV pool) a model call splits its rows over, rows "
+         "with shared prefixes together; auto: where the split pays for starting them on this machine's cores"),
 )})
 
 

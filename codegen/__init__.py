@@ -17,7 +17,7 @@ os.environ.setdefault("TVM_NUM_THREADS", os.environ.get("SQLM_THREADS", str(os.c
 # on quantized weights: 7.4 ms/token spinning, 11 ms sleeping on a 2-core EPYC), ruinous where torch's GEMMs run
 # between them (a spinning TVM worker takes the core torch's OpenMP worker needs: bf16 W1 at 120 tok/s spinning,
 # 630 sleeping). TVM reads the count once per process, when its pool first runs: interleaved_with_torch() turns
-# the spin off for a process whose model mixes the two, if it runs before the first kernel.
+# the spin off for a process whose model runs bf16 GEMMs in torch, if it runs before the first kernel.
 _USER_SPIN_COUNT = os.environ.get("TVM_THREAD_POOL_SPIN_COUNT")
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "20000")
 

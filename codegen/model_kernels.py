@@ -65,8 +65,10 @@ def model_ops(kernels: str) -> ModelOps:
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
     kernels, weight_format = resolve(kernels, weight_format, loaded)
-    if weight_format in ("bf16", "fp32") or options.get("prefill_dtype") == "bf16":
-        interleaved_with_torch()  # torch's GEMMs between TVM's kernels (the attention's, at least)
+    if weight_format == "bf16" or options.get("prefill_dtype") == "bf16":
+        # torch's bf16 GEMMs run between TVM's kernels (the attention's, at least) on every step; the default
+        # paths keep TVM's spin, which their back-to-back TVM kernels need (a process runs one of them in practice)
+        interleaved_with_torch()
     if kernels == "tvm":
         tvm_ops.warm_up(loaded.config, dtypes=("bf16",) if weight_format == "bf16" else ("fp32",))
     model = build_llama(loaded, weight_format, linear_factory=linear_factory(kernels, **options),

@@ -47,6 +47,9 @@ class EngineConfig:
     weight_format: str = "fp32"  # how the model's linears hold their weights
     kernels: str = "torch"  # who runs the model's operators
     threads: int | None = None  # torch threads while the model runs (None: the process's)
+    # engines the operator's requests are split over, each a Ray actor with its own pool (runtime/replicas.py);
+    # 1 runs them on this process's engine
+    replicas: int = 1
     kv_cache_dtype: str = "auto"
     attention_kernel: str = "tvm"
     # what the native/tvm path's quantized linears compute batches of >= bf16_min_tokens rows in
@@ -87,6 +90,8 @@ class EngineConfig:
             raise ValueError("speculative = 'draft' needs a draft_model, and a draft_model needs speculative = 'draft'")
         if not 0.0 <= self.speculative_min_acceptance <= 1.0:
             raise ValueError(f"speculative_min_acceptance must be in 0..1, got {self.speculative_min_acceptance}")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         for name, allowed in CHOICES.items():

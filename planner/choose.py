@@ -10,6 +10,7 @@ earlier ones fixed.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import replace
 
 from sqlglot import exp
@@ -152,6 +153,7 @@ def initial_knobs(ctx: OptimizerContext, facts: ModelFacts) -> EngineConfig:
         attention_kernel=_auto_or(s, "kernels", "tvm" if "tvm" in ctx.kernels else "torch"),
         num_speculative_tokens=_auto_or(s, "num_speculative_tokens", SPECULATIVE_TOKENS[0]),
         kv_restore=_auto_or(s, "kv_restore", "host,disk"),
+        replicas=_auto_or(s, "replicas", 1),
     )
 
 
@@ -271,9 +273,42 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
     choices.append(Choice("scheduling", chosen[1], chosen[0], other[1], other[0], is_forced,
                           note="" if isinstance(op, L.Generate) else "classify has no decode tail"))
     knobs = replace(knobs, scheduling=chosen[1])
+    c, knobs = _pick_replicas(knobs, w, facts, ctx)
+    choices.append(c)
     if op.model in ctx.running:
         choices = [replace(c, forced_by="the running engine") for c in choices]
     return knobs, choices
+
+
+REPLICA_CHOICES = (1, 2, 4, 8)
+REPLICA_START_SECONDS = 4.0  # a replica's Ray actor: a new process, sqlm's imports, the model's load (measured ~3-5 s)
+
+
+def _pick_replicas(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):
+    """How many engine replicas (Ray actors, runtime/replicas.py) split the rows: each runs 1/r of the requests on
+    1/r of this machine's cores (a cluster that RAY_ADDRESS names gives each its own machine), and each costs a
+    start. On one machine the split only adds starts, so auto keeps one engine unless a cluster is there."""
+    s = ctx.settings_for(facts.name)
+    forced = not s.is_auto("replicas")
+    cluster = bool(os.environ.get("RAY_ADDRESS"))
+
+    def seconds(r: int) -> float:
+        if r == 1:
+            return cost_of(w, replace(knobs, replicas=1), facts, ctx).seconds
+        share = cost_of(replace(w, requests=w.requests / r), replace(knobs, replicas=r), facts, ctx).seconds
+        return share * (1 if cluster else r) + REPLICA_START_SECONDS
+
+    values = [s.replicas] + [r for r in REPLICA_CHOICES if r != s.replicas] if forced else list(REPLICA_CHOICES)
+    costed = [(seconds(r), r) for r in values]
+    chosen = costed[0] if forced else min(costed)
+    other = min(t for t in costed if t is not chosen)
+    where = "its own machine" if cluster else f"{max(1, (os.cpu_count() or 1) // chosen[1])} of this machine's cores"
+    if chosen[1] > 1:
+        note = f"{w.requests:,.0f} requests over {chosen[1]} Ray replicas, prompts sharing a prefix on one, each on {where}"
+    else:
+        note = "one engine in this process" + ("" if cluster else ": replicas would split this machine's cores")
+    return (Choice("replicas", chosen[1], chosen[0], other[1], other[0], forced, note=note),
+            replace(knobs, replicas=chosen[1]))
 
 
 def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext):

@@ -70,6 +70,8 @@ def node_dict(plan, node: int, actuals: dict | None) -> dict:
                                prefix_cache_hit_rate=hit, engine_seconds=o.seconds, load_seconds=o.load_seconds)
             if o.cache_tier_hits:
                 d["actual"]["cache_tier_hits"] = {t: o.cache_tier_hits.get(t, 0) for t in ("memory", "host", "disk")}
+            if o.replica_rows:
+                d["actual"].update(replica_rows=o.replica_rows, replica_pids=o.replica_pids)
             if o.num_draft_tokens:
                 d["actual"].update(draft_tokens=o.num_draft_tokens, accepted_draft_tokens=o.num_accepted_draft_tokens,
                                    draft_acceptance=o.num_accepted_draft_tokens / o.num_draft_tokens)
@@ -148,6 +150,8 @@ def _text_node(d: dict, depth: int, lines: list[str], verbose: bool = False) -> 
                      f" prefix_cache_hit={a['prefix_cache_hit_rate']:.0%}")
             if "cache_tier_hits" in a:
                 head += " cached_by_tier=" + "/".join(f"{t} {n:,}" for t, n in a["cache_tier_hits"].items())
+            if "replica_rows" in a:
+                head += f" replicas: {' + '.join(map(str, a['replica_rows']))} requests in {len(a['replica_pids'])} processes"
             if "draft_tokens" in a:
                 head += (f" speculative: accepted {a['accepted_draft_tokens']:,} of {a['draft_tokens']:,} drafts"
                          f" ({a['draft_acceptance']:.0%})")

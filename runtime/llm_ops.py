@@ -65,6 +65,8 @@ class LLMOutcome:
     # k -> (output tokens, decode steps, drafted, accepted) of prompt lookup replayed on the outputs
     prompt_lookup: dict = field(default_factory=dict)
     cache_tier_hits: dict = field(default_factory=dict)  # cached prompt tokens by tier: memory, host, disk
+    replica_rows: list[int] = field(default_factory=list)  # requests each Ray replica ran (empty: this process's engine)
+    replica_pids: list[int] = field(default_factory=list)  # the replicas' processes
 
 
 def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LLMOutcome:
@@ -120,6 +122,7 @@ class LLMService:
         self.kv_home = kv_home
         self._models: dict[tuple[str, str], object] = {}
         self._engines: dict[str, tuple[tuple, Engine]] = {}
+        self._replicas: dict[str, tuple[EngineConfig, object]] = {}  # model -> (knobs, runtime.replicas.ReplicaSet)
 
     def loaded(self, model: str):
         return self._load_model(model)
@@ -154,10 +157,26 @@ class LLMService:
             self._engines[model] = cached
         return cached[1]
 
+    def replica_set(self, model: str, knobs: EngineConfig):
+        """knobs.replicas engine replicas on Ray for this model; kept while the knobs stay."""
+        from runtime.replicas import ReplicaSet
+
+        cached = self._replicas.get(model)
+        if cached is None or cached[0] != knobs:
+            if cached is not None:
+                cached[1].close()
+            loaded = self._load_model(model)
+            self._replicas[model] = cached = (knobs, ReplicaSet(str(loaded.path), model, knobs, model_options(knobs),
+                                                                knobs.replicas))
+        return cached[1]
+
     def close(self) -> None:
         for cached in self._engines.values():
             self._close(cached)
+        for _, replicas in self._replicas.values():
+            replicas.close()
         self._engines.clear()
+        self._replicas.clear()
         self._models.clear()
 
     @staticmethod
@@ -229,6 +248,17 @@ class LLMService:
         if shared is not None:
             t0 = time.perf_counter()
             results = shared.run(requests, rows)
+        elif knobs.replicas > 1:
+            replicas = self.replica_set(model, knobs)
+            t0 = time.perf_counter()
+            run = replicas.run(requests)
+            results = run.results
+            if rows is not None:
+                rows(len(requests), len(requests), sum(len(r.output_token_ids) for r in results
+                                                      if isinstance(r, GenerationResult)))
+            outcome = outcome_of(results, time.perf_counter() - t0, False)
+            outcome.load_seconds, outcome.replica_rows, outcome.replica_pids = t0 - t_load, run.rows_per_replica, run.pids
+            return results, outcome
         else:
             engine = self.engine(model, knobs)
             before, t0 = engine.stats, time.perf_counter()

@@ -420,8 +420,12 @@ def _fsync(path: Path) -> None:
 
 
 def connect(path: str | os.PathLike | None = None, shared_engine: SharedEngine | None = None,
-            policy: SqlPolicy = SqlPolicy()) -> Connection:
+            policy: SqlPolicy = SqlPolicy(), replicas: int | None = None) -> Connection:
     """path: the catalog directory (default $SQLM_HOME or ~/.sqlm); shared_engine: an engine another part
     runs (the server's), which model calls on its model join instead of building one of their own;
-    policy: what its SQL may touch outside the catalog (sqlm.policy; default: everything its user can)."""
-    return Connection(path, shared_engine, policy)
+    policy: what its SQL may touch outside the catalog (sqlm.policy; default: everything its user can);
+    replicas: engine replicas on Ray that model calls split their rows over (SET replicas = n)."""
+    con = Connection(path, shared_engine, policy)
+    if replicas is not None:
+        con.sql(f"SET replicas = {int(replicas)}")
+    return con
