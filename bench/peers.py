@@ -4,7 +4,8 @@
 
 Engines, each in its own process, one after another (a 2-core machine: nothing else runs beside a timing):
 - sqlm through SQL on a new catalog per run, the default plan (no SET) and `SET weight_format = 'bf16'`;
-  timed from the query's call to its rows (model load excluded: a warm-up query on other prompts runs first).
+  timed from the query's call to its rows (planning included; loading the model and building the engine for the
+  plan's knobs excluded, as the peers' start-up is: a warm-up query on other prompts runs first).
 - HF transformers: `generate` on the GGUF dequantized to fp32, left-padded batches (its best W1 setting is one
   batch of all prompts; every batch size of the sweep is measured, the best reported).
 - llama.cpp through llama-cpp-python built with native flags (`make peers`), batch 1 only.
@@ -32,10 +33,10 @@ W1_PROMPTS = [f"Write a short product review for item number {i}. The review sho
 WARMUP_PROMPTS = [f"Write a short poem about the number {i}." for i in range(4)]
 
 
-def _tokens(actuals: dict) -> tuple[int, float]:
-    """(generated tokens, engine seconds) of the one LLM operator in a query's actuals."""
+def _llm(actuals: dict):
+    """The one LLM operator's actuals of a query (runtime.llm_ops.LLMOutcome)."""
     (llm,) = [a.llm for a in actuals.values() if a.llm is not None]
-    return llm.num_generated_tokens, llm.seconds
+    return llm
 
 
 def worker_sqlm(job: dict, mode: str) -> dict:
@@ -55,10 +56,13 @@ def worker_sqlm(job: dict, mode: str) -> dict:
         return con
 
     def query(con, table: str, tokens: int):
+        """(seconds from the call to the rows less building the engine for the plan's knobs, rows, generated
+        tokens, engine seconds): start-up is excluded for every engine here, as vLLM's and HF's are."""
         start = time.perf_counter()
         rows = con.sql(f"SELECT i, generate('smollm2', prompt, max_tokens => {tokens}, temperature => 0) AS out "
                        f"FROM {table} ORDER BY i").fetchall()
-        return time.perf_counter() - start, rows, *_tokens(con.last_actuals)
+        llm = _llm(con.last_actuals)
+        return time.perf_counter() - start - llm.load_seconds, rows, llm.num_generated_tokens, llm.seconds
 
     batches, explain = {}, None
     for batch in job["batches"]:

@@ -10,7 +10,7 @@ from planner.rules import RULES
 
 MODULES = [f"planner.rules.{rule.__name__}" for rule in RULES] + [
     "planner.examples", "planner.calibration", "planner.range_selectivity", "planner.request", "planner.sql.dialect",
-    "planner.errors", "catalog.settings", "runtime.relational", "runtime.threads"]
+    "planner.errors", "catalog.settings", "runtime.relational", "runtime.threads", "runtime.replicas"]
 
 
 @pytest.mark.parametrize("name", MODULES)
