@@ -115,7 +115,7 @@ def measure_tier_rates() -> dict:
 
 def hardware_profile(with_kernels: bool = True, recalibrate: bool = False) -> HardwareProfile:
     """This machine's profile: each part read from the per-machine store, or measured now and stored.
-    Without `with_kernels` (plans that call no model) the kernel rates are left at 0 and not measured."""
+    Without `with_kernels` (plans that call no model) the kernel and KV tier rates are left at 0 and not measured."""
     parts = {CEILINGS: measure_ceilings, KERNEL_RATES: measure_kernel_rates,
              TIER_RATES: measure_tier_rates}
     figures = {}

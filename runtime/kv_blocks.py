@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from runtime.prefix_cache import MatchResult, RadixPrefixCache, chain_digest
+from runtime.prefix_cache import MatchResult, RadixPrefixCache, block_digests
 
 
 class OutOfBlocksError(RuntimeError):
@@ -91,11 +91,7 @@ class KVCacheManager:
         thread: it reads only the tree's digest set)."""
         if self.tiers is None:
             return
-        digest, digests, bs = b"", [], self.block_size
-        for i in range(max_cached_tokens // bs):
-            digest = chain_digest(digest, tuple(token_ids[i * bs:(i + 1) * bs]))
-            digests.append(digest)
-        self.tiers.prefetch(digests)
+        self.tiers.prefetch(block_digests(token_ids, self.block_size, 0, max_cached_tokens // self.block_size))
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -142,11 +138,9 @@ class KVCacheManager:
         if first >= last:
             return match, restored
         self.prefix_cache.lock(match.node)  # making room must not evict the prefix being extended
-        digest, blocks = match.node.digest, []
+        blocks = []
         try:
-            for i in range(first, last):
-                key = tuple(tokens[i * bs:(i + 1) * bs])
-                next_digest = chain_digest(digest, key)
+            for next_digest in block_digests(tokens, bs, first, last, match.node.digest):
                 if self.tiers.contains(next_digest) is None or self.num_available_blocks < 2:
                     break
                 self._make_free(1)
@@ -157,7 +151,6 @@ class KVCacheManager:
                     break
                 blocks.append(block)
                 restored[tier] = restored.get(tier, 0) + bs
-                digest = next_digest
         finally:
             self.prefix_cache.unlock(match.node)
         if not blocks:

@@ -68,7 +68,7 @@ def model_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def namespace(model_hash: str, dtype: torch.dtype, block_size: int, layout: tuple[int, ]) -> str:
+def namespace(model_hash: str, dtype: torch.dtype, block_size: int, layout: tuple[int, ...]) -> str:
     """The directory name of one engine's compatible blocks."""
     key = f"{model_hash}|{dtype}|{block_size}|{layout}|v{FORMAT_VERSION}"
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
@@ -79,7 +79,7 @@ def _checksum(payload: bytes) -> bytes:
 
 
 def _shuffle(raw: bytes, itemsize: int) -> bytes:
-    """Byte planes (every element's first bytes, then its second, ): float bytes compress far better so."""
+    """Byte planes (every element's first bytes, then its second, ...): float bytes compress far better so."""
     return np.frombuffer(raw, np.uint8).reshape(-1, itemsize).T.tobytes()
 
 
@@ -224,10 +224,8 @@ class TieredKVStore:
             ahead = self._prefetched.get(digest)
         if ahead is not None and not ahead[1].cancelled():
             return ahead[0]
-        for tier in ("host", "disk"):
-            store = self.host if tier == "host" else self.disk
-            if tier in self.load_tiers and store is not None and (
-                    (tier, digest) in self._pending or store.contains(digest)):
+        for tier, store in self._loaded():
+            if (tier, digest) in self._pending or store.contains(digest):
                 return tier
         return None
 
@@ -282,12 +280,15 @@ class TieredKVStore:
         self.flush()
 
     # --- internals --------------------------------------------------------------------------------------------
+    def _loaded(self):
+        """(name, tier) of the tiers this plan loads that exist here, nearest first."""
+        for name, store in (("host", self.host), ("disk", self.disk)):
+            if name in self.load_tiers and store is not None:
+                yield name, store
+
     def _read(self, digest: bytes) -> tuple[bytes | None, str | None]:
         """The block's raw bytes from the first loaded tier that has it (a queued write counts as there)."""
-        for tier in ("host", "disk"):
-            store = self.host if tier == "host" else self.disk
-            if tier not in self.load_tiers or store is None:
-                continue
+        for tier, store in self._loaded():
             raw = self._pending.get((tier, digest)) or store.get(digest)
             if raw is not None:
                 return raw, tier

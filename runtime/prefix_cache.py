@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+from collections.abc import Iterator
 from array import array
 from dataclasses import dataclass, field
 
@@ -62,6 +63,15 @@ class InsertResult:
 def chain_digest(parent: bytes, key: tuple[int, ...]) -> bytes:
     """A block's content address: its tokens, and everything before them through the parent's digest."""
     return hashlib.blake2b(parent + array("i", key).tobytes(), digest_size=16).digest()
+
+
+def block_digests(token_ids, block_size: int, first: int, last: int, parent: bytes = b"") -> Iterator[bytes]:
+    """The radix path's digest after each whole block first..last-1 of token_ids, continuing from `parent`, the
+    digest of the path up to block `first` (b"": the root)."""
+    digest = parent
+    for i in range(first, last):
+        digest = chain_digest(digest, tuple(token_ids[i * block_size:(i + 1) * block_size]))
+        yield digest
 
 
 class LRUPolicy:
