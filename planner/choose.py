@@ -303,7 +303,10 @@ def _pick_replicas(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: 
     chosen = costed[0] if forced else min(costed)
     other = min(t for t in costed if t is not chosen)
     where = "its own machine" if cluster else f"{max(1, (os.cpu_count() or 1) // chosen[1])} of this machine's cores"
-    if chosen[1] > 1:
+    if chosen[1] > 1 and ctx.online:
+        note = (f"requests routed over {chosen[1]} Ray replicas to the one holding the longest start of their prompt, "
+                f"balanced against load; each on {where}")
+    elif chosen[1] > 1:
         note = f"{w.requests:,.0f} requests over {chosen[1]} Ray replicas, prompts sharing a prefix on one, each on {where}"
     else:
         note = "one engine in this process" + ("" if cluster else ": replicas would split this machine's cores")

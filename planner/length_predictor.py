@@ -59,6 +59,14 @@ class LengthPredictor:
     def __len__(self) -> int:
         return min(self._count, self.capacity)
 
+    def __getstate__(self) -> dict:  # a copy of what it learned goes to an engine replica's process
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
+
     def record(self, prompt, output_tokens: int) -> None:
         with self._lock:
             slot = self._count % self.capacity

@@ -8,7 +8,11 @@ class PromptTooLongError(ValueError):
             f"but the model's context window is {context} tokens"
         )
         self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
         self.context = context
+
+    def __reduce__(self):  # pickled whole, so a replica's refusal reaches the server as itself
+        return type(self), (self.prompt_tokens, self.max_tokens, self.context)
 
 
 def check_context(prompt_tokens: int, max_tokens: int, context: int) -> None:

@@ -159,15 +159,17 @@ class LLMService:
 
     def replica_set(self, model: str, knobs: EngineConfig):
         """knobs.replicas engine replicas on Ray for this model; kept while the knobs stay."""
-        from runtime.replicas import ReplicaSet
+        from runtime.replicas import EngineSpec, ReplicaSet
 
         cached = self._replicas.get(model)
         if cached is None or cached[0] != knobs:
             if cached is not None:
                 cached[1].close()
             loaded = self._load_model(model)
-            self._replicas[model] = cached = (knobs, ReplicaSet(str(loaded.path), model, knobs, model_options(knobs),
-                                                                knobs.replicas))
+            draft = str(self._load_model(knobs.draft_model).path) if knobs.speculative == "draft" else None
+            tiers = None if self.kv_home is None else KVTierSpec(self.kv_home, model, str(loaded.path))
+            spec = EngineSpec(str(loaded.path), model, knobs, model_options(knobs), draft, tiers)
+            self._replicas[model] = cached = (knobs, ReplicaSet(spec, knobs.replicas))
         return cached[1]
 
     def close(self) -> None:

@@ -1,24 +1,60 @@
-"""Engine replicas as Ray actors: one operator's model calls split over N engines, each in its own process with
-its own KV pool, prefix cache and threads (vLLM's data-parallel deployment, Ray Data's batch inference).
+"""Engine replicas as Ray actors, each an engine in its own process with its own KV pool, prefix cache and threads
+(vLLM's data-parallel deployment, Ray Data's batch inference, Ray Serve's replicas).
 
-`partition` keeps requests that share a prompt prefix on one replica, where its prefix cache computes the prefix
-once: the requests are sorted by their prompt tokens (so sharers are neighbours) and cut into N contiguous ranges
-of about equal work (prompt plus new tokens). `ReplicaSet` starts the actors on a local Ray (or the cluster
-RAY_ADDRESS names), runs each range on its replica and returns the results in request order. A replica that dies
-mid-run is restarted by Ray and its range runs again on another live replica, so no request is lost; greedy
-outputs do not depend on which replica ran them.
+Two callers. SQL: `ReplicaSet.run` splits one operator's model calls over the replicas; `partition` keeps requests
+that share a prompt prefix on one replica, where its prefix cache computes the prefix once (the requests are sorted
+by their prompt tokens, so sharers are neighbours, and cut into N contiguous ranges of about equal work). The server:
+`ReplicaSet.stream` runs one HTTP request's choices on the replica its router picked and yields their tokens an
+engine step at a time (sqlm/server/replica_loop.py).
+
+Each replica runs an EngineLoop (runtime/engine_loop.py) in its actor process, so streamed requests and SQL's runs
+join one continuous batch there, as they do in a single-engine server. A replica that dies is restarted by Ray
+(`max_restarts`); what it was running runs again on a live replica, so no request is lost.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from operators.engine_config import EngineConfig
 from operators.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
+from runtime.kv_tiers import KVTierSpec
 
 Request = GenerationRequest | ScoreRequest
 Result = GenerationResult | ScoreResult
-OBJECT_STORE_BYTES = 128 << 20  # a local Ray's object store: requests and results are small
+OBJECT_STORE_BYTES = 128 << 20  # a local Ray's object store: requests, tokens and results are small
+ACCEPTED = "accepted"  # a replica's first item on a stream: the engine took every request
+MAX_RESTARTS = 2
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is built from; picklable, so a replica builds the same engine in its own process."""
+
+    model_path: str
+    name: str
+    knobs: EngineConfig
+    model_options: dict  # KernelSet.build_model's options (runtime.llm_ops.model_options)
+    draft_path: str | None = None  # the draft model's file, for knobs.speculative = 'draft'
+    kv_tiers: KVTierSpec | None = None  # the catalog's host and disk KV tiers
+    predictor: Callable[[GenerationRequest], float] | None = None  # expected output tokens, for SPF scheduling
+
+
+def build_engine(spec: EngineSpec):
+    """The model (and draft) loaded and compiled for the knobs, and the engine over them."""
+    from catalog.registry import load_cached
+    from codegen.kernel_set import kernel_set
+    from runtime.engine import Engine
+
+    kernels = kernel_set("cpu")
+    loaded = load_cached(spec.model_path, spec.name)
+    options = dict(kernels=spec.knobs.kernels, weight_format=spec.knobs.weight_format, **spec.model_options)
+    model = kernels.build_model(loaded, **options)
+    draft = None if spec.draft_path is None else kernels.build_model(load_cached(spec.draft_path), **options)
+    return Engine(model, loaded.tokenizer, spec.knobs, spec.predictor, kernels=kernels, draft_model=draft,
+                  kv_tiers=spec.kv_tiers)
 
 
 def _work(request: Request) -> int:
@@ -49,26 +85,67 @@ def partition(requests: list[Request], n: int) -> list[list[int]]:
 
 
 class EngineReplica:
-    """One engine in its own process: the class of the Ray actors a ReplicaSet starts."""
+    """One engine in its own process, driven by an EngineLoop: the class of the Ray actors a ReplicaSet starts."""
 
-    def __init__(self, model_path: str, name: str, knobs: EngineConfig, model_options: dict, threads: int):
+    def __init__(self, spec: EngineSpec, threads: int):
         import torch
 
-        from catalog.registry import load_cached
-        from codegen.kernel_set import kernel_set
-        from runtime.engine import Engine
+        from runtime.engine_loop import EngineLoop
 
         torch.set_num_threads(threads)
-        loaded = load_cached(model_path, name)
-        model = kernel_set("cpu").build_model(loaded, kernels=knobs.kernels, weight_format=knobs.weight_format,
-                                              **model_options)
-        self.engine = Engine(model, loaded.tokenizer, knobs)
+        self.loop = EngineLoop(build_engine(spec))
+        self.streams: dict[str, object] = {}  # request id -> its RequestStream, while it streams
 
-    def generate(self, requests: list[Request]) -> list[Result]:
-        return self.engine.generate(requests)
+    def _started(self):
+        if not self.loop.alive:
+            self.loop.start(asyncio.get_running_loop())
+        return self.loop
 
-    def pid(self) -> int:
-        return os.getpid()
+    async def run(self, requests: list[Request]) -> list[Result] | Exception:
+        """Every request to its end, in the shared batch; results in request order. A refusal or an engine failure
+        is returned as the exception object (Ray would wrap a raised one in its own error type)."""
+        loop = self._started()
+        try:
+            return await asyncio.to_thread(loop.run, requests)
+        except Exception as e:
+            return e
+
+    async def stream(self, requests: list[GenerationRequest]):
+        """ACCEPTED, then lists of TokenOutput (an engine step's at a time) until every request has finished. A
+        refusal (a prompt too long, a bad parameter) or an engine failure comes as the exception object itself."""
+        loop = self._started()
+        try:
+            stream = await loop.submit(requests)
+        except Exception as e:
+            yield e
+            return
+        yield ACCEPTED
+        for request in requests:
+            self.streams[request.request_id] = stream
+        try:
+            while batch := await stream.next_batch():
+                yield batch
+        except Exception as e:
+            yield e
+        finally:
+            for request in requests:
+                self.streams.pop(request.request_id, None)
+            if not stream.finished:  # the caller went away: the engine stops working on these
+                loop.cancel(stream)
+
+    def cancel(self, request_ids: list[str]) -> None:
+        """Stop these requests (a client went away): their KV blocks are freed and their stream ends."""
+        for stream in {id(s): s for r in request_ids if (s := self.streams.get(r)) is not None}.values():
+            self.loop.cancel(stream)
+            stream.close()
+
+    def snapshot(self):
+        """(pid, EngineSnapshot): what /metrics and /health show of this replica."""
+        return os.getpid(), self.loop.snapshot
+
+    def stop(self) -> None:
+        """The engine thread ends; blocks on their way to the disk tier land first."""
+        self.loop.stop()
 
 
 def start_ray(num_cpus: int | None = None) -> None:
@@ -94,25 +171,38 @@ class ReplicaRun:
 
 
 class ReplicaSet:
-    """N EngineReplica actors on one model and one set of knobs."""
+    """N EngineReplica actors building one EngineSpec."""
 
-    def __init__(self, model_path: str, name: str, knobs: EngineConfig, model_options: dict, replicas: int):
+    def __init__(self, spec: EngineSpec, replicas: int):
         import ray
 
         start_ray()
         threads = max(1, (os.cpu_count() or 1) // replicas)
         env = {"SQLM_THREADS": str(threads), "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
         # num_cpus=0: the threads above, not Ray's CPU count, share the cores; max_restarts: a dead one comes back
-        actor = ray.remote(EngineReplica).options(num_cpus=0, max_restarts=2, max_task_retries=0,
+        actor = ray.remote(EngineReplica).options(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=0,
                                                   runtime_env={"env_vars": env})
-        self.actors = [actor.remote(model_path, name, knobs, model_options, threads) for _ in range(replicas)]
+        self.spec = spec
+        # held for the set's life: a restarted actor reads its constructor's arguments again, and Ray frees a
+        # large argument (the length predictor's examples) once the first creation is done unless someone holds it
+        self._spec_ref = ray.put(spec)
+        self.actors = [actor.remote(self._spec_ref, threads) for _ in range(replicas)]
 
-    def run(self, requests: list[Request]) -> ReplicaRun:
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def run(self, requests: list[Request], on_part: Callable[[int, list[Request]], None] | None = None) -> ReplicaRun:
+        """The requests split over the replicas (`partition`), results in request order. on_part(replica,
+        requests) is told where each range went (the server's router learns what each replica caches)."""
         import ray
         from ray.exceptions import RayActorError
 
         parts = partition(requests, len(self.actors))
-        pending = {k: self.actors[k].generate.remote([requests[i] for i in part]) for k, part in enumerate(parts)}
+        pending = {}
+        for k, part in enumerate(parts):
+            pending[k] = self.actors[k].run.remote([requests[i] for i in part])
+            if on_part is not None:
+                on_part(k, [requests[i] for i in part])
         results: list[Result | None] = [None] * len(requests)
         rows, pids, retries = [0] * len(self.actors), set(), 0
         for k, part in enumerate(parts):
@@ -126,16 +216,30 @@ class ReplicaSet:
                     if retries > 2 * len(self.actors):
                         raise
                     owner = (owner + 1) % len(self.actors)
-                    pending[k] = self.actors[owner].generate.remote([requests[i] for i in part])
+                    pending[k] = self.actors[owner].run.remote([requests[i] for i in part])
+            if isinstance(out, Exception):
+                raise out
             for i, result in zip(part, out):
                 results[i] = result
             rows[owner] += len(part)
-            pids.add(ray.get(self.actors[owner].pid.remote()))
+            pids.add(ray.get(self.actors[owner].snapshot.remote())[0])
         return ReplicaRun(results, rows, sorted(pids), retries)
 
+    def stream(self, replica: int, requests: list[GenerationRequest]):
+        """A Ray ObjectRefGenerator over EngineReplica.stream's items (iterate it with `async for`)."""
+        return self.actors[replica].stream.options(num_returns="streaming").remote(requests)
+
+    def cancel(self, replica: int, request_ids: list[str]) -> None:
+        self.actors[replica].cancel.remote(request_ids)
+
     def close(self) -> None:
+        """Each engine stops (its disk-tier writes land), then the actors go."""
         import ray
 
+        try:
+            ray.get([actor.stop.remote() for actor in self.actors], timeout=30)
+        except Exception:  # a dead or hung replica has nothing more to write
+            pass
         for actor in self.actors:
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
         self.actors = []

@@ -51,6 +51,15 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One small local Ray for every test of replicas (2 CPUs, an 80 MiB object store, no dashboard)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     from catalog.registry import resolve_model
 

@@ -1,6 +1,7 @@
-"""`sqlm serve`: an OpenAI-compatible HTTP server over one shared engine.
+"""`sqlm serve`: an OpenAI-compatible HTTP server over one shared engine, or over engine replicas on Ray.
 
     sqlm serve --host 127.0.0.1 --port 8000 --model smollm2
+    sqlm serve --replicas 2          # two engine processes behind a cache-aware router
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (SSE with
 `stream: true`), POST /v1/sql, GET /v1/explain, GET /health, GET /metrics (Prometheus).
@@ -45,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
                         "model's tokenizer, drafts tokens that one step verifies (greedy output unchanged); auto: "
                         "where the optimizer expects it to pay, drafting only while few sequences decode (default: "
                         "the catalog's speculative setting)")
+    p.add_argument("--replicas", type=int,
+                   help="engine replicas, each a Ray actor with its own process, KV pool and threads; a request goes to "
+                        "the replica holding the longest start of its prompt, balanced against load (SGLang's "
+                        "cache-aware router); a replica that dies is restarted and its requests run again on another. "
+                        "Starts a local Ray, or joins the cluster RAY_ADDRESS names (default: the catalog's replicas "
+                        "setting; 'auto': one engine in this process on one machine)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
     p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                         speculative=args.speculative,
                                         catalog_path=args.home, api_key=args.api_key,
                                         max_body_bytes=args.max_body_bytes, sql_files=args.sql_files,
-                                        sql_write=args.sql_write))
+                                        sql_write=args.sql_write, replicas=args.replicas))
         if args.explain:
             print(app.state.explain_text)
             return 0

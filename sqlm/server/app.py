@@ -26,13 +26,14 @@ from planner.explain import render_json, render_text
 from planner.lower import PhysicalPlan
 from planner.request import plan_request
 from planner.statistics import Statistics
-from runtime.engine import Engine
+from runtime.engine_loop import EngineLoop
 from runtime.kv_tiers import KVTierSpec
-from runtime.llm_ops import SharedEngine
+from runtime.llm_ops import SharedEngine, model_options
+from runtime.replica_loop import ReplicaLoop
+from runtime.replicas import EngineSpec, ReplicaSet, build_engine
 from sqlm.policy import SqlPolicy
 from sqlm.server import completions as C
 from sqlm.server import protocol as P
-from sqlm.server.engine_loop import EngineLoop
 from sqlm.server.errors import install_error_handlers
 from sqlm.server.guard import DEFAULT_MAX_BODY_BYTES, RequestGuard
 from sqlm.server.metrics import HTTPMetricsMiddleware, Metrics
@@ -62,9 +63,10 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     sql_files: str | None = None  # the one directory /v1/sql may read and COPY into (None: no file access)
     sql_write: bool = False  # /v1/sql may CREATE TABLE / CREATE MODEL in the catalog
+    replicas: int | None = None  # engine replicas (Ray actors) requests are routed over
 
     KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads", "scheduling",
-             "speculative")
+             "speculative", "replicas")
 
 
 def load_served_model(model_name: str, catalog):
@@ -113,6 +115,22 @@ def plan_typical_request(name: str, loaded, catalog, settings: Settings, predict
     return plan_request(name, [prompt], SamplingParams(max_tokens=TYPICAL_MAX_TOKENS), False, ctx)
 
 
+def start_replicas(spec: EngineSpec, replicas: int):
+    """`replicas` engine replicas on Ray, each building `spec`, behind a cache-aware router; returns once every
+    replica has loaded its model (one that cannot is an error here, before serving): (ReplicaLoop, the first
+    replica's EngineStats and EngineLoad — every replica builds the same engine)."""
+    import ray
+
+    replica_set = ReplicaSet(spec, replicas)
+    try:
+        ready = ray.get([actor.snapshot.remote() for actor in replica_set.actors])
+    except ray.exceptions.RayError as e:
+        replica_set.close()
+        raise ValueError(f"an engine replica could not start: {e}") from e
+    stats, load = ready[0][1].stats, ready[0][1].load
+    return ReplicaLoop(replica_set, stats.block_size, load.kv_blocks_total), stats, load
+
+
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
                served_name: str | None = None, settings: ServerSettings = ServerSettings()) -> FastAPI:
     """Loads the model and builds the engine now (errors surface before serving); the engine thread
@@ -120,7 +138,6 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     import torch
 
     from catalog.store import Catalog
-    from codegen.kernel_set import kernel_set
 
     catalog = Catalog(settings.catalog_path)  # open while serving: the request planner reads and feeds it
     try:
@@ -139,20 +156,20 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
                         settings.prefill_dtype, config.weight_format, config.kernels)
         if config.threads is not None:
             torch.set_num_threads(config.threads)
-        kernels = kernel_set("cpu")
-        model = kernels.build_model(loaded, kernels=config.kernels, weight_format=config.weight_format,
-                                    prefill_dtype=config.prefill_dtype)
         draft = None
         if config.speculative == "draft":  # the smallest catalog model with the served model's tokenizer
             from catalog.model_catalog import ensure_model, load_entry
 
-            draft = kernels.build_model(load_entry(ensure_model(catalog, config.draft_model)), kernels=config.kernels,
-                                        weight_format=config.weight_format, prefill_dtype=config.prefill_dtype)
-        engine = Engine(model, loaded.tokenizer, config, predictor.expected_tokens, kernels=kernels, draft_model=draft,
-                        kv_tiers=KVTierSpec(catalog.home, name, str(loaded.path)))
+            draft = str(load_entry(ensure_model(catalog, config.draft_model)).path)
+        spec = EngineSpec(str(loaded.path), name, config, model_options(config), draft,
+                          KVTierSpec(catalog.home, name, str(loaded.path)), predictor.expected_tokens)
+        if config.replicas > 1:
+            (engine_loop, stats, load), model = start_replicas(spec, config.replicas), None
+        else:
+            engine = build_engine(spec)
+            engine_loop, model, stats, load = EngineLoop(engine), engine.model, engine.stats, engine.load
         # what request plans obey: the engine as it runs (its pool's real size)
-        knobs = replace(config, kv_cache_memory=engine.stats.kv_cache_bytes,
-                        kv_cache_dtype=config.resolved_kv_cache_dtype())
+        knobs = replace(config, kv_cache_memory=stats.kv_cache_bytes, kv_cache_dtype=config.resolved_kv_cache_dtype())
         planner = RequestPlanner.for_engine(catalog, knob_settings, ModelFacts.from_loaded(name, loaded), knobs,
                                             predictor)
     except BaseException:
@@ -160,9 +177,9 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         raise
     context = loaded.config.max_position_embeddings
     # The engine keeps one block of slack per sequence (copy-on-write of a fully cached prefix).
-    kv_tokens = (engine.load.kv_blocks_total - 1) * engine.stats.block_size
+    kv_tokens = (load.kv_blocks_total - 1) * stats.block_size
     served = C.ServedModel(name, loaded.tokenizer, context, loaded.config.vocab_size, min(context, kv_tokens), planner)
-    engine_loop = EngineLoop(engine)
+    replicated = isinstance(engine_loop, ReplicaLoop)
     metrics = Metrics(served.name)
     sql = SqlService(settings.catalog_path, SharedEngine(str(loaded.path), knobs, engine_loop.run),
                      SqlPolicy.sandbox(settings.sql_files, settings.sql_write))
@@ -196,12 +213,18 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
     @app.get("/health")
     async def health():
         if not engine_loop.alive:
-            return JSONResponse({"status": "engine thread stopped"}, status_code=503)
-        return {"status": "ok"}
+            return JSONResponse({"status": "engine thread stopped" if not replicated else "no engine replica is up"},
+                                status_code=503)
+        if not replicated:
+            return {"status": "ok"}
+        return {"status": "ok", "replicas": [{"replica": int(r), "pid": pid, "up": snap is not None}
+                                             for r, pid, snap in await engine_loop.snapshots()]}
 
     @app.get("/metrics")
     async def prometheus_metrics():
-        return Response(metrics.render(engine_loop.snapshot), media_type=CONTENT_TYPE_LATEST)
+        if replicated:
+            metrics.observe_routing(engine_loop.routes, engine_loop.failures)
+        return Response(metrics.render(await engine_loop.snapshots()), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/explain")
     async def explain_engine(format: str = "text"):

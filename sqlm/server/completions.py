@@ -23,7 +23,7 @@ from runtime.errors import PromptTooLongError
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, TokenLogprobs
 from catalog.tokenizer import ChatTemplateError
 from sqlm.server import protocol as P
-from sqlm.server.engine_loop import EngineFailure, EngineLoop, RequestStream, TokenOutput
+from runtime.engine_loop import EngineFailure, EngineLoop, RequestStream, TokenOutput
 from sqlm.server.errors import APIError, bad_request, context_length_exceeded, model_not_found
 from sqlm.server.metrics import Metrics
 from sqlm.server.planning import RequestPlanner

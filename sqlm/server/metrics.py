@@ -2,13 +2,17 @@
 
 Request-level figures (counts, tokens, TTFT, TPOT, latency) are observed by the HTTP
 side when a request ends; engine-level ones (running/waiting requests, KV blocks,
-prefix-cache hits) are read from the engine thread's latest snapshot at scrape time.
+prefix-cache hits) are read from each engine's latest snapshot at scrape time and carry
+a `replica` label ("0" for a server with one engine). With replicas, the router's
+decisions and the replicas' deaths are counted per replica too.
 """
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from sqlm.server.engine_loop import EngineSnapshot
+import collections
+
+from runtime.engine_loop import EngineSnapshot
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _PLANNING_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05)
@@ -23,8 +27,8 @@ class Metrics:
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(name, doc, ["model", *labels], registry=r)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, ["model"], registry=r)
+        def gauge(name: str, doc: str) -> Gauge:  # an engine's figure: one series per replica
+            return Gauge(name, doc, ["model", "replica"], registry=r)
 
         def histogram(name: str, doc: str, buckets) -> Histogram:
             return Histogram(name, doc, ["model"], buckets=buckets, registry=r)
@@ -57,6 +61,14 @@ class Metrics:
         self.preemptions = gauge("sqlm_num_preemptions", "Sequences preempted since start")
         self.engine_steps = gauge("sqlm_engine_steps", "Engine steps since start")
         self.step_failures = gauge("sqlm_engine_step_failures", "Engine steps that raised (their requests failed)")
+        self.replica_up = gauge("sqlm_replica_up", "1 while the engine replica answers, 0 while it is down or restarting")
+        self.routed = counter("sqlm_router_requests", "Requests the cache-aware router sent to each replica, by reason "
+                              "(cache: longest cached prefix, spread: least cached, balance: least loaded)",
+                              "replica", "reason")
+        self.replica_failures = counter("sqlm_replica_failures",
+                                        "Requests whose replica died under them (each ran again on another replica)",
+                                        "replica")
+        self._counted: collections.Counter = collections.Counter()  # router figures already added to the counters
 
     def observe_request(self, num_prompt_tokens: int, arrival: float, choices: list[tuple[list[float], str]],
                         planning_seconds: float) -> None:
@@ -77,23 +89,39 @@ class Metrics:
             self.ttft.labels(m).observe(min(firsts) - arrival)
             self.latency.labels(m).observe(max(lasts) - arrival)
 
-    def observe_engine(self, snap: EngineSnapshot) -> None:
-        m, load = self.model, snap.load
-        self.running.labels(m).set(load.num_running)
-        self.waiting.labels(m).set(load.num_waiting)
-        self.kv_used.labels(m).set(load.kv_blocks_used)
-        self.kv_active.labels(m).set(load.kv_blocks_active)
-        self.kv_cached.labels(m).set(load.kv_blocks_cached)
-        self.kv_total.labels(m).set(load.kv_blocks_total)
-        self.kv_usage.labels(m).set(load.kv_blocks_used / load.kv_blocks_total if load.kv_blocks_total else 0.0)
-        self.prefix_hit_rate.labels(m).set(snap.stats.prefix_cache_hit_rate)
-        self.cached_prompt_tokens.labels(m).set(snap.stats.num_cached_prompt_tokens)
-        self.preemptions.labels(m).set(snap.stats.preemptions)
-        self.engine_steps.labels(m).set(snap.stats.num_steps)
-        self.step_failures.labels(m).set(snap.num_step_failures)
+    def observe_engine(self, replica: str, snap: EngineSnapshot | None) -> None:
+        """One engine's latest snapshot; None: the replica is down (its last figures stay)."""
+        self.replica_up.labels(self.model, replica).set(snap is not None)
+        if snap is None:
+            return
+        m, load = (self.model, replica), snap.load
+        self.running.labels(*m).set(load.num_running)
+        self.waiting.labels(*m).set(load.num_waiting)
+        self.kv_used.labels(*m).set(load.kv_blocks_used)
+        self.kv_active.labels(*m).set(load.kv_blocks_active)
+        self.kv_cached.labels(*m).set(load.kv_blocks_cached)
+        self.kv_total.labels(*m).set(load.kv_blocks_total)
+        self.kv_usage.labels(*m).set(load.kv_blocks_used / load.kv_blocks_total if load.kv_blocks_total else 0.0)
+        self.prefix_hit_rate.labels(*m).set(snap.stats.prefix_cache_hit_rate)
+        self.cached_prompt_tokens.labels(*m).set(snap.stats.num_cached_prompt_tokens)
+        self.preemptions.labels(*m).set(snap.stats.preemptions)
+        self.engine_steps.labels(*m).set(snap.stats.num_steps)
+        self.step_failures.labels(*m).set(snap.num_step_failures)
 
-    def render(self, snap: EngineSnapshot) -> bytes:
-        self.observe_engine(snap)
+    def observe_routing(self, routes: collections.Counter, failures: list[int]) -> None:
+        """The router's running totals ((replica, reason) -> requests; deaths per replica) into the counters."""
+        totals = collections.Counter({("route", str(k), reason): n for (k, reason), n in routes.items()})
+        totals.update({("failure", str(k)): n for k, n in enumerate(failures)})
+        for key, n in totals.items():
+            delta, self._counted[key] = n - self._counted[key], n
+            if delta and key[0] == "route":
+                self.routed.labels(self.model, key[1], key[2]).inc(delta)
+            elif delta:
+                self.replica_failures.labels(self.model, key[1]).inc(delta)
+
+    def render(self, snapshots: list[tuple[str, int | None, EngineSnapshot | None]]) -> bytes:
+        for replica, _, snap in snapshots:
+            self.observe_engine(replica, snap)
         return generate_latest(self.registry)
 
 

@@ -19,7 +19,7 @@ import threading
 import pyarrow as pa
 from fastapi.responses import Response
 
-from sqlm.server.engine_loop import EngineFailure
+from runtime.engine_loop import EngineFailure
 from sqlm.server.errors import APIError, bad_request
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"

@@ -39,13 +39,6 @@ def test_requests_sharing_a_prefix_land_on_one_replica():
     assert {reqs[i].prompt_token_ids[:4] for i in second} == {b}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def con(tmp_path, tiny_llama, local_ray):
     import sqlm

@@ -5,7 +5,7 @@ import pytest
 
 from operators.requests import GenerationResult
 from sqlm.server.completions import Choice
-from sqlm.server.engine_loop import TokenOutput
+from runtime.engine_loop import TokenOutput
 
 
 def token(text: str, i: int) -> TokenOutput:

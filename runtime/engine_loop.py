@@ -1,4 +1,4 @@
-"""The one shared engine, driven by its own thread, fed by many HTTP requests.
+"""An engine driven by its own thread, fed by many callers: the server's HTTP requests, /v1/sql, a replica actor.
 
 The engine is single-threaded by design, so exactly one thread touches it. The
 asyncio side never calls the engine: it puts commands (submit, cancel) on a queue
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
 import threading
 import time
@@ -78,6 +79,18 @@ class RequestStream:
     @property
     def finished(self) -> bool:
         return self.num_unfinished == 0
+
+    async def next_batch(self) -> list[TokenOutput]:
+        """The next output and every one already queued behind it ([] once finished): a reader in another
+        process takes an engine step's tokens in one hop."""
+        batch = []
+        try:
+            batch.append(await self.__anext__())
+            while not self.finished and not self.queue.empty():
+                batch.append(await self.__anext__())
+        except StopAsyncIteration:
+            pass
+        return batch
 
     def __aiter__(self):
         return self
@@ -185,6 +198,11 @@ class EngineLoop:
     def cancel(self, stream: RequestStream) -> None:
         """Stop every unfinished choice of the stream and free its KV blocks (no more outputs come)."""
         self._commands.put(("cancel", stream.request_ids))
+
+    async def snapshots(self) -> list[tuple[str, int | None, EngineSnapshot | None]]:
+        """(replica, pid, snapshot) of each engine behind this loop: here one, in this process
+        (runtime.replica_loop.ReplicaLoop has one per replica)."""
+        return [("0", os.getpid(), self.snapshot)]
 
     # --- the engine thread ----------------------------------------------------------------------
 

@@ -1,0 +1,195 @@
+"""EngineLoop's interface over N engine replicas (Ray actors, runtime/replicas.py): what `sqlm serve --replicas N`
+serves from.
+
+A streamed request goes to the replica the cache-aware router picks (runtime/routing.py) and its tokens come back
+an engine step at a time through Ray's streaming generator. When that replica dies mid-request, the request runs
+again on another live replica and the tokens the client already has are skipped: the rerun makes the same tokens,
+as greedy decoding is deterministic and every sampled request carries a seed (one is drawn here when the client gave
+none). Ray restarts the dead actor; the router sends it work again once it answers, with an empty cache. Blocking
+callers (/v1/sql, beam search) split their requests over the replicas as SQL's replicas do (`ReplicaSet.run`).
+
+    loop = ReplicaLoop(ReplicaSet(spec, 2), block_size=16, capacity_blocks=4096)
+    loop.start(asyncio.get_running_loop())
+    stream = await loop.submit(requests)     # a RequestStream, as EngineLoop.submit returns
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from dataclasses import replace
+
+from operators.requests import GenerationRequest
+from runtime.engine_loop import EngineFailure, EngineSnapshot, RequestStream
+from runtime.llm_ops import Progress
+from runtime.replicas import ACCEPTED, Request, ReplicaSet, Result
+from runtime.routing import CacheAwareRouter
+
+log = logging.getLogger("sqlm.server")
+
+RESTART_WAIT_SECONDS = 300  # how long a lost replica is waited for before it counts as gone for good
+SNAPSHOT_SECONDS = 2.0  # a replica that does not answer /metrics in this long is shown as down
+
+
+def _seeded(request: GenerationRequest) -> GenerationRequest:
+    """A sampled request without a seed gets one, so a rerun on another replica samples the same tokens."""
+    s = request.sampling
+    if s.temperature > 0 and s.seed is None:
+        return replace(request, sampling=replace(s, seed=random.getrandbits(63)))
+    return request
+
+
+class ReplicaLoop:
+    def __init__(self, replicas: ReplicaSet, block_size: int, capacity_blocks: int):
+        self.replicas = replicas
+        self.router = CacheAwareRouter(len(replicas), block_size, capacity_blocks)
+        self.routes: collections.Counter[tuple[int, str]] = collections.Counter()  # (replica, reason) -> requests
+        self.failures = [0] * len(replicas)  # requests lost to each replica's death (and run again elsewhere)
+        self._serving: dict[int, tuple[asyncio.Task, list[int]]] = {}  # id(stream) -> (its task, [its replica])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self._watchers: set[asyncio.Task] = set()  # waiting for a lost replica to come back
+
+    # --- EngineLoop's interface ---------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopped = True
+        for task, _ in list(self._serving.values()):
+            task.cancel()
+        self.replicas.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._loop is not None and not self._stopped and any(self.router.up)
+
+    async def submit(self, requests: list[GenerationRequest]) -> RequestStream:
+        """Route the requests (one HTTP request's choices, which share a prompt) to one replica; raises what the
+        replica's engine.submit raised."""
+        if not self.alive:
+            raise EngineFailure("no engine replica is running")
+        requests = [_seeded(r) for r in requests]
+        stream = RequestStream([r.request_id for r in requests])
+        accepted = asyncio.get_running_loop().create_future()
+        where = [-1]
+        task = asyncio.create_task(self._serve(requests, stream, accepted, where))
+        self._serving[id(stream)] = (task, where)
+        task.add_done_callback(lambda _: self._serving.pop(id(stream), None))
+        await accepted
+        return stream
+
+    def run(self, requests: list[Request], on_progress: Progress | None = None) -> list[Result]:
+        """For a thread that is not the event loop's: the requests split over the replicas; results in request
+        order (runtime.llm_ops.SharedEngine)."""
+        if not self.alive:
+            raise EngineFailure("no engine replica is running")
+
+        def learned(k: int, part: list[Request]) -> None:  # the router's state belongs to the event loop
+            self._loop.call_soon_threadsafe(lambda: [self.router.remember(k, r.prompt_token_ids) for r in part])
+        results = self.replicas.run(requests, learned).results
+        if on_progress is not None:
+            on_progress(len(results), len(requests),
+                        sum(len(getattr(r, "output_token_ids", ())) for r in results))
+        return results
+
+    def cancel(self, stream: RequestStream) -> None:
+        """Stop every unfinished choice of the stream on its replica (no more outputs come)."""
+        serving = self._serving.pop(id(stream), None)
+        if serving is None:
+            return
+        task, where = serving
+        if where[0] >= 0:
+            self.replicas.cancel(where[0], stream.request_ids)
+        task.cancel()
+
+    async def snapshots(self) -> list[tuple[str, int | None, EngineSnapshot | None]]:
+        """(replica, pid, snapshot) of each replica; (replica, None, None) for one that is down or does not answer."""
+        async def one(k: int):
+            if not self.router.up[k]:
+                return str(k), None, None
+            try:
+                pid, snap = await asyncio.wait_for(self.replicas.actors[k].snapshot.remote(), SNAPSHOT_SECONDS)
+                return str(k), pid, snap
+            except Exception:
+                return str(k), None, None
+        return list(await asyncio.gather(*(one(k) for k in range(len(self.replicas)))))
+
+    # --- one streamed request ------------------------------------------------------------------------
+
+    async def _serve(self, requests: list[GenerationRequest], stream: RequestStream, accepted: asyncio.Future,
+                     where: list[int]) -> None:
+        from ray.exceptions import RayActorError
+
+        prompt = requests[0].prompt_token_ids
+        delivered = [0] * len(requests)  # outputs of each choice the client has
+        failed: set[int] = set()
+        while True:
+            route = self.router.route(prompt, frozenset(failed))
+            k = where[0] = route.replica
+            self.routes[k, route.reason] += 1
+            self.router.started(k, prompt)
+            skip = list(delivered)  # a rerun makes the same outputs again: the client has these already
+            try:
+                async for ref in self.replicas.stream(k, requests):
+                    item = await ref
+                    if item == ACCEPTED:
+                        _settle(accepted, None)
+                    elif isinstance(item, BaseException):
+                        if not _settle(accepted, item):  # refused: nothing runs
+                            stream.queue.put_nowait(item)
+                        return
+                    else:
+                        for out in item:
+                            if skip[out.index]:
+                                skip[out.index] -= 1
+                                continue
+                            delivered[out.index] += 1
+                            stream.queue.put_nowait(out)
+                return
+            except RayActorError as e:
+                self._lost(k, e)
+                failed.add(k)
+                if len(failed) > 2 * len(self.replicas):
+                    error = EngineFailure(f"every engine replica failed while running this request: {e}")
+                    if not _settle(accepted, error):
+                        stream.queue.put_nowait(error)
+                    return
+            finally:
+                self.router.finished(k)
+
+    def _lost(self, k: int, error: Exception) -> None:
+        self.failures[k] += 1
+        if not self.router.up[k]:
+            return
+        log.warning("engine replica %d died (%s): its requests run again on another replica", k, type(error).__name__)
+        self.router.lost(k)
+        self._watchers.add(task := asyncio.create_task(self._await_restart(k)))  # held: the loop keeps weak refs
+        task.add_done_callback(self._watchers.discard)
+
+    async def _await_restart(self, k: int) -> None:
+        """Ray restarts the actor (a new process loads the model); route to it again once it answers."""
+        deadline = self._loop.time() + RESTART_WAIT_SECONDS
+        while not self._stopped and self._loop.time() < deadline:
+            try:
+                await self.replicas.actors[k].snapshot.remote()
+                self.router.restored(k)
+                log.info("engine replica %d is back", k)
+                return
+            except Exception as e:
+                log.debug("engine replica %d is not back yet: %s", k, e)
+                await asyncio.sleep(1.0)
+        log.error("engine replica %d did not come back", k)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> bool:
+    """Resolve the submit future once; False if it was resolved already."""
+    if future.done():
+        return False
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+    return True
