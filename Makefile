@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.decode_latency --threads 2 --rounds 3 | tee bench/results/decode_latency.md
 	$(BIN)/python -m bench.engine_throughput --out bench/results/engine_throughput.md
 	$(BIN)/python -m bench.online_serving --out bench/results/online_serving.md
+	$(BIN)/python -m bench.online_serving --rates 1,2 --requests 24 --replicas 2 --out bench/results/w3_replicas2.md
+	$(BIN)/python -m bench.online_serving --rates 1,2 --requests 24 --replicas 2 --disaggregate \
+		--out bench/results/w3_replicas2_disaggregated.md
+	$(BIN)/python -m bench.scaling_sim --out bench/results/scaling.md
 	$(BIN)/python -m bench.relational --out bench/results/relational.md
 	$(BIN)/python -m bench.spf_burst --out bench/results/spf_burst.md
 	$(BIN)/python -m bench.speculative --out bench/results/speculative.md

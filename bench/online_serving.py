@@ -157,6 +157,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_scaling(args) -> list[str]:
+    """`sqlm serve`'s replica flags this run passes on."""
+    return (["--replicas", str(args.replicas)] if args.replicas else []) + (["--disaggregate"] if args.disaggregate else [])
+
+
 def start_server(args) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "sqlm.cli", "serve", "--model", args.model, "--port", str(port),
@@ -167,6 +172,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         command += ["--kernels", args.kernels]
     if args.server_threads:
         command += ["--threads", str(args.server_threads)]
+    command += server_scaling(args)
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -227,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", choices=["torch", "tvm"])
     p.add_argument("--kv-cache-memory", default="1GB")
     p.add_argument("--server-threads", type=int, help="torch threads of the server (default: its own default)")
+    p.add_argument("--replicas", type=int, help="engine replicas of the `sqlm serve` this benchmark starts")
+    p.add_argument("--disaggregate", action="store_true", help="prefill/decode disaggregation over the replicas")
     p.add_argument("--url", help="bench a server that is already running (e.g. a peer) instead of starting one")
     p.add_argument("--model-id", help="the model id to send (default: --model)")
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring memory bandwidth and matmul FLOP/s")
@@ -243,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         server = f"`sqlm serve --model {args.model} --kv-cache-memory {args.kv_cache_memory}" + (
             f" --weight-format {args.weight_format}" if args.weight_format else "") + (
             f" --kernels {args.kernels}" if args.kernels else "") + (
-            f" --threads {args.server_threads}" if args.server_threads else "") + "`"
+            f" --threads {args.server_threads}" if args.server_threads else "") + "".join(
+            f" {flag}" for flag in server_scaling(args)) + "`"
     model_id = args.model_id or args.model
     load_before = os.getloadavg()[0]
     try:

@@ -239,6 +239,18 @@ class Engine:
         self._finish(seq, "cancelled")
         return True
 
+    def export_prefix(self, token_ids) -> list[bytes]:
+        """The KV of token_ids' longest cached prefix, one bytes object per whole block (prefill/decode
+        disaggregation: a prefill engine hands a prompt's KV to a decode engine, which `adopt_prefix`es it)."""
+        return self.kv.export_prefix(token_ids, self.runner.cache.read_block)
+
+    def adopt_prefix(self, token_ids, blocks: list[bytes]) -> int:
+        """Take KV another engine of the same model and KV layout computed for token_ids' first whole blocks into
+        the prefix cache; a request over token_ids then computes only what follows. Returns the tokens cached."""
+        if any(len(raw) != self.runner.cache.block_bytes for raw in blocks):
+            raise ValueError("KV blocks of another layout (model, KV dtype or block size) cannot be adopted")
+        return self.kv.adopt_prefix(token_ids, blocks, self.runner.cache.write_block)
+
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work

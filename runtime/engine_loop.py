@@ -199,6 +199,15 @@ class EngineLoop:
         """Stop every unfinished choice of the stream and free its KV blocks (no more outputs come)."""
         self._commands.put(("cancel", stream.request_ids))
 
+    def call(self, fn) -> concurrent.futures.Future:
+        """fn(engine) on the engine thread, between steps (the engine is single-threaded); its result or error in
+        the future. Commands run in order: a call made before a submit runs before that request is scheduled."""
+        if not self.alive:
+            raise EngineFailure("the engine thread is not running")
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(("call", fn, done))
+        return done
+
     async def snapshots(self) -> list[tuple[str, int | None, EngineSnapshot | None]]:
         """(replica, pid, snapshot) of each engine behind this loop: here one, in this process
         (runtime.replica_loop.ReplicaLoop has one per replica)."""
@@ -262,6 +271,12 @@ class EngineLoop:
         run = _Run(handles, on_progress, done)
         if not run.check():  # with nothing to generate it is finished already
             self._runs.append(run)
+
+    def _do_call(self, fn, done: concurrent.futures.Future) -> None:
+        try:
+            done.set_result(fn(self.engine))
+        except Exception as e:
+            done.set_exception(e)
 
     def _on_token(self, live: _Live, event: TokenEvent) -> None:
         self._step_events.append((live, event))
@@ -331,7 +346,7 @@ class EngineLoop:
                 return
             if command is not None and command[0] == "submit":
                 self._to_loop(_resolve, command[-1], error)
-            elif command is not None and command[0] == "run":
+            elif command is not None and command[0] in ("run", "call"):
                 command[-1].set_exception(error)
 
     def _to_loop(self, fn, *args) -> None:

@@ -16,6 +16,7 @@ model runner performs the copy before the forward pass. No torch here.
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from runtime.prefix_cache import MatchResult, RadixPrefixCache, block_digests
 
@@ -132,25 +133,54 @@ class KVCacheManager:
         """Load the blocks that continue the memory-cached prefix `match` from the host or disk tier into pool
         blocks and the tree, as long as they are found and the pool has room; returns the match extended over
         them and the tokens restored per tier."""
-        bs, tokens = self.block_size, seq.token_ids
+        return self._extend(seq.token_ids, match, seq.max_cached_tokens // self.block_size,
+                            lambda i, digest: self.tiers.contains(digest) is not None,
+                            lambda i, digest, block: self.tiers.restore(digest, block))
+
+    def export_prefix(self, token_ids, read_block: Callable[[int], bytes]) -> list[bytes]:
+        """The whole blocks of token_ids' longest cached prefix, as bytes (a prefill replica hands them over)."""
+        if self.prefix_cache is None:
+            return []
+        return [read_block(block) for block in self.prefix_cache.match(token_ids).blocks]
+
+    def adopt_prefix(self, token_ids, raws: list[bytes], write_block: Callable[[int, bytes], None]) -> int:
+        """Blocks another engine computed for token_ids' first len(raws) whole blocks join the pool and the prefix
+        cache (evictable, like any cached prefix), so a request over token_ids computes only the rest. Blocks
+        already cached here are kept; returns the tokens cached now."""
+        if self.prefix_cache is None:
+            return 0
+
+        def adopt(i: int, digest: bytes, block: int) -> str:
+            write_block(block, raws[i])
+            return "adopted"
+        match = self.prefix_cache.match(token_ids[:len(raws) * self.block_size])
+        return self._extend(token_ids, match, len(raws), lambda i, digest: True, adopt)[0].num_tokens
+
+    def _extend(self, tokens, match: MatchResult, last: int, has: Callable[[int, bytes], bool],
+                load: Callable[[int, bytes, int], str | None]) -> tuple[MatchResult, dict[str, int]]:
+        """Extend the cached prefix `match` over tokens' whole blocks up to `last`, each loaded into a new pool block
+        by load(block index, its chain digest, pool block) -> where it came from (None: it could not be), while
+        has(...) says a source has the next one and the pool has room; returns the match extended and the tokens
+        loaded per source."""
+        bs = self.block_size
         restored: dict[str, int] = {}
-        first, last = len(match.blocks), seq.max_cached_tokens // bs
+        first = len(match.blocks)
         if first >= last:
             return match, restored
         self.prefix_cache.lock(match.node)  # making room must not evict the prefix being extended
         blocks = []
         try:
-            for next_digest in block_digests(tokens, bs, first, last, match.node.digest):
-                if self.tiers.contains(next_digest) is None or self.num_available_blocks < 2:
+            for i, next_digest in enumerate(block_digests(tokens, bs, first, last, match.node.digest), first):
+                if not has(i, next_digest) or self.num_available_blocks < 2:
                     break
                 self._make_free(1)
                 block = self.pool.allocate()
-                tier = self.tiers.restore(next_digest, block)
-                if tier is None:
+                source = load(i, next_digest, block)
+                if source is None:
                     self.pool.decref(block)
                     break
                 blocks.append(block)
-                restored[tier] = restored.get(tier, 0) + bs
+                restored[source] = restored.get(source, 0) + bs
         finally:
             self.prefix_cache.unlock(match.node)
         if not blocks:

@@ -214,7 +214,7 @@ class TieredKVStore:
         # digest -> (tier, read of (raw, tier)): blocks being read ahead
         self._prefetched: OrderedDict[bytes, tuple[str, Future]] = OrderedDict()
         self._prefetch_lock = threading.Lock()
-        self._max_prefetched = max(1, MAX_PREFETCH_BYTES // self._block_bytes())
+        self._max_prefetched = max(1, MAX_PREFETCH_BYTES // self.cache.block_bytes)
 
     # --- what the KV manager and the engine call (no torch there) ------------------------------------------------
     def contains(self, digest: bytes) -> str | None:
@@ -256,21 +256,21 @@ class TieredKVStore:
             raw, tier = ahead[1].result()  # waits only for a read still under way
         if raw is None:
             raw, tier = self._read(digest)
-        if raw is None or len(raw) != self._block_bytes():
+        if raw is None or len(raw) != self.cache.block_bytes:
             return None
-        self._write_block(block, raw)
+        self.cache.write_block(block, raw)
         return tier
 
     def evicted(self, block: int, digest: bytes) -> None:
         """The prefix cache drops this block from the pool: keep it in the host tier (a preempted sequence's blocks
         come back from there: swap rather than recompute)."""
         if self.host is not None and "host" in self.load_tiers:
-            self._enqueue("host", digest, self._read_block(block))
+            self._enqueue("host", digest, self.cache.read_block(block))
 
     def computed(self, block: int, digest: bytes) -> None:
         """A full prompt block is computed: write it through to the disk tier."""
         if self.disk is not None and "disk" in self.load_tiers and not self.disk.contains(digest):
-            self._enqueue("disk", digest, self._read_block(block))
+            self._enqueue("disk", digest, self.cache.read_block(block))
 
     def flush(self) -> None:
         """Wait until every queued block is in its tier."""
@@ -300,19 +300,6 @@ class TieredKVStore:
         self._pending[(tier, digest)] = raw
         if not _WRITER.put(self.host if tier == "host" else self.disk, self._pending, (tier, digest), raw):
             self._pending.pop((tier, digest), None)  # the tiers are behind: drop this block, never stall the engine
-
-    def _block_bytes(self) -> int:
-        return sum(t[:, 0].numel() * t.dtype.itemsize for t in self.cache.block_tensors())
-
-    def _read_block(self, block: int) -> bytes:
-        return b"".join(_tensor_bytes(t[:, block].contiguous()) for t in self.cache.block_tensors())
-
-    def _write_block(self, block: int, raw: bytes) -> None:
-        at = 0
-        for t in self.cache.block_tensors():
-            n = t[:, 0].numel() * t.dtype.itemsize
-            t[:, block] = _from_bytes(raw[at:at + n], t.dtype).view(t[:, block].shape)
-            at += n
 
 
 class _Writer:

@@ -104,6 +104,23 @@ class PagedKVCache:
         """Every tensor that holds part of a block (block index on dim 1): K, V and, for int8, their scales."""
         return [self.k, self.v] + ([self.k_scale, self.v_scale] if self.k_scale is not None else [])
 
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block's K, V (and scales): what read_block returns."""
+        return sum(t[:, 0].numel() * t.dtype.itemsize for t in self.block_tensors())
+
+    def read_block(self, block: int) -> bytes:
+        """One block's K, V (and scales) of every layer, as bytes: a KV tier keeps them, a decode replica adopts them."""
+        return b"".join(t[:, block].contiguous().view(torch.uint8).numpy().tobytes() for t in self.block_tensors())
+
+    def write_block(self, block: int, raw: bytes) -> None:
+        """The inverse of read_block."""
+        at = 0
+        for t in self.block_tensors():
+            n = t[:, 0].numel() * t.dtype.itemsize
+            t[:, block] = torch.frombuffer(bytearray(raw[at:at + n]), dtype=torch.uint8).view(t.dtype).view(t[:, block].shape)
+            at += n
+
     def copy_blocks(self, copies) -> None:
         for src, dst in copies:
             for t in self.block_tensors():

@@ -1,6 +1,14 @@
 """EngineLoop's interface over N engine replicas (Ray actors, runtime/replicas.py): what `sqlm serve --replicas N`
 serves from.
 
+With `prefill_replicas` (`--disaggregate`), prompts and decoding run on different replicas (DistServe, Splitwise,
+vLLM's P/D): the decode replica is picked as above; unless most of the prompt is cached there already, a prefill
+replica (cache-aware among them) computes the prompt and its KV blocks go through Ray's object store straight to
+the decode replica, which adopts them into its prefix cache and runs the request, computing only the prompt's last
+partial block. As in vLLM's P/D proxy, the client's tokens all come from the decode replica, so the output is the
+one a colocated replica gives. A prefill replica that dies costs only the handoff: the decode replica computes the
+prompt itself.
+
 A streamed request goes to the replica the cache-aware router picks (runtime/routing.py) and its tokens come back
 an engine step at a time through Ray's streaming generator. When that replica dies mid-request, the request runs
 again on another live replica and the tokens the client already has are skipped: the rerun makes the same tokens,
@@ -32,6 +40,13 @@ RESTART_WAIT_SECONDS = 300  # how long a lost replica is waited for before it co
 SNAPSHOT_SECONDS = 2.0  # a replica that does not answer /metrics in this long is shown as down
 
 
+def prefill_share(replicas: int) -> int:
+    """How many of `replicas` prefill by default when disaggregated: a quarter, at least one. W3's prompts are short
+    and mostly cached, so prompts are about a quarter of the work (docs/SCALING.md's simulation: at 30 req/s over 8
+    replicas a 2 + 6 split meets the SLO where 4 + 4 does not)."""
+    return max(1, replicas // 4)
+
+
 def _seeded(request: GenerationRequest) -> GenerationRequest:
     """A sampled request without a seed gets one, so a rerun on another replica samples the same tokens."""
     s = request.sampling
@@ -41,9 +56,13 @@ def _seeded(request: GenerationRequest) -> GenerationRequest:
 
 
 class ReplicaLoop:
-    def __init__(self, replicas: ReplicaSet, block_size: int, capacity_blocks: int):
+    def __init__(self, replicas: ReplicaSet, block_size: int, capacity_blocks: int, prefill_replicas: int = 0):
+        """prefill_replicas > 0 (fewer than the replicas): prefill/decode disaggregation, the first prefill_replicas
+        compute prompts and hand their KV to the others, which decode."""
         self.replicas = replicas
         self.router = CacheAwareRouter(len(replicas), block_size, capacity_blocks)
+        self.prefillers = tuple(range(prefill_replicas))
+        self.decoders = tuple(range(prefill_replicas, len(replicas)))
         self.routes: collections.Counter[tuple[int, str]] = collections.Counter()  # (replica, reason) -> requests
         self.failures = [0] * len(replicas)  # requests lost to each replica's death (and run again elsewhere)
         self._serving: dict[int, tuple[asyncio.Task, list[int]]] = {}  # id(stream) -> (its task, [its replica])
@@ -126,14 +145,17 @@ class ReplicaLoop:
         prompt = requests[0].prompt_token_ids
         delivered = [0] * len(requests)  # outputs of each choice the client has
         failed: set[int] = set()
+        kv = None  # with disaggregation: the prefill replica's KV blocks of the prompt (kept for a rerun)
         while True:
-            route = self.router.route(prompt, frozenset(failed))
+            route = self.router.route(prompt, frozenset(failed), self.decoders)
             k = where[0] = route.replica
             self.routes[k, route.reason] += 1
             self.router.started(k, prompt)
+            if self.prefillers and kv is None and route.reason != "cache":  # cached there already: no handoff
+                kv = self._prefill(requests)
             skip = list(delivered)  # a rerun makes the same outputs again: the client has these already
             try:
-                async for ref in self.replicas.stream(k, requests):
+                async for ref in self.replicas.stream(k, requests, kv):
                     item = await ref
                     if item == ACCEPTED:
                         _settle(accepted, None)
@@ -159,6 +181,34 @@ class ReplicaLoop:
                     return
             finally:
                 self.router.finished(k)
+
+    def _prefill(self, requests: list[GenerationRequest]):
+        """Start computing the prompt on a prefill replica (cache-aware among them); returns the ref to its KV
+        blocks, which the decode replica awaits and adopts (directly from the object store, not through here)."""
+        prompt = requests[0].prompt_token_ids
+        route = self.router.route(prompt, among=self.prefillers)
+        p = route.replica
+        self.routes[p, route.reason] += 1
+        self.router.started(p, prompt)
+        outcome, blocks = self.replicas.prefill(p, requests)
+        self._watchers.add(task := asyncio.create_task(self._prefill_done(p, outcome)))
+        task.add_done_callback(self._watchers.discard)
+        return blocks
+
+    async def _prefill_done(self, p: int, outcome) -> None:
+        """The prefill replica's small outcome (never the KV itself): a death there is noticed here; the decode
+        replica then computes the prompt itself."""
+        from ray.exceptions import RayActorError
+
+        try:
+            await outcome
+        except RayActorError as e:
+            self._lost(p, e)
+        finally:
+            self.router.finished(p)
+
+    def role(self, k: int) -> str:
+        return "prefill" if k in self.prefillers else "decode" if self.prefillers else "both"
 
     def _lost(self, k: int, error: Exception) -> None:
         self.failures[k] += 1

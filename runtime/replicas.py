@@ -14,14 +14,16 @@ join one continuous batch there, as they do in a single-engine server. A replica
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from operators.engine_config import EngineConfig
 from operators.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult
 from runtime.kv_tiers import KVTierSpec
 
+log = logging.getLogger("sqlm.replicas")
 Request = GenerationRequest | ScoreRequest
 Result = GenerationResult | ScoreResult
 OBJECT_STORE_BYTES = 128 << 20  # a local Ray's object store: requests, tokens and results are small
@@ -87,12 +89,14 @@ def partition(requests: list[Request], n: int) -> list[list[int]]:
 class EngineReplica:
     """One engine in its own process, driven by an EngineLoop: the class of the Ray actors a ReplicaSet starts."""
 
-    def __init__(self, spec: EngineSpec, threads: int):
+    def __init__(self, spec: EngineSpec, threads: int | None):
+        """threads: the replica's share of a machine it shares with other replicas (None: a machine of its own)."""
         import torch
 
         from runtime.engine_loop import EngineLoop
 
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.loop = EngineLoop(build_engine(spec))
         self.streams: dict[str, object] = {}  # request id -> its RequestStream, while it streams
 
@@ -110,10 +114,33 @@ class EngineReplica:
         except Exception as e:
             return e
 
-    async def stream(self, requests: list[GenerationRequest]):
-        """ACCEPTED, then lists of TokenOutput (an engine step's at a time) until every request has finished. A
-        refusal (a prompt too long, a bad parameter) or an engine failure comes as the exception object itself."""
+    async def prefill(self, requests: list[GenerationRequest]) -> tuple[int | Exception, list[bytes]]:
+        """Prefill/decode disaggregation's first half: the requests' shared prompt computed (one token generated,
+        then dropped) and its KV returned as whole blocks for a decode replica to adopt. Called with
+        num_returns=2: (blocks or the refusal, the blocks), so the caller learns the outcome without fetching the KV."""
         loop = self._started()
+        first = requests[0]
+        first = replace(first, sampling=replace(first.sampling, max_tokens=1))
+        try:
+            await asyncio.to_thread(loop.run, [first])
+            blocks = await asyncio.wrap_future(loop.call(lambda engine: engine.export_prefix(first.prompt_token_ids)))
+        except Exception as e:  # the decode replica meets the same refusal and reports it
+            return e, []
+        return len(blocks), blocks
+
+    async def stream(self, requests: list[GenerationRequest], kv: list | None = None):
+        """ACCEPTED, then lists of TokenOutput (an engine step's at a time) until every request has finished. A
+        refusal (a prompt too long, a bad parameter) or an engine failure comes as the exception object itself.
+        kv: [a ref to a prefill replica's KV blocks of the prompt], adopted before the requests are submitted;
+        when that replica died or its blocks do not fit, the prompt is computed here."""
+        loop = self._started()
+        if kv:
+            try:
+                blocks = await kv[0]
+                prompt = requests[0].prompt_token_ids
+                await asyncio.wrap_future(loop.call(lambda engine: engine.adopt_prefix(prompt, blocks)))
+            except Exception as e:
+                log.warning("the prefill replica's KV could not be adopted (%s): computing the prompt here", e)
         try:
             stream = await loop.submit(requests)
         except Exception as e:
@@ -177,11 +204,14 @@ class ReplicaSet:
         import ray
 
         start_ray()
-        threads = max(1, (os.cpu_count() or 1) // replicas)
-        env = {"SQLM_THREADS": str(threads), "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-        # num_cpus=0: the threads above, not Ray's CPU count, share the cores; max_restarts: a dead one comes back
-        actor = ray.remote(EngineReplica).options(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=0,
-                                                  runtime_env={"env_vars": env})
+        if os.environ.get("RAY_ADDRESS"):  # a cluster: one replica a machine as far as they go, each on its cores
+            threads, options = None, {"scheduling_strategy": "SPREAD"}
+        else:  # this machine: the replicas split its cores; num_cpus=0, as these threads, not Ray, share them
+            threads = max(1, (os.cpu_count() or 1) // replicas)
+            env = {"SQLM_THREADS": str(threads), "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+            options = {"runtime_env": {"env_vars": env}}
+        # max_restarts: a dead replica comes back (a new process loads the model again)
+        actor = ray.remote(EngineReplica).options(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=0, **options)
         self.spec = spec
         # held for the set's life: a restarted actor reads its constructor's arguments again, and Ray frees a
         # large argument (the length predictor's examples) once the first creation is done unless someone holds it
@@ -225,9 +255,15 @@ class ReplicaSet:
             pids.add(ray.get(self.actors[owner].snapshot.remote())[0])
         return ReplicaRun(results, rows, sorted(pids), retries)
 
-    def stream(self, replica: int, requests: list[GenerationRequest]):
-        """A Ray ObjectRefGenerator over EngineReplica.stream's items (iterate it with `async for`)."""
-        return self.actors[replica].stream.options(num_returns="streaming").remote(requests)
+    def stream(self, replica: int, requests: list[GenerationRequest], kv=None):
+        """A Ray ObjectRefGenerator over EngineReplica.stream's items (iterate it with `async for`); kv: the KV
+        blocks' ref from `prefill`, to adopt first."""
+        return self.actors[replica].stream.options(num_returns="streaming").remote(
+            requests, None if kv is None else [kv])  # in a list: Ray hands the ref over unresolved
+
+    def prefill(self, replica: int, requests: list[GenerationRequest]):
+        """(ref to the outcome: blocks or the refusal; ref to the KV blocks) of EngineReplica.prefill."""
+        return self.actors[replica].prefill.options(num_returns=2).remote(requests)
 
     def cancel(self, replica: int, request_ids: list[str]) -> None:
         self.actors[replica].cancel.remote(request_ids)

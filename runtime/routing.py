@@ -53,12 +53,13 @@ class CacheAwareRouter:
             n += 1
         return n * self.block_size
 
-    def route(self, prompt, avoid: frozenset[int] = frozenset()) -> Route:
-        """The replica for a request with this prompt; `avoid`: replicas it just failed on. Every replica that is
-        up and not avoided is a candidate; when none is, any that is not avoided, then any at all."""
-        n = len(self.load)
-        candidates = ([k for k in range(n) if self.up[k] and k not in avoid] or [k for k in range(n) if k not in avoid]
-                      or list(range(n)))
+    def route(self, prompt, avoid: frozenset[int] = frozenset(), among: tuple[int, ...] | None = None) -> Route:
+        """The replica for a request with this prompt, one of `among` (default: all; with prefill/decode
+        disaggregation the prefill or the decode replicas); `avoid`: replicas it just failed on. Every replica
+        that is up and not avoided is a candidate; when none is, any that is not avoided, then any at all."""
+        pool = list(range(len(self.load))) if among is None else list(among)
+        candidates = ([k for k in pool if self.up[k] and k not in avoid] or [k for k in pool if k not in avoid]
+                      or pool)
         lightest = min(candidates, key=lambda k: (self.load[k], k))
         heaviest = max(self.load[k] for k in candidates)
         if (heaviest - self.load[lightest] > self.balance_abs

@@ -2,6 +2,7 @@
 
     sqlm serve --host 127.0.0.1 --port 8000 --model smollm2
     sqlm serve --replicas 2          # two engine processes behind a cache-aware router
+    sqlm serve --replicas 2 --disaggregate   # one computes prompts, the other decodes with their KV
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (SSE with
 `stream: true`), POST /v1/sql, GET /v1/explain, GET /health, GET /metrics (Prometheus).
@@ -52,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
                         "cache-aware router); a replica that dies is restarted and its requests run again on another. "
                         "Starts a local Ray, or joins the cluster RAY_ADDRESS names (default: the catalog's replicas "
                         "setting; 'auto': one engine in this process on one machine)")
+    p.add_argument("--disaggregate", action="store_true",
+                   help="prefill/decode disaggregation over the replicas: some compute prompts and pass their KV "
+                        "blocks through Ray's object store to the others, which decode (needs --replicas >= 2)")
+    p.add_argument("--prefill-replicas", type=int,
+                   help="with --disaggregate, how many replicas prefill (default: a quarter, at least one)")
     p.add_argument("--home", help="catalog directory (default $SQLM_HOME or ~/.sqlm)")
     p.add_argument("--api-key", default=os.environ.get("SQLM_API_KEY"),
                    help="require 'Authorization: Bearer <key>' on every endpoint but /health and /metrics "
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                         speculative=args.speculative,
                                         catalog_path=args.home, api_key=args.api_key,
                                         max_body_bytes=args.max_body_bytes, sql_files=args.sql_files,
-                                        sql_write=args.sql_write, replicas=args.replicas))
+                                        sql_write=args.sql_write, replicas=args.replicas,
+                                        disaggregate=args.disaggregate, prefill_replicas=args.prefill_replicas))
         if args.explain:
             print(app.state.explain_text)
             return 0

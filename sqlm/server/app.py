@@ -29,7 +29,7 @@ from planner.statistics import Statistics
 from runtime.engine_loop import EngineLoop
 from runtime.kv_tiers import KVTierSpec
 from runtime.llm_ops import SharedEngine, model_options
-from runtime.replica_loop import ReplicaLoop
+from runtime.replica_loop import ReplicaLoop, prefill_share
 from runtime.replicas import EngineSpec, ReplicaSet, build_engine
 from sqlm.policy import SqlPolicy
 from sqlm.server import completions as C
@@ -64,6 +64,8 @@ class ServerSettings:
     sql_files: str | None = None  # the one directory /v1/sql may read and COPY into (None: no file access)
     sql_write: bool = False  # /v1/sql may CREATE TABLE / CREATE MODEL in the catalog
     replicas: int | None = None  # engine replicas (Ray actors) requests are routed over
+    disaggregate: bool = False  # some replicas prefill, the others decode (KV through Ray's object store)
+    prefill_replicas: int | None = None  # with disaggregate: how many prefill (None: replica_loop.prefill_share)
 
     KNOBS = ("weight_format", "kernels", "prefill_dtype", "kv_cache_memory", "max_batch_size", "threads", "scheduling",
              "speculative", "replicas")
@@ -115,12 +117,15 @@ def plan_typical_request(name: str, loaded, catalog, settings: Settings, predict
     return plan_request(name, [prompt], SamplingParams(max_tokens=TYPICAL_MAX_TOKENS), False, ctx)
 
 
-def start_replicas(spec: EngineSpec, replicas: int):
+def start_replicas(spec: EngineSpec, replicas: int, prefill_replicas: int = 0):
     """`replicas` engine replicas on Ray, each building `spec`, behind a cache-aware router; returns once every
     replica has loaded its model (one that cannot is an error here, before serving): (ReplicaLoop, the first
     replica's EngineStats and EngineLoad — every replica builds the same engine)."""
     import ray
 
+    if not 0 <= prefill_replicas < replicas:
+        raise ValueError(f"--prefill-replicas must leave at least one of the {replicas} replicas to decode, "
+                         f"got {prefill_replicas}")
     replica_set = ReplicaSet(spec, replicas)
     try:
         ready = ray.get([actor.snapshot.remote() for actor in replica_set.actors])
@@ -128,7 +133,7 @@ def start_replicas(spec: EngineSpec, replicas: int):
         replica_set.close()
         raise ValueError(f"an engine replica could not start: {e}") from e
     stats, load = ready[0][1].stats, ready[0][1].load
-    return ReplicaLoop(replica_set, stats.block_size, load.kv_blocks_total), stats, load
+    return ReplicaLoop(replica_set, stats.block_size, load.kv_blocks_total, prefill_replicas), stats, load
 
 
 def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None = None,
@@ -163,8 +168,14 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
             draft = str(load_entry(ensure_model(catalog, config.draft_model)).path)
         spec = EngineSpec(str(loaded.path), name, config, model_options(config), draft,
                           KVTierSpec(catalog.home, name, str(loaded.path)), predictor.expected_tokens)
+        if settings.disaggregate and config.replicas < 2:
+            raise ValueError(f"disaggregating prefill and decode needs at least 2 replicas, the plan has "
+                             f"{config.replicas} (set --replicas)")
         if config.replicas > 1:
-            (engine_loop, stats, load), model = start_replicas(spec, config.replicas), None
+            prefill = 0
+            if settings.disaggregate:
+                prefill = settings.prefill_replicas or prefill_share(config.replicas)
+            (engine_loop, stats, load), model = start_replicas(spec, config.replicas, prefill), None
         else:
             engine = build_engine(spec)
             engine_loop, model, stats, load = EngineLoop(engine), engine.model, engine.stats, engine.load
@@ -217,8 +228,8 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
                                 status_code=503)
         if not replicated:
             return {"status": "ok"}
-        return {"status": "ok", "replicas": [{"replica": int(r), "pid": pid, "up": snap is not None}
-                                             for r, pid, snap in await engine_loop.snapshots()]}
+        return {"status": "ok", "replicas": [{"replica": int(r), "role": engine_loop.role(int(r)), "pid": pid,
+                                              "up": snap is not None} for r, pid, snap in await engine_loop.snapshots()]}
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -137,3 +137,20 @@ def test_preemption_swaps_through_the_host_tier_instead_of_recomputing(tiny, tmp
         assert small.stats.preemptions > 0
         recomputed[kv_restore] = small.stats.num_recomputed_tokens
     assert recomputed["host"] < recomputed["none"]
+
+
+def test_a_prompts_kv_handed_to_another_engine_is_adopted_not_recomputed(tiny):
+    """Prefill/decode disaggregation's handoff: one engine computes the prompt, another adopts its whole blocks
+    and computes only the rest, with the same greedy output as computing it all."""
+    model, tokenizer = tiny
+    prefill, decode = engine(tiny, None), engine(tiny, None)
+    prefill.generate([GenerationRequest(DOCUMENT, SamplingParams(max_tokens=1))])
+    blocks = prefill.export_prefix(DOCUMENT)
+    assert len(blocks) == len(DOCUMENT) // 16
+    assert decode.adopt_prefix(DOCUMENT, blocks) == len(blocks) * 16
+    (result,) = decode.generate([question(0)])
+    assert result.num_cached_prompt_tokens == len(blocks) * 16
+    assert result.output_token_ids == generate(model, tokenizer, question(0)).output_token_ids
+    assert decode.adopt_prefix(DOCUMENT, blocks) == len(blocks) * 16  # cached already: nothing changes
+    with pytest.raises(ValueError, match="layout"):
+        engine(tiny, None, kv_cache_dtype="int8").adopt_prefix(DOCUMENT, blocks)

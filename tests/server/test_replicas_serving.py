@@ -126,3 +126,28 @@ def test_killing_a_replica_mid_burst_loses_no_request(replica_server, tiny_refer
         assert time.monotonic() < deadline, "the killed replica did not come back"
         time.sleep(0.5)
     assert replicas(replica_server)[0]["pid"] != victim["pid"]
+
+
+@pytest.fixture(scope="module")
+def disaggregated_server(tiny_llama, local_ray, tmp_path_factory):
+    settings = ServerSettings(catalog_path=str(tmp_path_factory.mktemp("home")), replicas=2, disaggregate=True)
+    app = create_app(str(tiny_llama.hf_dir), TINY_ENGINE, served_name=TINY, settings=settings)
+    with RunningServer(app) as server:
+        yield server
+
+
+def test_disaggregated_prefill_hands_the_prompts_kv_to_the_decode_replica(disaggregated_server, tiny_reference):
+    model, tokenizer = tiny_reference
+    assert [r["role"] for r in replicas(disaggregated_server)] == ["prefill", "decode"]
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 200) for _ in range(100)] for _ in range(4)]
+    for i, prompt in enumerate(prompts):
+        got = complete(disaggregated_server, prompt, 8, stream=i % 2 == 1)
+        assert got["text"] == reference_text(model, tokenizer, prompt, 8, ignore_eos=True)[0]
+        if "cached" in got:  # a prompt the decode replica never saw: its whole blocks came from the prefill replica
+            assert got["cached"] == len(prompt) // TINY_ENGINE.kv_block_size * TINY_ENGINE.kv_block_size
+    # the prefill replica computed the prompts; the decode replica found them cached and decoded
+    assert disaggregated_server.metric("sqlm_prompt_tokens_total") > 0
+    assert disaggregated_server.metric("sqlm_engine_steps", replica="0") >= len(prompts)
+    assert disaggregated_server.metric("sqlm_prefix_cache_hit_tokens", replica="1") >= 4 * 96
+    assert disaggregated_server.metric("sqlm_prefix_cache_hit_tokens", replica="0") == 0
