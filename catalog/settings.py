@@ -125,6 +125,9 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
     Knob("replicas", "auto", _auto_or_int("replicas", 1, 64),
          "engine replicas (Ray actors, each its own process and KV pool) a model call splits its rows over, rows "
          "with shared prefixes together; auto: where the split pays for starting them on this machine's cores"),
+    Knob("partition_rows", "auto", _auto_or_int("partition_rows", 1),
+         "rows COPY (SELECT ...) TO streams through its model calls at a time when the query is row-wise over one "
+         "table, so a source larger than memory passes through; auto: 4096"),
 )})
 
 

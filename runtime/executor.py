@@ -5,7 +5,8 @@ relations (`__in0`, `__in1`), so NULLs, types and casts follow DuckDB; the catal
 tables the plan's subqueries read are registered under their own names. A
 model-calling operator hands all of its rows to the engine at once (one continuous
 batch), after deduplicating identical prompts and ordering them by prefix when the
-plan says so, and puts the answers back in row order.
+plan says so, and puts the answers back in row order. `stream` runs a chain of row-wise
+operators over one scan a partition at a time (COPY of a source larger than memory).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from sqlglot import exp
 
 from operators import physical as P
-from runtime.llm_ops import LLMOutcome, LLMService
+from runtime.llm_ops import LLMOutcome, LLMService, merged
 from runtime.relational import RelationalSession
 
 _JOINS = {"inner": "JOIN", "left": "LEFT JOIN", "right": "RIGHT JOIN", "full": "FULL JOIN", "cross": "CROSS JOIN"}
@@ -34,6 +35,28 @@ class Actuals:
 
 
 ProgressCallback = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated)
+ROW_WISE = frozenset({"Filter", "Project", "BatchedGenerate", "BatchedClassify"})
+
+
+def streamable_chain(plan) -> list[int] | None:
+    """The nodes from the root down to the one table scan when every operator above it is row-wise (an output row
+    comes from one input row: filters, projections without windows or subqueries, model calls), so partitions of
+    the scan can run one after another; None otherwise."""
+    if getattr(plan, "tables", ()):
+        return None  # subqueries over catalog tables
+    chain, node = [], plan.root
+    while True:
+        chain.append(node)
+        op, inputs = plan.op(node), plan.inputs(node)
+        if isinstance(op, P.TableScan):
+            return chain
+        if op.name not in ROW_WISE or len(inputs) != 1:
+            return None
+        expressions = [e for _, e in op.outputs] if isinstance(op, P.Project) else \
+            list(op.predicates) if isinstance(op, P.Filter) else []
+        if any(e.find(exp.Window, exp.Subquery, exp.AggFunc) for e in expressions):
+            return None
+        node = inputs[0]
 
 
 def duck(e: exp.Expr) -> str:
@@ -62,6 +85,47 @@ class Executor:
             table = self._run(plan, plan.root, actuals)
         return table, actuals
 
+    def stream(self, plan, chain: list[int], partition_rows: int):
+        """The plan's result a partition at a time, for a plan that is row-wise operators over one table scan
+        (`streamable_chain`): the scan is read `partition_rows` rows at a time and each partition runs through the
+        operators above it, so a source larger than memory passes through. Each model call runs a partition's rows
+        as one continuous batch (dedup and prefix order within it). self.actuals sums the partitions; progress
+        counts the prompts of all partitions through the top model call, out of its estimated rows."""
+        self.actuals: dict[int, Actuals] = {node: Actuals() for node in chain}
+        scan = plan.op(chain[-1])
+        counted = next((n for n in chain if plan.op(n).name in ("BatchedGenerate", "BatchedClassify")), chain[0])
+        expected = int(plan.op(counted).estimate.rows)
+        progress, done, tokens = self.on_progress, 0, 0
+        if progress is not None:
+            def partition_progress(rows: int, total: int, generated: int) -> None:
+                progress(done + rows, max(expected, done + total), tokens + generated)
+            self.on_progress = partition_progress
+        try:
+            with RelationalSession(self.threads, [scan.source]) as reader, reader.side() as self.db:
+                self.scans = 0
+                for part in reader.stream(self._scan_sql(scan, reader), partition_rows):
+                    table = self._record(self.actuals[chain[-1]], part, 0.0)
+                    for node in reversed(chain[:-1]):
+                        op, t0, record = plan.op(node), time.perf_counter(), Actuals()
+                        table = getattr(self, f"_{op.name}")(op, [table], record)
+                        self._record(self.actuals[node], table, time.perf_counter() - t0, record)
+                    done = self.actuals[counted].distinct_inputs or self.actuals[counted].rows  # a model call counts prompts
+                    tokens = sum(self.actuals[n].llm.num_generated_tokens for n in chain if self.actuals[n].llm)
+                    yield table
+            if progress is not None:
+                progress(done, done, tokens)  # the estimate of rows was only that: the bar ends full
+        finally:
+            self.on_progress = progress
+
+    @staticmethod
+    def _record(total: Actuals, table: pa.Table, seconds: float, part: Actuals | None = None) -> pa.Table:
+        total.rows += table.num_rows
+        total.seconds += seconds
+        if part is not None and part.llm is not None:
+            total.llm = part.llm if total.llm is None else merged(total.llm, part.llm)
+            total.distinct_inputs = (total.distinct_inputs or 0) + (part.distinct_inputs or 0)
+        return table
+
     def _run(self, plan, node: int, actuals: dict[int, Actuals]) -> pa.Table:
         inputs = [self._run(plan, child, actuals) for child in plan.inputs(node)]
         op = plan.op(node)
@@ -82,12 +146,16 @@ class Executor:
         return self.db.query(op.query)
 
     def _TableScan(self, op: P.TableScan, inputs, record) -> pa.Table:
+        return self.db.query(self._scan_sql(op, self.db))
+
+    def _scan_sql(self, op: P.TableScan, db: RelationalSession) -> str:
+        """Registers the scan's source in `db` under a name of its own; the query that reads its columns."""
         self.scans += 1
         name = f"__scan_{self.scans}"
-        self.db.register(name, op.source)
+        db.register(name, op.source)
         prefix = f"{op.alias}." if op.alias else ""
         columns = ", ".join(f"{ident(c)} AS {ident(prefix + c)}" for c in op.read)
-        return self.db.query(f"SELECT {columns or '1 AS __row'} FROM {name}")
+        return f"SELECT {columns or '1 AS __row'} FROM {name}"
 
     def _Filter(self, op: P.Filter, inputs, record) -> pa.Table:
         return self._sql(inputs, f"SELECT * FROM __in0 WHERE {' AND '.join(f'({duck(p)})' for p in op.predicates)}")

@@ -69,6 +69,31 @@ class LLMOutcome:
     replica_pids: list[int] = field(default_factory=list)  # the replicas' processes
 
 
+def merged(a: LLMOutcome, b: LLMOutcome) -> LLMOutcome:
+    """One outcome for two runs of the same model call (two partitions of its rows): lists joined, counts summed."""
+    def add(x: dict, y: dict) -> dict:
+        out = dict(x)
+        for key, value in y.items():
+            out[key] = tuple(map(sum, zip(out[key], value))) if isinstance(value, tuple) and key in out \
+                else out.get(key, 0) + value
+        return out
+    width = max(len(a.replica_rows), len(b.replica_rows))
+    return LLMOutcome(
+        values=a.values + b.values, output_tokens=a.output_tokens + b.output_tokens, censored=a.censored + b.censored,
+        num_requests=a.num_requests + b.num_requests, num_prompt_tokens=a.num_prompt_tokens + b.num_prompt_tokens,
+        num_cached_prompt_tokens=a.num_cached_prompt_tokens + b.num_cached_prompt_tokens,
+        num_computed_prompt_tokens=a.num_computed_prompt_tokens + b.num_computed_prompt_tokens,
+        num_generated_tokens=a.num_generated_tokens + b.num_generated_tokens, seconds=a.seconds + b.seconds,
+        load_seconds=a.load_seconds + b.load_seconds, shared_engine=a.shared_engine or b.shared_engine,
+        num_speculative_steps=a.num_speculative_steps + b.num_speculative_steps,
+        num_draft_tokens=a.num_draft_tokens + b.num_draft_tokens,
+        num_accepted_draft_tokens=a.num_accepted_draft_tokens + b.num_accepted_draft_tokens,
+        prompt_lookup=add(a.prompt_lookup, b.prompt_lookup), cache_tier_hits=add(a.cache_tier_hits, b.cache_tier_hits),
+        replica_rows=[x + y for x, y in zip(a.replica_rows + [0] * (width - len(a.replica_rows)),
+                                            b.replica_rows + [0] * (width - len(b.replica_rows)))],
+        replica_pids=sorted(set(a.replica_pids) | set(b.replica_pids)))
+
+
 def outcome_of(results: list[Result], seconds: float, shared_engine: bool) -> LLMOutcome:
     generations = [r for r in results if isinstance(r, GenerationResult)]
     prompt = sum(len(r.prompt_token_ids) for r in results)

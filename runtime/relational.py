@@ -101,11 +101,28 @@ def _database(threads: int, files: tuple[str, ...]) -> duckdb.DuckDBPyConnection
 class RelationalSession:
     """One DuckDB connection: register relations, run queries to Arrow."""
 
-    def __init__(self, threads: int | None = None, sources=()) -> None:
+    def __init__(self, threads: int | None = None, sources=(), con: duckdb.DuckDBPyConnection | None = None) -> None:
         """sources: the catalog sources it may scan; their Parquet files are the only paths it can open."""
         files = tuple(sorted({s.location for s in sources if s.table is None and s.kind == "parquet"}))
-        self.con = _database(threads or os.cpu_count() or 1, files).cursor()
+        self.con = con if con is not None else _database(threads or os.cpu_count() or 1, files).cursor()
         self.files = set(files)
+
+    def side(self) -> RelationalSession:
+        """Another connection to the same database, with its own relations: it runs queries while `stream` of this
+        one is being read (a query on a connection ends the result that connection was streaming)."""
+        side = RelationalSession(con=self.con.cursor())
+        side.files = self.files
+        return side
+
+    def stream(self, sql: str, rows: int):
+        """The result of `sql` as Arrow tables of up to `rows` rows, read as they are consumed: a source larger
+        than memory passes through a partition at a time."""
+        try:
+            reader = self.con.sql(sql).to_arrow_reader(rows)
+            for batch in reader:
+                yield _plain_integers(pa.Table.from_batches([batch]))
+        except duckdb.Error as e:
+            raise _translate(e) from None
 
     def register(self, name: str, relation) -> None:
         """relation: a pyarrow Table or Dataset, or a catalog TableSource (a Parquet file is scanned by DuckDB's

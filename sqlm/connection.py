@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlglot import exp
 
@@ -32,14 +31,16 @@ from planner.lower import PhysicalPlan
 from planner.optimizer import check_rule_names
 from planner.sql import CreateModel, Explain, Reset, parse
 from planner.statistics import Statistics, compute_column_stats
-from runtime.executor import Executor
+from runtime.executor import Executor, streamable_chain
 from runtime.relational import RelationalError
 from runtime.llm_ops import LLMService, SharedEngine
 from runtime.threads import torch_threads
+from sqlm import copy_to
 from sqlm.policy import SqlPolicy
 from sqlm.result import Result
 
-COPY_FORMATS = {"parquet", "csv", "json"}
+COPY_FORMATS = set(copy_to.FORMATS)
+DEFAULT_PARTITION_ROWS = 4096  # several full batches of the engine, a few MB of prompts and answers
 
 
 class _SessionCatalog:
@@ -176,8 +177,9 @@ class Connection:
             physical = plan_query(select, sql, view, make_context)
         return physical, holder["ctx"]
 
-    def _execute(self, select: exp.Expr, sql: str) -> tuple[pa.Table, PhysicalPlan, dict]:
-        physical, ctx = self._plan(select, sql)
+    def _execute(self, select: exp.Expr, sql: str, planned: tuple[PhysicalPlan, OptimizerContext] | None = None
+                 ) -> tuple[pa.Table, PhysicalPlan, dict]:
+        physical, ctx = planned or self._plan(select, sql)
         t0 = time.perf_counter()
         try:
             with self._threads():
@@ -281,14 +283,37 @@ class Connection:
                 fmt = param.expression.name.lower()
         if fmt not in COPY_FORMATS:
             raise error_at("Binder error", f"COPY format must be PARQUET, CSV or JSON, got {fmt or 'none'!r}", stmt, sql)
-        table, _, _ = self._execute(source, sql)
-        writers = {"parquet": lambda tmp: pq.write_table(table, tmp),
-                   "csv": lambda tmp: pacsv.write_csv(table, tmp),
-                   "json": lambda tmp: Path(tmp).write_text(
-                       "".join(__import__("json").dumps(r, default=str, ensure_ascii=False) + "\n"
-                               for r in table.to_pylist()))}
-        _atomic_write(Path(target), writers[fmt])
-        return Result(pa.table({}), f"wrote {table.num_rows} rows to {target}")
+        physical, ctx = self._plan(source, sql)
+        chain = streamable_chain(physical.plan)
+        rows_per_partition = DEFAULT_PARTITION_ROWS if self.settings.is_auto("partition_rows") \
+            else self.settings.partition_rows
+        scanned = physical.plan.op(chain[-1]).estimate.rows if chain else 0
+        written = {}
+        if chain and physical.llm_nodes() and scanned > rows_per_partition:  # a partition at a time
+            def write(tmp: str) -> None:
+                written["counts"] = copy_to.write(fmt, tmp, self._stream(physical, ctx, chain, rows_per_partition))
+        else:
+            table, _, _ = self._execute(source, sql, (physical, ctx))
+            def write(tmp: str) -> None:
+                written["counts"] = copy_to.write(fmt, tmp, [table], table.schema)
+        _atomic_write(Path(target), write)
+        rows, partitions = written["counts"]
+        by = f" in {partitions} partitions of up to {rows_per_partition:,} rows" if partitions > 1 else ""
+        return Result(pa.table({}), f"wrote {rows} rows to {target}{by}")
+
+    def _stream(self, physical: PhysicalPlan, ctx: OptimizerContext, chain: list[int], rows: int):
+        """The plan's result a partition at a time (runtime.executor.Executor.stream), output columns named; the
+        statistics are recorded once the last partition is through."""
+        executor = Executor(self._llm, self.on_progress, self._relational_threads())
+        t0 = time.perf_counter()
+        try:
+            with self._threads():
+                for table in executor.stream(physical.plan, chain, rows):
+                    yield table.rename_columns(list(physical.output_names))
+        except RelationalError as e:
+            raise SqlError(f"{e.kind} error", e.message.replace("\n", " ")) from None
+        self._record_statistics(physical, executor.actuals, ctx)
+        self.last_plan, self.last_actuals, self._last_seconds = physical, executor.actuals, time.perf_counter() - t0
 
     def _set(self, stmt: exp.Set, sql: str) -> Result:
         for item in stmt.expressions:
