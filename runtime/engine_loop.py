@@ -23,13 +23,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from runtime.engine import Engine, EngineLoad, EngineStats, RequestHandle
-from runtime.llm_ops import Progress
 from operators.requests import GenerationRequest, GenerationResult, ScoreRequest, ScoreResult, TokenLogprobs
 from runtime.sequence import TokenEvent
 
 log = logging.getLogger("sqlm.server")
+Progress = Callable[[int, int, int], None]  # (requests done, requests total, tokens generated so far)
 
 _IDLE_POLL_SECONDS = 0.5  # how often an idle engine thread looks at the stop flag
 

@@ -20,11 +20,11 @@ from codegen.kernel_set import kernel_set
 from operators.engine_config import EngineConfig
 from runtime.beam_search import beam_search, text_of
 from runtime.engine import Engine
+from runtime.engine_loop import Progress
 from runtime.kv_tiers import KVTierSpec
 from runtime.speculation import prompt_lookup_statistics
 from operators.requests import GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult
 
-Progress = Callable[[int, int, int], None]  # (rows done, rows total, tokens generated so far)
 Request = GenerationRequest | ScoreRequest
 Result = GenerationResult | ScoreResult
 
@@ -278,11 +278,8 @@ class LLMService:
         elif knobs.replicas > 1:
             replicas = self.replica_set(model, knobs)
             t0 = time.perf_counter()
-            run = replicas.run(requests)
+            run = replicas.run(requests, on_progress=rows)  # a range's requests at a time
             results = run.results
-            if rows is not None:
-                rows(len(requests), len(requests), sum(len(r.output_token_ids) for r in results
-                                                      if isinstance(r, GenerationResult)))
             outcome = outcome_of(results, time.perf_counter() - t0, False)
             outcome.load_seconds, outcome.replica_rows, outcome.replica_pids = t0 - t_load, run.rows_per_replica, run.pids
             return results, outcome

@@ -29,8 +29,7 @@ import random
 from dataclasses import replace
 
 from operators.requests import GenerationRequest
-from runtime.engine_loop import EngineFailure, EngineSnapshot, RequestStream
-from runtime.llm_ops import Progress
+from runtime.engine_loop import EngineFailure, EngineSnapshot, Progress, RequestStream
 from runtime.replicas import ACCEPTED, Request, ReplicaSet, Result
 from runtime.routing import CacheAwareRouter
 
@@ -108,11 +107,7 @@ class ReplicaLoop:
 
         def learned(k: int, part: list[Request]) -> None:  # the router's state belongs to the event loop
             self._loop.call_soon_threadsafe(lambda: [self.router.remember(k, r.prompt_token_ids) for r in part])
-        results = self.replicas.run(requests, learned).results
-        if on_progress is not None:
-            on_progress(len(results), len(requests),
-                        sum(len(getattr(r, "output_token_ids", ())) for r in results))
-        return results
+        return self.replicas.run(requests, learned, on_progress).results
 
     def cancel(self, stream: RequestStream) -> None:
         """Stop every unfinished choice of the stream on its replica (no more outputs come)."""
@@ -225,6 +220,8 @@ class ReplicaLoop:
         while not self._stopped and self._loop.time() < deadline:
             try:
                 await self.replicas.actors[k].snapshot.remote()
+                if (sent := self.replicas.send_predictor(k)) is not None:
+                    await sent
                 self.router.restored(k)
                 log.info("engine replica %d is back", k)
                 return

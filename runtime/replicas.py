@@ -166,6 +166,11 @@ class EngineReplica:
             self.loop.cancel(stream)
             stream.close()
 
+    async def set_predictor(self, predictor: Callable[[GenerationRequest], float]) -> None:
+        """Expected output tokens of a request, for shortest-predicted-first admission (a copy of what the server
+        has learned; sent after start, and again after a restart)."""
+        await asyncio.wrap_future(self._started().call(lambda engine: setattr(engine, "predictor", predictor)))
+
     def snapshot(self):
         """(pid, EngineSnapshot): what /metrics and /health show of this replica."""
         return os.getpid(), self.loop.snapshot
@@ -212,47 +217,59 @@ class ReplicaSet:
             options = {"runtime_env": {"env_vars": env}}
         # max_restarts: a dead replica comes back (a new process loads the model again)
         actor = ray.remote(EngineReplica).options(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=0, **options)
-        self.spec = spec
-        # held for the set's life: a restarted actor reads its constructor's arguments again, and Ray frees a
-        # large argument (the length predictor's examples) once the first creation is done unless someone holds it
-        self._spec_ref = ray.put(spec)
-        self.actors = [actor.remote(self._spec_ref, threads) for _ in range(replicas)]
+        # The length predictor (megabytes of examples) goes by a call after start, not with the constructor: an
+        # argument that large would live in the object store, where a restart could find it gone (ray#53727).
+        self.spec, self.predictor = replace(spec, predictor=None), spec.predictor
+        self.actors = [actor.remote(self.spec, threads) for _ in range(replicas)]
+        for k in range(replicas):
+            self.send_predictor(k)
+
+    def send_predictor(self, replica: int):
+        """Give the replica the length predictor (after its start or a restart); returns the call's ref."""
+        if self.predictor is not None:
+            return self.actors[replica].set_predictor.remote(self.predictor)
 
     def __len__(self) -> int:
         return len(self.actors)
 
-    def run(self, requests: list[Request], on_part: Callable[[int, list[Request]], None] | None = None) -> ReplicaRun:
+    def run(self, requests: list[Request], on_part: Callable[[int, list[Request]], None] | None = None,
+            on_progress: Callable[[int, int, int], None] | None = None) -> ReplicaRun:
         """The requests split over the replicas (`partition`), results in request order. on_part(replica,
-        requests) is told where each range went (the server's router learns what each replica caches)."""
+        requests) is told where each range went (the server's router learns what each replica caches);
+        on_progress(requests done, total, tokens generated) as each range finishes."""
         import ray
         from ray.exceptions import RayActorError
 
         parts = partition(requests, len(self.actors))
-        pending = {}
+        pending = {}  # ref -> (range, replica running it)
         for k, part in enumerate(parts):
-            pending[k] = self.actors[k].run.remote([requests[i] for i in part])
+            pending[self.actors[k].run.remote([requests[i] for i in part])] = (k, k)
             if on_part is not None:
                 on_part(k, [requests[i] for i in part])
         results: list[Result | None] = [None] * len(requests)
-        rows, pids, retries = [0] * len(self.actors), set(), 0
-        for k, part in enumerate(parts):
-            owner = k
-            while True:
-                try:
-                    out = ray.get(pending[k])
-                    break
-                except RayActorError:  # the replica died: another live one runs the range again
-                    retries += 1
-                    if retries > 2 * len(self.actors):
-                        raise
-                    owner = (owner + 1) % len(self.actors)
-                    pending[k] = self.actors[owner].run.remote([requests[i] for i in part])
+        rows, pids, retries, done, tokens = [0] * len(self.actors), set(), 0, 0, 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            k, owner = pending.pop(ref)
+            try:
+                out = ray.get(ref)
+            except RayActorError:  # the replica died: another live one runs the range again
+                retries += 1
+                if retries > 2 * len(self.actors):
+                    raise
+                owner = (owner + 1) % len(self.actors)
+                pending[self.actors[owner].run.remote([requests[i] for i in parts[k]])] = (k, owner)
+                continue
             if isinstance(out, Exception):
                 raise out
-            for i, result in zip(part, out):
+            for i, result in zip(parts[k], out):
                 results[i] = result
-            rows[owner] += len(part)
+            rows[owner] += len(parts[k])
             pids.add(ray.get(self.actors[owner].snapshot.remote())[0])
+            done += len(parts[k])
+            tokens += sum(len(r.output_token_ids) for r in out if isinstance(r, GenerationResult))
+            if on_progress is not None:
+                on_progress(done, len(requests), tokens)
         return ReplicaRun(results, rows, sorted(pids), retries)
 
     def stream(self, replica: int, requests: list[GenerationRequest], kv=None):

@@ -63,8 +63,11 @@ def test_two_replicas_answer_as_one_engine_does(con):
     one = con.sql(QUERY).arrow().column("g").to_pylist()
     con.sql("SET replicas = 2")
     assert "choice replicas = 2" in con.explain(QUERY) and "[forced by SET]" in con.explain(QUERY)
+    progress = []
+    con.on_progress = lambda done, total, tokens: progress.append((done, total))
     two = con.sql(QUERY).arrow().column("g").to_pylist()
     assert two == one
+    assert len(progress) == 2 and progress[-1] == (24, 24)  # as each replica's range finishes
     llm = replica_actuals(con)
     assert len(llm.replica_rows) == 2 and sum(llm.replica_rows) == 24 and min(llm.replica_rows) > 0
     assert len(set(llm.replica_pids)) == 2 and os.getpid() not in llm.replica_pids  # two live actor processes
