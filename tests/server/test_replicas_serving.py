@@ -151,3 +151,20 @@ def test_disaggregated_prefill_hands_the_prompts_kv_to_the_decode_replica(disagg
     assert disaggregated_server.metric("sqlm_engine_steps", replica="0") >= len(prompts)
     assert disaggregated_server.metric("sqlm_prefix_cache_hit_tokens", replica="1") >= 4 * 96
     assert disaggregated_server.metric("sqlm_prefix_cache_hit_tokens", replica="0") == 0
+
+
+def test_a_dead_prefill_replica_costs_only_the_handoff(disaggregated_server, tiny_reference):
+    model, tokenizer = tiny_reference
+    prefill = replicas(disaggregated_server)[0]
+    os.kill(prefill["pid"], signal.SIGKILL)
+    prompt = [random.Random(9).randrange(3, 200) for _ in range(90)]
+    got = complete(disaggregated_server, prompt, 6)  # the decode replica computes the prompt if no KV comes
+    assert got["text"] == reference_text(model, tokenizer, prompt, 6, ignore_eos=True)[0]
+    deadline = time.monotonic() + 120
+    while not all(r["up"] for r in replicas(disaggregated_server)) or \
+            replicas(disaggregated_server)[0]["pid"] == prefill["pid"]:
+        assert time.monotonic() < deadline, "the prefill replica did not come back"
+        time.sleep(0.5)
+    again = [random.Random(10).randrange(3, 200) for _ in range(90)]
+    got = complete(disaggregated_server, again, 6)  # and hands KV over again
+    assert got["cached"] == 80 and got["text"] == reference_text(model, tokenizer, again, 6, ignore_eos=True)[0]
