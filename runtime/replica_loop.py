@@ -140,6 +140,7 @@ class ReplicaLoop:
         prompt = requests[0].prompt_token_ids
         delivered = [0] * len(requests)  # outputs of each choice the client has
         failed: set[int] = set()
+        reruns = 0
         kv = None  # with disaggregation: the prefill replica's KV blocks of the prompt (kept for a rerun)
         while True:
             route = self.router.route(prompt, frozenset(failed), self.decoders)
@@ -169,8 +170,9 @@ class ReplicaLoop:
             except RayActorError as e:
                 self._lost(k, e)
                 failed.add(k)
-                if len(failed) > 2 * len(self.replicas):
-                    error = EngineFailure(f"every engine replica failed while running this request: {e}")
+                reruns += 1
+                if reruns >= len(self.replicas):  # a request that kills every replica it meets runs no more
+                    error = EngineFailure(f"the engine replicas running this request died {reruns} times: {e}")
                     if not _settle(accepted, error):
                         stream.queue.put_nowait(error)
                     return
