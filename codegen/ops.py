@@ -30,6 +30,14 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
+def tvm_view(t: torch.Tensor):
+    """A TVM tensor over t's memory (zero-copy, t stays alive with it), for an argument passed on every call: a
+    torch tensor goes through DLPack per call."""
+    import tvm
+
+    return tvm.runtime.from_dlpack(aligned(t))
+
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}
 # Outputs are allocated with empty_like or int sizes: torch.empty(t.shape) parses a torch.Size
 # for ~3 us more per call, and a decode step makes ~150 of these calls.
