@@ -32,6 +32,9 @@ class AttentionKernels:
     rope_qkv: Callable
     paged_attention: Callable
     warm_up: Callable[[ModelConfig, int, str, str], None]  # (config, block_size, activation dtype, KV dtype)
+    # a zero-copy kernel-side view of a contiguous tensor, for arguments passed on every layer's call (the KV
+    # cache, a step's slot and block tables): a torch tensor is converted on each call
+    view: Callable = ops.tvm_view
 
 
 def gpu_available() -> bool:

@@ -50,7 +50,7 @@ class TvmQuantizedLinear:
         self._dequantize = None  # built on first use: only the bf16 path needs it
         # the weights as TVM tensors once (zero-copy views): a torch tensor argument costs a DLPack conversion on
         # every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight tensors each
-        self._weights = tuple(tvm_view(t) for t in self.packed.tensors)
+        self._weights = tuple(tvm_view(aligned(t)) for t in self.packed.tensors)
 
     def dequantized_t(self) -> torch.Tensor:
         """bf16 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""

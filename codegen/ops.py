@@ -31,11 +31,21 @@ def aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 def tvm_view(t: torch.Tensor):
-    """A TVM tensor over t's memory (zero-copy, t stays alive with it), for an argument passed on every call: a
-    torch tensor goes through DLPack per call."""
+    """A TVM tensor over t's memory (zero-copy: writes through it land in t, and t stays alive with it), for an
+    argument passed on many calls: a torch tensor goes through DLPack on every call (~1 us)."""
     import tvm
 
-    return tvm.runtime.from_dlpack(aligned(t))
+    if not t.is_contiguous():
+        raise ValueError("a TVM view needs a contiguous tensor (aligned() makes one)")
+    return tvm.runtime.from_dlpack(t)
+
+
+_TVM_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "int8": "int8"}
+
+
+def dtype_name(t) -> str:
+    """'fp32' | 'bf16' | 'int8' of a torch tensor or of its TVM view."""
+    return DTYPE_NAMES[t.dtype] if isinstance(t, torch.Tensor) else _TVM_DTYPES[str(t.dtype)]
 
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}
@@ -77,9 +87,11 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: t
     int32 [T]. cos/sin [T, D]."""
     _, num_kv_heads, head_dim, block_size = k_cache.shape
     q = torch.empty(qkv.shape[0], num_q_heads, head_dim, device=qkv.device) if out is None else out
+    if isinstance(cos, torch.Tensor):
+        cos, sin = cos.contiguous(), sin.contiguous()
     _kernel("rope_qkv", target, ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-            ("block_size", block_size), ("x_dtype", DTYPE_NAMES[qkv.dtype]), ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))(
-        aligned(qkv), cos.contiguous(), sin.contiguous(), slot_blocks, slot_offsets, k_cache, v_cache, q)
+            ("block_size", block_size), ("x_dtype", DTYPE_NAMES[qkv.dtype]), ("kv_dtype", dtype_name(k_cache)))(
+        aligned(qkv), cos, sin, slot_blocks, slot_offsets, k_cache, v_cache, q)
     return q
 
 
@@ -110,8 +122,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     out = torch.empty_like(q) if out is None else out
     kernel = _kernel("paged_attention", target, ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
                      ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
-                     ("kv_dtype", DTYPE_NAMES[k_cache.dtype]))
-    if k_cache.dtype == torch.int8:
+                     ("kv_dtype", dtype_name(k_cache)))
+    if dtype_name(k_cache) == "int8":
         if int8_scales is None:
             raise ValueError("an int8 KV cache needs its int8_scales (k_scale, v_scale, k_channel, v_channel)")
         kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, *int8_scales, out)

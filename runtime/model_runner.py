@@ -51,6 +51,7 @@ class PagedKVCache:
         self.v = _zeroed((num_layers, num_blocks, num_kv_heads, block_size, head_dim), dtype)
         # per-layer views made once: indexing self.k[layer] costs ~1 us per call, twice per layer and step
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+        self.kernel_views: list | None = None  # the layers as an attention kernel's views, made by its first use
         self.k_scale = self.v_scale = None
         if dtype == torch.int8:
             self.k_scale = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size)
@@ -176,17 +177,30 @@ class KernelPagedAttention:
     """AttentionBackend on codegen's TVM paged-attention kernel: no gather, one call per layer."""
 
     def __init__(self, cache: PagedKVCache, inputs: ForwardInputs, num_q_heads: int, kernels: AttentionKernels):
-        self._rope_qkv, self._attention = kernels.rope_qkv, kernels.paged_attention
+        self._rope_qkv, self._attention, self._view = kernels.rope_qkv, kernels.paged_attention, kernels.view
         self.cache = cache
         self.inputs = inputs
         self.num_q_heads = num_q_heads
+        if cache.k_scale is None:
+            # what every layer's two calls pass, as kernel-side views made once (a torch tensor is converted on
+            # each call: ~1 us an argument, 9 arguments, 30 layers): the pool's layers once per pool, the step's
+            # slots and tables once per step
+            if cache.kernel_views is None:
+                cache.kernel_views = [(self._view(k), self._view(v)) for k, v in cache.layers]
+            r = inputs.ragged
+            self._slots = tuple(self._view(t.contiguous()) for t in (inputs.slot_blocks, inputs.slot_offsets))
+            self._tables = tuple(self._view(t.contiguous()) for t in (r.block_tables, r.query_start, r.context_lens))
+            self._trig_of, self._trig = None, ()  # the step's RoPE cos/sin (the same tensors in every layer)
 
     def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         inp, r, cache = self.inputs, self.inputs.ragged, self.cache
-        k_cache, v_cache = cache.layers[layer]
         if cache.k_scale is None:
-            q = self._rope_qkv(qkv, cos, sin, k_cache, v_cache, inp.slot_blocks, inp.slot_offsets, self.num_q_heads)
-            return self._attention(q, k_cache, v_cache, r.block_tables, r.query_start, r.context_lens)  # [T, Hq, D]
+            if cos is not self._trig_of:
+                self._trig_of, self._trig = cos, (self._view(cos.contiguous()), self._view(sin.contiguous()))
+            k_cache, v_cache = cache.kernel_views[layer]
+            q = self._rope_qkv(qkv, *self._trig, k_cache, v_cache, *self._slots, self.num_q_heads)
+            return self._attention(q, k_cache, v_cache, *self._tables)  # [T, Hq, D]
+        k_cache, v_cache = cache.layers[layer]
         # int8: RoPE and the quantizing write in torch, the attention over the int8 blocks in the kernel
         q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_q_heads, k_cache.shape[1])
         cache.write(layer, inp.slot_blocks, inp.slot_offsets, k, v)
