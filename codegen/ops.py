@@ -120,10 +120,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """
     q = q.contiguous()
     out = torch.empty_like(q) if out is None else out
+    kv_dtype = dtype_name(k_cache)
     kernel = _kernel("paged_attention", target, ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
-                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]),
-                     ("kv_dtype", dtype_name(k_cache)))
-    if dtype_name(k_cache) == "int8":
+                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]), ("kv_dtype", kv_dtype))
+    if kv_dtype == "int8":
         if int8_scales is None:
             raise ValueError("an int8 KV cache needs its int8_scales (k_scale, v_scale, k_channel, v_channel)")
         kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, *int8_scales, out)
