@@ -25,10 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from bench.machine import cpu_model, publish
-from bench.online_serving import TPOT_SLO, TTFT_SLO, W1_PROMPTS
-from bench.w2_data import INSTRUCTION, make_table
-from runtime.prefix_cache import block_digests
-from runtime.routing import CacheAwareRouter
+from bench.online_serving import TPOT_SLO, TTFT_SLO, schedule
+from runtime.routing import CachedBlocks, CacheAwareRouter
 
 BLOCK = 16
 PREFILL_BUDGET = 512  # prompt tokens per step (the engine's prefill_chunk_tokens)
@@ -119,16 +117,9 @@ class Request:
 
 
 def w3_requests(rate: float, count: int, seed: int, encode) -> list[Request]:
-    """W3's mix (half W1 review requests, half W2 labelling with its shared instruction; max_tokens 16..128),
-    Poisson arrivals at `rate`."""
-    rng = random.Random(f"{seed}-{rate}")
-    reviews = make_table(200).column("body").to_pylist()
-    t, out = 0.0, []
-    for _ in range(count):
-        t += rng.expovariate(rate)
-        text = rng.choice(W1_PROMPTS) if rng.random() < 0.5 else f"{INSTRUCTION}\n\n{rng.choice(reviews)}"
-        out.append(Request(t, encode(text), rng.randint(16, 128)))
-    return out
+    """The requests bench.online_serving sends for W3 at `rate` (its schedule: prompt mix, max_tokens, Poisson
+    arrivals), their prompts tokenized by `encode`."""
+    return [Request(p.send_at, encode(p.prompt), p.max_tokens) for p in schedule(rate, count, seed)]
 
 
 # --- one replica ----------------------------------------------------------------------------------------------
@@ -140,22 +131,11 @@ class Replica:
     running: list = field(default_factory=list)
     busy_until: float = 0.0
     stepping: bool = False
-    cache: collections.OrderedDict = field(default_factory=collections.OrderedDict)  # digest -> None, LRU
+    cache: CachedBlocks = field(default_factory=lambda: CachedBlocks(BLOCK, KV_TOKENS // BLOCK))
 
     def cached_tokens(self, prompt) -> int:
-        n = 0
-        for digest in block_digests(prompt, BLOCK, 0, (len(prompt) - 1) // BLOCK):
-            if digest not in self.cache:
-                break
-            n += 1
-        return n * BLOCK
-
-    def remember(self, prompt) -> None:
-        for digest in reversed(list(block_digests(prompt, BLOCK, 0, len(prompt) // BLOCK))):
-            self.cache[digest] = None
-            self.cache.move_to_end(digest)
-        while len(self.cache) > KV_TOKENS // BLOCK:
-            self.cache.popitem(last=False)
+        """As the engine matches: the prompt's last token is always computed."""
+        return self.cache.matched_tokens(prompt, len(prompt) - 1)
 
 
 class Cluster:
@@ -201,7 +181,7 @@ class Cluster:
                 self._arrive(now, payload)
             elif kind == "handoff":  # the decode replica adopts the prompt's blocks, then runs the request
                 k, request = payload
-                self.replicas[k].remember(request.prompt)
+                self.replicas[k].cache.remember(request.prompt)
                 self._enqueue(now, k, request)
             else:
                 self._finish_step(now, payload)
@@ -261,7 +241,7 @@ class Cluster:
                 r.done_prompt += chunks[id(r)]
                 if r.done_prompt < len(r.prompt):
                     continue
-                replica.remember(r.prompt)
+                replica.cache.remember(r.prompt)
                 if replica.role == "prefill":  # the prompt's whole blocks go to the decode replica
                     finished.append(r)
                     whole = len(r.prompt) // BLOCK * BLOCK

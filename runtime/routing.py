@@ -33,25 +33,50 @@ class Route:
     matched_tokens: int  # prompt tokens the chosen replica is expected to hold
 
 
-class CacheAwareRouter:
-    def __init__(self, replicas: int, block_size: int, capacity_blocks: int, cache_threshold: float = CACHE_THRESHOLD,
-                 balance_abs: int = BALANCE_ABS, balance_rel: float = BALANCE_REL):
+class CachedBlocks:
+    """What one prefix cache holds, as far as an observer can tell: the radix-path digests of the whole blocks of
+    the prompts it computed, least recently used first, at most capacity_blocks. A path's root is evicted last."""
+
+    def __init__(self, block_size: int, capacity_blocks: int):
         self.block_size, self.capacity_blocks = block_size, capacity_blocks
-        self.cache_threshold, self.balance_abs, self.balance_rel = cache_threshold, balance_abs, balance_rel
-        self.cached: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(replicas)]
-        self.load = [0] * replicas  # requests in flight on each replica
-        self.up = [True] * replicas
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
 
-    def _digests(self, prompt) -> list[bytes]:
-        return list(block_digests(prompt, self.block_size, 0, len(prompt) // self.block_size))
+    def __len__(self) -> int:
+        return len(self._digests)
 
-    def matched_tokens(self, replica: int, prompt) -> int:
-        cached, n = self.cached[replica], 0
-        for digest in self._digests(prompt):
-            if digest not in cached:
+    def matched_tokens(self, prompt, limit: int | None = None) -> int:
+        """Leading tokens of the prompt in whole cached blocks (within its first `limit` tokens, when given)."""
+        n = 0
+        tokens = len(prompt) if limit is None else min(limit, len(prompt))
+        for digest in block_digests(prompt, self.block_size, 0, tokens // self.block_size):
+            if digest not in self._digests:
                 break
             n += 1
         return n * self.block_size
+
+    def remember(self, prompt) -> None:
+        """The cache computed this prompt: its whole blocks are there now."""
+        digests = self._digests
+        for digest in reversed(list(block_digests(prompt, self.block_size, 0, len(prompt) // self.block_size))):
+            digests[digest] = None  # deeper blocks first, so the root is the most recently used
+            digests.move_to_end(digest)
+        while len(digests) > self.capacity_blocks:
+            digests.popitem(last=False)
+
+    def clear(self) -> None:
+        self._digests.clear()
+
+
+class CacheAwareRouter:
+    def __init__(self, replicas: int, block_size: int, capacity_blocks: int, cache_threshold: float = CACHE_THRESHOLD,
+                 balance_abs: int = BALANCE_ABS, balance_rel: float = BALANCE_REL):
+        self.cache_threshold, self.balance_abs, self.balance_rel = cache_threshold, balance_abs, balance_rel
+        self.cached = [CachedBlocks(block_size, capacity_blocks) for _ in range(replicas)]
+        self.load = [0] * replicas  # requests in flight on each replica
+        self.up = [True] * replicas
+
+    def matched_tokens(self, replica: int, prompt) -> int:
+        return self.cached[replica].matched_tokens(prompt)
 
     def route(self, prompt, avoid: frozenset[int] = frozenset(), among: tuple[int, ...] | None = None) -> Route:
         """The replica for a request with this prompt, one of `among` (default: all; with prefill/decode
@@ -79,12 +104,7 @@ class CacheAwareRouter:
 
     def remember(self, replica: int, prompt) -> None:
         """`replica` computed this prompt (a request routed there, or a range of SQL's rows)."""
-        cached = self.cached[replica]
-        for digest in reversed(self._digests(prompt)):  # a path's root is the last evicted: deeper blocks go first
-            cached[digest] = None
-            cached.move_to_end(digest)
-        while len(cached) > self.capacity_blocks:
-            cached.popitem(last=False)
+        self.cached[replica].remember(prompt)
 
     def finished(self, replica: int) -> None:
         self.load[replica] -= 1
