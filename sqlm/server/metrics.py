@@ -110,14 +110,16 @@ class Metrics:
 
     def observe_routing(self, routes: collections.Counter, failures: list[int]) -> None:
         """The router's running totals ((replica, reason) -> requests; deaths per replica) into the counters."""
-        totals = collections.Counter({("route", str(k), reason): n for (k, reason), n in routes.items()})
-        totals.update({("failure", str(k)): n for k, n in enumerate(failures)})
-        for key, n in totals.items():
-            delta, self._counted[key] = n - self._counted[key], n
-            if delta and key[0] == "route":
-                self.routed.labels(self.model, key[1], key[2]).inc(delta)
-            elif delta:
-                self.replica_failures.labels(self.model, key[1]).inc(delta)
+        for (k, reason), total in routes.items():
+            self._catch_up(self.routed.labels(self.model, str(k), reason), ("route", k, reason), total)
+        for k, total in enumerate(failures):
+            self._catch_up(self.replica_failures.labels(self.model, str(k)), ("failure", k), total)
+
+    def _catch_up(self, counter, key: tuple, total: int) -> None:
+        """A Prometheus counter only goes up: add what `total` gained since the last scrape."""
+        if total > self._counted[key]:
+            counter.inc(total - self._counted[key])
+            self._counted[key] = total
 
     def render(self, snapshots: list[tuple[str, int | None, EngineSnapshot | None]]) -> bytes:
         for replica, _, snap in snapshots:
