@@ -22,8 +22,14 @@ from catalog.hardware import HardwareProfile
 from codegen.quant_crossover import CROSSOVER
 from operators.engine_config import EngineConfig
 
-COST_MODEL_VERSION = 2  # observations priced by another version do not calibrate this one
-OPS_PER_LAYER = 14  # torch ops one decoder layer launches (norms, matmuls, rope, attention, adds)
+COST_MODEL_VERSION = 3  # observations priced by another version do not calibrate this one
+OPS_PER_LAYER = 11  # launches of one decoder layer besides its norms and SwiGLU (matmuls, rope, attention, views)
+# The residual adds, RMS norms and SwiGLU of one decoder layer, by kernel set and activation dtype: (launches,
+# passes over a [rows, hidden] fp32 tensor, passes over a [rows, intermediate] one). torch runs them as ATen ops
+# (operators/tensor_ops.py: add_rms_norm is 7 ops, 8 with a bf16 output; silu_mul 2, 5 in bf16), each reading and
+# writing whole tensors; codegen's fused kernels are one launch each, one pass over their inputs and outputs.
+ELEMENTWISE_PER_LAYER = {("torch", "fp32"): (16, 20.0, 5.0), ("torch", "bf16"): (21, 23.0, 9.5),
+                         ("tvm", "fp32"): (3, 8.0, 3.0), ("tvm", "bf16"): (3, 7.0, 1.5)}
 # llguidance's next-token mask and its unpacking into a logits mask: ~0.1 ms a generated token, measured on the
 # 2-core Sapphire Rapids, where a tiny torch op takes ~2 us
 OPS_PER_CONSTRAINED_TOKEN = 50
@@ -195,6 +201,17 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, confi
             + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
 
 
+def _elementwise(knobs: EngineConfig) -> tuple[int, float, float]:
+    return ELEMENTWISE_PER_LAYER[(knobs.kernels, "bf16" if knobs.weight_format == "bf16" else "fp32")]
+
+
+def _elementwise_seconds(rows: float, knobs: EngineConfig, config, hw: HardwareProfile) -> float:
+    """The memory traffic of one step's norms and SwiGLU over `rows` rows (their launches count as overhead)."""
+    _, hidden_passes, ffn_passes = _elementwise(knobs)
+    per_row = hidden_passes * config.hidden_size + ffn_passes * config.intermediate_size
+    return config.num_layers * rows * per_row * 4 / hw.copy_bandwidth
+
+
 def _attention_seconds(pairs: float, phase: str, knobs: EngineConfig, config, hw: HardwareProfile) -> float:
     """Attention over `pairs` (query, cached key) pairs in every layer, at the measured FLOP/s of the
     engine's backend for this phase; unmeasured, the roofline, where the torch backend's gather
@@ -233,7 +250,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     prefill_s = prefill_rows = prefill_logit_rows = 0.0
     if steps_prefill:
         prefill_rows, prefill_logit_rows = prefill_tokens / steps_prefill, logit_rows / steps_prefill
-        prefill_s = steps_prefill * _matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw)
+        prefill_s = steps_prefill * (_matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw)
+                                     + _elementwise_seconds(prefill_rows, knobs, config, hw))
         # each request computes its last `computed` tokens, each attending to everything before it
         computed = prefill_tokens / max(w.requests, 1e-9)
         sequence = w.prompt_tokens + w.scored_tokens
@@ -251,7 +269,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     if steps_decode:
         rows = decode_tokens / steps_decode * (1 + drafted)  # tokens through the model in an average decode step
         steps_decode /= 1 + accepted
-        decode_s = steps_decode * _matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
+        decode_s = steps_decode * (_matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
+                                   + _elementwise_seconds(rows, knobs, config, hw))
         context = w.prompt_tokens + w.output_tokens / 2
         decode_s += _attention_seconds(decode_tokens * context * (1 + drafted) / (1 + accepted), "decode", knobs,
                                        config, hw)
@@ -261,12 +280,13 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
             decode_s += steps_decode * knobs.num_speculative_tokens * _matmul_seconds(
                 sequences, sequences, knobs, draft_config, dict(draft_bytes), hw)
 
-    per_step = OPS_PER_LAYER * config.num_layers + OPS_PER_STEP
+    per_step = (OPS_PER_LAYER + _elementwise(knobs)[0]) * config.num_layers + OPS_PER_STEP
     per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
     ops = ((steps_prefill + steps_decode) * per_step + (decode_tokens / (1 + accepted) + w.requests) * per_row
            + w.requests * OPS_PER_REQUEST)
     if knobs.speculative == "draft" and w.draft is not None:
-        ops += steps_decode * knobs.num_speculative_tokens * (OPS_PER_LAYER * w.draft[0].num_layers + OPS_PER_STEP)
+        ops += steps_decode * knobs.num_speculative_tokens * (
+            (OPS_PER_LAYER + _elementwise(knobs)[0]) * w.draft[0].num_layers + OPS_PER_STEP)
     if w.constrained:
         ops += decode_tokens * OPS_PER_CONSTRAINED_TOKEN
     overhead_s = hw.op_overhead_s * ops
