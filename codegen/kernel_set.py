@@ -35,6 +35,8 @@ class AttentionKernels:
     # a zero-copy kernel-side view of a contiguous tensor, for arguments passed on every layer's call (the KV
     # cache, a step's slot and block tables): a torch tensor is converted on each call
     view: Callable = ops.tvm_view
+    # a whole forward pass of a few rows as pre-bound kernel calls (codegen.captured_forward.capture), or None
+    capture: Callable | None = None
 
 
 def gpu_available() -> bool:
@@ -78,7 +80,10 @@ class KernelSet:
 
         def warm_up(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str) -> None:
             ops.warm_up_attention(config, block_size, x_dtype, kv_dtype, target=target)
-        return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up)
+        capture = None
+        if self.device == "cpu":
+            from codegen.captured_forward import capture
+        return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, capture=capture)
 
 
 @functools.lru_cache(maxsize=None)

@@ -80,6 +80,14 @@ class TvmQuantizedLinear:
         contiguous and 64-byte aligned (benchmarks time this without the per-call allocation)."""
         (self._gemv if path == "gemv" else self._gemm)(x, *self._weights, out)
 
+    def kernel_call(self, tokens: int, x, out) -> tuple | None:
+        """(kernel, arguments) that compute out = x W^T for `tokens` rows, x and out given as kernel-side buffers
+        (codegen.captured_forward), or None where that is not one fused kernel (a bias, the bf16 path)."""
+        path = self.crossover.path(tokens, self.prefill_dtype)
+        if self.bias is not None or path == "dequant_bf16":
+            return None
+        return (self._gemv if path == "gemv" else self._gemm), (x, *self._weights, out)
+
 
 class TvmDenseLinear:
     kernel = "tvm"
@@ -101,3 +109,10 @@ class TvmDenseLinear:
         out = torch.empty(x.shape[0], self.out_features)  # [T, N]
         self._gemv(x, self._weight, out)
         return out if self.bias is None else out + self.bias
+
+    def kernel_call(self, tokens: int, x, out) -> tuple | None:
+        """As TvmQuantizedLinear.kernel_call: the GEMV up to gemv_max_tokens rows (torch's GEMM above is not a
+        kernel of ours)."""
+        if self.bias is not None or tokens > self.gemv_max_tokens:
+            return None
+        return self._gemv, (x, self._weight, out)

@@ -53,6 +53,32 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"
 # for ~3 us more per call, and a decode step makes ~150 of these calls.
 
 
+# The kernels by their parameters (what the wrappers below call, and what codegen.captured_forward binds once).
+def rms_norm_kernel(hidden: int, eps: float, out_dtype: str, target: Target | None = None):
+    return _kernel("rms_norm", target, ("hidden", hidden), ("eps", float(eps)), ("out_dtype", out_dtype))
+
+
+def add_rms_norm_kernel(hidden: int, eps: float, y_dtype: str, out_dtype: str, target: Target | None = None):
+    return _kernel("add_rms_norm", target, ("hidden", hidden), ("eps", float(eps)), ("y_dtype", y_dtype),
+                   ("out_dtype", out_dtype))
+
+
+def silu_mul_kernel(ffn: int, dtype: str, target: Target | None = None):
+    return _kernel("silu_mul", target, ("ffn", ffn), ("dtype", dtype))
+
+
+def rope_qkv_kernel(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, x_dtype: str, kv_dtype: str,
+                    target: Target | None = None):
+    return _kernel("rope_qkv", target, ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads),
+                   ("head_dim", head_dim), ("block_size", block_size), ("x_dtype", x_dtype), ("kv_dtype", kv_dtype))
+
+
+def paged_attention_kernel(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int, kv_dtype: str,
+                           target: Target | None = None):
+    return _kernel("paged_attention", target, ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads),
+                   ("head_dim", head_dim), ("block_size", block_size), ("kv_dtype", kv_dtype))
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None,
              out: torch.Tensor | None = None, target: Target | None = None) -> torch.Tensor:
     """x [T, H] fp32, weight [H] -> [T, H] in out_dtype (fp32 or bf16; default fp32), into `out` when given
@@ -60,8 +86,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch
     x = aligned(x)
     out_dtype = out_dtype or torch.float32
     out = torch.empty_like(x, dtype=out_dtype) if out is None else out
-    _kernel("rms_norm", target, ("hidden", x.shape[1]), ("eps", float(eps)), ("out_dtype", DTYPE_NAMES[out_dtype]))(
-        x, aligned(weight), out)
+    rms_norm_kernel(x.shape[1], eps, DTYPE_NAMES[out_dtype], target)(x, aligned(weight), out)
     return out
 
 
@@ -73,8 +98,8 @@ def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: fl
     y = aligned(y)
     out_dtype = out_dtype or torch.float32
     out = torch.empty_like(x, dtype=out_dtype)
-    _kernel("add_rms_norm", target, ("hidden", x.shape[1]), ("eps", float(eps)), ("y_dtype", DTYPE_NAMES[y.dtype]),
-            ("out_dtype", DTYPE_NAMES[out_dtype]))(x, y, aligned(weight), out)
+    add_rms_norm_kernel(x.shape[1], eps, DTYPE_NAMES[y.dtype], DTYPE_NAMES[out_dtype], target)(x, y, aligned(weight),
+                                                                                                out)
     return out
 
 
@@ -89,9 +114,8 @@ def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: t
     q = torch.empty(qkv.shape[0], num_q_heads, head_dim, device=qkv.device) if out is None else out
     if isinstance(cos, torch.Tensor):
         cos, sin = cos.contiguous(), sin.contiguous()
-    _kernel("rope_qkv", target, ("num_q_heads", num_q_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-            ("block_size", block_size), ("x_dtype", DTYPE_NAMES[qkv.dtype]), ("kv_dtype", dtype_name(k_cache)))(
-        aligned(qkv), cos, sin, slot_blocks, slot_offsets, k_cache, v_cache, q)
+    rope_qkv_kernel(num_q_heads, num_kv_heads, head_dim, block_size, DTYPE_NAMES[qkv.dtype], dtype_name(k_cache),
+                    target)(aligned(qkv), cos, sin, slot_blocks, slot_offsets, k_cache, v_cache, q)
     return q
 
 
@@ -102,7 +126,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = No
     gate = gate if gate.stride(1) == 1 else gate.contiguous()
     up = up if up.stride(1) == 1 else up.contiguous()
     out = torch.empty(gate.shape[0], gate.shape[1], dtype=gate.dtype, device=gate.device) if out is None else out
-    _kernel("silu_mul", target, ("ffn", gate.shape[1]), ("dtype", DTYPE_NAMES[gate.dtype]))(gate, up, out)
+    silu_mul_kernel(gate.shape[1], DTYPE_NAMES[gate.dtype], target)(gate, up, out)
     return out
 
 
@@ -121,8 +145,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     q = q.contiguous()
     out = torch.empty_like(q) if out is None else out
     kv_dtype = dtype_name(k_cache)
-    kernel = _kernel("paged_attention", target, ("num_q_heads", q.shape[1]), ("num_kv_heads", k_cache.shape[1]),
-                     ("head_dim", q.shape[2]), ("block_size", k_cache.shape[3]), ("kv_dtype", kv_dtype))
+    kernel = paged_attention_kernel(q.shape[1], k_cache.shape[1], q.shape[2], k_cache.shape[3], kv_dtype, target)
     if kv_dtype == "int8":
         if int8_scales is None:
             raise ValueError("an int8 KV cache needs its int8_scales (k_scale, v_scale, k_channel, v_channel)")

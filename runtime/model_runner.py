@@ -65,6 +65,12 @@ class PagedKVCache:
     def dtype(self) -> torch.dtype:
         return self.k.dtype
 
+    def kernel_layers(self, view) -> list:
+        """Each layer's (K, V) as kernel-side views (`view`: AttentionKernels.view), made on first use."""
+        if self.kernel_views is None:
+            self.kernel_views = [(view(k), view(v)) for k, v in self.layers]
+        return self.kernel_views
+
     def block_view(self, layer: int, which: str = "k") -> torch.Tensor:
         """[NB, bs, Hkv, D] view of one layer, the layout of operators.tensor_ops.paged_decode_attention."""
         return self.k[layer].permute(0, 3, 1, 2) if which == "k" else self.v[layer].permute(0, 2, 1, 3)
@@ -185,8 +191,7 @@ class KernelPagedAttention:
             # what every layer's two calls pass, as kernel-side views made once (a torch tensor is converted on
             # each call: ~1 us an argument, 9 arguments, 30 layers): the pool's layers once per pool, the step's
             # slots and tables once per step
-            if cache.kernel_views is None:
-                cache.kernel_views = [(self._view(k), self._view(v)) for k, v in cache.layers]
+            self._layers = cache.kernel_layers(self._view)
             r = inputs.ragged
             self._slots = tuple(self._view(t.contiguous()) for t in (inputs.slot_blocks, inputs.slot_offsets))
             self._tables = tuple(self._view(t.contiguous()) for t in (r.block_tables, r.query_start, r.context_lens))
@@ -197,7 +202,7 @@ class KernelPagedAttention:
         if cache.k_scale is None:
             if cos is not self._trig_of:
                 self._trig_of, self._trig = cos, (self._view(cos.contiguous()), self._view(sin.contiguous()))
-            k_cache, v_cache = cache.kernel_views[layer]
+            k_cache, v_cache = self._layers[layer]
             q = self._rope_qkv(qkv, *self._trig, k_cache, v_cache, *self._slots, self.num_q_heads)
             return self._attention(q, k_cache, v_cache, *self._tables)  # [T, Hq, D]
         k_cache, v_cache = cache.layers[layer]
@@ -272,6 +277,10 @@ class ModelRunner:
         if attention is not None:  # compiled now, for this cache, rather than in the first request
             activations = "bf16" if getattr(model, "activation_dtype", torch.float32) == torch.bfloat16 else "fp32"
             attention.warm_up(c, block_size, activations, kv_cache_dtype)
+        # steps of a few rows run as pre-bound kernel calls (AttentionKernels.capture), one capture per
+        # (rows, sequences) shape; None marks a shape the kernel set declined. False turns it off (profiling).
+        self.capture_steps = attention is not None and attention.capture is not None
+        self._captures: dict[tuple[int, int], object] = {}
 
     def prepare_batch(self, batch: ScheduledBatch) -> ForwardInputs:
         bs = self.block_size
@@ -345,5 +354,22 @@ class ModelRunner:
         """Logits [batch.num_logits, V] for the rows' logit_offsets, in batch order."""
         inputs = self.prepare_batch(batch)
         self.cache.copy_blocks(batch.block_copies)
-        hidden = self.model.forward(inputs.token_ids, inputs.positions, self.attention(inputs))  # [T, H]
+        captured = self._captured(inputs)
+        if captured is not None:
+            r = inputs.ragged
+            hidden = captured.run(inputs.token_ids, inputs.positions, inputs.slot_blocks, inputs.slot_offsets,
+                                  r.block_tables, r.query_start, r.context_lens)
+        else:
+            hidden = self.model.forward(inputs.token_ids, inputs.positions, self.attention(inputs))  # [T, H]
         return self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V]
+
+    def _captured(self, inputs: ForwardInputs):
+        """The capture for this step's shape (made on first use), or None: the model's own forward runs."""
+        if not self.capture_steps:
+            return None
+        shape = (inputs.token_ids.shape[0], inputs.ragged.context_lens.shape[0])
+        if shape not in self._captures:
+            self._captures[shape] = self.kernels.capture(
+                self.model, self.cache.kernel_layers(self.kernels.view), self.block_size, *shape,
+                max_blocks=self.cache.k.shape[1])
+        return self._captures[shape]

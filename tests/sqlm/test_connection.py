@@ -199,8 +199,11 @@ def test_set_prefill_dtype_and_its_errors(con):
 def test_set_prefill_dtype_bf16_builds_bf16_prefill_linears_and_generates(tiny, monkeypatch):
     from codegen.linear import TvmQuantizedLinear
 
-    paths, run = [], TvmQuantizedLinear.run
+    paths, run, bind = [], TvmQuantizedLinear.run, TvmQuantizedLinear.kernel_call
     monkeypatch.setattr(TvmQuantizedLinear, "run", lambda self, path, x: paths.append(path) or run(self, path, x))
+    # decode steps run captured: their linears' kernels are bound once (codegen.captured_forward)
+    monkeypatch.setattr(TvmQuantizedLinear, "kernel_call", lambda self, tokens, x, out: paths.append(
+        self.crossover.path(tokens, self.prefill_dtype)) or bind(self, tokens, x, out))
     prompt = "the quick brown fox jumps over the lazy dog. " * 8
     assert len(tiny._llm.loaded("tiny").tokenizer.encode(prompt)) >= 64  # past CROSSOVER.bf16_min_tokens
     query = f"SELECT generate('tiny', '{prompt}', max_tokens => 4, chat => false) AS g"
