@@ -34,8 +34,8 @@ def _buffer(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 
 class CapturedForward:
-    """LlamaModel.forward for exactly `tokens` rows of `seqs` sequences (ragged: any split of the rows), over a
-    paged KV cache given as per-layer kernel views, with block tables of up to `max_blocks` blocks a sequence."""
+    """LlamaModel.forward for the rows and sequences `capture` was given (ragged: any split of the rows over the
+    sequences): the bound calls, and the input buffers a run copies its step into."""
 
     def __init__(self, model: LlamaModel, calls: list, inputs: dict[str, torch.Tensor], hidden: torch.Tensor):
         self.model = model
@@ -64,7 +64,9 @@ class CapturedForward:
 
 def capture(model: LlamaModel, kv_layers: list[tuple], block_size: int, tokens: int, seqs: int, max_blocks: int,
             target=None) -> CapturedForward | None:
-    """kv_layers: each layer's (K, V) pool as kernel views (runtime.model_runner.PagedKVCache.kernel_layers)."""
+    """The forward pass of `tokens` rows over `seqs` sequences, with block tables of up to `max_blocks` blocks a
+    sequence, bound once; None where a step of this shape is not one TVM kernel per operator.
+    kv_layers: each layer's (K, V) pool as kernel views (runtime.model_runner.PagedKVCache.kernel_layers)."""
     c = model.config
     kv_dtype = ops.dtype_name(kv_layers[0][0])
     if (tokens > MAX_CAPTURED_TOKENS or model.ops.name != "tvm" or model.activation_dtype != torch.float32

@@ -51,7 +51,7 @@ class PagedKVCache:
         self.v = _zeroed((num_layers, num_blocks, num_kv_heads, block_size, head_dim), dtype)
         # per-layer views made once: indexing self.k[layer] costs ~1 us per call, twice per layer and step
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
-        self.kernel_views: list | None = None  # the layers as an attention kernel's views, made by its first use
+        self._kernel_layers: list | None = None  # the layers as kernel-side views, made by their first use
         self.k_scale = self.v_scale = None
         if dtype == torch.int8:
             self.k_scale = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size)
@@ -67,9 +67,9 @@ class PagedKVCache:
 
     def kernel_layers(self, view) -> list:
         """Each layer's (K, V) as kernel-side views (`view`: AttentionKernels.view), made on first use."""
-        if self.kernel_views is None:
-            self.kernel_views = [(view(k), view(v)) for k, v in self.layers]
-        return self.kernel_views
+        if self._kernel_layers is None:
+            self._kernel_layers = [(view(k), view(v)) for k, v in self.layers]
+        return self._kernel_layers
 
     def block_view(self, layer: int, which: str = "k") -> torch.Tensor:
         """[NB, bs, Hkv, D] view of one layer, the layout of operators.tensor_ops.paged_decode_attention."""

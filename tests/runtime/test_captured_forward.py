@@ -33,7 +33,7 @@ def logits_of(model, capture: bool, kv_cache_dtype: str = "fp32") -> tuple[list[
     return [runner.run(step) for step in steps()], runner
 
 
-def test_captured_steps_give_the_forward_passs_logits_bit_for_bit(tvm_tiny):
+def test_captured_steps_give_the_forward_pass_logits_bit_for_bit(tvm_tiny):
     reference, _ = logits_of(tvm_tiny, capture=False)
     captured, runner = logits_of(tvm_tiny, capture=True)
     assert all(torch.equal(a, b) for a, b in zip(reference, captured))
