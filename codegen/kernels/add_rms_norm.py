@@ -14,6 +14,7 @@ split over threads from common.PARALLEL_MIN_ROWS.
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.kernels import common
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
 from codegen.target import Target
 
@@ -107,6 +108,7 @@ def schedule_norm(sch, cfg: dict) -> None:
 
 
 RMS_NORM = KernelSpec("rms_norm", make_rms_norm, norm_config, schedule_norm, args=("x", "weight", "out"),
-                      source_file=__file__, scheduled=True)
+                      source_file=__file__, scheduled=True, depends=(common.__file__,))
 SPEC = KernelSpec("add_rms_norm", make_add_rms_norm, norm_config, schedule_norm,
-                  args=("x", "y", "weight", "out"), source_file=__file__, scheduled=True)
+                  args=("x", "y", "weight", "out"), source_file=__file__, scheduled=True,
+                  depends=(common.__file__,))

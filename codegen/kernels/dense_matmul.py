@@ -8,6 +8,7 @@ batch (see shared/notes/determinism.md).
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.kernels import common
 from codegen.kernels.common import rfactor_rows, symbolic
 
 
@@ -41,4 +42,5 @@ def schedule_dense_matmul(sch, cfg: dict) -> None:
 
 
 SPEC = KernelSpec("dense_matmul", make_dense_matmul, dense_matmul_config, schedule_dense_matmul,
-                  args=("x", "weight", "out"), source_file=__file__)
+                  args=("x", "weight", "out"), source_file=__file__,
+                  depends=(common.__file__,))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from codegen.build import KernelSpec
+from codegen.kernels import common
 from codegen.kernels.common import exp_f32, loop_kinds
 from codegen.target import Target
 
@@ -223,4 +224,5 @@ def schedule_paged_attention(sch, cfg: dict) -> None:
 
 SPEC = KernelSpec("paged_attention", make_paged_attention, paged_attention_config, schedule_paged_attention,
                   args=("q", "k_cache", "v_cache", "block_tables", "query_start", "context_lens", "out"),
-                  source_file=__file__, scheduled=True)
+                  source_file=__file__, scheduled=True,
+                  depends=(common.__file__,))

@@ -19,6 +19,7 @@ dimensions are vectorized except the key scatter, whose elements are block_size 
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.kernels import common
 from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds
 from codegen.target import Target
 
@@ -96,4 +97,5 @@ def schedule_rope_qkv(sch, cfg: dict) -> None:
 
 SPEC = KernelSpec("rope_qkv", make_rope_qkv, rope_qkv_config, schedule_rope_qkv,
                   args=("qkv", "cos", "sin", "slot_blocks", "slot_offsets", "k_cache", "v_cache", "q"),
-                  source_file=__file__, scheduled=True)
+                  source_file=__file__, scheduled=True,
+                  depends=(common.__file__,))

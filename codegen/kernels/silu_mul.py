@@ -10,6 +10,7 @@ arithmetic stays fp32 (one rounding, at the store).
 from __future__ import annotations
 
 from codegen.build import KernelSpec
+from codegen.kernels import common
 from codegen.kernels.common import PARALLEL_MIN_ROWS, exp_f32, loop_kinds
 from codegen.target import Target
 
@@ -70,4 +71,5 @@ def schedule_silu_mul(sch, cfg: dict) -> None:
 
 
 SPEC = KernelSpec("silu_mul", make_silu_mul, silu_mul_config, schedule_silu_mul,
-                  args=("gate", "up", "out"), source_file=__file__, scheduled=True)
+                  args=("gate", "up", "out"), source_file=__file__, scheduled=True,
+                  depends=(common.__file__,))

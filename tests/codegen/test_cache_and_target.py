@@ -51,6 +51,24 @@ def test_quantized_kernels_depend_on_the_packed_layout():
         assert packed.__file__ in KERNELS[name].depends
 
 
+@pytest.mark.parametrize("name", sorted(__import__("codegen.kernels", fromlist=["KERNELS"]).KERNELS))
+def test_a_kernels_source_key_covers_every_codegen_module_it_imports(name):
+    """An edit to a helper the kernel imports (a threshold in common.py, a layout in packed.py) must rebuild it."""
+    import ast
+    import importlib.util
+
+    from codegen.kernels import KERNELS
+
+    spec = KERNELS[name]
+    tree = ast.parse(open(spec.source_file).read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module in ("codegen", "codegen.kernels") for alias in node.names}
+    helpers = {m for m in imported if m.startswith(("codegen.kernels.", "codegen.packed")) and importlib.util.find_spec(m)}
+    covered = {spec.source_file, *spec.depends}
+    assert {importlib.util.find_spec(m).origin for m in helpers} <= covered
+
+
 def test_detects_sapphire_rapids_features(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor : 0\nflags : fpu sse avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16 "
