@@ -39,6 +39,9 @@ def greedy(prompt: list[int], tokens: int) -> tuple[float, float, list[int]]:
 
 greedy(job["w4_prompt"], 8)  # warm-up
 w4 = [greedy(job["w4_prompt"], job["w4_tokens"])[1] for _ in range(job["runs"])]
+if job.get("w4_only"):  # bench/peers.py's alternating W4 rounds
+    print(json.dumps({"w4_seconds_per_token": w4}))
+    sys.exit()
 batch1 = [greedy(job["prompts"][0], job["tokens"]) for _ in range(job["runs"])]
 print(json.dumps({"w4_seconds_per_token": w4,
                   "batches": {"1": {"times": [t for t, _, _ in batch1], "tokens": job["tokens"],
