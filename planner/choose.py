@@ -214,9 +214,16 @@ def choose_knobs(op: L.Generate | L.Classify, w: LLMWorkload, ctx: OptimizerCont
         everything = [(f"{f}/{k}", replace(knobs, weight_format=f, kernels=k))
                       for f in facts.weight_formats for k in ctx.kernels]
         combos += [c for c in everything if c[0] not in allowed]
-    c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced,
-                     None if forced else (lambda chosen, other: "bf16 is considered only when SET (it rounds weights)"),
-                     eligible=allowed)
+    note = None
+    if not forced and "bf16" in facts.weight_formats:
+        # the lossy format is priced beside the lossless ones (it may show as the runner-up), never picked
+        lossy = [(f"bf16/{k}", replace(knobs, weight_format="bf16", kernels=k)) for k in ctx.kernels]
+        combos += lossy
+        seconds, name = min((cost_of(w, k, facts, ctx).seconds, name) for name, k in lossy)
+        def note(chosen, other):
+            priced = "" if other is not None and other[2] == name else f" ({name} est. {seconds:.3g}s)"
+            return f"bf16 weights{priced} are considered only when SET (they round the weights)"
+    c, knobs = _pick("weight_format/kernels", combos, w, facts, ctx, forced, note, eligible=allowed)
     choices.append(c)
     c, knobs = _pick_prefill_dtype(knobs, w, facts, ctx)
     choices.append(c)
