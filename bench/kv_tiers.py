@@ -5,9 +5,10 @@
 Persistence: a ~1,600-token document (bench/w5_passages.SENTENCES, a fixed seed) and questions about it,
 each asked by a new `python` process through SQL. "cold": a catalog that never saw the document; "warm": a
 catalog where an earlier process asked another question over it (its prompt blocks are in the disk tier).
-Figures: engine seconds of the question, prompt tokens by cache tier, disk bytes. int8: W1's first 16 prompts,
+Figures: engine seconds of the question, prompt tokens by cache tier, disk bytes. int8: W1's 64 prompts,
 greedy, 64 tokens, on each attention path (TVM's paged kernel, torch's gather) with an fp32, a bf16 and an
-int8 KV cache: outputs identical to that path's fp32-KV outputs, and KV bytes per block.
+int8 KV cache: outputs identical to that path's fp32-KV outputs (of the first 16, issue 18's measure, and of all
+64: which of 16 runs part at a near-tie moves with 1e-5 differences upstream), and KV bytes per block.
 """
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ def int8_agreement() -> list[str]:
     loaded = resolve_model("smollm2")
     model = kernel_set("cpu").build_model(loaded, kernels="tvm", weight_format="native")
     prompts = [f"Write a short product review for item number {i}. The review should mention price, quality and "
-               "delivery." for i in range(16)]
-    lines = ["| attention | KV cache | bytes per 16-token block | x fp32 | greedy outputs equal to fp32-KV's (of 16) |",
-             "|---|---|---|---|---|"]
+               "delivery." for i in range(64)]
+    lines = ["| attention | KV cache | bytes per 16-token block | x fp32 | greedy outputs equal to fp32-KV's: of the "
+             "first 16 | of 64 |", "|---|---|---|---|---|---|"]
     for attention in ("tvm", "torch"):
         outs, sizes = {}, {}
         for dtype in ("fp32", "bf16", "int8"):
@@ -80,8 +81,9 @@ def int8_agreement() -> list[str]:
             outs[dtype] = [r.output_token_ids for r in engine.generate(requests)]
             sizes[dtype] = engine.runner.cache.nbytes // engine.kv.pool.num_blocks
         for dtype in ("fp32", "bf16", "int8"):
-            same = sum(a == b for a, b in zip(outs["fp32"], outs[dtype]))
-            lines.append(f"| {attention} | {dtype} | {sizes[dtype]:,} | {sizes[dtype] / sizes['fp32']:.2f} | {same} |")
+            same = [a == b for a, b in zip(outs["fp32"], outs[dtype])]
+            lines.append(f"| {attention} | {dtype} | {sizes[dtype]:,} | {sizes[dtype] / sizes['fp32']:.2f} | "
+                         f"{sum(same[:16])} | {sum(same)} |")
     return lines
 
 
