@@ -24,6 +24,9 @@ from operators.engine_config import EngineConfig
 
 COST_MODEL_VERSION = 3  # observations priced by another version do not calibrate this one
 OPS_PER_LAYER = 11  # launches of one decoder layer besides its norms and SwiGLU (matmuls, rope, attention, views)
+# A captured step (codegen/captured_forward.py: at most the GEMV's rows, every operator one TVM kernel) calls a
+# layer's 9 kernels pre-bound, ~0.5 us each: about one tiny torch op a layer
+CAPTURED_OPS_PER_LAYER = 1.0
 # The residual adds, RMS norms and SwiGLU of one decoder layer, by kernel set and activation dtype: (launches,
 # passes over a [rows, hidden] fp32 tensor, passes over a [rows, intermediate] one). torch runs them as ATen ops
 # (operators/tensor_ops.py: add_rms_norm is 7 ops, 8 with a bf16 output; silu_mul 2, 5 in bf16), each reading and
@@ -201,6 +204,19 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, confi
             + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
 
 
+def captured(rows: float, knobs: EngineConfig) -> bool:
+    """Whether the model runner runs a step of `rows` rows captured: the quantized GEMV's rows, and the linears,
+    norms and attention all TVM kernels over an fp32 or bf16 KV cache (an int8 one is quantized in torch)."""
+    return (0 < rows <= CROSSOVER.gemv_max_tokens and knobs.weight_format == "native" and knobs.kernels == "tvm"
+            and knobs.attention_kernel == "tvm" and knobs.resolved_kv_cache_dtype() != "int8")
+
+
+def _ops_per_step(rows: float, knobs: EngineConfig, config) -> float:
+    """Launches of one engine step: every layer's (pre-bound when captured) and the step's own Python."""
+    per_layer = CAPTURED_OPS_PER_LAYER if captured(rows, knobs) else OPS_PER_LAYER + _elementwise(knobs)[0]
+    return per_layer * config.num_layers + OPS_PER_STEP
+
+
 def _elementwise(knobs: EngineConfig) -> tuple[int, float, float]:
     return ELEMENTWISE_PER_LAYER[(knobs.kernels, "bf16" if knobs.weight_format == "bf16" else "fp32")]
 
@@ -280,13 +296,11 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
             decode_s += steps_decode * knobs.num_speculative_tokens * _matmul_seconds(
                 sequences, sequences, knobs, draft_config, dict(draft_bytes), hw)
 
-    per_step = (OPS_PER_LAYER + _elementwise(knobs)[0]) * config.num_layers + OPS_PER_STEP
     per_row = OPS_PER_ROW + (OPS_PER_ROW_GATHER if knobs.attention_kernel == "torch" else 0)
-    ops = ((steps_prefill + steps_decode) * per_step + (decode_tokens / (1 + accepted) + w.requests) * per_row
-           + w.requests * OPS_PER_REQUEST)
+    ops = (steps_prefill * _ops_per_step(prefill_rows, knobs, config) + steps_decode * _ops_per_step(rows, knobs, config)
+           + (decode_tokens / (1 + accepted) + w.requests) * per_row + w.requests * OPS_PER_REQUEST)
     if knobs.speculative == "draft" and w.draft is not None:
-        ops += steps_decode * knobs.num_speculative_tokens * (
-            (OPS_PER_LAYER + _elementwise(knobs)[0]) * w.draft[0].num_layers + OPS_PER_STEP)
+        ops += steps_decode * knobs.num_speculative_tokens * _ops_per_step(rows / (1 + drafted), knobs, w.draft[0])
     if w.constrained:
         ops += decode_tokens * OPS_PER_CONSTRAINED_TOKEN
     overhead_s = hw.op_overhead_s * ops

@@ -18,7 +18,7 @@ from operators.physical import Choice, OperatorKernel
 from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
 from planner.context import ModelFacts, OptimizerContext
-from planner.cost import LLMCost, linear_rates, linear_seconds, weight_share
+from planner.cost import CAPTURED_OPS_PER_LAYER, LLMCost, captured, linear_rates, linear_seconds, weight_share
 
 # what codegen.linear.TvmQuantizedLinear runs on each of codegen.quant_crossover's paths
 QUANT_PATH_KERNELS = {"gemv": "tvm quant_gemv", "gemm": "tvm quant_gemm",
@@ -46,7 +46,8 @@ def operator_kernels(knobs: EngineConfig, cost: LLMCost, facts: ModelFacts, ctx:
                         for name, n in linear_weights(facts).items())
     # norms and SiLU·mul follow the kernels knob, which a SET (or a running engine) may fix apart from the format
     kernels_forced_by = None if ctx.settings_for(facts.name).is_auto("kernels") else weights.forced_by
-    return linears + _row_ops(knobs, cost, kernels_forced_by) + (_attention(knobs, cost, attention, ctx),)
+    return (linears + _row_ops(knobs, cost, kernels_forced_by) + (_attention(knobs, cost, attention, ctx),)
+            + _captured_steps(knobs, cost))
 
 
 def linear_weights(facts: ModelFacts) -> dict[str, float]:
@@ -147,6 +148,19 @@ def _row_ops(knobs: EngineConfig, cost: LLMCost, forced_by: str | None) -> tuple
                               prefill=kernel if cost.prefill_rows > 0 else "", decode_rows=cost.decode_rows,
                               prefill_rows=cost.prefill_rows, why=why)
     return (entry("norms", f"{knobs.kernels} rms_norm, add_rms_norm"), entry("silu_mul", f"{knobs.kernels} silu_mul"))
+
+
+def _captured_steps(knobs: EngineConfig, cost: LLMCost) -> tuple[OperatorKernel, ...]:
+    """codegen.captured_forward: a phase whose steps the model runner runs as pre-bound kernel calls."""
+    rows = {"decode": cost.decode_rows, "prefill": cost.prefill_rows}
+    if not any(captured(n, knobs) for n in rows.values()):
+        return ()
+    how = {p: "" if n <= 0 else "captured kernel calls" if captured(n, knobs) else "Python forward"
+           for p, n in rows.items()}
+    return (OperatorKernel("forward", decode=how["decode"], prefill=how["prefill"],
+                           decode_rows=cost.decode_rows, prefill_rows=cost.prefill_rows,
+                           why=f"steps of at most {CROSSOVER.gemv_max_tokens} rows on TVM kernels, priced at "
+                               f"{CAPTURED_OPS_PER_LAYER:g} launch a layer"),)
 
 
 def _attention(knobs: EngineConfig, cost: LLMCost, choice: Choice, ctx: OptimizerContext) -> OperatorKernel:

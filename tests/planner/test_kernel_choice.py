@@ -83,3 +83,12 @@ def test_unmeasured_bf16_prefill_falls_back_to_bf16_flops():
     assert FAST_TVM.quant_bf16_gemm_rate == 0
     unmeasured = prefill_seconds(BF16, FAST_TVM)
     assert 0 < unmeasured < prefill_seconds(KNOBS, FAST_TVM)  # the 2-core box's AMX bf16 beats the fp32 GEMM
+
+
+def test_captured_decode_steps_are_priced_at_one_launch_a_layer():
+    """codegen.captured_forward runs a layer's 9 kernels pre-bound: a one-row decode's launch overhead is a fraction
+    of the same decode where a step runs the model's Python (an int8 KV cache is quantized in torch)."""
+    captured = llm_cost(DECODE_ONE, KNOBS, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, FAST_TVM)
+    python = llm_cost(DECODE_ONE, replace(KNOBS, kv_cache_dtype="int8"), SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes,
+                      FAST_TVM)
+    assert captured.overhead_seconds < python.overhead_seconds / 3

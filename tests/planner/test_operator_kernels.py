@@ -115,9 +115,10 @@ def test_an_entry_without_linear_formats_still_explains_its_weight_path():
     old.facts = replace(SMOLLM2_FACTS, linear_formats=None)
     case = next(c for c in CASES if c["name"] == "native_tvm_small_batch_512_token_chunk")
     node, text = explain(case, old)
-    assert [k["operator"] for k in node["operator_kernels"]] == ["linears", "norms", "silu_mul", "attention"]
+    assert [k["operator"] for k in node["operator_kernels"]] == ["linears", "norms", "silu_mul", "attention", "forward"]
     assert "kernels: linears weight path native/tvm; norms: tvm rms_norm, add_rms_norm; silu_mul: tvm silu_mul; " \
-           "attention KV cache fp32: tvm rope_qkv + paged_attention" in [line.strip() for line in text.splitlines()]
+           "attention KV cache fp32: tvm rope_qkv + paged_attention; forward: decode captured kernel calls (4 rows), " \
+           "prefill Python forward (501 rows)" in [line.strip() for line in text.splitlines()]
     assert "CREATE OR REPLACE MODEL" in node["operator_kernels"][0]["why"]
 
 
