@@ -204,16 +204,18 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, confi
             + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
 
 
-def captured(rows: float, knobs: EngineConfig) -> bool:
-    """Whether the model runner runs a step of `rows` rows captured: the quantized GEMV's rows, and the linears,
-    norms and attention all TVM kernels over an fp32 or bf16 KV cache (an int8 one is quantized in torch)."""
+def captured(rows: float, knobs: EngineConfig, config) -> bool:
+    """Whether the model runner runs a step of `rows` rows captured: the quantized GEMV's rows, and the linears
+    (without a bias), norms and attention all TVM kernels over an fp32 or bf16 KV cache (an int8 one is quantized
+    in torch)."""
     return (0 < rows <= CROSSOVER.gemv_max_tokens and knobs.weight_format == "native" and knobs.kernels == "tvm"
-            and knobs.attention_kernel == "tvm" and knobs.resolved_kv_cache_dtype() != "int8")
+            and knobs.attention_kernel == "tvm" and knobs.resolved_kv_cache_dtype() != "int8"
+            and not config.attention_bias)
 
 
 def _ops_per_step(rows: float, knobs: EngineConfig, config) -> float:
     """Launches of one engine step: every layer's (pre-bound when captured) and the step's own Python."""
-    per_layer = CAPTURED_OPS_PER_LAYER if captured(rows, knobs) else OPS_PER_LAYER + _elementwise(knobs)[0]
+    per_layer = CAPTURED_OPS_PER_LAYER if captured(rows, knobs, config) else OPS_PER_LAYER + _elementwise(knobs)[0]
     return per_layer * config.num_layers + OPS_PER_STEP
 
 

@@ -47,7 +47,7 @@ def operator_kernels(knobs: EngineConfig, cost: LLMCost, facts: ModelFacts, ctx:
     # norms and SiLU·mul follow the kernels knob, which a SET (or a running engine) may fix apart from the format
     kernels_forced_by = None if ctx.settings_for(facts.name).is_auto("kernels") else weights.forced_by
     return (linears + _row_ops(knobs, cost, kernels_forced_by) + (_attention(knobs, cost, attention, ctx),)
-            + _captured_steps(knobs, cost))
+            + _captured_steps(knobs, cost, facts.config))
 
 
 def linear_weights(facts: ModelFacts) -> dict[str, float]:
@@ -150,12 +150,12 @@ def _row_ops(knobs: EngineConfig, cost: LLMCost, forced_by: str | None) -> tuple
     return (entry("norms", f"{knobs.kernels} rms_norm, add_rms_norm"), entry("silu_mul", f"{knobs.kernels} silu_mul"))
 
 
-def _captured_steps(knobs: EngineConfig, cost: LLMCost) -> tuple[OperatorKernel, ...]:
+def _captured_steps(knobs: EngineConfig, cost: LLMCost, config) -> tuple[OperatorKernel, ...]:
     """codegen.captured_forward: a phase whose steps the model runner runs as pre-bound kernel calls."""
     rows = {"decode": cost.decode_rows, "prefill": cost.prefill_rows}
-    if not any(captured(n, knobs) for n in rows.values()):
+    if not any(captured(n, knobs, config) for n in rows.values()):
         return ()
-    how = {p: "" if n <= 0 else "captured kernel calls" if captured(n, knobs) else "Python forward"
+    how = {p: "" if n <= 0 else "captured kernel calls" if captured(n, knobs, config) else "Python forward"
            for p, n in rows.items()}
     return (OperatorKernel("forward", decode=how["decode"], prefill=how["prefill"],
                            decode_rows=cost.decode_rows, prefill_rows=cost.prefill_rows,
