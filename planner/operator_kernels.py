@@ -141,7 +141,7 @@ def _rate(name: str, hw) -> str:
 def _row_ops(knobs: EngineConfig, cost: LLMCost, forced_by: str | None) -> tuple[OperatorKernel, ...]:
     """codegen.model_kernels.model_ops: TVM's row kernels with kernels 'tvm', torch's otherwise."""
     how = f"forced by {forced_by}" if forced_by else "with the weight path"
-    why = f"as kernels = {knobs.kernels} ({how}); priced only as launch overhead"
+    why = f"as kernels = {knobs.kernels} ({how}); priced as launches and passes over the rows (planner.cost)"
 
     def entry(name: str, kernel: str) -> OperatorKernel:
         return OperatorKernel(name, decode=kernel if cost.decode_rows > 0 else "",
