@@ -21,12 +21,13 @@ import torch
 
 from codegen import ops
 from codegen.ops import DTYPE_NAMES, aligned, tvm_view
+from codegen.quant_crossover import CROSSOVER
 from operators import tensor_ops
 from operators.llama import LlamaModel
 
-# The most rows a step runs captured: the quantized linears' GEMV range (codegen.quant_crossover), where the
-# per-call overhead is a large part of each call; larger batches amortize it over their rows.
-MAX_CAPTURED_TOKENS = 8
+# The most rows a step runs captured: the quantized linears' GEMV range, where the per-call overhead is a large part
+# of each call (larger batches amortize it over their rows); the planner prices captured steps by the same bound.
+MAX_CAPTURED_TOKENS = CROSSOVER.gemv_max_tokens
 
 
 def _buffer(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -35,8 +35,10 @@ class AttentionKernels:
     # a zero-copy kernel-side view of a contiguous tensor, for arguments passed on every layer's call (the KV
     # cache, a step's slot and block tables): a torch tensor is converted on each call
     view: Callable = ops.tvm_view
-    # a whole forward pass of a few rows as pre-bound kernel calls (codegen.captured_forward.capture), or None
+    # a whole forward pass of at most capture_max_tokens rows as pre-bound kernel calls
+    # (codegen.captured_forward.capture), or None
     capture: Callable | None = None
+    capture_max_tokens: int = 0
 
 
 def gpu_available() -> bool:
@@ -80,10 +82,11 @@ class KernelSet:
 
         def warm_up(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str) -> None:
             ops.warm_up_attention(config, block_size, x_dtype, kv_dtype, target=target)
-        capture = None
-        if self.device == "cpu":
-            from codegen.captured_forward import capture
-        return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, capture=capture)
+        if self.device != "cpu":
+            return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up)
+        from codegen.captured_forward import MAX_CAPTURED_TOKENS, capture
+        return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, capture=capture,
+                                capture_max_tokens=MAX_CAPTURED_TOKENS)
 
 
 @functools.lru_cache(maxsize=None)

@@ -365,9 +365,9 @@ class ModelRunner:
 
     def _captured(self, inputs: ForwardInputs):
         """The capture for this step's shape (made on first use), or None: the model's own forward runs."""
-        if not self.capture_steps:
-            return None
         shape = (inputs.token_ids.shape[0], inputs.ragged.context_lens.shape[0])
+        if not self.capture_steps or shape[0] > self.kernels.capture_max_tokens:
+            return None  # larger steps are never captured: no entry for each prefill chunk's shape
         if shape not in self._captures:
             self._captures[shape] = self.kernels.capture(
                 self.model, self.cache.kernel_layers(self.kernels.view), self.block_size, *shape,
