@@ -35,6 +35,13 @@ class HardwareProfile:
     # call) + weights x tokens / rate, fitted at 8 and 64 tokens; 0 when not measured
     quant_gemm_unpack_rate: float = 0.0
     quant_gemm_rate: float = 0.0
+    # the most rows at which the GEMV is still no slower than the GEMM (timed on a grid of row counts; where the
+    # CPU's integer dot products outrun its fp32 FMAs, e.g. AVX-512 VNNI on Zen 4, that is every size timed);
+    # 0 when not measured (codegen.quant_crossover.CROSSOVER's then)
+    quant_gemv_max_tokens: int = 0
+    # weights x tokens per second each GEMV row past the 4th adds (its weight blocks already in L1), from 4 and 64
+    # rows; 0 when not measured (rows are then priced at the 4-row rate)
+    quant_gemv_batch_rate: float = 0.0
     # the bf16 prefill path (prefill_dtype='bf16', from the crossover's bf16_min_tokens): seconds = weights /
     # dequant rate (TVM unpacks Q4_1 into a bf16 W^T once per call) + weights x tokens / rate (torch's bf16
     # GEMM on it, AMX where the CPU has it); 0 when not measured

@@ -21,13 +21,9 @@ import torch
 
 from codegen import ops
 from codegen.ops import DTYPE_NAMES, aligned, tvm_view
-from codegen.quant_crossover import CROSSOVER
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS
 from operators import tensor_ops
 from operators.llama import LlamaModel
-
-# The most rows a step runs captured: the quantized linears' GEMV range, where the per-call overhead is a large part
-# of each call (larger batches amortize it over their rows); the planner prices captured steps by the same bound.
-MAX_CAPTURED_TOKENS = CROSSOVER.gemv_max_tokens
 
 
 def _buffer(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -70,7 +66,7 @@ def capture(model: LlamaModel, kv_layers: list[tuple], block_size: int, tokens: 
     kv_layers: each layer's (K, V) pool as kernel views (runtime.model_runner.PagedKVCache.kernel_layers)."""
     c = model.config
     kv_dtype = ops.dtype_name(kv_layers[0][0])
-    if (tokens > MAX_CAPTURED_TOKENS or model.ops.name != "tvm" or model.activation_dtype != torch.float32
+    if (tokens > CAPTURED_MAX_TOKENS or model.ops.name != "tvm" or model.activation_dtype != torch.float32
             or kv_dtype == "int8"):
         return None
     hidden, ffn, head_dim = c.hidden_size, c.intermediate_size, c.head_dim

@@ -84,9 +84,10 @@ class KernelSet:
             ops.warm_up_attention(config, block_size, x_dtype, kv_dtype, target=target)
         if self.device != "cpu":
             return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up)
-        from codegen.captured_forward import MAX_CAPTURED_TOKENS, capture
+        from codegen.captured_forward import capture
+        from codegen.quant_crossover import CAPTURED_MAX_TOKENS
         return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, capture=capture,
-                                capture_max_tokens=MAX_CAPTURED_TOKENS)
+                                capture_max_tokens=CAPTURED_MAX_TOKENS)
 
 
 @functools.lru_cache(maxsize=None)

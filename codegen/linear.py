@@ -16,9 +16,11 @@ import torch.nn.functional as F
 
 from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
+from codegen.greedy_screen import SCREEN_MIN_ROWS, GreedyScreen
 from codegen.ops import aligned, tvm_view
 from codegen.packed import pack
 from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, QuantCrossover
+from operators.tensor_ops import argmax_rows
 
 _scratch: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -38,6 +40,7 @@ class TvmQuantizedLinear:
                  crossover: QuantCrossover = CROSSOVER):
         if prefill_dtype not in ("fp32", "bf16"):
             raise ValueError(f"prefill_dtype must be 'fp32' or 'bf16', got {prefill_dtype!r}")
+        self.weight = weight
         self.packed = pack(weight)
         self.bias = bias
         self.out_features, self.in_features = weight.shape
@@ -51,6 +54,7 @@ class TvmQuantizedLinear:
         # the weights as TVM tensors once (zero-copy views): a torch tensor argument costs a DLPack conversion on
         # every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight tensors each
         self._weights = tuple(tvm_view(aligned(t)) for t in self.packed.tensors)
+        self._screen: GreedyScreen | None = None  # built by the first argmax (an lm_head's)
 
     def dequantized_t(self) -> torch.Tensor:
         """bf16 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
@@ -62,6 +66,15 @@ class TvmQuantizedLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(self.crossover.path(x.shape[0], self.prefill_dtype), x)
+
+    def argmax(self, x: torch.Tensor, excluded) -> list[int]:
+        """Each row's argmax of x W^T [T, K], leaving out its `excluded` ids: greedy sampling over an lm_head,
+        through codegen.greedy_screen (exact, without every row's product); with a bias, from the full product."""
+        if self.bias is not None or x.shape[0] < SCREEN_MIN_ROWS:
+            return argmax_rows(self(x), excluded)
+        if self._screen is None:
+            self._screen = GreedyScreen(self.weight, self._weights, self)
+        return self._screen.argmax(x, excluded)
 
     def run(self, path: str, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] through one of quant_crossover.PATHS, whatever T (benchmarks, tests)."""

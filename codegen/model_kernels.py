@@ -17,6 +17,7 @@ from catalog.quant import QuantizedTensor
 from codegen import interleaved_with_torch
 from codegen import ops as tvm_ops
 from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from codegen.quant_crossover import CROSSOVER, QuantCrossover, host_crossover
 from operators.linear import DenseLinear, make_linear
 from operators.llama import LlamaModel, ModelOps
 from operators.llama import build_model as build_llama
@@ -40,10 +41,11 @@ def resolve(kernels: str, weight_format: str, loaded) -> tuple[str, str]:
     return kernels, weight_format
 
 
-def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, prefill_dtype: str = "fp32"):
+def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, prefill_dtype: str = "fp32",
+               crossover: QuantCrossover = CROSSOVER):
     """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch (AMX)."""
     if weight_format == "native" and isinstance(weight, QuantizedTensor):
-        return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype)
+        return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype, crossover=crossover)
     dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
     if weight_format == "bf16":
         return DenseLinear(dense.to(torch.bfloat16), bias)
@@ -53,7 +55,9 @@ def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, 
 
 
 def linear_factory(kernels: str, **options):
-    return partial(tvm_linear, **options) if kernels == "tvm" else make_linear
+    """TVM's linears take this machine's measured GEMV crossover (codegen.quant_crossover.host_crossover) unless
+    options name one."""
+    return partial(tvm_linear, **{"crossover": host_crossover(), **options}) if kernels == "tvm" else make_linear
 
 
 def model_ops(kernels: str) -> ModelOps:

@@ -1,9 +1,16 @@
-"""Which kernel a quantized linear runs for a batch of T tokens: data measured on this machine.
+"""Which kernel a quantized linear runs for a batch of T tokens: data measured on the machine.
 (The dense twin, `DENSE_GEMV_MAX_TOKENS`, is here too: the planner reads both without importing the kernels.)
 
-Measured 2026-11-22 on SmolLM2-135M's four decoder matrices in Q4_1 (qkv 960x576, o 576x576,
-gate_up 3072x576, down 576x1536), one thread, implementations interleaved, thread CPU time
-(the machine was shared; `python -m bench.kernels` reports the same paths at T = 1..128):
+Where the GEMV stops paying depends on the core, not only on its instruction sets: on Zen 4
+(AVX-512 VNNI, one 512-bit FMA a cycle) the three-piece VNNI GEMV beat the GEMM at every size
+from 2 to 512 rows (2026-12-07, 2 threads: 1.2-1.3x at 64 and 128 rows on all five SmolLM2
+matrices), on Sapphire Rapids (two 512-bit FMA ports) only up to ~12. So the machine's
+hardware profile carries its own bound (`quant_gemv_max_tokens`, timed on GEMV_CROSSOVER_GRID by
+planner.hardware_calibration): `host_crossover()` for a model being built, `crossover_for(...)`
+for the cost model. CROSSOVER below is what a machine without a stored profile gets, measured
+2026-11-22 on Sapphire Rapids on SmolLM2-135M's four decoder matrices in Q4_1 (qkv 960x576,
+o 576x576, gate_up 3072x576, down 576x1536), one thread, implementations interleaved, thread CPU
+time (the machine was shared; `python -m bench.kernels` reports the same paths at T = 1..128):
 
 - fused VNNI GEMV (codegen.kernels.quant_gemv): cost linear in T (three int8 dot products
   per weight and token). At T=8 it was 0-15% faster than the GEMM, at T=12 equal, at T=16
@@ -18,7 +25,7 @@ gate_up 3072x576, down 576x1536), one thread, implementations interleaved, threa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PATHS = ("gemv", "gemm", "dequant_bf16")
 
@@ -29,16 +36,36 @@ class QuantCrossover:
     bf16_min_tokens: int  # bf16 allowed: dequantize + torch bf16 GEMM from here on
 
     def __post_init__(self) -> None:
-        if self.gemv_max_tokens < 0 or self.bf16_min_tokens <= self.gemv_max_tokens:
-            raise ValueError(f"need 0 <= gemv_max_tokens < bf16_min_tokens, got {self}")
+        if self.gemv_max_tokens < 0 or self.bf16_min_tokens < 1:
+            raise ValueError(f"need gemv_max_tokens >= 0 and bf16_min_tokens >= 1, got {self}")
 
     def path(self, tokens: float, prefill_dtype: str = "fp32") -> str:
-        if tokens <= self.gemv_max_tokens:
-            return "gemv"
+        """bf16, where SET, from bf16_min_tokens on (the user chose its rounding for speed); else the GEMV up to
+        gemv_max_tokens and the GEMM above."""
         if prefill_dtype == "bf16" and tokens >= self.bf16_min_tokens:
             return "dequant_bf16"
-        return "gemm"
+        return "gemv" if tokens <= self.gemv_max_tokens else "gemm"
 
 
 CROSSOVER = QuantCrossover(gemv_max_tokens=8, bf16_min_tokens=64)
+# codegen.captured_forward runs steps of up to this many rows as pre-bound kernel calls: decode of small batches,
+# where a call's Python (5-6 us) is most of its time; each (rows, sequences) shape keeps its activations
+CAPTURED_MAX_TOKENS = 8
+# the grid planner.hardware_calibration times the GEMV against the GEMM on (rows of a call)
+GEMV_CROSSOVER_GRID = (2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def crossover_for(gemv_max_tokens: int) -> QuantCrossover:
+    """CROSSOVER with a machine's measured GEMV bound (catalog.hardware.HardwareProfile.quant_gemv_max_tokens; 0:
+    not measured, CROSSOVER's own)."""
+    return replace(CROSSOVER, gemv_max_tokens=gemv_max_tokens) if gemv_max_tokens > 0 else CROSSOVER
+
+
+def host_crossover() -> QuantCrossover:
+    """This machine's crossover, from its stored profile (measured when a plan first calls a model, or by
+    `sqlm calibrate`); CROSSOVER where none is stored yet. A model reads it when it is built."""
+    from catalog.hardware import KERNEL_RATES, stored_part
+
+    stored = stored_part(KERNEL_RATES) or {}
+    return crossover_for(int(stored.get("quant_gemv_max_tokens", 0)))
 DENSE_GEMV_MAX_TOKENS = 4  # codegen.linear.TvmDenseLinear (fp32 weights): the TVM GEMV up to here, torch's GEMM above

@@ -81,6 +81,15 @@ class LlamaModel:
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()  # [N, V] fp32 (bf16 weights give bf16-rounded values)
 
+    def greedy_tokens(self, hidden: torch.Tensor, excluded) -> list[int]:
+        """Each row's argmax of compute_logits(hidden) [N, H] with its excluded ids left out (greedy sampling). An
+        lm_head with an `argmax` of its own (codegen's quantized linear: an exact screen) finds it without
+        computing every logit."""
+        argmax = getattr(self.lm_head, "argmax", None)
+        if argmax is not None:
+            return argmax(hidden, excluded)
+        return tensor_ops.argmax_rows(self.compute_logits(hidden), excluded)
+
 
 class ContiguousKVCache:
     """Reference attention backend for one sequence: K/V in one contiguous buffer per layer."""

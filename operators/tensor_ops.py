@@ -142,3 +142,14 @@ def paged_decode_attention(
 def logits(hidden: torch.Tensor, lm_head: torch.Tensor) -> torch.Tensor:
     """hidden [T, H], lm_head [V, H] -> [T, V]."""
     return F.linear(hidden, lm_head)
+
+
+def argmax_rows(logits: torch.Tensor, excluded) -> list[int]:
+    """Each row's argmax [N, V] -> N ids (the lowest on ties), leaving out that row's excluded ids (a collection
+    of token ids per row: greedy sampling with ignore_eos leaves out the EOS tokens)."""
+    if any(excluded):
+        logits = logits.clone()
+        for row, ids in enumerate(excluded):
+            if ids:
+                logits[row, sorted(ids)] = float("-inf")
+    return torch.argmax(logits, dim=-1).tolist()

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from catalog.hardware import HardwareProfile
-from codegen.quant_crossover import CROSSOVER
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS, crossover_for
 from operators.engine_config import EngineConfig
 
 COST_MODEL_VERSION = 3  # observations priced by another version do not calibrate this one
@@ -118,12 +118,15 @@ def _tvm_native_matmul_seconds(tokens: float, params: float, weight_bytes: dict,
     """What codegen.linear.TvmQuantizedLinear runs, at its kernels' measured rates, along the crossover's
     paths: the fused GEMV up to gemv_max_tokens rows, the fused GEMM above (unpacks each weight once per
     call, then fp32 FMAs per token), and with prefill_dtype 'bf16' from bf16_min_tokens rows a dequantize
-    to bf16 (once per call) plus torch's bf16 GEMM."""
-    path = CROSSOVER.path(tokens, prefill_dtype)
+    to bf16 (once per call) plus torch's bf16 GEMM. The crossover is the machine's (hw.quant_gemv_max_tokens)."""
+    path = crossover_for(hw.quant_gemv_max_tokens).path(tokens, prefill_dtype)
     if tokens <= 1:
         return params / hw.quant_gemv_rate_t1
     if path == "gemv":
-        return tokens * params / hw.quant_gemv_rate_t4
+        if tokens <= 4 or hw.quant_gemv_batch_rate <= 0:
+            return tokens * params / hw.quant_gemv_rate_t4
+        # past 4 rows each token's blocks are in L1 already: a token costs the GEMV's arithmetic alone
+        return 4 * params / hw.quant_gemv_rate_t4 + (tokens - 4) * params / hw.quant_gemv_batch_rate
     if path == "dequant_bf16":
         if hw.quant_bf16_gemm_rate > 0:
             return params / hw.quant_dequant_bf16_rate + tokens * params / hw.quant_bf16_gemm_rate
@@ -161,9 +164,12 @@ def linear_seconds(rows: float, weights: float, knobs: EngineConfig, weight_byte
 def linear_rates(rows: float, knobs: EngineConfig, hw: HardwareProfile) -> tuple[str, ...]:
     """The HardwareProfile figures linear_seconds prices `rows` with on the knobs' weight path."""
     if _measured_tvm(knobs, hw):
-        path = CROSSOVER.path(rows, knobs.prefill_dtype)
+        path = crossover_for(hw.quant_gemv_max_tokens).path(rows, knobs.prefill_dtype)
         if path == "gemv":
-            return ("quant_gemv_rate_t1",) if rows <= 1 else ("quant_gemv_rate_t4",)
+            if rows <= 1:
+                return ("quant_gemv_rate_t1",)
+            return ("quant_gemv_rate_t4",) if rows <= 4 or hw.quant_gemv_batch_rate <= 0 else \
+                ("quant_gemv_rate_t4", "quant_gemv_batch_rate")
         if path == "dequant_bf16":
             return (("quant_dequant_bf16_rate", "quant_bf16_gemm_rate") if hw.quant_bf16_gemm_rate > 0
                     else ("copy_bandwidth", "bf16_flops"))
@@ -205,10 +211,10 @@ def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, confi
 
 
 def captured(rows: float, knobs: EngineConfig, config) -> bool:
-    """Whether the model runner runs a step of `rows` rows captured: the quantized GEMV's rows, and the linears
-    (without a bias), norms and attention all TVM kernels over an fp32 or bf16 KV cache (an int8 one is quantized
-    in torch)."""
-    return (0 < rows <= CROSSOVER.gemv_max_tokens and knobs.weight_format == "native" and knobs.kernels == "tvm"
+    """Whether the model runner runs a step of `rows` rows captured: up to CAPTURED_MAX_TOKENS rows, and the
+    linears (without a bias), norms and attention all TVM kernels over an fp32 or bf16 KV cache (an int8 one is
+    quantized in torch)."""
+    return (0 < rows <= CAPTURED_MAX_TOKENS and knobs.weight_format == "native" and knobs.kernels == "tvm"
             and knobs.attention_kernel == "tvm" and knobs.resolved_kv_cache_dtype() != "int8"
             and not config.attention_bias)
 

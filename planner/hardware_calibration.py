@@ -16,6 +16,7 @@ from catalog.quant import quantize
 from codegen.build import get_kernel
 from codegen.linear import TvmQuantizedLinear
 from codegen.packed import pack
+from codegen.quant_crossover import GEMV_CROSSOVER_GRID
 from runtime.attention_timing import measure_attention
 from runtime.kv_tiers import measure_restore_rates
 
@@ -51,9 +52,12 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
         t1, t4 = seconds(gemv, 1, ring, 5), seconds(gemv, 4, ring, 3)
         # the GEMM does >= 8 FMAs per weight it reads: a few copies keep it out of L2 long enough
         t8, t64 = seconds(gemm, 8, ring[:8], 3), seconds(gemm, 64, ring[:8], 3)
+        gemv_max_tokens = gemv_crossover(lambda kernel, tokens: seconds(kernel, tokens, ring[:8], 3), gemv, gemm)
+        g4, g64 = seconds(gemv, 4, ring[:8], 3), seconds(gemv, 64, ring[:8], 3)
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
         return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
-                "quant_gemm_rate": 0.0, "quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
+                "quant_gemm_rate": 0.0, "quant_gemv_max_tokens": 0, "quant_gemv_batch_rate": 0.0, "quant_dequant_bf16_rate": 0.0,
+                "quant_bf16_gemm_rate": 0.0}
     weights = rows * cols
     # noise (a busy neighbour) can make t64 no slower than t8: the fit then says nothing, so price each token
     # at its share of t64, an upper bound, rather than at a near-zero slope
@@ -61,7 +65,19 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
     unpack = max(t8 - 8 * per_token, 1e-12)  # noise can push the fitted intercept to zero
     return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
             "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token,
+            "quant_gemv_max_tokens": gemv_max_tokens, "quant_gemv_batch_rate": 60 * weights / max(g64 - g4, 1e-12),
             **measure_bf16_prefill(rows, cols)}
+
+
+def gemv_crossover(seconds, gemv, gemm) -> int:
+    """The largest row count of GEMV_CROSSOVER_GRID up to which the GEMV is no slower than the GEMM at every
+    count timed (`seconds(kernel, tokens)`); the grid's first where it loses already there."""
+    best = GEMV_CROSSOVER_GRID[0]
+    for tokens in GEMV_CROSSOVER_GRID:
+        if seconds(gemv, tokens) > seconds(gemm, tokens):
+            break
+        best = tokens
+    return best
 
 
 def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tokens: int = 128) -> dict[str, float]:

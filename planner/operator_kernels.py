@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from catalog.quant import QUANT_TYPES
-from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS, DENSE_GEMV_MAX_TOKENS, crossover_for
 from operators.physical import Choice, OperatorKernel
 from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
@@ -59,14 +59,15 @@ def linear_weights(facts: ModelFacts) -> dict[str, float]:
     return {**{k: v * c.num_layers for k, v in per_layer.items()}, "lm_head": c.vocab_size * h}
 
 
-def linear_kernel(stored: str, knobs: EngineConfig, rows: float) -> str:
+def linear_kernel(stored: str, knobs: EngineConfig, rows: float, gemv_max_tokens: int = 0) -> str:
     """The kernel a call of `rows` rows runs on a weight built as `stored`: what codegen.model_kernels.tvm_linear
-    (kernels 'tvm') and operators.linear.make_linear (kernels 'torch') make of it."""
+    (kernels 'tvm') and operators.linear.make_linear (kernels 'torch') make of it, on a machine whose measured
+    GEMV bound is gemv_max_tokens (0: not measured)."""
     if knobs.weight_format == "bf16":
         return "torch bf16 matmul"  # tvm_linear leaves bf16 weights on torch (oneDNN; AMX where the CPU has it)
     if knobs.weight_format == "native" and stored in QUANT_TYPES:
         if knobs.kernels == "tvm":
-            return QUANT_PATH_KERNELS[CROSSOVER.path(rows, knobs.prefill_dtype)]
+            return QUANT_PATH_KERNELS[crossover_for(gemv_max_tokens).path(rows, knobs.prefill_dtype)]
         return "torch dequantize + fp32 matmul"
     if knobs.kernels == "tvm" and rows <= DENSE_GEMV_MAX_TOKENS:
         return "tvm dense_matmul"  # codegen.linear.TvmDenseLinear's GEMV; torch's GEMM above
@@ -111,7 +112,8 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
         return linear_seconds(rows[phase], weights, k, share, hw) * factor
 
     def kernel(phase: str) -> str:
-        return _each(stored, lambda part: linear_kernel(part, knobs, rows[phase])) if rows[phase] > 0 else ""
+        return (_each(stored, lambda part: linear_kernel(part, knobs, rows[phase], hw.quant_gemv_max_tokens))
+                if rows[phase] > 0 else "")
 
     alt = _runner_up(knobs, choice, facts, ctx)
     why = f"forced by {choice.forced_by}" if choice.forced else "the cheapest weight path"
@@ -159,7 +161,7 @@ def _captured_steps(knobs: EngineConfig, cost: LLMCost, config) -> tuple[Operato
            for p, n in rows.items()}
     return (OperatorKernel("forward", decode=how["decode"], prefill=how["prefill"],
                            decode_rows=cost.decode_rows, prefill_rows=cost.prefill_rows,
-                           why=f"steps of at most {CROSSOVER.gemv_max_tokens} rows on TVM kernels, priced at "
+                           why=f"steps of at most {CAPTURED_MAX_TOKENS} rows on TVM kernels, priced at "
                                f"{CAPTURED_OPS_PER_LAYER:g} launch a layer"),)
 
 

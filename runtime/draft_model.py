@@ -10,8 +10,6 @@ the shadow counts as computed only the prefix it shares with the sequence's real
 """
 from __future__ import annotations
 
-import torch
-
 from operators.llama import LlamaModel
 from runtime.batch import BatchRow, ScheduledBatch
 from runtime.kv_blocks import KVCacheManager
@@ -64,7 +62,7 @@ class DraftModelProposer:
         by_id = {seq_id: (shadow, k) for seq_id, shadow, k in active}
         rows = [self._row(seq_id, s, s.token_ids[s.num_computed_tokens:]) for seq_id, s, _ in active]
         while rows:
-            tokens = torch.argmax(self.runner.run(ScheduledBatch(tuple(rows))), dim=-1).tolist()  # [rows]
+            tokens = self.runner.run(ScheduledBatch(tuple(rows))).greedy(list(range(len(rows))), [()] * len(rows))
             next_rows = []
             for row, token in zip(rows, tokens):
                 seq_id = row.seq_id

@@ -24,7 +24,7 @@ from runtime.kv_blocks import KVCacheManager
 from runtime.kv_tiers import KVTierSpec
 from runtime.logprobs import token_logprobs
 from codegen.kernel_set import KernelSet, kernel_set
-from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache
+from runtime.model_runner import KV_CACHE_DTYPES, ModelRunner, PagedKVCache, StepLogits
 from operators.requests import (GenerationRequest, GenerationResult, SamplingParams, ScoreRequest, ScoreResult,
                               TokenLogprobs)
 from runtime.sampler import make_generator, sample
@@ -266,7 +266,7 @@ class Engine:
             return []
         # the next-token masks of constrained rows depend only on the tokens so far: computed beside the forward
         masks = self._masks.submit(self._constraint_masks, batch) if self._any_constrained(batch) else None
-        logits = self.runner.run(batch)  # [batch.num_logits, V]
+        logits = self.runner.run(batch)  # [batch.num_logits, V], computed on demand
         return self._postprocess(batch, logits, masks.result() if masks is not None else {})
 
     def _propose(self) -> None:
@@ -320,10 +320,8 @@ class Engine:
             num_done = done
         return [h.result() for h in handles]
 
-    def _postprocess(self, batch: ScheduledBatch, logits: torch.Tensor,
+    def _postprocess(self, batch: ScheduledBatch, logits: StepLogits,
                      masks: dict[int, torch.Tensor] | None = None) -> list[TokenEvent]:
-        self.scheduler.advance(batch, self._live)
-        self._count(batch)
         to_sample, to_score, to_verify, cursor = [], [], [], 0
         for row in batch.rows:
             seq = self._live[row.seq_id]
@@ -332,18 +330,19 @@ class Engine:
             elif row.logit_offsets:
                 (to_score if seq.is_score else to_sample).append((seq, row, cursor))
             cursor += len(row.logit_offsets)
+        # the lm_head runs here (StepLogits computes on demand): before the scheduler moves, so a failure in it
+        # leaves the step undone, as a failure in the forward pass does
+        seqs = [seq for seq, _, _ in to_sample]
+        tokens, logprobs = self._sample(seqs, [c for _, _, c in to_sample], logits, masks or {}) if seqs else ([], [])
+        full = logits.all() if to_score or to_verify else None
+        self.scheduler.advance(batch, self._live)
+        self._count(batch)
         if to_score:
-            self._apply_scores(to_score, logits)
+            self._apply_scores(to_score, full)
         events = []
         for seq, row, cursor in to_verify:
-            events += self._verify(seq, row, logits[cursor : cursor + len(row.logit_offsets)])
+            events += self._verify(seq, row, full[cursor : cursor + len(row.logit_offsets)])
         if to_sample:
-            seqs = [seq for seq, _, _ in to_sample]
-            rows = logits if len(seqs) == logits.shape[0] else logits[[c for _, _, c in to_sample]]  # [B, V]
-            params = [s.request.sampling for s in seqs]
-            processed = process(rows, seqs, masks or {})  # penalties, bias, constraints: on a copy (logprobs stay)
-            tokens = sample(processed, params, [s.generator for s in seqs], self.tokenizer.eos_token_ids)
-            logprobs = self._logprobs(rows, seqs, tokens)
             for seq, token, logprob in zip(seqs, tokens, logprobs):
                 if seq.is_finished:  # cancelled by a callback earlier in this loop
                     continue
@@ -358,6 +357,32 @@ class Engine:
                     seq.on_token(event)
                 events.append(event)
         return events
+
+    def _sample(self, seqs: list[Sequence], rows: list[int], logits: StepLogits,
+                masks: dict[int, torch.Tensor]) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """Each sequence's next token (and its logprobs where asked) from its logit row. Plain greedy rows (no
+        logprobs, penalties, bias or constraint) need only their argmax, which StepLogits.greedy finds without
+        every logit where the lm_head can; the others sample from their full, processed logits."""
+        eos = self.tokenizer.eos_token_ids
+        plain = [i for i, s in enumerate(seqs) if s.request.sampling.greedy and not s.request.sampling.shapes_logits
+                 and s.constraint is None and s.output_logprobs is None]
+        tokens: list[int] = [0] * len(seqs)
+        logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
+        if plain:
+            found = logits.greedy([rows[i] for i in plain],
+                                  [eos if seqs[i].request.sampling.ignore_eos else () for i in plain])
+            for i, token in zip(plain, found):
+                tokens[i] = token
+        rest = sorted(set(range(len(seqs))) - set(plain))
+        if rest:
+            full = logits.all()
+            picked = full if len(rest) == full.shape[0] else full[[rows[i] for i in rest]]  # [B, V]
+            others = [seqs[i] for i in rest]
+            processed = process(picked, others, masks)  # penalties, bias, constraints: on a copy (logprobs stay)
+            sampled = sample(processed, [s.request.sampling for s in others], [s.generator for s in others], eos)
+            for i, token, logprob in zip(rest, sampled, self._logprobs(picked, others, sampled)):
+                tokens[i], logprobs[i] = token, logprob
+        return tokens, logprobs
 
     def _verify(self, seq: Sequence, row, rows: torch.Tensor) -> list[TokenEvent]:
         """rows [1 + drafts, V]: keep the accepted drafts and the target's next token (runtime/speculation.py)."""

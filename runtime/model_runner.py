@@ -149,6 +149,32 @@ def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+class StepLogits:
+    """A step's logit rows, in batch order, from their final hidden states [N, H]: `all()` computes every logit
+    (once); `greedy(rows, excluded)` only those rows' argmax, which the model's lm_head may find without every
+    logit (LlamaModel.greedy_tokens)."""
+
+    def __init__(self, model: LlamaModel, hidden: torch.Tensor):
+        self._model, self._hidden = model, hidden
+        self._all: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self._hidden.shape[0]
+
+    def all(self) -> torch.Tensor:
+        """[N, V] fp32."""
+        if self._all is None:
+            self._all = self._model.compute_logits(self._hidden)
+        return self._all
+
+    def greedy(self, rows: list[int], excluded) -> list[int]:
+        """The argmax of each of `rows`, leaving out that row's `excluded` token ids."""
+        if self._all is not None:
+            return tensor_ops.argmax_rows(self._all[rows], excluded)
+        with torch.inference_mode():
+            return self._model.greedy_tokens(self._hidden[rows], excluded)
+
+
 @dataclass
 class AttentionGroup:
     """Rows attended together in one padded SDPA call: P rows of up to Tq query tokens each."""
@@ -350,8 +376,8 @@ class ModelRunner:
         return GatherPagedAttention(self.cache, inputs, self.model.config.num_heads)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Logits [batch.num_logits, V] for the rows' logit_offsets, in batch order."""
+    def run(self, batch: ScheduledBatch) -> StepLogits:
+        """The logits of the rows' logit_offsets ([batch.num_logits, V], batch order), computed on demand."""
         inputs = self.prepare_batch(batch)
         self.cache.copy_blocks(batch.block_copies)
         captured = self._captured(inputs)
@@ -361,7 +387,7 @@ class ModelRunner:
                                   r.block_tables, r.query_start, r.context_lens)
         else:
             hidden = self.model.forward(inputs.token_ids, inputs.positions, self.attention(inputs))  # [T, H]
-        return self.model.compute_logits(hidden[inputs.logits_indices])  # [N, V]
+        return StepLogits(self.model, hidden[inputs.logits_indices])
 
     def _captured(self, inputs: ForwardInputs):
         """The capture for this step's shape (made on first use), or None: the model's own forward runs."""

@@ -86,22 +86,26 @@ def gpu_row_dot(qtype: str, n: int, k: int):
     return row_dot
 
 
-def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dtype: str = "float32", x_shape=None):
-    """The PrimFunc `name`([x,] qs, scales, [mins,] out) over an n x k matrix in codegen.packed's
-    layout, running body([x,] qs, scales, mins, out). x (fp32, only when x_shape is given) and out
-    take the given shapes, which may share a symbolic dimension (common.symbolic) with the body.
-    Only Q4_1 has mins: for the other types the body gets `scales` in their place and must not
-    read them."""
+def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dtype: str = "float32", x_shape=None,
+                 screen: bool = False):
+    """The PrimFunc `name`([x,] qs, scales, [mins,] [bound,] out [, tile_max]) over an n x k matrix in
+    codegen.packed's layout, running body([x,] qs, scales, mins, [bound,] out [, tile_max]). x (fp32, only when
+    x_shape is given) and out take the given shapes, which may share a symbolic dimension (common.symbolic) with
+    the body. Only Q4_1 has mins: for the other types the body gets `scales` in their place and must not
+    read them. `screen` (quant_gemv's greedy screen, x given) adds an fp32 input bound [tiles, blocks, 16] and an
+    fp32 output tile_max [out_shape[0], tiles]."""
     from tvm.script import tirx as T
 
     NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
     absent = {"x_h": None} if x_shape is None else {}
     if qtype != "Q4_1":
         absent["mins_h"] = None
+    if not screen:
+        absent["bound_h"] = absent["tile_max_h"] = None
 
     @T.jit
     def kernel(x_h: T.Optional(T.handle), qs_h: T.handle, scales_h: T.handle, mins_h: T.Optional(T.handle),
-               out_h: T.handle):
+               bound_h: T.Optional(T.handle), out_h: T.handle, tile_max_h: T.Optional(T.handle)):
         T.func_attr({"tirx.noalias": True})
         if x_h is not None:
             x = T.match_buffer(x_h, x_shape, "float32")
@@ -112,7 +116,11 @@ def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dty
         else:
             mins = T.meta_var(scales)
         out = T.match_buffer(out_h, out_shape, out_dtype)
-        if x_h is not None:
+        if bound_h is not None:
+            bound = T.match_buffer(bound_h, (TILES, NB, TILE_ROWS), "float32")
+            tile_max = T.match_buffer(tile_max_h, (out_shape[0], TILES), "float32")
+            body(x, qs, scales, mins, bound, out, tile_max)
+        elif x_h is not None:
             body(x, qs, scales, mins, out)
         else:
             body(qs, scales, mins, out)

@@ -42,11 +42,12 @@ from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
 from codegen.target import Target
 
 LANES = TILE_ROWS
-PIECES = 3
+PIECES = 3  # what keeps fp32 accuracy (the screen takes 1: llama.cpp's int8 activations)
+# the screen's bound is widened by this factor: the kernel's and the recomputation's fp32 rounding are below 1% of it
+SCREEN_SLACK = 1.05
 PIECE_RADIX = 254  # |residual| <= 0.5 after rounding, so 254 * residual fits int8's +-127
 # per token and 32-block, in one workspace (each TVM workspace costs ~0.1 us per call):
-SCALE, SUM, CORRECTION = 0, 1, 2  # s; sum(x) (Q4_1); offset * sum(a_p) for the 3 pieces (Q4_0, Q8_0)
-BLOCK_FIELDS = CORRECTION + PIECES
+SCALE, SUM, CORRECTION = 0, 1, 2  # s; sum(x) (Q4_1); offset * sum(a_p) for each piece (Q4_0, Q8_0)
 
 
 def _dot(dot: IntDot, acc, quants, xq, t, p, e):
@@ -80,23 +81,36 @@ def _exact(dot, correction, has_offset: bool):
     return T.Cast("float32", dot) - correction if has_offset else T.Cast("float32", dot)
 
 
-def make_quant_gemv(qtype: str, n: int, k: int, *, target: Target):
+def make_quant_gemv(qtype: str, n: int, k: int, *, target: Target, screen: bool = False):
+    """screen: the greedy screen's kernel (runtime's greedy sampling over the lm_head): one int8 piece per
+    activation (x rounded to 1/254 of its block's largest |x|, llama.cpp's activations) and, per row, an upper
+    bound instead of the product: out[t, n] = sum_b [d s (D - o S) + bound[n, b] * s_b * SCREEN_SLACK / 2] with
+    bound[n, b] = sum_j |W[n, 32 b + j]| (codegen.greedy_screen), which is >= the exact product, as
+    |x - s a| <= s / 2 for every element. Takes the bound [tiles, blocks, 16] fp32 after mins, and writes each
+    16-row tile's largest bound, tile_max [T, tiles], after out. CPU only: the engine's model runs on the CPU."""
     check(qtype, k)
-    return _make_gpu(qtype, n, k) if target.is_gpu else _make_cpu(qtype, n, k, int_dot_for(target))
+    if target.is_gpu:
+        if screen:
+            raise ValueError("the greedy screen is a CPU kernel (the engine's model runs on the CPU)")
+        return _make_gpu(qtype, n, k)
+    return _make_cpu(qtype, n, k, int_dot_for(target), screen)
 
 
-def tiles_per_step(dot: IntDot, tiles: int) -> int:
-    """Two tiles per step (6 independent dot-product chains) where their accumulators fit the registers."""
-    registers_per_tile = (PIECES + 1) * LANES // dot.lanes  # int32 piece sums + the fp32 sum
+def tiles_per_step(dot: IntDot, tiles: int, pieces: int) -> int:
+    """Two tiles per step (independent dot-product chains) where their accumulators fit the registers."""
+    registers_per_tile = (pieces + 1) * LANES // dot.lanes  # int32 piece sums + the fp32 sum
     return 2 if tiles % 2 == 0 and 2 * registers_per_tile <= dot.registers // 2 else 1
 
 
-def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
+def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     from tvm.script import tirx as T
 
     NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
+    P = 1 if screen else PIECES
+    HALF_STEP = CORRECTION + P  # the screen's s * SCREEN_SLACK / 2 per token and block
+    BLOCK_FIELDS = HALF_STEP + 1
     num_tokens = symbolic("num_tokens")
-    G = tiles_per_step(dot, TILES)
+    G = tiles_per_step(dot, TILES, P)
     W, UNITS = dot.lanes, LANES // dot.lanes  # each tile's 16 rows as UNITS dot products of W lanes
     SPLIT_BYTES = qtype == "Q8_0" and dot.nibbles_only  # 8-bit quants as 16 * high + low nibble
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
@@ -130,33 +144,40 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
                     amax[l] = T.max(amax[l], amax[l + 2])
                 amax[0] = T.max(amax[0], amax[1])
                 xblock[t, b, SCALE] = amax[0] * T.float32(1.0 / 127)
+                if screen:
+                    xblock[t, b, HALF_STEP] = amax[0] * T.float32(SCREEN_SLACK / 254)
                 # blocks with max|x| below 1e-30 count as zero (127 / amax would overflow fp32)
                 amax[1] = T.if_then_else(amax[0] > T.float32(1e-30), T.float32(127) / amax[0], T.float32(0))
                 # no let-bindings inside vectorized loops: TVM 0.27 evaluates them for lane 0 only
-                y = T.alloc_buffer((PIECES, 32), "float32")
-                for l in T.vectorized(32):
-                    y[0, l] = x[t, b * 32 + l] * amax[1]
-                    y[1, l] = (y[0, l] - T.nearbyint(y[0, l])) * T.float32(PIECE_RADIX)
-                    y[2, l] = (y[1, l] - T.nearbyint(y[1, l])) * T.float32(PIECE_RADIX)
-                    xq[t, 0, b * 32 + l] = T.Cast("int8", T.nearbyint(y[0, l]))
-                    xq[t, 1, b * 32 + l] = T.Cast("int8", T.nearbyint(y[1, l]))
-                    xq[t, 2, b * 32 + l] = T.Cast("int8", T.min(T.max(T.nearbyint(y[2, l]), T.float32(-127)),
-                                                                T.float32(127)))
+                y = T.alloc_buffer((P, 32), "float32")
+                if P == 1:
+                    for l in T.vectorized(32):
+                        y[0, l] = x[t, b * 32 + l] * amax[1]
+                        xq[t, 0, b * 32 + l] = T.Cast("int8", T.nearbyint(y[0, l]))
+                else:
+                    for l in T.vectorized(32):
+                        y[0, l] = x[t, b * 32 + l] * amax[1]
+                        y[1, l] = (y[0, l] - T.nearbyint(y[0, l])) * T.float32(PIECE_RADIX)
+                        y[2, l] = (y[1, l] - T.nearbyint(y[1, l])) * T.float32(PIECE_RADIX)
+                        xq[t, 0, b * 32 + l] = T.Cast("int8", T.nearbyint(y[0, l]))
+                        xq[t, 1, b * 32 + l] = T.Cast("int8", T.nearbyint(y[1, l]))
+                        xq[t, 2, b * 32 + l] = T.Cast("int8", T.min(T.max(T.nearbyint(y[2, l]), T.float32(-127)),
+                                                                    T.float32(127)))
                 if HAS_MIN:
                     for l in T.vectorized(32):
                         y[0, l] = x[t, b * 32 + l]
                     pairwise_sum(y, 0)
                     xblock[t, b, SUM] = y[0, 0] + y[0, 1]
                 if HAS_OFFSET:
-                    isum = T.alloc_buffer((PIECES, 32), "int32")
-                    for p in T.unroll(PIECES):
+                    isum = T.alloc_buffer((P, 32), "int32")
+                    for p in T.unroll(P):
                         for l in T.vectorized(32):
                             isum[p, l] = T.Cast("int32", xq[t, p, b * 32 + l])
                         pairwise_sum(isum, p)
                         xblock[t, b, CORRECTION + p] = T.Cast("float32", (isum[p, 0] + isum[p, 1]) * OFFSET)
 
     @T.macro
-    def tile_group(x, xq, xblock, qs, scales, mins, out, g, num_tokens):
+    def tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens):
         for t in range(num_tokens):
             facc = T.alloc_buffer((G, LANES), "float32")
             for gi in T.unroll(G):
@@ -172,15 +193,15 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
                         T.evaluate(_prefetch(scales, (g + 1) * G + gi, b, 0))
                         if HAS_MIN:
                             T.evaluate(_prefetch(mins, (g + 1) * G + gi, b, 0))
-                acc = T.alloc_buffer((G, PIECES, LANES), "int32")
+                acc = T.alloc_buffer((G, P, LANES), "int32")
                 for gi in T.unroll(G):
-                    for p in T.unroll(PIECES):
+                    for p in T.unroll(P):
                         acc[gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
                 for i in T.unroll(GROUPS):
                     for gi in T.unroll(G):
                         for u in T.unroll(UNITS):
                             # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
-                            for p in T.unroll(PIECES):
+                            for p in T.unroll(P):
                                 if FOUR_BIT:
                                     acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
                                         dot, _dot(dot, acc[gi, p, T.ramp(u * W, 1, W)],
@@ -207,12 +228,20 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
                                                 facc[gi, l])
                 for gi in T.unroll(G):
                     for l in T.vectorized(LANES):
-                        facc[gi, l] = T.fma(
-                            T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t, b, SCALE],
-                            _exact(acc[gi, 0, l], xblock[t, b, CORRECTION], HAS_OFFSET)
-                            + _exact(acc[gi, 1, l], xblock[t, b, CORRECTION + 1], HAS_OFFSET) * T.float32(R1)
-                            + _exact(acc[gi, 2, l], xblock[t, b, CORRECTION + 2], HAS_OFFSET) * T.float32(R2),
-                            facc[gi, l])
+                        if P == 1:
+                            facc[gi, l] = T.fma(T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t, b, SCALE],
+                                                _exact(acc[gi, 0, l], xblock[t, b, CORRECTION], HAS_OFFSET), facc[gi, l])
+                        else:
+                            facc[gi, l] = T.fma(
+                                T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t, b, SCALE],
+                                _exact(acc[gi, 0, l], xblock[t, b, CORRECTION], HAS_OFFSET)
+                                + _exact(acc[gi, 1, l], xblock[t, b, CORRECTION + 1], HAS_OFFSET) * T.float32(R1)
+                                + _exact(acc[gi, 2, l], xblock[t, b, CORRECTION + 2], HAS_OFFSET) * T.float32(R2),
+                                facc[gi, l])
+                if screen:
+                    for gi in T.unroll(G):
+                        for l in T.vectorized(LANES):
+                            facc[gi, l] = T.fma(bound[g * G + gi, b, l], xblock[t, b, HALF_STEP], facc[gi, l])
             for gi in T.unroll(G):
                 if n % LANES == 0:
                     for l in T.vectorized(LANES):
@@ -221,20 +250,36 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot):
                     for l in range(LANES):
                         if (g * G + gi) * LANES + l < n:
                             out[t, (g * G + gi) * LANES + l] = facc[gi, l]
+                if screen:  # the tile's largest bound (rows past n: -inf), folded pairwise
+                    fold = T.alloc_buffer((LANES,), "float32")
+                    for l in T.vectorized(LANES):
+                        fold[l] = T.Select((g * G + gi) * LANES + l < n, facc[gi, l], T.float32(-3.0e38))
+                    for l in T.vectorized(8):
+                        fold[l] = T.max(fold[l], fold[l + 8])
+                    for l in T.vectorized(4):
+                        fold[l] = T.max(fold[l], fold[l + 4])
+                    for l in T.vectorized(2):
+                        fold[l] = T.max(fold[l], fold[l + 2])
+                    tile_max[t, g * G + gi] = T.max(fold[0], fold[1])
 
     @T.macro
-    def body(x, qs, scales, mins, out):
-        xq = T.alloc_buffer((num_tokens, PIECES, k), "int8")
+    def screen_body(x, qs, scales, mins, bound, out, tile_max):
+        xq = T.alloc_buffer((num_tokens, P, k), "int8")
         xblock = T.alloc_buffer((num_tokens, NB, BLOCK_FIELDS), "float32")
         split_activations(x, xq, xblock, num_tokens)
         if num_tokens * (TILES * LANES * k) >= PARALLEL_MIN_WORK:
             for g in T.parallel(TILES // G):
-                tile_group(x, xq, xblock, qs, scales, mins, out, g, num_tokens)
+                tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens)
         else:
             for g in range(TILES // G):
-                tile_group(x, xq, xblock, qs, scales, mins, out, g, num_tokens)
+                tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens)
 
-    return quant_kernel("quant_gemv", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
+    @T.macro
+    def body(x, qs, scales, mins, out):
+        screen_body(x, qs, scales, mins, scales, out, out)  # no bound, no tile_max: never touched
+
+    return quant_kernel("quant_gemv", qtype, n, k, screen_body if screen else body, (num_tokens, n),
+                        x_shape=(num_tokens, k), screen=screen)
 
 
 def _make_gpu(qtype: str, n: int, k: int):
@@ -256,7 +301,7 @@ def _make_gpu(qtype: str, n: int, k: int):
     return quant_kernel("quant_gemv", qtype, n, k, body, (num_tokens, n), x_shape=(num_tokens, k))
 
 
-def quant_gemv_config(target, qtype: str, n: int, k: int) -> dict:
+def quant_gemv_config(target, qtype: str, n: int, k: int, screen: bool = False) -> dict:
     return {}
 
 
@@ -265,5 +310,6 @@ def schedule_quant_gemv(sch, cfg: dict) -> None:
 
 
 SPEC = KernelSpec("quant_gemv", make_quant_gemv, quant_gemv_config, schedule_quant_gemv,
-                  args=("x", "qs", "scales", "mins (Q4_1 only)", "out"), source_file=__file__, scheduled=True,
+                  args=("x", "qs", "scales", "mins (Q4_1 only)", "bound (screen only)", "out",
+                        "tile_max (screen only)"), source_file=__file__, scheduled=True,
                   depends=(common.__file__, quant_common.__file__, int_dot.__file__, packed.__file__))

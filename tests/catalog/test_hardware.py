@@ -83,3 +83,22 @@ def test_an_unreadable_store_is_measured_again(measured, tmp_path):
 def test_the_bf16_prefill_path_is_timed():
     rates = measure_bf16_prefill(rows=256, cols=128, copies=2, tokens=64)
     assert rates["quant_dequant_bf16_rate"] > 0 and rates["quant_bf16_gemm_rate"] > 0
+
+
+@pytest.mark.parametrize("gemv, gemm, expected", [
+    ({}, {}, 512),  # the GEMV never slower: the whole grid
+    ({16: 2.0}, {16: 1.0}, 8),  # loses at 16: 8
+    ({2: 2.0}, {2: 1.0}, 2),  # loses at once: the grid's first (decode of one row never reaches the GEMM)
+    ({32: 2.0, 128: 0.5}, {32: 1.0, 128: 1.0}, 16),  # a win past the first loss does not count: noise
+])
+def test_gemv_crossover_is_where_the_gemv_first_loses(gemv, gemm, expected):
+    times = {"gemv": gemv, "gemm": gemm}
+    assert calibration.gemv_crossover(lambda kernel, tokens: times[kernel].get(tokens, 1.0), "gemv", "gemm") == expected
+
+
+def test_a_model_built_here_takes_the_stored_crossover(machine_profile):
+    from codegen.quant_crossover import CROSSOVER, host_crossover
+
+    assert host_crossover() == CROSSOVER  # nothing stored yet
+    machine_profile(replace(MEASURED, quant_gemv_max_tokens=128))
+    assert host_crossover().gemv_max_tokens == 128

@@ -92,3 +92,29 @@ def test_captured_decode_steps_are_priced_at_one_launch_a_layer():
     python = llm_cost(DECODE_ONE, replace(KNOBS, kv_cache_dtype="int8"), SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes,
                       FAST_TVM)
     assert captured.overhead_seconds < python.overhead_seconds / 3
+
+
+# a core whose VNNI GEMV beats its GEMM at every size timed (2026-12-07, Zen 4: 512 rows, ~118 G weights x tokens/s
+# a row past the 4th against the GEMM's ~95 G)
+VNNI_CORE = replace(FAST_TVM, quant_gemv_max_tokens=512, quant_gemv_batch_rate=1.18e11, quant_gemm_rate=9.5e10)
+
+
+def test_the_machines_measured_crossover_moves_batched_decode_onto_the_gemv():
+    from planner.cost import linear_rates
+    from planner.operator_kernels import linear_kernel
+
+    assert linear_kernel("Q4_1", KNOBS, 64) == "tvm quant_gemm"  # no measured bound: CROSSOVER's 8 rows
+    assert linear_kernel("Q4_1", KNOBS, 64, VNNI_CORE.quant_gemv_max_tokens) == "tvm quant_gemv"
+    assert linear_kernel("Q4_1", KNOBS, 600, VNNI_CORE.quant_gemv_max_tokens) == "tvm quant_gemm"
+    assert linear_rates(64, KNOBS, VNNI_CORE) == ("quant_gemv_rate_t4", "quant_gemv_batch_rate")
+    slower_gemv = replace(VNNI_CORE, quant_gemv_batch_rate=VNNI_CORE.quant_gemv_batch_rate / 2)
+    assert seconds(KNOBS, slower_gemv, BATCH) > seconds(KNOBS, VNNI_CORE, BATCH)
+
+
+def test_bf16_prefill_where_set_takes_over_from_the_gemv_at_its_own_bound():
+    from codegen.quant_crossover import crossover_for
+
+    wide = crossover_for(512)
+    assert [wide.path(n) for n in (1, 64, 512, 513)] == ["gemv", "gemv", "gemv", "gemm"]
+    assert [wide.path(n, "bf16") for n in (8, 63, 64, 1000)] == ["gemv", "gemv", "dequant_bf16", "dequant_bf16"]
+    assert crossover_for(0).gemv_max_tokens == 8  # not measured: the default's

@@ -30,7 +30,7 @@ def logits_of(model, capture: bool, kv_cache_dtype: str = "fp32") -> tuple[list[
     runner = ModelRunner(model, num_blocks=8, block_size=16, kv_cache_dtype=kv_cache_dtype,
                          attention=kernel_set("cpu").attention())
     runner.capture_steps = capture
-    return [runner.run(step) for step in steps()], runner
+    return [runner.run(step).all() for step in steps()], runner
 
 
 def test_captured_steps_give_the_forward_pass_logits_bit_for_bit(tvm_tiny):

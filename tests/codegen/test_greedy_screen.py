@@ -1,0 +1,91 @@
+"""The greedy screen finds the argmax of the exact logits (codegen/greedy_screen.py): its kernel's bounds hold for
+every row, and the selection is the exact argmax whatever the ties, exclusions and degenerate rows."""
+import pytest
+import torch
+
+from catalog.quant import quantize
+from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen
+from codegen.linear import TvmQuantizedLinear
+from codegen.packed import TILE_ROWS
+
+QTYPES = ["Q4_1", "Q4_0", "Q8_0"]
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def screen_of(weight) -> tuple[GreedyScreen, TvmQuantizedLinear]:
+    linear = TvmQuantizedLinear(weight)
+    return GreedyScreen(weight, linear._weights, linear), linear
+
+
+def exact_argmax(x, weight, excluded=None):
+    """The reference: fp64 logits over the dequantized rows (the lowest id on exact ties)."""
+    logits = x.double() @ weight.dequantize().double().T
+    for row, ids in enumerate(excluded or []):
+        logits[row, sorted(ids)] = float("-inf")
+    return logits.argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("rows,cols", [(1000, 128), (37, 64), (4096, 576)])  # partial last tile; one per thread
+def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols):
+    weight = quantize(qtype, torch.randn(rows, cols))
+    screen, _ = screen_of(weight)
+    x = torch.randn(9, cols) * torch.logspace(-3, 2, 9)[:, None]  # scales from tiny to large
+    x[0, :32] = 0  # an all-zero block
+    upper, tile_max = screen.upper(x)
+    exact = x.double() @ weight.dequantize().double().T
+    assert (upper.double() >= exact).all()
+    padded = torch.full((9, tile_max.shape[1] * TILE_ROWS), float("-inf"))
+    padded[:, :rows] = upper
+    assert torch.equal(tile_max, padded.view(9, -1, TILE_ROWS).amax(-1))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_argmax_is_the_exact_logits_argmax(qtype):
+    weight = quantize(qtype, torch.randn(1000, 128) * 0.1)
+    screen, _ = screen_of(weight)
+    x = torch.randn(64, 128)
+    assert screen.argmax(x, [()] * 64) == exact_argmax(x, weight)
+
+
+def test_near_ties_go_to_the_larger_logit_and_exact_ties_to_the_lowest_id():
+    base = torch.randn(200, 64) * 0.1
+    base[150] = base[40]  # an exact duplicate of row 40: a tie at any x
+    base[41] = base[40] * (1 + 1e-3)  # a near-copy, 0.1% larger: screened together, decided by the exact logits
+    weight = quantize("Q8_0", base)
+    screen, _ = screen_of(weight)
+    w40 = weight.dequantize()[40]
+    x = torch.stack([w40, -w40, torch.randn(64)])  # rows 40/41/150 on top for the first, bottom for the second
+    assert screen.argmax(x, [()] * 3) == exact_argmax(x, weight)
+
+
+def test_excluded_ids_are_left_out():
+    weight = quantize("Q4_1", torch.randn(300, 64))
+    screen, _ = screen_of(weight)
+    x = torch.randn(4, 64)
+    best = exact_argmax(x, weight)
+    excluded = [{best[0]}, (), {best[2], 0, 299}, set(range(0, 300, 2))]
+    assert screen.argmax(x, excluded) == exact_argmax(x, weight, excluded)
+
+
+def test_a_row_with_too_many_candidates_falls_back_to_its_full_logits():
+    weight = quantize("Q8_0", torch.randn(MAX_CANDIDATES + 500, 64))
+    screen, _ = screen_of(weight)
+    x = torch.randn(3, 64)
+    x[1] = 0  # every logit 0: every row a candidate
+    tokens = screen.argmax(x, [(), (), ()])
+    assert tokens == exact_argmax(x, weight) and tokens[1] == 0
+
+
+def test_the_linear_screens_from_two_rows_and_matches_its_full_product():
+    weight = quantize("Q4_1", torch.randn(500, 64))
+    linear = TvmQuantizedLinear(weight)
+    x = torch.randn(5, 64)
+    one = linear.argmax(x[:1], [()])
+    assert linear._screen is None  # one row: the GEMV and an argmax
+    assert linear.argmax(x, [()] * 5) == torch.argmax(linear(x), dim=-1).tolist()
+    assert linear._screen is not None and one == [linear.argmax(x, [()] * 5)[0]]
