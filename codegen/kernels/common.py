@@ -38,6 +38,15 @@ def rfactor_rows(sch, block: str, rows: int, lanes: int):
     return rf
 
 
+def prefetch(buf, *index, locality: int = 3):
+    """Hint the cache line holding buf[index] into the cache (locality 3: L1, 2: L2, 1: L3; no fault, no effect
+    on results; CPU only)."""
+    from tvm.script import tirx as T
+
+    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[index]), T.int32(0), T.int32(locality),
+                              T.int32(1))
+
+
 def exp_f32(x):
     """exp(x) in fp32 from +, *, floor and an exponent-bit shift, so it vectorizes.
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 from codegen import packed
 from codegen.build import KernelSpec
 from codegen.kernels import common, int_dot, quant_common
-from codegen.kernels.common import loop_kinds, symbolic
+from codegen.kernels.common import loop_kinds, prefetch, symbolic
 from codegen.kernels.int_dot import IntDot, int_dot_for
 from codegen.kernels.quant_common import PARALLEL_MIN_WORK, QUANT_OFFSET, check, gpu_row_dot, num_tiles, quant_kernel
 from codegen.packed import GROUP_BYTES, QUANT_BYTES, TILE_ROWS
@@ -55,14 +55,6 @@ def _dot(dot: IntDot, acc, quants, xq, t, p, e):
     from tvm.script import tirx as T
 
     return dot.dot(acc, quants, T.reinterpret("int32", xq.vload([t, p, e], "int8x4")))
-
-
-def _prefetch(buf, *index):
-    """Hint the cache line holding buf[index] into L1 (no fault, no effect on results)."""
-    from tvm.script import tirx as T
-
-    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[index]), T.int32(0), T.int32(3),
-                              T.int32(1))
 
 
 def _nibbles(quants, high: int, num_bytes: int):
@@ -189,10 +181,10 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                     # weights from L3/DRAM, and the hardware prefetcher stops at each 4 KB page
                     for gi in T.unroll(G):
                         for i in T.unroll(GROUPS):
-                            T.evaluate(_prefetch(qs, (g + 1) * G + gi, b, i, 0))
-                        T.evaluate(_prefetch(scales, (g + 1) * G + gi, b, 0))
+                            T.evaluate(prefetch(qs, (g + 1) * G + gi, b, i, 0))
+                        T.evaluate(prefetch(scales, (g + 1) * G + gi, b, 0))
                         if HAS_MIN:
-                            T.evaluate(_prefetch(mins, (g + 1) * G + gi, b, 0))
+                            T.evaluate(prefetch(mins, (g + 1) * G + gi, b, 0))
                 acc = T.alloc_buffer((G, P, LANES), "int32")
                 for gi in T.unroll(G):
                     for p in T.unroll(P):
