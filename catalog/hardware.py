@@ -42,6 +42,9 @@ class HardwareProfile:
     # weights x tokens per second each GEMV row past the 4th adds (its weight blocks already in L1), from 4 and 64
     # rows; 0 when not measured (rows are then priced at the 4-row rate)
     quant_gemv_batch_rate: float = 0.0
+    # weights x tokens per second of the greedy screen's kernel (codegen.greedy_screen: one int8 piece and a bound)
+    # at 64 rows; 0 when not measured (greedy lm_heads are then priced as the GEMV)
+    quant_screen_rate: float = 0.0
     # the bf16 prefill path (prefill_dtype='bf16', from the crossover's bf16_min_tokens): seconds = weights /
     # dequant rate (TVM unpacks Q4_1 into a bf16 W^T once per call) + weights x tokens / rate (torch's bf16
     # GEMM on it, AMX where the CPU has it); 0 when not measured

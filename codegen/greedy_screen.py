@@ -32,9 +32,6 @@ from codegen.kernels.quant_common import num_tiles
 from codegen.packed import TILE_ROWS
 from operators.tensor_ops import argmax_rows
 
-# one row is a memory-bound GEMV either way, which the screen's ~20 small torch ops then outweigh (batch-1 decode
-# 4.73 against 4.42 ms a token, 2026-12-07 on Zen 4); from two rows the screen's halved arithmetic wins
-SCREEN_MIN_ROWS = 2
 MAX_CANDIDATES = 1024  # kept rows of one token past which its full logits are cheaper to compute
 _ROWS_PER_CHUNK = 4096  # rows dequantized at a time while the bound is built (bounds its transient memory)
 

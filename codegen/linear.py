@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
-from codegen.greedy_screen import SCREEN_MIN_ROWS, GreedyScreen
+from codegen.greedy_screen import GreedyScreen
 from codegen.ops import aligned, tvm_view
 from codegen.packed import pack
-from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, QuantCrossover
+from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, SCREEN_MIN_ROWS, QuantCrossover
 from operators.tensor_ops import argmax_rows
 
 _scratch: dict[tuple[int, int], torch.Tensor] = {}

@@ -75,6 +75,13 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
     @property
+    def argmax_only(self) -> bool:
+        """Greedy, and nothing else read from the logits: no logprobs, penalties, bias, grammar or beams (the
+        engine then needs only each row's argmax, which codegen.greedy_screen finds without every logit)."""
+        return (self.greedy and not self.shapes_logits and self.logprobs is None and self.structured is None
+                and self.beam_width == 1)
+
+    @property
     def shapes_logits(self) -> bool:
         """Penalties or biases change the logits before sampling (greedy included)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0

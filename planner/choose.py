@@ -76,7 +76,8 @@ def workload(op: L.Generate | L.Classify, profile: PromptProfile, rows: float, c
     constrained = isinstance(op, L.Generate) and op.sampling.structured is not None
     draft = draft_model_for(op, ctx)
     return LLMWorkload(requests, profile.tokens, shared, profile.static_prefix_tokens, output, scored, footprint,
-                       longest_output_tokens(op, ctx), constrained, speculation_estimates(op, ctx),
+                       longest_output_tokens(op, ctx), constrained,
+                       isinstance(op, L.Generate) and op.sampling.argmax_only, speculation_estimates(op, ctx),
                        None if draft is None else (draft.config, draft.weight_bytes))
 
 

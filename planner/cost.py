@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from catalog.hardware import HardwareProfile
-from codegen.quant_crossover import CAPTURED_MAX_TOKENS, crossover_for
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS, SCREEN_MIN_ROWS, crossover_for
 from operators.engine_config import EngineConfig
 
 COST_MODEL_VERSION = 3  # observations priced by another version do not calibrate this one
@@ -56,6 +56,7 @@ class LLMWorkload:
     cache_footprint_tokens: float = 0.0  # KV tokens the cache must keep for arrival order to find the sharing
     longest_output_tokens: float = 0.0  # the longest request's output: a wave decodes until it ends (0: the mean)
     constrained: bool = False  # structured output: every generated token pays for the grammar's mask
+    argmax_only: bool = False  # every sampled token is the logits' argmax alone (SamplingParams.argmax_only)
     # speculative decoding, per (method, draft tokens k): (drafted, accepted) tokens per sequence and decode step,
     # learned per template (planner/choose.py) or the prior
     speculation: tuple[tuple[str, int, float, float], ...] = ()
@@ -86,6 +87,9 @@ class LLMCost:
     prefill_rows: float = 0.0
     prefill_logit_rows: float = 0.0
     decode_rows: float = 0.0
+    # argmax-only rows' lm_head runs codegen.greedy_screen (priced at its rate) in steps of SCREEN_MIN_ROWS or more
+    # logit rows, decode steps only without speculation (verifying drafts reads their full logits)
+    greedy_screen: bool = False
 
 
 def kv_bytes_per_token(config, kv_cache_dtype: str) -> float:
@@ -196,18 +200,27 @@ def weight_share(weight_bytes: dict, weights: float, config) -> dict:
 
 
 def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, config, weight_bytes: dict,
-                    hw: HardwareProfile) -> float:
-    """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows`."""
+                    hw: HardwareProfile, screen: bool = False) -> float:
+    """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows` (`screen`:
+    argmaxes through the greedy screen, where screens(...) says it runs)."""
     head = config.vocab_size * config.hidden_size
     layers = config.flops_per_token / 2 - head  # multiply-adds of one token through every layer
     seconds = linear_seconds(tokens, layers, knobs, weight_share(weight_bytes, layers, config), hw)
     if _measured_tvm(knobs, hw):
+        if screen and screens(logit_rows, knobs, hw):
+            return seconds + logit_rows * head / hw.quant_screen_rate
         return seconds + (linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
                           if logit_rows > 0 else 0.0)
     # the roofline streams every weight on every pass, the embedding table and norms included
     rest = priced_weights(config) - layers - head
     return (seconds + linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
             + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
+
+
+def screens(logit_rows: float, knobs: EngineConfig, hw: HardwareProfile) -> bool:
+    """Whether argmax-only logit rows, `logit_rows` a step, go through codegen.greedy_screen: a quantized lm_head
+    on TVM's kernels (TvmQuantizedLinear.argmax), from SCREEN_MIN_ROWS rows, with the screen timed here."""
+    return _measured_tvm(knobs, hw) and logit_rows >= SCREEN_MIN_ROWS and hw.quant_screen_rate > 0
 
 
 def captured(rows: float, knobs: EngineConfig, config) -> bool:
@@ -274,7 +287,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     prefill_s = prefill_rows = prefill_logit_rows = 0.0
     if steps_prefill:
         prefill_rows, prefill_logit_rows = prefill_tokens / steps_prefill, logit_rows / steps_prefill
-        prefill_s = steps_prefill * (_matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw)
+        prefill_s = steps_prefill * (_matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw,
+                                                     w.argmax_only and not w.scored_tokens)
                                      + _elementwise_seconds(prefill_rows, knobs, config, hw))
         # each request computes its last `computed` tokens, each attending to everything before it
         computed = prefill_tokens / max(w.requests, 1e-9)
@@ -293,7 +307,9 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     if steps_decode:
         rows = decode_tokens / steps_decode * (1 + drafted)  # tokens through the model in an average decode step
         steps_decode /= 1 + accepted
-        decode_s = steps_decode * (_matmul_seconds(rows, rows, knobs, config, weight_bytes, hw)
+        # verifying drafts reads their full logits
+        decode_s = steps_decode * (_matmul_seconds(rows, rows, knobs, config, weight_bytes, hw,
+                                                   w.argmax_only and knobs.speculative == "off")
                                    + _elementwise_seconds(rows, knobs, config, hw))
         context = w.prompt_tokens + w.output_tokens / 2
         decode_s += _attention_seconds(decode_tokens * context * (1 + drafted) / (1 + accepted), "decode", knobs,
@@ -318,7 +334,8 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     return LLMCost(seconds=prefill_s + decode_s + overhead_s, prefill_seconds=prefill_s, decode_seconds=decode_s,
                    overhead_seconds=overhead_s, computed_prompt_tokens=prefill_tokens, kv_bytes=kv_bytes, batch=batch,
                    steps=steps_prefill + steps_decode, prefill_rows=prefill_rows,
-                   prefill_logit_rows=prefill_logit_rows, decode_rows=rows)
+                   prefill_logit_rows=prefill_logit_rows, decode_rows=rows,
+                   greedy_screen=w.argmax_only and screens(SCREEN_MIN_ROWS, knobs, hw))
 
 
 def relational_seconds(rows: float, columns: int, hw: HardwareProfile) -> float:

@@ -54,9 +54,15 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
         t8, t64 = seconds(gemm, 8, ring[:8], 3), seconds(gemm, 64, ring[:8], 3)
         gemv_max_tokens = gemv_crossover(lambda kernel, tokens: seconds(kernel, tokens, ring[:8], 3), gemv, gemm)
         g4, g64 = seconds(gemv, 4, ring[:8], 3), seconds(gemv, 64, ring[:8], 3)
+        screen = get_kernel("quant_gemv", {**shape, "screen": True})
+        tiles, blocks = packed.tensors[0].shape[:2]
+        bound, tile_max = torch.zeros(tiles, blocks, 16), torch.empty(64, tiles)
+        x, out = torch.randn(64, cols), torch.empty(64, rows)
+        s64 = best_seconds(lambda: [screen(x, *weight, bound, out, tile_max) for weight in ring[:8]], 3) / 8
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
         return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
-                "quant_gemm_rate": 0.0, "quant_gemv_max_tokens": 0, "quant_gemv_batch_rate": 0.0, "quant_dequant_bf16_rate": 0.0,
+                "quant_gemm_rate": 0.0, "quant_gemv_max_tokens": 0, "quant_gemv_batch_rate": 0.0,
+                "quant_screen_rate": 0.0, "quant_dequant_bf16_rate": 0.0,
                 "quant_bf16_gemm_rate": 0.0}
     weights = rows * cols
     # noise (a busy neighbour) can make t64 no slower than t8: the fit then says nothing, so price each token
@@ -66,6 +72,7 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
     return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
             "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token,
             "quant_gemv_max_tokens": gemv_max_tokens, "quant_gemv_batch_rate": 60 * weights / max(g64 - g4, 1e-12),
+            "quant_screen_rate": 64 * weights / s64,
             **measure_bf16_prefill(rows, cols)}
 
 

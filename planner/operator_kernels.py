@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from catalog.quant import QUANT_TYPES
-from codegen.quant_crossover import CAPTURED_MAX_TOKENS, DENSE_GEMV_MAX_TOKENS, crossover_for
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS, DENSE_GEMV_MAX_TOKENS, SCREEN_MIN_ROWS, crossover_for
 from operators.physical import Choice, OperatorKernel
 from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
@@ -27,7 +27,8 @@ MEASURED_FORMAT = "Q4_1"  # catalog.hardware times TVM's quantized kernels on th
 # HardwareProfile figures in billions: the quantized kernels' rates count weights (x rows where it scales with them)
 _UNITS = {"copy_bandwidth": "GB/s", "fp32_flops": "GFLOP/s", "bf16_flops": "GFLOP/s",
           "quant_gemv_rate_t4": "G weights x rows/s", "quant_gemm_rate": "G weights x rows/s",
-          "quant_bf16_gemm_rate": "G weights x rows/s"}
+          "quant_bf16_gemm_rate": "G weights x rows/s", "quant_gemv_batch_rate": "G weights x rows/s",
+          "quant_screen_rate": "G weights x rows/s"}
 
 
 def operator_kernels(knobs: EngineConfig, cost: LLMCost, facts: ModelFacts, ctx: OptimizerContext,
@@ -105,15 +106,25 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
     rows = {"decode": cost.decode_rows, "prefill": cost.prefill_logit_rows if name == "lm_head" else cost.prefill_rows}
     share = weight_share(dict(facts.weight_bytes), weights, facts.config)
 
+    def screened(k: EngineConfig, phase: str) -> bool:
+        """The lm_head's argmax-only rows of this phase go through codegen.greedy_screen (planner.cost.screens)."""
+        return (name == "lm_head" and k is knobs and cost.greedy_screen and stored in QUANT_TYPES
+                and rows[phase] >= SCREEN_MIN_ROWS and (phase == "prefill" or k.speculative == "off"))
+
     def seconds(k: EngineConfig | None, phase: str) -> float | None:
         if k is None or rows[phase] <= 0:
             return None
         factor = correction(ctx, facts.name, k)[0 if phase == "prefill" else 1]
+        if screened(k, phase):
+            return rows[phase] * weights / hw.quant_screen_rate * factor
         return linear_seconds(rows[phase], weights, k, share, hw) * factor
 
     def kernel(phase: str) -> str:
-        return (_each(stored, lambda part: linear_kernel(part, knobs, rows[phase], hw.quant_gemv_max_tokens))
-                if rows[phase] > 0 else "")
+        if rows[phase] <= 0:
+            return ""
+        if screened(knobs, phase):
+            return "tvm quant_gemv greedy screen"
+        return _each(stored, lambda part: linear_kernel(part, knobs, rows[phase], hw.quant_gemv_max_tokens))
 
     alt = _runner_up(knobs, choice, facts, ctx)
     why = f"forced by {choice.forced_by}" if choice.forced else "the cheapest weight path"
@@ -121,8 +132,12 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
         why += f" (TVM's kernels did not build or run for this CPU{_on(ctx)}: torch only)"
     elif knobs.kernels == "tvm" and ctx.cpu_target:
         why += f"; TVM kernels built for {ctx.cpu_target}"
-    names = dict.fromkeys(n for phase in rows if rows[phase] > 0 for n in linear_rates(rows[phase], knobs, hw))
+    names = dict.fromkeys(n for phase in rows if rows[phase] > 0 for n in (
+        ("quant_screen_rate",) if screened(knobs, phase) else linear_rates(rows[phase], knobs, hw)))
     why += "; priced at " + ", ".join(_rate(n, hw) for n in names)
+    if any(screened(knobs, phase) for phase in rows):
+        why += ("; greedy rows take only their argmax: one int8 piece per activation and a bound per vocabulary row, "
+                "the rows the bound cannot rule out recomputed exactly (the exact logits' argmax)")
     if knobs.weight_format == "native" and knobs.kernels == "tvm" and stored != MEASURED_FORMAT and \
             hw.quant_gemv_rate_t1 > 0:
         why += f" (timed on {MEASURED_FORMAT})"

@@ -360,12 +360,12 @@ class Engine:
 
     def _sample(self, seqs: list[Sequence], rows: list[int], logits: StepLogits,
                 masks: dict[int, torch.Tensor]) -> tuple[list[int], list[TokenLogprobs | None]]:
-        """Each sequence's next token (and its logprobs where asked) from its logit row. Plain greedy rows (no
-        logprobs, penalties, bias or constraint) need only their argmax, which StepLogits.greedy finds without
-        every logit where the lm_head can; the others sample from their full, processed logits."""
+        """Each sequence's next token (and its logprobs where asked) from its logit row. Rows that take only the
+        argmax (SamplingParams.argmax_only) get it from StepLogits.greedy, without every logit where the lm_head
+        can; the others sample from their full, processed logits."""
         eos = self.tokenizer.eos_token_ids
-        plain = [i for i, s in enumerate(seqs) if s.request.sampling.greedy and not s.request.sampling.shapes_logits
-                 and s.constraint is None and s.output_logprobs is None]
+        plain = [i for i, s in enumerate(seqs)
+                 if s.request.sampling.argmax_only and s.constraint is None and s.output_logprobs is None]
         tokens: list[int] = [0] * len(seqs)
         logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
         if plain:

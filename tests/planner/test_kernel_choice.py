@@ -118,3 +118,15 @@ def test_bf16_prefill_where_set_takes_over_from_the_gemv_at_its_own_bound():
     assert [wide.path(n) for n in (1, 64, 512, 513)] == ["gemv", "gemv", "gemv", "gemm"]
     assert [wide.path(n, "bf16") for n in (8, 63, 64, 1000)] == ["gemv", "gemv", "dequant_bf16", "dequant_bf16"]
     assert crossover_for(0).gemv_max_tokens == 8  # not measured: the default's
+
+
+def test_argmax_only_rows_price_the_lm_head_at_the_screen_rate():
+    greedy = replace(BATCH, argmax_only=True)
+    screening = replace(VNNI_CORE, quant_screen_rate=1.73e11)
+    cost = llm_cost(greedy, KNOBS, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, screening)
+    assert cost.greedy_screen and cost.seconds < seconds(KNOBS, screening, BATCH)
+    unmeasured = llm_cost(greedy, KNOBS, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, VNNI_CORE)
+    assert not unmeasured.greedy_screen and unmeasured.seconds == seconds(KNOBS, VNNI_CORE, BATCH)
+    ngram = replace(KNOBS, speculative="ngram")  # verifying drafts reads full logits: decode is not screened
+    assert llm_cost(greedy, ngram, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, screening).decode_seconds == \
+        llm_cost(BATCH, ngram, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, screening).decode_seconds

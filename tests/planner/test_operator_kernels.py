@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from catalog.settings import Settings
-from planner.examples import SMOLLM2_FACTS
+from planner.examples import EXAMPLE_TVM_HARDWARE, SMOLLM2_FACTS
 from planner.explain import render_json, render_text
 from stats_catalog import StatsCatalog, fixture_catalog, parse_kernels, parse_settings, plan, settings_with
 
@@ -126,3 +126,28 @@ def test_the_linears_are_every_matmul_weight_the_cost_model_prices():
     from planner.operator_kernels import linear_weights
 
     assert sum(linear_weights(SMOLLM2_FACTS).values()) == SMOLLM2_FACTS.config.flops_per_token / 2
+
+
+# a machine that timed the greedy screen and whose GEMV beats its GEMM everywhere (Zen 4, 2026-12-07)
+SCREENING = replace(EXAMPLE_TVM_HARDWARE, quant_gemv_max_tokens=512, quant_gemv_batch_rate=1.18e11,
+                    quant_screen_rate=1.73e11)
+
+
+@pytest.mark.parametrize("options, screened", [
+    ("temperature => 0", True),
+    ("temperature => 0.7", False),  # sampled: the full distribution
+    ("temperature => 0, beam_width => 2", False),  # beams rank by log-probabilities
+    ("temperature => 0, regex => '[a-z]+'", False),  # a grammar masks logits before the argmax
+    ("temperature => 0, repetition_penalty => 1.2", False),  # penalties change logits before the argmax
+])
+def test_greedy_rows_take_the_lm_heads_argmax_through_the_screen(options, screened):
+    sql = f"SELECT id, generate('smollm2', 'Summarize: ' || body, max_tokens => 32, {options}) FROM reviews"
+    physical = plan(sql, CATALOG, settings_with({"max_batch_size": "64"}), ("torch", "tvm"), SCREENING)
+    node = json.loads(render_json(physical))["plan"]
+    while "operator_kernels" not in node:
+        (node,) = node["children"]
+    head = next(k for k in node["operator_kernels"] if k["operator"] == "lm_head")
+    assert (head["decode"] == "tvm quant_gemv greedy screen") is screened
+    assert ("quant_screen_rate 173 G weights x rows/s" in head["why"]) is screened
+    gate_up = next(k for k in node["operator_kernels"] if k["operator"] == "gate_up")
+    assert gate_up["decode"] == "tvm quant_gemv"  # 64 rows: this machine's GEMV range
