@@ -22,7 +22,7 @@ from catalog.hardware import HardwareProfile
 from codegen.quant_crossover import CAPTURED_MAX_TOKENS, SCREEN_MIN_ROWS, crossover_for
 from operators.engine_config import EngineConfig
 
-COST_MODEL_VERSION = 3  # observations priced by another version do not calibrate this one
+COST_MODEL_VERSION = 4  # observations priced by another version do not calibrate this one
 OPS_PER_LAYER = 11  # launches of one decoder layer besides its norms and SwiGLU (matmuls, rope, attention, views)
 # A captured step (codegen/captured_forward.py: at most the GEMV's rows, every operator one TVM kernel) calls a
 # layer's 9 kernels pre-bound, ~0.5 us each: about one tiny torch op a layer
