@@ -332,9 +332,9 @@ class Engine:
             cursor += len(row.logit_offsets)
         # the lm_head runs here (StepLogits computes on demand): before the scheduler moves, so a failure in it
         # leaves the step undone, as a failure in the forward pass does
+        full = logits.all() if to_score or to_verify else None
         seqs = [seq for seq, _, _ in to_sample]
         tokens, logprobs = self._sample(seqs, [c for _, _, c in to_sample], logits, masks or {}) if seqs else ([], [])
-        full = logits.all() if to_score or to_verify else None
         self.scheduler.advance(batch, self._live)
         self._count(batch)
         if to_score:
@@ -368,13 +368,8 @@ class Engine:
                  if s.request.sampling.argmax_only and s.constraint is None and s.output_logprobs is None]
         tokens: list[int] = [0] * len(seqs)
         logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
-        if plain:
-            found = logits.greedy([rows[i] for i in plain],
-                                  [eos if seqs[i].request.sampling.ignore_eos else () for i in plain])
-            for i, token in zip(plain, found):
-                tokens[i] = token
         rest = sorted(set(range(len(seqs))) - set(plain))
-        if rest:
+        if rest:  # first: once every logit is computed, the plain rows' argmax is read from them
             full = logits.all()
             picked = full if len(rest) == full.shape[0] else full[[rows[i] for i in rest]]  # [B, V]
             others = [seqs[i] for i in rest]
@@ -382,6 +377,11 @@ class Engine:
             sampled = sample(processed, [s.request.sampling for s in others], [s.generator for s in others], eos)
             for i, token, logprob in zip(rest, sampled, self._logprobs(picked, others, sampled)):
                 tokens[i], logprobs[i] = token, logprob
+        if plain:
+            found = logits.greedy([rows[i] for i in plain],
+                                  [eos if seqs[i].request.sampling.ignore_eos else () for i in plain])
+            for i, token in zip(plain, found):
+                tokens[i] = token
         return tokens, logprobs
 
     def _verify(self, seq: Sequence, row, rows: torch.Tensor) -> list[TokenEvent]:

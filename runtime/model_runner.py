@@ -158,17 +158,15 @@ class StepLogits:
         self._model, self._hidden = model, hidden
         self._all: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return self._hidden.shape[0]
-
     def all(self) -> torch.Tensor:
         """[N, V] fp32."""
         if self._all is None:
-            self._all = self._model.compute_logits(self._hidden)
+            with torch.inference_mode():
+                self._all = self._model.compute_logits(self._hidden)
         return self._all
 
     def greedy(self, rows: list[int], excluded) -> list[int]:
-        """The argmax of each of `rows`, leaving out that row's `excluded` token ids."""
+        """The argmax of each of `rows`, leaving out that row's `excluded` token ids (from all() once computed)."""
         if self._all is not None:
             return tensor_ops.argmax_rows(self._all[rows], excluded)
         with torch.inference_mode():

@@ -63,3 +63,22 @@ def test_default_answer_is_paris(smollm2, smollm2_fp32):
     result = generate(smollm2_fp32, smollm2.tokenizer, GenerationRequest(tuple(ids), SamplingParams(max_tokens=16)))
     assert result.text == "The capital of France is Paris."
     assert result.finish_reason == "stop"
+
+
+def test_the_default_plans_batched_engine_equals_transformers(smollm2, hf_tokens):
+    """The engine on the default plan's kernels (Q4_1 kept quantized on TVM), all prompts in one batch: its greedy
+    rows take the lm_head's argmax through the greedy screen (codegen/greedy_screen.py). A request that asks for
+    logprobs reads every logit instead: the same tokens."""
+    from codegen.kernel_set import kernel_set
+    from operators.engine_config import EngineConfig
+    from runtime.engine import Engine
+
+    model = kernel_set("cpu").build_model(smollm2, kernels="tvm", weight_format="native")
+    engine = Engine(model, smollm2.tokenizer, EngineConfig(kv_cache_memory=64 << 20))
+    plain = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
+    results = engine.generate([engine.request_from_text(p, plain) for p in CHAT_PROMPTS])
+    assert [r.output_token_ids for r in results] == [hf_tokens[p] for p in CHAT_PROMPTS]
+    assert model.lm_head._screen is not None  # the screen took them
+    with_logprobs = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=1)
+    (result,) = engine.generate([engine.request_from_text(CHAT_PROMPTS[1], with_logprobs)])
+    assert result.output_token_ids == hf_tokens[CHAT_PROMPTS[1]]
