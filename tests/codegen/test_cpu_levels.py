@@ -12,6 +12,7 @@ from codegen.kernels import KERNELS
 from codegen.target import LEVELS, detect_cpu, host_target, level, runnable_levels
 
 sys.path.insert(0, str(Path(__file__).parent))  # the kernel tests' own examples, reused below
+import test_greedy_screen as screen  # noqa: E402
 import test_kernels as kernels  # noqa: E402
 import test_quant_kernels as quant  # noqa: E402
 from test_cuda import PARAMS  # noqa: E402
@@ -37,6 +38,8 @@ EXAMPLES = [
     (quant.test_dequantize_is_exact, dict(qtype="Q4_1", n=37, out_dtype="bfloat16")),
     (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale, dict(qtype="Q8_0")),
     (quant.test_token_does_not_depend_on_its_batch, dict(kernel="quant_gemm", qtype="Q4_1")),
+    (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q8_0", rows=37, cols=64)),  # 8-bit quants as nibbles
+    (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q4_1", rows=1000, cols=128)),
 ] + [(quant.test_matches_dequantized_reference, dict(kernel=kernel, qtype=qtype, n=n, k=k, token_counts=tokens))
      for kernel, qtype, (n, k, tokens) in [
          ("quant_gemv", "Q4_1", (1000, 576, (4,))),  # on the thread pool
@@ -60,7 +63,8 @@ def test_this_host_has_a_tvm_path():
 # avx512-vnni (Cascade Lake) is avx512 (Skylake) plus VNNI: only the kernels built on integer dot products
 # (codegen.kernels.int_dot: the quantized GEMV) compile differently there
 INT_DOT_ONLY = {"avx512-vnni"}
-USES_INT_DOT = (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale,)
+USES_INT_DOT = (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale,
+                screen.test_bounds_hold_for_every_row_and_tile)
 
 
 def uses_int_dot(example) -> bool:

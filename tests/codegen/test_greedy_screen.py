@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from catalog.quant import quantize
-from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen
+from codegen.build import get_kernel
+from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen, block_l1
 from codegen.linear import TvmQuantizedLinear
-from codegen.packed import TILE_ROWS
+from codegen.packed import TILE_ROWS, pack
 
 QTYPES = ["Q4_1", "Q4_0", "Q8_0"]
 
@@ -31,15 +32,21 @@ def exact_argmax(x, weight, excluded=None):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("rows,cols", [(1000, 128), (37, 64), (4096, 576)])  # partial last tile; one per thread
-def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols):
+def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols, target=None):
+    """The screen's kernel: upper >= the exact product for every row, and each tile's largest upper."""
     weight = quantize(qtype, torch.randn(rows, cols))
-    screen, _ = screen_of(weight)
+    tiles = -(-rows // TILE_ROWS)
+    l1 = torch.zeros(tiles * TILE_ROWS, cols // 32)
+    l1[:rows] = block_l1(weight)
+    bound = l1.view(tiles, TILE_ROWS, -1).transpose(1, 2).contiguous()
     x = torch.randn(9, cols) * torch.logspace(-3, 2, 9)[:, None]  # scales from tiny to large
     x[0, :32] = 0  # an all-zero block
-    upper, tile_max = screen.upper(x)
+    upper, tile_max = torch.full((9, rows), float("nan")), torch.full((9, tiles), float("nan"))
+    get_kernel("quant_gemv", {"qtype": qtype, "n": rows, "k": cols, "screen": True}, target)(
+        x, *pack(weight).tensors, bound, upper, tile_max)
     exact = x.double() @ weight.dequantize().double().T
     assert (upper.double() >= exact).all()
-    padded = torch.full((9, tile_max.shape[1] * TILE_ROWS), float("-inf"))
+    padded = torch.full((9, tiles * TILE_ROWS), float("-inf"))
     padded[:, :rows] = upper
     assert torch.equal(tile_max, padded.view(9, -1, TILE_ROWS).amax(-1))
 
