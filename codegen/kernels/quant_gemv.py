@@ -122,19 +122,24 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
             buf[row, l] = buf[row, l] + buf[row, l + 2]
 
     @T.macro
+    def max_of_16(buf):
+        """buf[0] ends up holding max(buf[0:16]), folded pairwise (log2 16 vector steps)."""
+        for l in T.vectorized(8):
+            buf[l] = T.max(buf[l], buf[l + 8])
+        for l in T.vectorized(4):
+            buf[l] = T.max(buf[l], buf[l + 4])
+        for l in T.vectorized(2):
+            buf[l] = T.max(buf[l], buf[l + 2])
+        buf[0] = T.max(buf[0], buf[1])
+
+    @T.macro
     def split_activations(x, xq, xblock, num_tokens):
         for t in range(num_tokens):
             for b in range(NB):
                 amax = T.alloc_buffer((16,), "float32")
                 for l in T.vectorized(16):
                     amax[l] = T.max(T.fabs(x[t, b * 32 + l]), T.fabs(x[t, b * 32 + 16 + l]))
-                for l in T.vectorized(8):
-                    amax[l] = T.max(amax[l], amax[l + 8])
-                for l in T.vectorized(4):
-                    amax[l] = T.max(amax[l], amax[l + 4])
-                for l in T.vectorized(2):
-                    amax[l] = T.max(amax[l], amax[l + 2])
-                amax[0] = T.max(amax[0], amax[1])
+                max_of_16(amax)
                 xblock[t, b, SCALE] = amax[0] * T.float32(1.0 / 127)
                 if screen:
                     xblock[t, b, HALF_STEP] = amax[0] * T.float32(SCREEN_SLACK / 254)
@@ -246,13 +251,8 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                     fold = T.alloc_buffer((LANES,), "float32")
                     for l in T.vectorized(LANES):
                         fold[l] = T.Select((g * G + gi) * LANES + l < n, facc[gi, l], T.float32(-3.0e38))
-                    for l in T.vectorized(8):
-                        fold[l] = T.max(fold[l], fold[l + 8])
-                    for l in T.vectorized(4):
-                        fold[l] = T.max(fold[l], fold[l + 4])
-                    for l in T.vectorized(2):
-                        fold[l] = T.max(fold[l], fold[l + 2])
-                    tile_max[t, g * G + gi] = T.max(fold[0], fold[1])
+                    max_of_16(fold)
+                    tile_max[t, g * G + gi] = fold[0]
 
     @T.macro
     def screen_body(x, qs, scales, mins, bound, out, tile_max):
