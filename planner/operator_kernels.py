@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from catalog.quant import QUANT_TYPES
-from codegen.quant_crossover import CAPTURED_MAX_TOKENS, DENSE_GEMV_MAX_TOKENS, SCREEN_MIN_ROWS, crossover_for
+from codegen.quant_crossover import CAPTURED_MAX_TOKENS, DENSE_GEMV_MAX_TOKENS, crossover_for
 from operators.physical import Choice, OperatorKernel
 from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
 from planner.context import ModelFacts, OptimizerContext
-from planner.cost import CAPTURED_OPS_PER_LAYER, LLMCost, captured, linear_rates, linear_seconds, weight_share
+from planner.cost import (CAPTURED_OPS_PER_LAYER, LLMCost, captured, linear_rates, linear_seconds, screens,
+                          weight_share)
 
 # what codegen.linear.TvmQuantizedLinear runs on each of codegen.quant_crossover's paths
 QUANT_PATH_KERNELS = {"gemv": "tvm quant_gemv", "gemm": "tvm quant_gemm",
@@ -109,7 +110,7 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
     def screened(k: EngineConfig, phase: str) -> bool:
         """The lm_head's argmax-only rows of this phase go through codegen.greedy_screen (planner.cost.screens)."""
         return (name == "lm_head" and k is knobs and cost.greedy_screen and stored in QUANT_TYPES
-                and rows[phase] >= SCREEN_MIN_ROWS and (phase == "prefill" or k.speculative == "off"))
+                and screens(rows[phase], k, hw) and (phase == "prefill" or k.speculative == "off"))
 
     def seconds(k: EngineConfig | None, phase: str) -> float | None:
         if k is None or rows[phase] <= 0:
