@@ -78,18 +78,32 @@ class GreedyScreen:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._select(x, upper, tile_max, excluded)
+            tokens = self._select(x, upper, tile_max, excluded)
+            # the unmasked argmax is the answer wherever it is not excluded; the rows where it is (EOS under
+            # ignore_eos, now and then) go again with their ids masked
+            redo = [row for row, ids in enumerate(excluded) if ids and tokens[row] in ids]
+            if redo:
+                ids = [excluded[row] for row in redo]
+                again = self._select(x[redo], *self._masked(upper[redo], tile_max[redo], ids), ids)
+                for row, token in zip(redo, again):
+                    tokens[row] = token
+            return tokens
         finally:
             torch.set_num_threads(threads)
 
+    @staticmethod
+    def _masked(upper: torch.Tensor, tile_max: torch.Tensor, excluded: Sequence[Collection[int]]):
+        """upper and tile_max (copies, changed in place) with each row's excluded ids at -inf."""
+        for row, ids in enumerate(excluded):
+            upper[row, sorted(ids)] = float("-inf")
+            for tile in {i // TILE_ROWS for i in ids}:
+                tile_max[row, tile] = upper[row, tile * TILE_ROWS : (tile + 1) * TILE_ROWS].max()
+        return upper, tile_max
+
     def _select(self, x: torch.Tensor, upper: torch.Tensor, tile_max: torch.Tensor,
                 excluded: Sequence[Collection[int]]) -> list[int]:
+        """The exact argmax of each row from its bounds (excluded: only for rows that fall back to full logits)."""
         n, vocab = x.shape[0], self.weight.rows
-        for row, ids in enumerate(excluded):
-            if ids:
-                upper[row, sorted(ids)] = float("-inf")
-                for tile in {i // TILE_ROWS for i in ids}:
-                    tile_max[row, tile] = upper[row, tile * TILE_ROWS : (tile + 1) * TILE_ROWS].max()
         rows = torch.arange(n)
         best_tile = tile_max.argmax(dim=-1)  # [N]
         in_tile = self._tile_rows(upper, rows, best_tile).argmax(dim=-1)
