@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from operators.requests import SamplingParams
+from operators.tensor_ops import argmax_rows
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:
@@ -44,9 +45,7 @@ def distribution(logits: torch.Tensor, params: SamplingParams, eos_ids: frozense
 
 
 def greedy_token(logits: torch.Tensor, params: SamplingParams, eos_ids: frozenset[int] = frozenset()) -> int:
-    if params.ignore_eos and eos_ids:
-        logits = _without_eos(logits, eos_ids)
-    return int(torch.argmax(logits))
+    return argmax_rows(logits[None], [eos_ids if params.ignore_eos else ()])[0]
 
 
 def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
@@ -60,13 +59,9 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
            eos_ids: frozenset[int] = frozenset()) -> list[int]:
-    """logits [B, V] -> B token ids. Greedy rows share one argmax; only a greedy row whose
-    best token is an EOS it must ignore pays for a masked copy (never the whole batch)."""
-    best = torch.argmax(logits, dim=-1).tolist()
-    tokens = []
-    for i, p in enumerate(params):
-        if p.greedy and not (p.ignore_eos and best[i] in eos_ids):
-            tokens.append(best[i])
-        else:
-            tokens.append(sample_one(logits[i], p, generators[i], eos_ids))
-    return tokens
+    """logits [B, V] -> B token ids. The greedy rows' argmax in one call (operators.tensor_ops.argmax_rows: a
+    row masks its EOS only where one won)."""
+    greedy = [i for i, p in enumerate(params) if p.greedy]
+    rows = logits if len(greedy) == len(params) else logits[greedy]  # (no copy when every row is greedy)
+    best = dict(zip(greedy, argmax_rows(rows, [eos_ids if params[i].ignore_eos else () for i in greedy])))
+    return [best[i] if i in best else sample_one(logits[i], p, generators[i], eos_ids) for i, p in enumerate(params)]
