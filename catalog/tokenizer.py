@@ -1,11 +1,31 @@
 """Tokenizer wrapper: encode/decode, chat templates through jinja2, incremental detokenization."""
 from __future__ import annotations
 
+import functools
+import re
 from datetime import date
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback tokens
+
+
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's): printable Latin-1 bytes stand for themselves,
+    the others for chr(256 + k) in byte order. Character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
 
 
 class ChatTemplateError(ValueError):
@@ -50,6 +70,22 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for, which its decoded text cannot show when it is part of a multi-byte
+        character (OpenAI logprobs' `bytes`): byte-level BPE's pieces map back byte by byte; SentencePiece's
+        byte-fallback pieces <0xNN> are that byte and its '▁' a space; an added token is its text."""
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if isinstance(self.backend.decoder, decoders.ByteLevel):
+            alphabet = _byte_level_alphabet()
+            if all(c in alphabet for c in piece):
+                return bytes(alphabet[c] for c in piece)
+            return piece.encode("utf-8")
+        if match := _BYTE_PIECE.fullmatch(piece):
+            return bytes([int(match.group(1), 16)])
+        return piece.replace("▁", " ").encode("utf-8")
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:

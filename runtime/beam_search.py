@@ -30,8 +30,9 @@ class Beam:
 
 def beam_search(run: Callable[[list[GenerationRequest]], list[GenerationResult]], prompts: list[tuple[int, ...]],
                 width: int, max_tokens: int, eos_ids: frozenset[int], length_penalty: float = 1.0,
-                priority: int = 0) -> list[list[Beam]]:
-    """The `width` best beams of each prompt, best first. run: the engine's blocking generate."""
+                priority: int = 0, cancelled: Callable[[], bool] = lambda: False) -> list[list[Beam]]:
+    """The `width` best beams of each prompt, best first. run: the engine's blocking generate. `cancelled` is
+    asked before each step (a server's client that went away): once it says so, the search stops where it is."""
     if width < 1:
         raise ValueError(f"beam width must be >= 1, got {width}")
     step_params = SamplingParams(max_tokens=1, logprobs=2 * width)
@@ -39,7 +40,7 @@ def beam_search(run: Callable[[list[GenerationRequest]], list[GenerationResult]]
     done: list[list[Beam]] = [[] for _ in prompts]
     for _ in range(max_tokens):
         asks = [(p, beam) for p, beams in enumerate(live) for beam in beams]
-        if not asks:
+        if not asks or cancelled():
             break
         results = run([GenerationRequest(prompts[p] + beam.tokens, step_params, priority) for p, beam in asks])
         candidates: list[list[Beam]] = [[] for _ in prompts]

@@ -49,7 +49,7 @@ def prefill_share(replicas: int) -> int:
 def _seeded(request: GenerationRequest) -> GenerationRequest:
     """A sampled request without a seed gets one, so a rerun on another replica samples the same tokens."""
     s = request.sampling
-    if s.temperature > 0 and s.seed is None:
+    if not s.greedy and s.seed is None:
         return replace(request, sampling=replace(s, seed=random.getrandbits(63)))
     return request
 

@@ -25,10 +25,17 @@ def _without_eos(row: torch.Tensor, eos_ids: frozenset[int]) -> torch.Tensor:
 
 def distribution(logits: torch.Tensor, params: SamplingParams, eos_ids: frozenset[int] = frozenset()) -> torch.Tensor:
     """logits [V] -> the probabilities [V] a non-greedy request samples from: temperature, top-k, min_p,
-    top-p, and ignore_eos's masking, in vLLM's order. Speculative verification accepts drafts against it."""
+    top-p, and ignore_eos's masking, in vLLM's order. Speculative verification accepts drafts against it.
+    Always a distribution, whatever the logits and parameters: NaN logits count as -inf, +inf ones (a tiny
+    repetition penalty divides by it) as the largest float, the best token always stays (top_p as small as
+    fp32 rounds to 0 included), and scores are taken relative to the best before the temperature divides them."""
     if params.ignore_eos and eos_ids:
         logits = _without_eos(logits, eos_ids)
-    scores = logits.float() / params.temperature
+    scores = torch.nan_to_num(logits.float(), nan=float("-inf"), posinf=torch.finfo(torch.float32).max)
+    best = scores.max()
+    if best == float("-inf"):
+        raise ValueError("every token is excluded: no distribution to sample from")
+    scores = (scores - best) / params.temperature  # <= 0, the best exactly 0
     if params.top_k > 0:
         kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -39,6 +46,7 @@ def distribution(logits: torch.Tensor, params: SamplingParams, eos_ids: frozense
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        outside[0] = False
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return probs

@@ -267,13 +267,14 @@ def create_app(model_name: str = "smollm2", engine_config: EngineConfig | None =
         return await _respond(body, request, job, chat=False)
 
     async def _respond(body, request: Request, job: C.Job, chat: bool):
-        if body.use_beam_search:
-            return await C.complete_beams(engine_loop, metrics, job, body, chat)
         if body.stream:
             events = await C.stream_events(engine_loop, metrics, request, job, chat, body.include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        response = await C.complete(engine_loop, metrics, request, job, chat)
+        if body.use_beam_search:
+            response = await C.complete_beams(engine_loop, metrics, request, job, body, chat)
+        else:
+            response = await C.complete(engine_loop, metrics, request, job, chat)
         if response is None:  # the client went away; nobody reads this
             return Response(status_code=499)
         return response

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import jinja2
 from fastapi import Request
@@ -146,35 +148,48 @@ async def submit(engine_loop: EngineLoop, job: Job) -> RequestStream:
 
 class Choice:
     """One choice's text as it streams: text that may be the start of a stop string is held back
-    until it is known not to be one, so the streamed text always equals the final text."""
+    until it is known not to be one, so the streamed text always equals the final text. A token's logprobs
+    go out with the text it starts in: those of tokens a stop string cut off never do."""
 
-    def __init__(self, index: int, stops: tuple[str, ...]):
+    def __init__(self, index: int, stops: tuple[str, ...], unlisted: frozenset[int] = frozenset()):
+        """unlisted: token ids without a logprobs entry (the EOS that ends a choice is not part of its content)."""
         self.index = index
         self.stops = stops
+        self.unlisted = unlisted
         self.received = ""  # every delta the engine sent
         self.emitted = ""
         self.times: list[float] = []
-        self.logprobs: list[TokenLogprobs] = []
+        self.logprobs: list[tuple[int, TokenLogprobs]] = []  # (where the token's text starts, its logprobs): sent
+        self._held_logprobs: list[tuple[int, TokenLogprobs]] = []
         self.result: GenerationResult | None = None
 
     @property
     def finish_reason(self) -> str | None:
         return self.result.finish_reason if self.result else None
 
-    def push(self, out: TokenOutput) -> str:
-        """Text that can be sent now."""
+    def push(self, out: TokenOutput) -> tuple[str, list[tuple[int, TokenLogprobs]]]:
+        """Text that can be sent now, and the logprobs of the tokens whose text starts in what is sent so far."""
         if out.token_id >= 0:
             self.times.append(out.time)
+        if out.logprobs is not None and out.token_id not in self.unlisted:
+            self._held_logprobs.append((len(self.received), out.logprobs))
         if out.result is not None:
             self.result = out.result
             new = out.result.text[len(self.emitted):] if out.result.text.startswith(self.emitted) else ""
             self.emitted = out.result.text
-            return new
-        self.received += out.text
-        ready = len(self.received) - self._held_back()
-        new = self.received[len(self.emitted):ready]
-        self.emitted += new
-        return new
+            # a stop string cut the text where the final text is shorter than what the engine sent
+            cut_at = len(self.emitted) if len(self.emitted) < len(self.received + out.text) else math.inf
+            released = [(start, lp) for start, lp in self._held_logprobs if start < cut_at]
+            self._held_logprobs = []
+        else:
+            self.received += out.text
+            ready = len(self.received) - self._held_back()
+            new = self.received[len(self.emitted):ready]
+            self.emitted += new
+            cut = sum(start < len(self.emitted) for start, _ in self._held_logprobs)
+            released, self._held_logprobs = self._held_logprobs[:cut], self._held_logprobs[cut:]
+        self.logprobs += released
+        return new, released
 
     def _held_back(self) -> int:
         """Length of the longest tail of the received text that could begin a stop string."""
@@ -188,11 +203,9 @@ class Choice:
         return longest
 
 
-def _visible_logprobs(job: Job, out: TokenOutput) -> TokenLogprobs | None:
-    """The EOS that ends a choice is not part of its content, so it has no entry."""
-    if out.logprobs is None or (out.token_id in job.served.tokenizer.eos_token_ids and not job.ignore_eos):
-        return None
-    return out.logprobs
+def _choices(job: Job) -> list[Choice]:
+    unlisted = frozenset() if job.ignore_eos else job.served.tokenizer.eos_token_ids
+    return [Choice(i, job.stops, unlisted) for i in range(len(job.requests))]
 
 
 def _token_text(job: Job, token_id: int) -> str:
@@ -201,27 +214,34 @@ def _token_text(job: Job, token_id: int) -> str:
 
 def _chat_logprob(job: Job, lp: TokenLogprobs) -> P.TokenLogprob:
     def top(token_id: int, logprob: float) -> P.TopLogprob:
-        text = _token_text(job, token_id)
-        return P.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+        # the token's own bytes: its text shows a part of a multi-byte character as U+FFFD
+        return P.TopLogprob(token=_token_text(job, token_id), logprob=logprob,
+                            bytes=list(job.served.tokenizer.token_bytes(token_id)))
     chosen = top(lp.token_id, lp.logprob)
     return P.TokenLogprob(**chosen.model_dump(), top_logprobs=[top(t, v) for t, v in lp.top])
 
 
-def _completion_logprobs(job: Job, entries: list[TokenLogprobs], offset: int) -> P.CompletionLogprobs:
-    tokens, offsets = [], []
-    for lp in entries:
-        tokens.append(_token_text(job, lp.token_id))
-        offsets.append(offset)
-        offset += len(tokens[-1])
-    tops = [{_token_text(job, t): v for t, v in lp.top} for lp in entries] if job.num_top_logprobs else None
-    return P.CompletionLogprobs(tokens=tokens, token_logprobs=[lp.logprob for lp in entries],
-                                top_logprobs=tops, text_offset=offsets)
+def _completion_logprobs(job: Job, entries: list[tuple[int, TokenLogprobs]]) -> P.CompletionLogprobs:
+    """entries: (where the token's text starts in the choice's text, its logprobs)."""
+    tops = [{_token_text(job, t): v for t, v in lp.top} for _, lp in entries] if job.num_top_logprobs else None
+    return P.CompletionLogprobs(tokens=[_token_text(job, lp.token_id) for _, lp in entries],
+                                token_logprobs=[lp.logprob for _, lp in entries], top_logprobs=tops,
+                                text_offset=[start for start, _ in entries])
+
+
+def _with_starts(job: Job, entries) -> list[tuple[int, TokenLogprobs]]:
+    """A finished token sequence's logprobs with where each token's text starts (its prefix's decoded length)."""
+    ids = [lp.token_id for lp in entries]
+    return [(len(job.served.tokenizer.decode(ids[:k], skip_special_tokens=False)), lp) for k, lp in enumerate(entries)]
 
 
 def _usage(job: Job, choices: list[Choice]) -> P.Usage:
+    """Each prompt counts once (OpenAI's n > 1), its cached tokens too: those all of its choices found cached."""
     prompt = sum(len(p) for p in job.prompts)
     completion = sum(len(c.result.output_token_ids) if c.result else len(c.times) for c in choices)
-    cached = sum(c.result.num_cached_prompt_tokens for c in choices if c.result)
+    n = len(choices) // len(job.prompts)
+    cached = sum(min(c.result.num_cached_prompt_tokens if c.result else 0 for c in choices[i * n:(i + 1) * n])
+                 for i in range(len(job.prompts)))
     return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                    prompt_tokens_details={"cached_tokens": cached})
 
@@ -232,45 +252,45 @@ def _observe(metrics: Metrics, job: Job, choices: list[Choice]) -> None:
     job.served.planner.record(job.plan, [c.result for c in choices if c.result is not None])
 
 
-async def _watch_disconnect(request: Request, engine_loop: EngineLoop, stream: RequestStream) -> None:
-    """Returns when the client goes away; its requests leave the engine at once."""
+async def _watch_disconnect(request: Request, on_disconnect: Callable[[], None]) -> None:
+    """Calls on_disconnect when the client goes away."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            engine_loop.cancel(stream)
-            stream.close()
+            on_disconnect()
             return
 
 
 class _Watched:
-    """Runs the disconnect watcher for as long as a response is being produced."""
+    """Runs the disconnect watcher for as long as a response is being produced: a client that goes away takes
+    its requests out of the engine at once."""
 
     def __init__(self, request: Request, engine_loop: EngineLoop, stream: RequestStream):
-        self.args = (request, engine_loop, stream)
+        self.request, self.engine_loop, self.stream = request, engine_loop, stream
         self.task: asyncio.Task | None = None
 
+    def _disconnected(self) -> None:
+        self.engine_loop.cancel(self.stream)
+        self.stream.close()
+
     def __enter__(self):
-        self.task = asyncio.create_task(_watch_disconnect(*self.args))
+        self.task = asyncio.create_task(_watch_disconnect(self.request, self._disconnected))
         return self
 
     def __exit__(self, *exc):
         self.task.cancel()
-        _, engine_loop, stream = self.args
-        if not stream.finished:
-            engine_loop.cancel(stream)
+        if not self.stream.finished:
+            self.engine_loop.cancel(self.stream)
 
 
 async def complete(engine_loop: EngineLoop, metrics: Metrics, request: Request, job: Job, chat: bool):
     """The whole response at once."""
     stream = await submit(engine_loop, job)
-    choices = [Choice(i, job.stops) for i in range(len(job.requests))]
+    choices = _choices(job)
     try:
         with _Watched(request, engine_loop, stream):
             async for out in stream:
-                choice = choices[out.index]
-                choice.push(out)
-                if (lp := _visible_logprobs(job, out)) is not None:
-                    choice.logprobs.append(lp)
+                choices[out.index].push(out)
     except EngineFailure as e:
         raise APIError(503, str(e), type="server_error", code="engine_unavailable")
     finally:
@@ -283,29 +303,36 @@ async def complete(engine_loop: EngineLoop, metrics: Metrics, request: Request, 
             id=job.id, created=created, model=job.served.name, usage=_usage(job, choices),
             choices=[P.ChatChoice(index=c.index, message=P.AssistantMessage(content=c.emitted),
                                   finish_reason=c.finish_reason,
-                                  logprobs=(P.ChoiceLogprobs(content=[_chat_logprob(job, lp) for lp in c.logprobs])
+                                  logprobs=(P.ChoiceLogprobs(content=[_chat_logprob(job, lp) for _, lp in c.logprobs])
                                             if job.num_top_logprobs is not None else None))
                      for c in choices])
     return P.Completion(
         id=job.id, created=created, model=job.served.name, usage=_usage(job, choices),
         choices=[P.CompletionChoice(index=c.index, text=c.emitted, finish_reason=c.finish_reason,
-                                    logprobs=(_completion_logprobs(job, c.logprobs, 0)
+                                    logprobs=(_completion_logprobs(job, c.logprobs)
                                               if job.num_top_logprobs is not None else None))
                  for c in choices])
 
 
-async def complete_beams(engine_loop: EngineLoop, metrics: Metrics, job: Job, req, chat: bool):
+async def complete_beams(engine_loop: EngineLoop, metrics: Metrics, request: Request, job: Job, req, chat: bool):
     """use_beam_search: the n best beams of each prompt (runtime/beam_search.py), searched off the event loop
-    through the shared engine's blocking run; choices are prompt-major, best beam first."""
+    through the shared engine's blocking run; choices are prompt-major, best beam first. A client that goes away
+    stops the search at its next step."""
     served, first = job.served, job.requests[0]
+    gone = threading.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, gone.set))
     try:
         found = await asyncio.to_thread(beam_search, engine_loop.run, [tuple(p) for p in job.prompts], req.beam_width,
                                         first.sampling.max_tokens, served.tokenizer.eos_token_ids, req.length_penalty,
-                                        first.priority)
+                                        first.priority, gone.is_set)
     except EngineFailure as e:
         raise APIError(503, str(e), type="server_error", code="engine_unavailable")
     except (PromptTooLongError, KVCacheTooSmallError) as e:
         raise context_length_exceeded(str(e), "max_tokens")
+    finally:
+        watcher.cancel()
+    if gone.is_set():
+        return None
     beams = [(i * req.n + j, b) for i, found_i in enumerate(found) for j, b in enumerate(found_i[:req.n])]
     usage = P.Usage(prompt_tokens=sum(len(p) for p in job.prompts),
                     completion_tokens=sum(len(b.tokens) for _, b in beams),
@@ -326,7 +353,7 @@ async def complete_beams(engine_loop: EngineLoop, metrics: Metrics, job: Job, re
     return P.Completion(
         id=job.id, created=P.now(), model=served.name, usage=usage,
         choices=[P.CompletionChoice(index=k, text=text_of(b, served.tokenizer), finish_reason=reason[b.finished],
-                                    logprobs=_completion_logprobs(job, list(b.logprobs), 0) if asked else None)
+                                    logprobs=_completion_logprobs(job, _with_starts(job, b.logprobs)) if asked else None)
                  for k, b in beams])
 
 
@@ -344,9 +371,8 @@ async def stream_events(engine_loop: EngineLoop, metrics: Metrics, request: Requ
 
 async def _sse_body(engine_loop, metrics, request, job: Job, chat: bool, include_usage: bool,
                     stream: RequestStream) -> AsyncIterator[str]:
-    choices = [Choice(i, job.stops) for i in range(len(job.requests))]
+    choices = _choices(job)
     created, name = P.now(), job.served.name
-    offsets = [0] * len(choices)  # completions' text_offset continues across chunks
     with _Watched(request, engine_loop, stream):
         if chat:
             yield _sse(P.ChatCompletionChunk(id=job.id, created=created, model=name, choices=[
@@ -354,20 +380,16 @@ async def _sse_body(engine_loop, metrics, request, job: Job, chat: bool, include
         try:
             async for out in stream:
                 choice = choices[out.index]
-                text = choice.push(out)
-                lp = _visible_logprobs(job, out)
-                if not text and lp is None and out.finish_reason is None:
+                text, released = choice.push(out)
+                if not text and not released and out.finish_reason is None:
                     continue
                 if chat:
-                    logprobs = P.ChoiceLogprobs(content=[_chat_logprob(job, lp)]) if lp is not None else None
+                    logprobs = P.ChoiceLogprobs(content=[_chat_logprob(job, lp) for _, lp in released]) if released else None
                     chunk = P.ChatCompletionChunk(id=job.id, created=created, model=name, choices=[
                         P.ChatChunkChoice(index=out.index, delta=P.ChatDelta(content=text or None), logprobs=logprobs,
                                           finish_reason=out.finish_reason)])
                 else:
-                    logprobs = None
-                    if lp is not None:
-                        logprobs = _completion_logprobs(job, [lp], offsets[out.index])
-                        offsets[out.index] += len(logprobs.tokens[0])
+                    logprobs = _completion_logprobs(job, released) if released else None
                     chunk = P.Completion(id=job.id, created=created, model=name, choices=[
                         P.CompletionChoice(index=out.index, text=text, logprobs=logprobs,
                                            finish_reason=out.finish_reason)])

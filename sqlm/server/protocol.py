@@ -22,6 +22,11 @@ MAX_N = 16  # choices per request: each one is a sequence in the shared batch
 MAX_SEQUENCES = 256  # prompts x n per request: one request must not hold the engine for everyone else
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
+# the fields a beam search does not honour, with the values that leave it unchanged (given explicitly: accepted)
+BEAM_SEARCH_NEUTRAL = {"stream": (False,), "stop": ([], None), "response_format": (None,),
+                       "structured_outputs": (None,), "temperature": (0.0,), "top_p": (1.0,), "top_k": (0,),
+                       "min_p": (0.0,), "seed": (None,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,),
+                       "repetition_penalty": (1.0,), "logit_bias": (None, {}), "ignore_eos": (False,)}
 
 
 def new_id(prefix: str) -> str:
@@ -90,16 +95,16 @@ def _constraint(kind: str, spec: str = "") -> StructuredOutput:
 
 
 class _Request(BaseModel):
-    """Sampling fields common to both endpoints."""
+    """Sampling fields common to both endpoints. Types are strict, as OpenAI's are: "5" is not a number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # extension (vLLM's): 0 means no cut
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # choice j samples with seed + j
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
@@ -120,10 +125,20 @@ class _Request(BaseModel):
 
     @model_validator(mode="after")
     def _beam_search_alone(self):
+        """A beam search ranks the model's own log-probabilities: what would sample or reshape them is refused
+        by name rather than ignored (temperature 0, the search's own determinism, is accepted)."""
         if self.use_beam_search:
-            for name in ("stream", "stop", "response_format", "structured_outputs"):
-                if getattr(self, name):
+            for name, neutral in BEAM_SEARCH_NEUTRAL.items():
+                if name in self.model_fields_set and getattr(self, name) not in neutral:
                     raise ValueError(f"{name}: cannot be combined with use_beam_search")
+        elif "length_penalty" in self.model_fields_set and self.length_penalty != 1.0:
+            raise ValueError("length_penalty: only ranks beams; it needs use_beam_search")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed with stream: true")
         return self
 
     @property
@@ -141,6 +156,9 @@ class _Request(BaseModel):
         except ValueError as e:  # an invalid schema, regex or grammar: named by the field that carried it
             field = "structured_outputs" if self.structured_outputs is not None else "response_format"
             raise ValueError(f"{field}: {e}") from None
+        if self.ignore_eos and self._structured is not None:
+            raise ValueError("ignore_eos: cannot be combined with structured output (the format decides where the "
+                             "text ends)")
         return self
 
     def _compile_constraint(self) -> StructuredOutput | None:
@@ -179,8 +197,8 @@ class _Request(BaseModel):
     @classmethod
     def _logit_bias(cls, value):
         for token, bias in (value or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys are token ids, got {token!r}")
+            if not (token.isascii() and token.isdigit()):
+                raise ValueError(f"keys are token ids (ASCII digits), got {token!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"values must be in [-100, 100], got {bias}")
         return value
@@ -199,11 +217,13 @@ class _Request(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     include_usage: bool = False
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text"]
     text: str
@@ -215,11 +235,24 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """A message's role and text; the fields chat templates cannot carry (name, tool calls) are refused."""
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value):
+        """A list of parts must be text parts with no other field (named here: pydantic would report the
+        union's first branch, 'must be a string')."""
+        for i, part in enumerate(value if isinstance(value, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"part {i}: only text parts are supported, got {kind!r}")
+            if extra := sorted(set(part) - {"type", "text"}):
+                raise ValueError(f"part {i}: unsupported field(s) {', '.join(extra)}")
+        return value
 
     @field_validator("content")
     @classmethod
@@ -334,6 +367,8 @@ class CompletionRequest(_Request):
 
 
 class SqlRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     query: str = Field(min_length=1)
 
 

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import io
 import json
+import math
 import threading
 
 import pyarrow as pa
@@ -99,11 +100,23 @@ def arrow_response(table: pa.Table) -> Response:
     return Response(sink.getvalue(), media_type=ARROW_STREAM)
 
 
+def _json_value(value):
+    """value with every NaN or infinite float as None: JSON has neither (JavaScript's JSON.parse rejects the
+    NaN / Infinity Python writes); the Arrow response keeps them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
 def json_response(table: pa.Table, message: str | None) -> Response:
     body = {
         "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-        "rows": table.to_pylist(),
+        "rows": _json_value(table.to_pylist()),
         "num_rows": table.num_rows,
         "message": message,
     }
-    return Response(json.dumps(body, default=str, ensure_ascii=False), media_type="application/json")
+    return Response(json.dumps(body, default=str, ensure_ascii=False, allow_nan=False), media_type="application/json")

@@ -43,3 +43,15 @@ def test_one_beam_is_greedy(engine):
     [greedy] = engine.generate([GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=5, ignore_eos=True))])
     [[beam]] = beam_search(engine.generate, [PROMPTS[0]], width=1, max_tokens=5, eos_ids=frozenset())
     assert beam.tokens == tuple(greedy.output_token_ids)
+
+
+def test_a_cancelled_search_stops_at_its_next_step(engine):
+    steps = []
+
+    def run(requests):
+        steps.append(len(requests))
+        return engine.generate(requests)
+
+    prompt = tuple(range(3, 10))
+    beam_search(run, [prompt], width=2, max_tokens=8, eos_ids=frozenset(), cancelled=lambda: len(steps) >= 2)
+    assert len(steps) == 2

@@ -45,3 +45,21 @@ def test_incremental_detokenizer_reassembles_text(smollm2, text):
     pieces = [detok.push(i) for i in tok.encode(text)]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_bytes_spell_the_text_byte_for_byte(smollm2, text):
+    """Even where a token is part of a multi-byte character (its own decoded text is U+FFFD)."""
+    tokenizer = smollm2.tokenizer
+    ids = tokenizer.encode(text)
+    assert b"".join(tokenizer.token_bytes(i) for i in ids).decode("utf-8") == tokenizer.decode(ids, False)
+
+
+def test_token_bytes_of_sentencepiece_pieces():
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    from catalog.tokenizer import Tokenizer
+
+    vocab = {"<unk>": 0, "<0xF0>": 1, "<0x9F>": 2, "\u2581hi": 3}
+    tokenizer = Tokenizer(HFTokenizer(models.WordLevel(vocab, unk_token="<unk>")))
+    assert [tokenizer.token_bytes(i) for i in (1, 2, 3)] == [b"\xf0", b"\x9f", b" hi"]

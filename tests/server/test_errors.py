@@ -61,6 +61,9 @@ def test_prompt_plus_max_tokens_past_the_context(tiny_server):
     ("max_tokens", 0), ("max_tokens", "many"), ("stop", ["a", "b", "c", "d", "e"]), ("top_logprobs", 50),
     ("presence_penalty", 2.5), ("frequency_penalty", -3), ("repetition_penalty", 0), ("min_p", 1.5),
     ("logit_bias", {"not a token": 1}), ("logit_bias", {"5": 500}), ("messages", []), ("seed", "x"),
+    ("logit_bias", {"\u00b2": 5}), ("logit_bias", {"\uff11\uff12": 5}), ("seed", 2**64), ("seed", -(2**63) - 1),
+    ("max_tokens", "5"), ("temperature", "0.5"), ("max_tokens", 5.0), ("stream", "yes"), ("length_penalty", 2.0),
+    ("stream_options", {"include_usage": True}),
 ])
 def test_bad_parameter_values(tiny_server, field, value):
     body = {"model": TINY, "messages": HELLO, "max_tokens": 4, field: value}
@@ -178,9 +181,40 @@ def test_too_many_sequences_in_one_request_is_a_400(tiny_server):
 
 @pytest.mark.parametrize("extra,param", [
     ({"use_beam_search": True, "stream": True}, "stream"), ({"best_of": 3}, "best_of"),
+    ({"use_beam_search": True, "best_of": 2, "logit_bias": {"5": -100}}, "logit_bias"),
+    ({"use_beam_search": True, "best_of": 2, "temperature": 0.7}, "temperature"),
+    ({"use_beam_search": True, "best_of": 2, "repetition_penalty": 1.2}, "repetition_penalty"),
+    ({"use_beam_search": True, "best_of": 2, "ignore_eos": True}, "ignore_eos"),
+    ({"ignore_eos": True, "response_format": {"type": "json_object"}}, "ignore_eos"),
     ({"structured_outputs": {"regex": "("}}, "structured_outputs"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 7}}}}, "response_format"),
 ])
 def test_cross_field_errors_name_their_parameter(tiny_server, extra, param):
     r = post(tiny_server, "/v1/completions", json={"model": TINY, "prompt": "hi", "max_tokens": 2, **extra})
     assert r.status_code == 400 and error_of(r)["param"] == param, r.text
+
+
+@pytest.mark.parametrize("message, where", [
+    ({"role": "user", "content": "hi", "name": "bob"}, "name"),
+    ({"role": "assistant", "content": "hi", "tool_calls": []}, "tool_calls"),
+    ({"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {}}]}, "cache_control"),
+    ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "image_url"),
+])
+def test_message_fields_a_chat_template_cannot_carry_are_refused_by_name(tiny_server, message, where):
+    r = post(tiny_server, "/v1/chat/completions", json={"model": TINY, "max_tokens": 2, "messages": [message]})
+    assert r.status_code == 400 and where in r.text, r.text
+
+
+@pytest.mark.parametrize("extreme", [{"temperature": 1e-40}, {"top_p": 1e-300}, {"repetition_penalty": 1e-300},
+                                     {"temperature": 2.0, "min_p": 1.0}])
+def test_extreme_sampling_values_never_fail_the_batch(tiny_server, extreme):
+    """Sampled together with greedy requests in one engine step: every request gets its answer."""
+    import concurrent.futures
+
+    def ask(extra):
+        return post(tiny_server, "/v1/chat/completions",
+                    json={"model": TINY, "messages": HELLO, "max_tokens": 6, "seed": 1, **extra})
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(ask, [extreme, {"temperature": 0}, {"temperature": 0}, extreme]))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]

@@ -97,6 +97,20 @@ def test_stop_string_cuts_the_text_in_both_modes(tiny_server):
     assert whole.choices[0].finish_reason == "stop"
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "stop"
+    # logprobs: the tokens whose text the stop string cut are not listed, in either mode
+    with_lp = client.completions.create(model=TINY, prompt="the lazy dog", max_tokens=30, temperature=0, stop=[stop],
+                                        logprobs=1)
+    lp = with_lp.choices[0].logprobs
+    text = with_lp.choices[0].text
+    assert lp.tokens and all(offset < len(text) for offset in lp.text_offset) and "".join(lp.tokens).startswith(text)
+    streamed = list(client.completions.create(model=TINY, prompt="the lazy dog", max_tokens=30, temperature=0,
+                                              stop=[stop], logprobs=1, stream=True))
+    assert [t for c in streamed if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == lp.tokens
+
+
+def test_n_choices_count_their_prompt_and_its_cached_tokens_once(tiny_server):
+    reply = tiny_server.client().chat.completions.create(model=TINY, messages=HELLO, max_tokens=2, temperature=0, n=3)
+    assert reply.usage.prompt_tokens_details.cached_tokens <= reply.usage.prompt_tokens
 
 
 def test_n_choices_with_a_seed_are_reproducible(tiny_server):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import pyarrow as pa
 
 from serving_helpers import TINY
@@ -55,3 +56,13 @@ def test_sql_errors_are_400_with_the_position(tiny_server):
     assert r.status_code == 400
     assert "no_such_model" in r.json()["error"]["message"]
     assert httpx.post(f"{tiny_server.url}/v1/sql", json={}).status_code == 400
+
+
+def test_json_rows_have_no_nan_or_infinity(tiny_server):
+    """JSON has neither (JavaScript's JSON.parse rejects them): such floats are null; Arrow keeps them."""
+    import json
+
+    r = httpx.post(f"{tiny_server.url}/v1/sql", json={"query": "SELECT 1/0 AS a, 0.0/0 AS b, 1.5::DOUBLE AS c"}, timeout=30)
+    assert r.status_code == 200
+    assert json.loads(r.text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))["rows"] == [
+        {"a": None, "b": None, "c": 1.5}]
