@@ -8,6 +8,8 @@ batch at every step; results stream token by token through `on_token` callbacks.
 """
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -309,15 +311,24 @@ class Engine:
                 self.cancel(h.request_id)
             raise
         num_done = sum(h.finished for h in handles)
-        while num_done < len(handles):
-            steps = self._counters["num_steps"]
-            self.step()
-            if self._counters["num_steps"] == steps:
-                raise RuntimeError("the scheduler scheduled nothing while requests are unfinished")
-            done = sum(h.finished for h in handles)
-            if on_progress and done != num_done:
-                on_progress(done, len(handles))
-            num_done = done
+        try:
+            while num_done < len(handles):
+                steps = self._counters["num_steps"]
+                self.step()
+                if self._counters["num_steps"] == steps:
+                    raise RuntimeError("the scheduler scheduled nothing while requests are unfinished")
+                done = sum(h.finished for h in handles)
+                if on_progress and done != num_done:
+                    on_progress(done, len(handles))
+                num_done = done
+        except BaseException:
+            # a failed step (or an interrupt) ends this call's requests: left live, they would run, and fail
+            # again, inside the engine's next call
+            for h in handles:
+                if not h.finished:
+                    with contextlib.suppress(Exception):  # the step's own error is the one to see
+                        self.cancel(h.request_id)
+            raise
         return [h.result() for h in handles]
 
     def _postprocess(self, batch: ScheduledBatch, logits: StepLogits,

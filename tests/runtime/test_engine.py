@@ -292,3 +292,23 @@ def test_spf_with_the_learned_predictor_runs_the_requests_like_short_earlier_one
 
     assert start_order("fcfs") == ["long0", "long1", "short0", "short1"]
     assert start_order("spf") == ["short0", "short1", "long0", "long1"]
+
+
+def test_a_failed_generate_leaves_nothing_behind_for_the_next_one(tiny, mixed):
+    model, tokenizer = tiny
+    requests, expected = mixed
+    engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, prefix_cache=False))
+    run, steps = engine.runner.run, []
+
+    def fails_on_the_third_step(batch):
+        steps.append(batch)
+        if len(steps) == 3:
+            raise RuntimeError("a kernel failed")
+        return run(batch)
+
+    engine.runner.run = fails_on_the_third_step
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        engine.generate(requests[:4])
+    assert not engine.has_unfinished and engine.kv.pool.num_used == 0
+    engine.runner.run = run
+    assert_same_outputs(engine.generate(requests), expected)
