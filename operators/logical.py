@@ -110,6 +110,12 @@ class Project:
         """A window function sees every input row: no filter or LIMIT may pass below it."""
         return any(e.find(exp.Window) for _, e in self.outputs)
 
+    @staticmethod
+    def makes_rows(e: exp.Expr) -> bool:
+        """An output with unnest() turns one row into many: no LIMIT may pass below it, a filter on it cannot be
+        rewritten below (its column exists only above), and it stays even when unread (counts above would change)."""
+        return e.find(exp.Explode, exp.Unnest) is not None
+
     def columns(self, inputs):
         return tuple(n for n, _ in self.outputs)
 

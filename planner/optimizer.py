@@ -39,7 +39,7 @@ def verify(plan: Plan, before: Plan) -> None:
     for n in plan.walk():
         op = plan.op(n)
         available = set().union(*(columns[i] for i in plan.inputs(n))) if plan.inputs(n) else set()
-        exprs = []
+        exprs, names = [], set()
         if isinstance(op, L.Filter):
             exprs = list(op.predicates)
         elif isinstance(op, L.Project):
@@ -48,7 +48,11 @@ def verify(plan: Plan, before: Plan) -> None:
             exprs = list(op.input_expressions())
         elif isinstance(op, L.Sort):
             exprs = [k.expr for k in op.keys]
-        missing = set().union(*(L.referenced_columns(e) for e in exprs)) - available if exprs else set()
+        elif isinstance(op, L.Join):
+            exprs = [*op.left_keys, *op.right_keys, *([op.residual] if op.residual is not None else [])]
+        elif isinstance(op, L.Aggregate):
+            names = set(op.groups).union(*(a.inputs for a in op.aggregates))
+        missing = names.union(*(L.referenced_columns(e) for e in exprs)) - available
         if missing:
             raise PlanInvariantError(f"{op.name} reads {sorted(missing)} which its input does not provide")
 

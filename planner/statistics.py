@@ -67,7 +67,7 @@ def compute_column_stats(table: pa.Table) -> dict[str, ColumnStats]:
                 text = None
         lengths = pc.utf8_length(text) if text is not None else None
         avg = pc.mean(lengths).as_py() if lengths is not None and len(col) - col.null_count else 0.0
-        distinct = pc.count_distinct(col).as_py() if len(col) else 0
+        distinct = _count_distinct(col, text)
         scale = table.num_rows / max(1, len(col))
         low, high = _min_max(table.column(name))
         out[name] = ColumnStats(
@@ -80,6 +80,19 @@ def compute_column_stats(table: pa.Table) -> dict[str, ColumnStats]:
             max=high,
         )
     return out
+
+
+def _count_distinct(col: pa.Array, text: pa.Array | None) -> int:
+    """Distinct non-null values. Arrow hashes no nested, union or null-typed column (nor dictionary or
+    string_view ones): count those by their text, or else take every value as distinct, the estimate
+    that promises no savings (planning must work for any schema)."""
+    for values in (col, text):
+        if values is not None:
+            try:
+                return pc.count_distinct(values).as_py()
+            except pa.ArrowNotImplementedError:
+                pass
+    return len(col) - col.null_count
 
 
 def _min_max(column: pa.ChunkedArray) -> tuple[int | float | None, int | float | None]:

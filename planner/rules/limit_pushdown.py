@@ -1,9 +1,9 @@
 """limit_pushdown: generate only the rows that will be returned.
 
 A LIMIT moves below model calls it can see through (calls and projections are one
-row in, one row out). An ORDER BY under the LIMIT moves down with it when its keys
-read no model output. Nothing moves past a filter, an aggregate or a join: those
-change which rows survive.
+row in, one row out, but for a projection with unnest()). An ORDER BY under the LIMIT
+moves down with it when its keys read no model output. Nothing moves past a filter,
+an aggregate or a join: those change which rows survive.
 
 >>> from planner.examples import chain, scan, generate, context
 >>> from operators.logical import Limit
@@ -30,7 +30,7 @@ def _lowest_passable(plan: Plan, start: int, sort_keys_refs: set[str] | None) ->
             if sort_keys_refs is not None and op.output in sort_keys_refs:
                 return lowest
             lowest = node
-        elif not (isinstance(op, L.Project) and not op.has_window and sort_keys_refs is None):
+        elif not (isinstance(op, L.Project) and not op.has_window and not any(L.Project.makes_rows(e) for _, e in op.outputs) and sort_keys_refs is None):
             return lowest
         node = plan.inputs(node)[0]
 

@@ -4,7 +4,7 @@ A conjunct passes a model call that does not produce a column it reads, a sort, 
 projection (rewritten over the projection's inputs, so a filter on a subquery's or a CTE's
 column reaches below the model calls inside it), and into the side of an inner join that
 has all its columns. It stops at scans, limits and aggregates, and at a projection whose
-expressions it reads are not deterministic.
+expressions it reads are not deterministic or unnest().
 
 >>> from planner.examples import chain, scan, generate, where, context
 >>> plan = chain(scan("t", id=[1, 2], stars=[1, 5], body=["a", "b"]),
@@ -35,7 +35,7 @@ def _through_project(op: L.Project, conjunct: exp.Expr) -> exp.Expr | None:
         return None
     outputs = dict(op.outputs)
     used = [outputs[c] for c in L.referenced_columns(conjunct) if c in outputs]
-    if any(e.find(*_VOLATILE) for e in used):
+    if any(e.find(*_VOLATILE) or L.Project.makes_rows(e) for e in used):
         return None
 
     def swap(node: exp.Expr) -> exp.Expr:

@@ -1,8 +1,10 @@
 """projection_pruning: read only the columns the query uses, and drop model calls nobody reads.
 
 Required columns flow from the root down; a scan narrows to what is required above
-it (keeping one column so its row count survives), projections drop unused outputs,
-and a model call whose output is never read is removed: it would cost tokens for nothing.
+it (keeping one column so its row count survives), projections drop unused outputs
+(one that nobody reads, as under count(*), keeps a constant column, and unnest() stays:
+it makes rows), and a model call whose output is never read is removed: it would cost
+tokens for nothing. Each kept node tells its inputs every column it still reads.
 
 >>> from planner.examples import chain, scan, generate, context, col
 >>> from operators.logical import Project
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from sqlglot import exp
+
 from operators import logical as L
 from planner.context import OptimizerContext
 from planner.graph import Plan
@@ -29,12 +33,20 @@ def _refs(*exprs) -> set[str]:
     return set().union(*(L.referenced_columns(e) for e in exprs)) if exprs else set()
 
 
+def _row_only(op: L.Project) -> tuple:
+    """What is left of a projection none of whose columns is read (e.g. under count(*)): one column that reads
+    nothing, so the rows survive while model calls below it can go. It keeps its name (a join above still sees
+    distinct names) but not its expression."""
+    name, e = op.outputs[0]
+    return ((name, e if not _refs(e) else exp.Literal.number(1)),)
+
+
 def _needs_from_inputs(plan: Plan, node: int, required: set[str]) -> list[set[str]]:
     """For each input of `node`, the columns it must provide when `required` is needed above."""
     op = plan.op(node)
     inputs = plan.inputs(node)
-    if isinstance(op, L.Project):
-        return [_refs(*(e for n, e in op.outputs if n in required))]
+    if isinstance(op, L.Project):  # already pruned: it reads what its kept outputs read
+        return [_refs(*(e for _, e in op.outputs))]
     if isinstance(op, L.LLM_NODES):
         return [(required - {op.output}) | _refs(*op.input_expressions())]
     if isinstance(op, L.Filter):
@@ -64,8 +76,8 @@ def projection_pruning(plan: Plan, ctx: OptimizerContext) -> Plan:
             required[child] = required.get(child, set()) | need
             continue
         if isinstance(op, L.Project) and node != plan.root:
-            kept = tuple((n, e) for n, e in op.outputs if n in need)
-            if kept != op.outputs and kept:
+            kept = tuple((n, e) for n, e in op.outputs if n in need or L.Project.makes_rows(e)) or _row_only(op)
+            if kept != op.outputs:
                 plan.set_op(node, replace(op, outputs=kept))
         if isinstance(op, L.Scan):
             prefix = f"{op.alias}." if op.alias else ""
