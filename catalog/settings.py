@@ -15,8 +15,11 @@ catalog.settings.SettingError: scheduling must be one of auto, fcfs, spf, got 'l
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cache
 from types import MappingProxyType
 from typing import Callable
 
@@ -31,12 +34,23 @@ _UNITS = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 <<
           "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
 
 
+# More torch threads than this only oversubscribes the cores, and each new count re-measures the hardware
+# profile (a count in the thousands takes seconds; 100000 crashes inside torch).
+MAX_THREADS = 2 * (os.cpu_count() or 1)
+
+
+@cache
+def physical_memory() -> int:
+    """This machine's RAM in bytes (no psutil: it is not a dependency)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def parse_bytes(value: str) -> int:
     """'2GB' -> 2147483648; plain integers are bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
     if not m or m.group(2).upper() not in _UNITS:
         raise SettingError(f"kv_cache_memory must be bytes or a size like '2GB', got {value!r}")
-    n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    n = int(Decimal(m.group(1)) * _UNITS[m.group(2).upper()])  # Decimal: float() of 400 digits is inf
     if n <= 0:
         raise SettingError(f"kv_cache_memory must be positive, got {value!r}")
     return n
@@ -51,7 +65,7 @@ def _choice(name: str, *allowed: str) -> Callable[[str], str]:
     return check
 
 
-def _auto_or_int(name: str, low: int, high: int | None = None) -> Callable[[str], str | int]:
+def _auto_or_int(name: str, low: int, high: int | None = None, why: str = "") -> Callable[[str], str | int]:
     def check(value: str) -> str | int:
         if str(value).lower() == AUTO:
             return AUTO
@@ -61,7 +75,7 @@ def _auto_or_int(name: str, low: int, high: int | None = None) -> Callable[[str]
             raise SettingError(f"{name} must be auto or an integer, got {value!r}") from None
         if n < low or (high is not None and n > high):
             bound = f"{low}..{high}" if high is not None else f">= {low}"
-            raise SettingError(f"{name} must be auto or {bound}, got {n}")
+            raise SettingError(f"{name} must be auto or {bound}{why}, got {n}")
         return n
     return check
 
@@ -83,7 +97,13 @@ def _tiers(value: str) -> str:
 
 
 def _memory(value: str) -> int | str:
-    return AUTO if str(value).lower() == AUTO else parse_bytes(value)
+    if str(value).lower() == AUTO:
+        return AUTO
+    n = parse_bytes(value)
+    if n > physical_memory():  # the pool is allocated up front: more than the RAM fails at the first model call
+        raise SettingError(f"kv_cache_memory must be at most this machine's memory "
+                           f"({physical_memory() / (1 << 30):.1f}GB), got {value!r}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -121,7 +141,8 @@ KNOBS: MappingProxyType = MappingProxyType({k.name: k for k in (
          "preempted sequences swap to) and disk (survives restarts); auto: where loading costs less than recomputing"),
     Knob("disabled_rules", "", _rule_names, "comma-separated rewrite rule names to switch off"),
     Knob("progress", "auto", _choice("progress", "auto", "on", "off"), "progress bar for long queries"),
-    Knob("threads", "auto", _auto_or_int("threads", 1), "CPU threads for torch ops during a query"),
+    Knob("threads", "auto", _auto_or_int("threads", 1, MAX_THREADS, f" (twice this machine's {os.cpu_count()} CPUs)"),
+         "CPU threads for torch ops during a query"),
     Knob("replicas", "auto", _auto_or_int("replicas", 1, 64),
          "engine replicas (Ray actors, each its own process and KV pool) a model call splits its rows over, rows "
          "with shared prefixes together; auto: where the split pays for starting them on this machine's cores"),

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from array import array
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from catalog.settings import Settings
+from catalog.settings import Settings, SettingError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -232,21 +233,35 @@ class Catalog:
 
     # -- settings (persisted defaults; a connection's SET overlays them) -----------------
     def settings(self) -> Settings:
+        """The SET GLOBAL defaults. A value this machine rejects (threads or kv_cache_memory saved on a bigger
+        one) is skipped with a warning, so the catalog still opens here and the knob is auto until RESET."""
         s = Settings()
         for name, value in self._query("SELECT name, value FROM settings"):
-            s = s.with_value(name, value)
+            try:
+                s = s.with_value(name, value)
+            except SettingError as e:
+                warnings.warn(f"ignoring the catalog's SET GLOBAL {name} = {value!r} on this machine: {e} "
+                              f"(RESET GLOBAL {name} removes it)", stacklevel=2)
         return s
 
     def persist_setting(self, name: str, value: str | None) -> None:
-        if value is None:
-            Settings().without(name)  # raises for an unknown name
-        else:
-            Settings().with_value(name, value)  # raises for a bad value
-        with self._transaction() as db:
+        self.persist_settings({name: value})
+
+    def persist_settings(self, values: dict[str, str | None]) -> None:
+        """Save (None: remove) SET GLOBAL values in one transaction, after checking every one."""
+        for name, value in values.items():
             if value is None:
-                db.execute("DELETE FROM settings WHERE name = ?", (name.lower(),))
+                Settings().without(name)  # raises for an unknown name
             else:
-                db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name.lower(), str(value)))
+                Settings().with_value(name, value)  # raises for a bad value
+        if not values:
+            return
+        with self._transaction() as db:
+            for name, value in values.items():
+                if value is None:
+                    db.execute("DELETE FROM settings WHERE name = ?", (name.lower(),))
+                else:
+                    db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name.lower(), str(value)))
 
     # -- column statistics, keyed by a source fingerprint (path + size + mtime) ----------
     def column_stats(self, source: str) -> dict[str, dict]:

@@ -7,9 +7,12 @@ A query runs as: parse -> bind -> optimize -> lower -> execute -> record statist
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,6 +122,12 @@ class Connection:
             table = pa.Table.from_pandas(table, preserve_index=False)
         self._tables[name.lower()] = arrow_source(name.lower(), table)
 
+    def reset_session(self) -> None:
+        """Back to a new connection's session on the same catalog and engine: the catalog's settings, no
+        registered or TEMP tables (a server runs each request as a session of its own on a reused connection)."""
+        self.settings = self.catalog.settings()
+        self._tables.clear()
+
     def close(self) -> None:
         self._llm.close()
         self.catalog.close()
@@ -181,17 +190,29 @@ class Connection:
                  ) -> tuple[pa.Table, PhysicalPlan, dict]:
         physical, ctx = planned or self._plan(select, sql)
         t0 = time.perf_counter()
-        try:
-            with self._threads():
-                table, actuals = Executor(self._llm, self.on_progress, self._relational_threads()).run(physical.plan)
-        except RelationalError as e:  # the relational engine failed while running it (a cast, a division by zero)
-            raise SqlError(f"{e.kind} error", e.message.replace("\n", " ")) from None
+        with self._running_errors(), self._threads():
+            table, actuals = Executor(self._llm, self.on_progress, self._relational_threads()).run(physical.plan)
         seconds = time.perf_counter() - t0
         table = table.rename_columns(list(physical.output_names))
         self._record_statistics(physical, actuals, ctx)
         self.last_plan, self.last_actuals = physical, actuals
         self._last_seconds = seconds
         return table, physical, actuals
+
+    @contextmanager
+    def _running_errors(self) -> Iterator[None]:
+        """What a running plan raises that the user can act on, as SqlErrors: the relational engine's errors (a
+        cast, a division by zero), and running out of memory (the KV pool is allocated whole, up front)."""
+        try:
+            yield
+        except RelationalError as e:
+            raise SqlError(f"{e.kind} error", e.message.replace("\n", " ")) from None
+        except (MemoryError, OSError) as e:
+            if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+                raise
+            raise SqlError("Out of memory error", f"{str(e) or type(e).__name__} while running the query; "
+                           f"kv_cache_memory = {self.settings.raw('kv_cache_memory')} (a smaller SET leaves more for "
+                           "the rest)") from None
 
     def _record_statistics(self, physical: PhysicalPlan, actuals: dict, ctx: OptimizerContext) -> None:
         """Output lengths per template and estimate-vs-actual time: the next plan learns from this one."""
@@ -243,17 +264,32 @@ class Connection:
         return Result(pa.table({}), f"created model {entry.name} ({entry.format}, {entry.meta['native_format']})")
 
     def _create_table(self, stmt: exp.Create, sql: str) -> Result:
+        """CREATE [OR REPLACE] [TEMP] TABLE [IF NOT EXISTS] name AS SELECT: a catalog table (one Parquet file), or
+        with TEMP one of this connection's tables, in memory like con.register's (it hides a catalog table of the
+        same name, and a catalog table may not be created under one of them)."""
         if stmt.kind != "TABLE" or not isinstance(stmt.expression, exp.Query):
             raise error_at("Syntax error", "only CREATE TABLE name AS SELECT ... and CREATE MODEL are supported", stmt, sql)
-        name, replace = stmt.this.name, bool(stmt.args.get("replace"))
+        name, replace, if_not_exists = stmt.this.name, bool(stmt.args.get("replace")), bool(stmt.args.get("exists"))
+        properties = stmt.args.get("properties")
+        temporary = any(isinstance(p, exp.TemporaryProperty) for p in (properties.expressions if properties else []))
         try:
             self.policy.check_ddl("CREATE TABLE")
             path = self.catalog.table_path(name)  # checks the name: a table file lands inside the catalog only
         except (ValueError, PermissionError) as e:
             raise error_at("Catalog error", str(e), stmt.this, sql) from None
-        if self.catalog.get_table(name) is not None and not replace:  # early, before any model call runs
+        # checked early, before any model call runs
+        exists = name.lower() in self._tables if temporary else self.catalog.get_table(name) is not None
+        if exists and if_not_exists:
+            return Result(pa.table({}), f"table {name.lower()} already exists (nothing created)")
+        if exists and not replace:
             raise error_at("Catalog error", f"table {name!r} already exists", stmt.this, sql)
+        if not temporary and name.lower() in self._tables:  # this connection's table would hide the stored one
+            raise error_at("Catalog error", f"table {name!r} is this connection's own (con.register or CREATE TEMP "
+                           "TABLE): a catalog table of that name would be hidden by it", stmt.this, sql)
         table, _, _ = self._execute(stmt.expression, sql)  # fails before anything is written
+        if temporary:
+            self._tables[name.lower()] = arrow_source(name.lower(), table)
+            return Result(pa.table({}), f"created temporary table {name.lower()} ({table.num_rows} rows)")
         _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         try:  # the name is claimed in one catalog transaction: of two concurrent creators one wins
             previous = self.catalog.register_table(name, "parquet", str(path),
@@ -277,12 +313,27 @@ class Connection:
             target = self.policy.path(target, "write")
         except PermissionError as e:
             raise error_at("Permission error", str(e), stmt.args["files"][0], sql) from None
-        fmt = Path(target).suffix.lstrip(".").lower()
+        problem = _unwritable(Path(target).expanduser())
+        if problem:  # now, before any model call runs
+            raise error_at("IO error", f"cannot write {target}: {problem}", stmt.args["files"][0], sql)
+        fmt, given = Path(target).suffix.lstrip(".").lower(), []
         for param in stmt.args.get("params") or []:
-            if param.this.name.upper() == "FORMAT":
-                fmt = param.expression.name.lower()
+            name, value = param.this.name.lower(), param.expression
+            text = value.name if value is not None else None  # None: the option alone, as in (HEADER)
+            if isinstance(value, exp.Boolean):
+                text = "true" if value.this else "false"
+            if name == "format":
+                fmt = (text or "").lower()
+            else:
+                given.append((name, text, param))
         if fmt not in COPY_FORMATS:
             raise error_at("Binder error", f"COPY format must be PARQUET, CSV or JSON, got {fmt or 'none'!r}", stmt, sql)
+        options = {}
+        for name, text, param in given:
+            try:
+                options[name] = copy_to.option(fmt, name, text)
+            except ValueError as e:
+                raise error_at("Binder error", str(e), param, sql) from None
         physical, ctx = self._plan(source, sql)
         chain = streamable_chain(physical.plan)
         rows_per_partition = DEFAULT_PARTITION_ROWS if self.settings.is_auto("partition_rows") \
@@ -291,11 +342,12 @@ class Connection:
         written = {}
         if chain and physical.llm_nodes() and scanned > rows_per_partition:  # a partition at a time
             def write(tmp: str) -> None:
-                written["counts"] = copy_to.write(fmt, tmp, self._stream(physical, ctx, chain, rows_per_partition))
+                written["counts"] = copy_to.write(fmt, tmp, self._stream(physical, ctx, chain, rows_per_partition),
+                                                  options=options)
         else:
             table, _, _ = self._execute(source, sql, (physical, ctx))
             def write(tmp: str) -> None:
-                written["counts"] = copy_to.write(fmt, tmp, [table], table.schema)
+                written["counts"] = copy_to.write(fmt, tmp, [table], table.schema, options)
         _atomic_write(Path(target), write)
         rows, partitions = written["counts"]
         by = f" in {partitions} partitions of up to {rows_per_partition:,} rows" if partitions > 1 else ""
@@ -306,16 +358,15 @@ class Connection:
         statistics are recorded once the last partition is through."""
         executor = Executor(self._llm, self.on_progress, self._relational_threads())
         t0 = time.perf_counter()
-        try:
-            with self._threads():
-                for table in executor.stream(physical.plan, chain, rows):
-                    yield table.rename_columns(list(physical.output_names))
-        except RelationalError as e:
-            raise SqlError(f"{e.kind} error", e.message.replace("\n", " ")) from None
+        with self._running_errors(), self._threads():
+            for table in executor.stream(physical.plan, chain, rows):
+                yield table.rename_columns(list(physical.output_names))
         self._record_statistics(physical, executor.actuals, ctx)
         self.last_plan, self.last_actuals, self._last_seconds = physical, executor.actuals, time.perf_counter() - t0
 
     def _set(self, stmt: exp.Set, sql: str) -> Result:
+        """SET a = 1, b = 2 is all-or-nothing: every item is checked before any takes effect or is saved."""
+        new, persist = self.settings, {}
         for item in stmt.expressions:
             eq = item.this
             if not isinstance(eq, exp.EQ):
@@ -330,14 +381,15 @@ class Connection:
             if isinstance(value, exp.Boolean):
                 text = "on" if value.this else "off"
             try:
-                new = self.settings.with_value(name, text)
+                new = new.with_value(name, text)
                 if name == "disabled_rules":
                     check_rule_names(new.disabled_rules)
             except ValueError as e:
                 raise error_at("Setting error", str(e), eq, sql) from None
-            self.settings = new
             if item.args.get("kind") == "GLOBAL":
-                self.catalog.persist_setting(name, text)
+                persist[name] = text
+        self.catalog.persist_settings(persist)
+        self.settings = new
         return Result(pa.table({}), "SET")
 
     def _reset(self, stmt: Reset, sql: str) -> Result:
@@ -345,8 +397,8 @@ class Connection:
         if stmt.args.get("kind") == "GLOBAL":
             try:
                 self.policy.check_global()
-                for persisted in ([n for n, _, _, _ in self.catalog.settings().rows()] if name == "all" else [name]):
-                    self.catalog.persist_setting(persisted, None)
+                names = [n for n, _, _, _ in Settings().rows()] if name == "all" else [name]
+                self.catalog.persist_settings(dict.fromkeys(names))
             except (PermissionError, ValueError) as e:
                 raise error_at("Setting error" if isinstance(e, ValueError) else "Permission error", str(e),
                                stmt, sql) from None
@@ -412,13 +464,25 @@ class Connection:
         else:
             source = _SessionCatalog(self).table(target.name)
             if source is None:
-                entry = self.catalog.get_model(target.name)
-                if entry is None:
-                    raise error_at("Binder error", f"unknown table or model {target.name!r}", target, sql)
+                try:  # as generate() finds it: a built-in model registers itself on first use
+                    entry = ensure_model(self.catalog, target.name)
+                except ModelError as e:  # e says which models there are, or why this one cannot load
+                    raise error_at("Binder error", f"unknown table {target.name!r}; {e}", target, sql) from None
                 return Result(pa.table({"property": list(entry.config) + ["path", "format"],
                                         "value": [str(v) for v in entry.config.values()] + [entry.path, entry.format]}))
             schema = source.schema
         return Result(pa.table({"column": schema.names, "type": [str(t) for t in schema.types]}))
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written by _atomic_write (None: it can): its directory must exist and take a new file."""
+    if path.is_dir():
+        return "it is a directory"
+    if not path.parent.is_dir():
+        return f"directory {path.parent} does not exist"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"directory {path.parent} is not writable"
+    return None
 
 
 def _atomic_write(path: Path, write) -> None:

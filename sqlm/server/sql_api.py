@@ -65,7 +65,7 @@ class SqlService:
 
     def _run(self, query: str):
         con = self._connection()
-        con.settings = con.catalog.settings()  # this request's session: no SET of an earlier one
+        con.reset_session()  # this request's session: no SET or TEMP table of an earlier one
         result = con.sql(query)
         return result.arrow(), result.message
 

@@ -66,3 +66,11 @@ def test_json_rows_have_no_nan_or_infinity(tiny_server):
     assert r.status_code == 200
     assert json.loads(r.text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))["rows"] == [
         {"a": None, "b": None, "c": 1.5}]
+
+
+def test_a_temp_table_lasts_only_for_its_request(tiny_server):
+    url = f"{tiny_server.url}/v1/sql"
+    assert httpx.post(url, json={"query": "CREATE TEMP TABLE scratch AS SELECT 1 AS a"}, timeout=30).status_code == 200
+    for _ in range(3):  # whichever worker connection runs it
+        r = httpx.post(url, json={"query": "SELECT * FROM scratch"}, timeout=30)
+        assert r.status_code == 400 and "scratch" in r.text
