@@ -10,7 +10,7 @@ Every error names the problem and where it is in the SQL text.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import networkx as nx
@@ -30,6 +30,10 @@ from runtime.structured import StructuredOutputError
 from runtime.structured import check as check_structured
 
 DEFAULT_MAX_TOKENS = 64
+OPTION_KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", list: "list of strings"}
+# the sampling options beam search does not read (structured output aside)
+BEAM_IGNORES = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty",
+                "repetition_penalty")
 
 
 class Unsupported(SqlError):
@@ -52,6 +56,7 @@ class ScopeColumn:
     name: str
     internal: str
     type: pa.DataType | None
+    hidden: bool = False  # reached only by its qualified name: a USING column's copies beside the merged one
 
 
 class Binder:
@@ -79,6 +84,13 @@ class Binder:
             return plan.add(L.Scan(src, "", ("__row",))), []
         node, scope = self.bind_relation(plan, from_.this)
         for join in select.args.get("joins") or []:
+            call = join.args.get("on") and join.args["on"].find(LLMCall)
+            if call:
+                raise self.error(f"{call.sql_name().lower()}() is not supported in a JOIN condition: compute it "
+                                 f"in a subquery in FROM, or filter on it in WHERE", call)
+            if (join.kind or "").upper() in ("SEMI", "ANTI"):
+                node = self.bind_semi_join(plan, join, node, scope)
+                continue
             right, right_scope = self.bind_relation(plan, join.this)
             node, scope = self.bind_join(plan, join, node, scope, right, right_scope)
         return node, scope
@@ -220,20 +232,25 @@ class Binder:
             self.ctes = {**self.ctes, name: (cte, self.ctes)}
 
     def bind_join(self, plan, join: exp.Join, left, left_scope, right, right_scope):
+        using = list(join.args.get("using") or [])
+        if (join.method or "").upper() == "NATURAL":  # USING the column names the two sides share
+            right_names = {c.name.lower() for c in right_scope if not c.hidden}
+            using = [exp.to_identifier(c.name) for c in left_scope if not c.hidden and c.name.lower() in right_names]
+            if not using:
+                raise self.error("NATURAL JOIN: the two sides have no column name in common (use CROSS JOIN "
+                                 "for a cross product)", join)
         scope = left_scope + right_scope
-        kind = (join.side or "inner").lower() if join.args.get("on") or join.args.get("using") else "cross"
+        kind = (join.side or "inner").lower() if join.args.get("on") or using else "cross"
         if join.kind and join.kind.upper() == "CROSS":
             kind = "cross"
         left_names = {c.internal for c in left_scope}
         left_keys, right_keys, residual = [], [], []
         on = join.args.get("on")
-        if join.args.get("using"):
-            for ident in join.args["using"]:
-                lk = self.resolve(exp.column(ident.name), left_scope)
-                rk = self.resolve(exp.column(ident.name), right_scope)
-                left_keys.append(lk)
-                right_keys.append(rk)
-        elif on is not None:
+        pairs = self.using_columns(using, left_scope, right_scope)
+        for lc, rc in pairs:
+            left_keys.append(exp.column(lc.internal, quoted=True))
+            right_keys.append(exp.column(rc.internal, quoted=True))
+        if on is not None:
             for conj in on.flatten() if isinstance(on, exp.And) else [on]:
                 bound = self.resolve(conj, scope)
                 if isinstance(bound, exp.EQ):
@@ -250,7 +267,72 @@ class Binder:
                                exp.and_(*residual) if residual else None))
         plan.graph.add_edge(left, node, slot=0)
         plan.graph.add_edge(right, node, slot=1)
-        return node, scope
+        return self.merge_using(plan, node, kind, pairs, left_scope, right_scope) if pairs else (node, scope)
+
+    def using_columns(self, names: list[exp.Identifier], left_scope, right_scope) -> list[tuple[ScopeColumn, ...]]:
+        """USING (c, ...): each name's column on the left and on the right."""
+        return [tuple(self.lookup(exp.Column(this=name.copy()), side) for side in (left_scope, right_scope))
+                for name in names]
+
+    @staticmethod
+    def merge_using(plan, node, kind, pairs, left_scope, right_scope):
+        """After JOIN ... USING (c), an unqualified c names one column (as in DuckDB and PostgreSQL): the left's,
+        or for a RIGHT / FULL join COALESCE(left.c, right.c); the copies stay reachable as t.c and u.c."""
+        rights = {rc.internal for _, rc in pairs}
+        right_scope = [replace(c, hidden=True) if c.internal in rights else c for c in right_scope]
+        if kind in ("inner", "left"):
+            return node, left_scope + right_scope
+        merged = {lc.internal: ScopeColumn("", lc.name, f"__using_{node}_{i}", lc.type)
+                  for i, (lc, _) in enumerate(pairs)}
+        keep = tuple((c, exp.column(c, quoted=True)) for c in plan.columns(node))
+        coalesced = tuple((merged[lc.internal].internal, exp.func("coalesce", exp.column(lc.internal, quoted=True),
+                                                                  exp.column(rc.internal, quoted=True)))
+                          for lc, rc in pairs)
+        project = plan.add(L.Project(keep + coalesced))
+        plan.graph.add_edge(node, project, slot=0)
+        scope = []
+        for c in left_scope:
+            scope += [merged[c.internal], replace(c, hidden=True)] if c.internal in merged else [c]
+        return project, scope + right_scope
+
+    def bind_semi_join(self, plan: Plan, join: exp.Join, left: int, scope: list[ScopeColumn]) -> int:
+        """SEMI / ANTI JOIN keeps the left rows with (without) a match, each once, and none of the right's
+        columns: a filter [NOT] EXISTS (SELECT 1 FROM right WHERE condition) over the left."""
+        kind = join.kind.upper()
+        before = set(plan.graph.nodes)
+        _, right_scope = self.bind_relation(plan, join.this)  # its columns only: the filter's subquery reads it
+        added = set(plan.graph.nodes) - before
+        calls = [n for n in added if isinstance(plan.op(n), (L.Generate, L.Classify))]
+        plan.graph.remove_nodes_from(added)
+        if calls:
+            instead = "JOIN it" if kind == "SEMI" else "LEFT JOIN it and keep the rows without a match"
+            raise self.error(f"{kind} JOIN over a query with model calls is not supported: {instead}", join.this)
+        right = join.this.copy()
+        qualifier = right_scope[0].alias if right_scope else right.alias_or_name
+        if not right.alias:
+            right.set("alias", exp.TableAlias(this=exp.to_identifier(qualifier)))
+
+        def ref(c: ScopeColumn) -> exp.Expr:
+            """In the subquery a left column is the plan's column (a correlated reference), a right one qualified."""
+            return exp.column(c.name, table=qualifier) if any(c is r for r in right_scope) \
+                else exp.column(c.internal, quoted=True)
+
+        def swap(n: exp.Expr) -> exp.Expr:
+            if isinstance(n, exp.Column) and not isinstance(n.this, exp.Star) and n.find_ancestor(exp.Select) is None:
+                return ref(self.lookup(n, scope + right_scope))
+            return n
+
+        if join.args.get("using"):
+            pairs = self.using_columns(join.args["using"], scope, right_scope)
+            condition = exp.and_(*(ref(lc).eq(ref(rc)) for lc, rc in pairs))
+        elif join.args.get("on") is not None:
+            condition = join.args["on"].transform(swap)
+        else:
+            raise self.error(f"{kind} JOIN needs ON or USING", join)
+        exists = exp.Exists(this=exp.select("1").from_(right).where(condition))
+        node = plan.add(L.Filter((self.resolve(exists if kind == "SEMI" else exp.not_(exists), scope),)))
+        plan.graph.add_edge(left, node, slot=0)
+        return node
 
     # -- names --------------------------------------------------------------------------
     def resolve(self, e: exp.Expr, scope: list[ScopeColumn]) -> exp.Expr:
@@ -264,15 +346,20 @@ class Binder:
         return bind_expression_subqueries(self, e.copy(), scope, self.tables).transform(swap, copy=False)
 
     def column(self, col: exp.Column, scope: list[ScopeColumn]) -> exp.Expr:
+        return exp.column(self.lookup(col, scope).internal, quoted=True)
+
+    def lookup(self, col: exp.Column, scope: list[ScopeColumn]) -> ScopeColumn:
         name, table = col.name, col.table
-        matches = [c for c in scope if c.name.lower() == name.lower() and (not table or c.alias.lower() == table.lower())]
+        matches = [c for c in scope if c.name.lower() == name.lower()
+                   and (c.alias.lower() == table.lower() if table else not c.hidden)]
         if not matches:
-            known = ", ".join(sorted({c.name for c in scope})) or "(none)"
+            # a model call's output column is the binder's, not a name the user can write
+            known = ", ".join(sorted({c.name for c in scope if not c.internal.startswith("__llm_")})) or "(none)"
             raise self.error(f"unknown column {col.sql()!r} (available: {known})", col)
         if len(matches) > 1:
             raise self.error(f"column {name!r} is ambiguous: qualify it with one of "
                              f"{', '.join(c.alias for c in matches)}", col)
-        return exp.column(matches[0].internal, quoted=True)
+        return matches[0]
 
     def type_of(self, e: exp.Expr, scope: list[ScopeColumn]) -> pa.DataType | None:
         """The Arrow type of a bound expression where it is plain to see; None when unsure."""
@@ -291,9 +378,11 @@ class Binder:
         return None
 
     # -- model calls --------------------------------------------------------------------
-    def bind_llm(self, call: LLMCall, scope: list[ScopeColumn], guard: exp.Expr | None = None) -> L.Generate | L.Classify:
+    def bind_llm(self, call: LLMCall, scope: list[ScopeColumn], guard: exp.Expr | None = None,
+                 after=None) -> L.Generate | L.Classify:
         """guard: the condition under which the call's value is used (its CASE branch); elsewhere its prompt is
-        NULL, and a NULL prompt costs no model call."""
+        NULL, and a NULL prompt costs no model call. after: binds the arguments of a call that runs once per
+        group, over the Aggregate's output (None: once per row, over `scope`)."""
         model_arg = call.args["model"]
         if not (isinstance(model_arg, exp.Literal) and model_arg.is_string):
             raise self.error(f"{call.sql_name().lower()}(): the model must be a name in quotes, like 'smollm2'", model_arg)
@@ -304,13 +393,15 @@ class Binder:
         output = f"__llm_{self.llm_count}"
         self.llm_count += 1
         text_key = "prompt" if isinstance(call, LLMGenerate) else "text"
-        text = self.resolve(call.args[text_key], scope)
-        kind = self.type_of(text, scope)
+        arg = call.args[text_key]
+        kind = self.type_of(self.resolve(arg, scope), scope)
         if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise self.error(f"{call.sql_name().lower()}(): the {text_key} must be text, got {kind} "
-                             f"({call.args[text_key].sql()}); cast it with CAST(... AS VARCHAR)", call.args[text_key])
+                             f"({arg.sql()}); cast it with CAST(... AS VARCHAR)", arg)
+        bind = after or (lambda e: self.resolve(e, scope))
+        text = bind(arg)
         if guard is not None:
-            text = exp.Case(ifs=[exp.If(this=self.resolve(guard, scope), true=text)])
+            text = exp.Case(ifs=[exp.If(this=bind(guard), true=text)])
         if isinstance(call, LLMGenerate):
             n = self.option(call, "n", 1, int)
             if not 1 <= n <= 16:
@@ -328,28 +419,39 @@ class Binder:
         return L.Classify(entry.name, text, names, self.option(call, "instruction", default, str), output,
                           priority=self.option(call, "priority", 0, int))
 
-    def option(self, call: LLMCall, key: str, default, kind):
+    def option(self, call: LLMCall, key: str, default, kind: type | tuple[type, ...]):
+        """The named argument's constant value (`default` where it is not given), of `kind`: int, float, bool,
+        str, list (of strings), or a tuple of them."""
         value = call.option(key)
         if value is None:
             return default
-        const = self.constant(value) if not isinstance(value, exp.Array) else [self.constant(v) for v in value.expressions]
-        if kind is float and isinstance(const, int) and not isinstance(const, bool):
-            const = float(const)
-        ok = isinstance(const, kind) and not (kind is int and isinstance(const, bool))
-        if key == "stop" and isinstance(const, list) and all(isinstance(s, str) for s in const):
-            ok = True
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, exp.Array):
+            const = [self.constant(v) for v in value.expressions]
+            wrong = next((v for v, c in zip(value.expressions, const) if not isinstance(c, str)), None)
+            ok, where = list in kinds and wrong is None, wrong or value
+        else:
+            const = self.constant(value)
+            if float in kinds and isinstance(const, int) and not isinstance(const, bool):
+                const = float(const)
+            # a bool is an int to Python, never to SQL
+            ok = any(isinstance(const, k) and not (k is not bool and isinstance(const, bool)) for k in kinds
+                     if k is not list)
+            where = value
         if not ok:
-            raise self.error(f"{call.sql_name().lower()}(): {key} must be {kind.__name__}, got {value.sql()}", value)
+            wanted = " or ".join(OPTION_KINDS[k] for k in kinds)
+            raise self.error(f"{call.sql_name().lower()}(): {key} must be {wanted}, got {value.sql(dialect=Sqlm)}",
+                             where)
         return const
 
     def sampling(self, call: LLMCall) -> SamplingParams:
-        stop = self.option(call, "stop", (), (str, list, tuple))
+        stop = self.option(call, "stop", (), (str, list))
         stop = (stop,) if isinstance(stop, str) else tuple(stop)
         if any(s == "" for s in stop):
             raise self.error(f"{call.sql_name().lower()}(): stop strings must not be empty "
                              "(an empty one would end every output at once)", call.option("stop"))
         try:
-            return SamplingParams(
+            params = SamplingParams(
                 structured=self.structured(call),
                 max_tokens=self.option(call, "max_tokens", DEFAULT_MAX_TOKENS, int),
                 temperature=self.option(call, "temperature", 0.0, float),
@@ -364,8 +466,22 @@ class Binder:
                 length_penalty=self.option(call, "length_penalty", 1.0, float),
                 stop=stop,
             )
-        except ValueError as e:
-            raise self.error(f"generate(): {e}", call) from None
+        except ValueError as e:  # its message starts with the argument's name
+            raise self.error(f"generate(): {e}", call.option(str(e).split()[0]) or call) from None
+        self.check_beam_options(call, params)
+        return params
+
+    def check_beam_options(self, call: LLMCall, params: SamplingParams) -> None:
+        """Beam search (runtime/beam_search.py) reads only beam_width, max_tokens, length_penalty and n, and
+        sampling never reads length_penalty: an option the chosen decoding would ignore is refused by name."""
+        plain = SamplingParams()
+        for kw in call.args.get("options") or []:
+            key = kw.this.name.lower()
+            if params.beam_width > 1 and (key in StructuredOutput.KINDS or key in BEAM_IGNORES
+                                          and getattr(params, key) != getattr(plain, key)):
+                raise self.error(f"generate(): {key} cannot be combined with beam_width", kw.expression)
+            if params.beam_width == 1 and key == "length_penalty" and params.length_penalty != plain.length_penalty:
+                raise self.error("generate(): length_penalty ranks beams: it needs beam_width > 1", kw.expression)
 
     def structured(self, call: LLMCall) -> StructuredOutput | None:
         """The one structured-output option of a generate() call, checked (schema, regex, grammar) here."""
@@ -382,8 +498,8 @@ class Binder:
             spec = StructuredOutput(kind)
         elif kind == "choice":
             choices = self.option(call, kind, None, list)
-            if not choices or not all(isinstance(c, str) for c in choices):
-                raise self.error("generate(): choice must be a list of strings, like ['yes', 'no']", node)
+            if not choices:
+                raise self.error("generate(): choice must be a non-empty list of strings, like ['yes', 'no']", node)
             spec = StructuredOutput(kind, json.dumps(choices))
         else:
             spec = StructuredOutput(kind, self.option(call, kind, None, str))
@@ -393,9 +509,11 @@ class Binder:
             raise self.error(f"generate(): {e}", node) from None
         return spec
 
-    def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]]) -> None:
-        """Register every distinct model call in `exprs` (by its SQL text) in `found`. A call used only inside
-        CASE / IF branches runs only for the rows that take one of them."""
+    def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]],
+                          after=None) -> list[L.Generate | L.Classify]:
+        """Register every distinct model call in `exprs` (by its SQL text) in `found`; returns the new ones. A call
+        used only inside CASE / IF branches runs only for the rows that take one of them. after: binds an
+        expression over an Aggregate's output, for the calls that run once per group."""
         occurrences: dict[str, tuple[LLMCall, list[exp.Expr | None]]] = {}
         for e in exprs:
             for call in e.find_all(LLMCall):
@@ -404,17 +522,21 @@ class Binder:
                 inner = [c for c in call.find_all(LLMCall) if c is not call]
                 if inner:
                     raise self.error("a model call inside another model call's arguments is not supported", inner[0])
-                if any(call.find_all(exp.AggFunc)):
+                if after is None and any(call.find_all(exp.AggFunc)):
                     raise self.error("a model call over an aggregate is not supported", call)
                 occurrences.setdefault(call.sql(), (call, []))[1].append(branch_guard(call, e))
+        new = []
         for key, (call, guards) in occurrences.items():
             if key not in found:
                 guard = None if any(g is None for g in guards) else exp.or_(*guards) if len(guards) > 1 else guards[0]
-                found[key] = (self.bind_llm(call, scope, guard), call)
+                found[key] = (self.bind_llm(call, scope, guard, after), call)
+                new.append(found[key][0])
+        return new
 
-    def aggregates(self, e: exp.Expr) -> list[exp.AggFunc]:
-        """The aggregate calls of this query level in `e` (not its subqueries')."""
-        return [a for a in e.find_all(exp.AggFunc) if not self.in_subquery(a, e) and not self.in_window(a, e)]
+    def aggregates(self, e: exp.Expr) -> list[exp.AggFunc | exp.Filter]:
+        """The aggregate calls of this query level in `e` (not its subqueries'), each with its FILTER clause."""
+        return [a.parent if isinstance(a.parent, exp.Filter) else a for a in e.find_all(exp.AggFunc)
+                if not self.in_subquery(a, e) and not self.in_window(a, e)]
 
     @staticmethod
     def in_window(node: exp.Expr, root: exp.Expr) -> bool:
@@ -481,7 +603,9 @@ class Binder:
             right, right_names = self.bind_select_into(plan, setop.expression)
         finally:
             self.ctes = outer_ctes
-        if len(names) != len(right_names):
+        if setop.args.get("by_name"):
+            (left, right), names = self.align_by_name(plan, (left, right), (names, right_names))
+        elif len(names) != len(right_names):
             raise self.error(f"each side of {kind} must have the same number of columns "
                              f"({len(names)} and {len(right_names)})", setop)
         node = plan.add(L.SetOp(kind, bool(setop.args.get("distinct"))))
@@ -511,6 +635,23 @@ class Binder:
         self.bind_limit(then, setop)
         return node, names
 
+    @staticmethod
+    def align_by_name(plan: Plan, nodes: tuple[int, int], sides: tuple[list, list]) -> tuple[tuple, list]:
+        """UNION BY NAME: each side projected to the left's columns then the right's others, by name (case
+        insensitive); a column a side lacks is NULL there, as in DuckDB."""
+        names = list(dict.fromkeys(n.lower() for side in sides for n, _ in side))
+        shown = {}
+        for side in reversed(sides):  # the left's spelling wins
+            shown.update({n.lower(): n for n, _ in side})
+        aligned = []
+        for node, side in zip(nodes, sides):
+            internal = {n.lower(): i for n, i in side}
+            outputs = tuple((f"__out_{k}", exp.column(internal[n], quoted=True) if n in internal else exp.null())
+                            for k, n in enumerate(names))
+            aligned.append(plan.add(L.Project(outputs)))
+            plan.graph.add_edge(node, aligned[-1], slot=0)
+        return tuple(aligned), [(shown[n], f"__out_{k}") for k, n in enumerate(names)]
+
     def check_representable(self, select: exp.Select) -> None:
         """Raise Unsupported for what the logical plan has no node for (rather than binding it wrongly)."""
         checks = [("a WINDOW clause", select.args.get("windows")), ("QUALIFY", select.args.get("qualify")),
@@ -530,6 +671,12 @@ class Binder:
         for rel in ([from_.this] if from_ is not None else []) + [j.this for j in select.args.get("joins") or []]:
             if not isinstance(rel, (exp.Table, exp.Subquery, exp.Values)) or rel.args.get("pivots"):
                 checks.append((f"{rel.key.upper()} in FROM", rel))
+            checks.append(("USING SAMPLE / TABLESAMPLE", rel.args.get("sample")))
+        checks.append(("USING SAMPLE / TABLESAMPLE", select.args.get("sample")))
+        for join in select.args.get("joins") or []:
+            method, side, kind = (join.method or "").upper(), (join.side or "").upper(), (join.kind or "").upper()
+            if method in ("ASOF", "POSITIONAL") or kind in ("SEMI", "ANTI") and (method or side):
+                checks.append((" ".join(w for w in (method, side, kind, "JOIN") if w), join))
         for what, node in checks:
             if node:
                 raise self.unsupported(what, node if isinstance(node, exp.Expr) else select)
@@ -556,14 +703,17 @@ class Binder:
         raw_where = [where.this] if where else []
         raw_group = [self.group_expr(g, aliases) for g in (group.expressions if group else [])]
         raw_having = [having.this] if having else []
-        raw_order = [self.order_expr(o.this, names, raw_select) for o in (order.expressions if order else [])]
+        raw_order = [self.order_expr(o.this, names, raw_select, scope) for o in (order.expressions if order else [])]
+        has_aggs = any(self.aggregates(e) for e in raw_select + raw_having) or group is not None
         found: dict[str, tuple] = {}
-        self.extract_llm_calls(raw_select + raw_where + raw_group + raw_having + raw_order, scope, found)
-        for op, _ in found.values():
+        # with GROUP BY, a call outside the aggregates runs once per group, after them (bind_aggregate)
+        per_row = raw_where + raw_group + [a for e in raw_select + raw_having + raw_order for a in self.aggregates(e)] \
+            if has_aggs else raw_select + raw_where + raw_group + raw_having + raw_order
+        for op in self.extract_llm_calls(per_row, scope, found):
             then(op)
-        llm_scope = scope + [ScopeColumn("", op.output, op.output, pa.string()) for op, _ in found.values()]
 
         def bind_expr(e: exp.Expr) -> exp.Expr:
+            llm_scope = scope + [ScopeColumn("", op.output, op.output, pa.string()) for op, _ in found.values()]
             return self.resolve(self.replace_llm_calls(e, found), llm_scope)
 
         if where is not None:
@@ -571,10 +721,9 @@ class Binder:
                 raise self.error("aggregates are not allowed in WHERE (use HAVING)", where)
             then(L.Filter(tuple(self.conjuncts(bind_expr(where.this)))))
 
-        has_aggs = any(self.aggregates(e) for e in raw_select + raw_having) or group is not None
         if has_aggs:
             select_exprs, order_exprs, having_expr = self.bind_aggregate(
-                then, raw_select, raw_group, raw_having, raw_order, bind_expr, select)
+                then, scope, found, raw_select, raw_group, raw_having, raw_order, bind_expr)
         else:
             select_exprs = [bind_expr(e) for e in raw_select]
             order_exprs = [bind_expr(e) for e in raw_order]
@@ -628,8 +777,9 @@ class Binder:
             then(L.Project(keep + tuple(windows.values())))
         return select_exprs, order_exprs
 
-    def bind_aggregate(self, then, raw_select, raw_group, raw_having, raw_order, bind_expr, select):
-        """Pre-project group keys and aggregate inputs, aggregate, and rewrite what reads the result."""
+    def bind_aggregate(self, then, scope, found, raw_select, raw_group, raw_having, raw_order, bind_expr):
+        """Pre-project group keys and aggregate inputs, aggregate, run the model calls over the groups, and
+        rewrite what reads the result."""
         groups = [bind_expr(g) for g in raw_group]
         group_sql = {g.sql(): f"__g_{i}" for i, g in enumerate(groups)}
         calls: dict[str, L.AggregateCall] = {}
@@ -642,12 +792,16 @@ class Binder:
         pre += [(c, exp.column(c, quoted=True)) for c in inputs]  # what the aggregates read, passed through
         then(L.Project(tuple(pre) or (("__row", exp.Literal.number(1)),)))
         then(L.Aggregate(tuple(group_sql.values()), tuple(calls.values())))
+        per_group: set[str] = set()  # the model calls run after the Aggregate
 
         def after(e: exp.Expr) -> exp.Expr:
             markers = {}
 
-            def to_marker(node):
-                if isinstance(node, exp.AggFunc) and node.sql() in calls and node.find_ancestor(exp.Select) is None:
+            def to_marker(node):  # outermost first: a model call over an aggregate, an aggregate over a call
+                if isinstance(node, LLMCall) and node.sql() in found:
+                    return exp.column(found[node.sql()][0].output, quoted=True)
+                if isinstance(node, (exp.AggFunc, exp.Filter)) and node.sql() in calls \
+                        and node.find_ancestor(exp.Select) is None:
                     marker = exp.Placeholder(this=f"agg{len(markers)}")
                     markers[marker.sql()] = calls[node.sql()].output
                     return marker
@@ -662,18 +816,25 @@ class Binder:
                 return node
             result = bound.transform(to_columns, copy=False)
             for col in result.find_all(exp.Column):
-                if L.is_plan_column(col) and not col.name.startswith(("__g_", "__agg_")):
-                    raise self.error(f"column {col.name.split('.')[-1]!r} must appear in GROUP BY "
-                                     f"or inside an aggregate", e)
+                if L.is_plan_column(col) and not col.name.startswith(("__g_", "__agg_")) and col.name not in per_group:
+                    call = next((c for op, c in found.values() if op.output == col.name), None)
+                    what = f"column {col.name.split('.')[-1]!r}" if call is None else \
+                        call.sql_name().lower() + call.sql(dialect=Sqlm)[len(call.sql_name()):]
+                    where = e if call is None else next((c for c in e.find_all(LLMCall) if c.sql() == call.sql()), e)
+                    raise self.error(f"{what} must appear in GROUP BY or inside an aggregate", where)
             return result
 
+        for op in self.extract_llm_calls(raw_select + raw_having + raw_order, scope, found, after):
+            per_group.add(op.output)
+            then(op)
         having = after(raw_having[0]) if raw_having else None
         return [after(e) for e in raw_select], [after(e) for e in raw_order], having
 
-    def aggregate_call(self, agg: exp.AggFunc, index: int, bind_expr) -> L.AggregateCall:
+    def aggregate_call(self, agg: exp.AggFunc | exp.Filter, index: int, bind_expr) -> L.AggregateCall:
         """Any aggregate the relational engine knows (count, sum, avg, string_agg, quantile, ... with DISTINCT,
         ORDER BY or FILTER), over the plan's columns."""
-        if any(self.aggregates(a) for a in agg.iter_expressions()):
+        args = [*agg.this.iter_expressions(), agg.expression] if isinstance(agg, exp.Filter) else agg.iter_expressions()
+        if any(self.aggregates(a) for a in args):
             raise self.error("an aggregate inside another aggregate is not allowed", agg)
         return L.AggregateCall(bind_expr(agg), f"__agg_{index}")
 
@@ -681,7 +842,14 @@ class Binder:
         limit, offset = select.args.get("limit"), select.args.get("offset")
         if limit is None and offset is None:
             return
-        count = self.constant(limit.expression) if limit is not None else None
+        options = limit.args.get("limit_options") if limit is not None else None
+        for option, what in (("percent", "LIMIT / FETCH ... PERCENT"), ("with_ties", "WITH TIES")):
+            if options is not None and options.args.get(option):
+                raise self.unsupported(what, limit)
+        if isinstance(limit, exp.Fetch):  # FETCH FIRST n ROWS ONLY; no n is one row
+            count = self.constant(limit.args["count"]) if limit.args.get("count") is not None else 1
+        else:
+            count = self.constant(limit.expression) if limit is not None else None
         skip = self.constant(offset.expression) if offset is not None else 0
         for value, node in ((count, limit), (skip, offset)):
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -694,7 +862,8 @@ class Binder:
         for e in items:
             star_table = e.table if isinstance(e, exp.Column) and isinstance(e.this, exp.Star) else None
             if isinstance(e, exp.Star) or star_table:
-                cols = [c for c in scope if not star_table or c.alias.lower() == star_table.lower()]
+                cols = [c for c in scope if c.alias.lower() == star_table.lower()] if star_table else \
+                    [c for c in scope if not c.hidden]
                 if star_table and not cols:
                     raise self.error(f"unknown table {star_table!r} in {e.sql()}", e)
                 out += [exp.column(c.name, table=c.alias or None) for c in cols]
@@ -727,18 +896,28 @@ class Binder:
                 return target
         return g
 
-    def order_expr(self, o: exp.Expr, names: list[str], raw_select: list[exp.Expr]) -> exp.Expr:
-        """ORDER BY 2 and ORDER BY <output alias> mean the select item; anything else is an expression."""
+    def order_expr(self, o: exp.Expr, names: list[str], raw_select: list[exp.Expr],
+                   scope: list[ScopeColumn]) -> exp.Expr:
+        """ORDER BY 2 and ORDER BY <output alias> mean the select item; anything else is an expression, in which
+        a name no input column has may be an output alias (ORDER BY g COLLATE nocase)."""
         if isinstance(o, exp.Literal) and not o.is_string:
             index = int(o.this) - 1
             if not 0 <= index < len(raw_select):
                 raise self.error(f"ORDER BY position {o.this} is not in the select list", o)
             return raw_select[index]
+        lowered = [n.lower() for n in names]
         if isinstance(o, exp.Column) and not o.table:
-            lowered = [n.lower() for n in names]
             if o.name.lower() in lowered:
                 return raw_select[lowered.index(o.name.lower())]
-        return o
+            return o
+        inputs = {c.name.lower() for c in scope if not c.hidden}
+
+        def alias(node: exp.Expr) -> exp.Expr:
+            if isinstance(node, exp.Column) and not node.table and node.find_ancestor(exp.Select) is None \
+                    and node.name.lower() in lowered and node.name.lower() not in inputs:
+                return raw_select[lowered.index(node.name.lower())].copy()
+            return node
+        return o.transform(alias)
 
     @staticmethod
     def conjuncts(e: exp.Expr) -> list[exp.Expr]:

@@ -152,8 +152,9 @@ def bind_expression_subqueries(binder, e: exp.Expr, scope, resolver: TableResolv
             raise binder.error("a model call inside a subquery expression is not supported: compute it in a "
                                "CTE or a subquery in FROM", call)
         inner = resolver.resolve(select)
-        inner_tables = {t.alias_or_name.lower() for t in inner.find_all(exp.Table)}
-        inner_columns = set()
+        # what the subquery's own FROM names: tables, and derived tables or VALUES under an alias
+        inner_tables = {t.alias_or_name.lower() for t in inner.find_all(exp.Table, exp.Subquery, exp.Values)} - {""}
+        inner_columns = {c.name.lower() for a in inner.find_all(exp.TableAlias) for c in a.args.get("columns") or []}
         for t in inner.find_all(exp.Table):
             source = resolver.tables.get(t.name.lower())
             if source is not None:

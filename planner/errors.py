@@ -17,7 +17,8 @@ class SqlError(Exception):
 
 
 def position(node: exp.Expr | None, sql: str | None) -> tuple[int | None, int | None]:
-    """1-based line and column where `node` (or the first positioned node inside it) starts."""
+    """1-based line and column where `node` (or the first positioned node inside it) starts; for a node with
+    no position of its own (an empty list `[]`), where its parent starts (`choice => []`: at `choice`)."""
     if node is None or sql is None:
         return None, None
     for candidate in node.walk():
@@ -25,7 +26,7 @@ def position(node: exp.Expr | None, sql: str | None) -> tuple[int | None, int | 
         if start is not None:
             line_start = sql.rfind("\n", 0, start) + 1
             return sql.count("\n", 0, start) + 1, start - line_start + 1
-    return None, None
+    return position(node.parent, sql)
 
 
 def error_at(kind: str, message: str, node: exp.Expr | None, sql: str | None) -> SqlError:

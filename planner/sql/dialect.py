@@ -134,9 +134,10 @@ class SqlmParser(DuckDBParser):
 
     def _parse_llm_call(self, node: type[LLMCall]) -> LLMCall:
         start = self._prev  # the '('
-        args, tokens = [], []  # each argument and the token it starts at, for error positions
+        args, tokens, starts = [], [], []  # each argument and the token it starts at, for error positions
         while self._curr and self._curr.token_type != TokenType.R_PAREN:
             tokens.append(self._curr)
+            starts.append(self._index)
             args.append(self._parse_lambda())
             if not self._match(TokenType.COMMA):
                 break
@@ -146,6 +147,13 @@ class SqlmParser(DuckDBParser):
             if not isinstance(args[i], exp.Kwarg):
                 self.raise_error(f"{name}(): positional argument after a named one", tokens[i])
         positional, options = args[:first_kw], args[first_kw:]
+        for arg, first in zip(args, starts):  # NULL, TRUE, [] carry no position of their own: where they start
+            parts = [(arg.this, first), (arg.expression, first + 2)] if isinstance(arg, exp.Kwarg) else [(arg, first)]
+            for part, index in parts:  # a named argument: its name, then its value after `=>`
+                if part is not None and index < len(self._tokens) \
+                        and all(n.meta.get("start") is None for n in part.walk()):
+                    token = self._tokens[index]
+                    part.meta.update(line=token.line, col=token.col, start=token.start, end=token.end)
         required = [k for k, required in node.arg_types.items() if required]
         if len(positional) != len(required):
             self.raise_error(f"{name}() takes {len(required)} positional arguments "
