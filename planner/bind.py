@@ -36,6 +36,13 @@ BEAM_IGNORES = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "prese
                 "repetition_penalty")
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    """Strings in any of Arrow's layouts (a pandas categorical arrives dictionary-encoded)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
 class Unsupported(SqlError):
     """A construct sqlm's binder does not represent; in a model-free subquery DuckDB runs it whole instead."""
 
@@ -395,7 +402,7 @@ class Binder:
         text_key = "prompt" if isinstance(call, LLMGenerate) else "text"
         arg = call.args[text_key]
         kind = self.type_of(self.resolve(arg, scope), scope)
-        if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        if kind is not None and not _is_text(kind):
             raise self.error(f"{call.sql_name().lower()}(): the {text_key} must be text, got {kind} "
                              f"({arg.sql()}); cast it with CAST(... AS VARCHAR)", arg)
         bind = after or (lambda e: self.resolve(e, scope))
@@ -734,6 +741,10 @@ class Binder:
 
         distinct = select.args.get("distinct") is not None
         internal = [f"__out_{i}" for i in range(len(names))]
+        limited = order or select.args.get("limit") or select.args.get("offset")
+        unnest = next((e for e in raw_select if L.Project.makes_rows(e)), None)
+        if unnest is not None and limited and not distinct:  # the LIMIT would count rows before unnest() makes more
+            raise self.unsupported("unnest() in the select list with ORDER BY / LIMIT / OFFSET", unnest)
         if order and not distinct:
             then(L.Sort(tuple(L.SortKey(e, bool(o.args.get("desc")), bool(o.args.get("nulls_first")))
                               for e, o in zip(order_exprs, order.expressions))))

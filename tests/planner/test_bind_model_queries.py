@@ -17,6 +17,7 @@ from planner.errors import SqlError
 
 T = pa.table({"id": [1, 2, 3, 4], "p": ["Say hi", None, "Say hi", "Name a color"], "n": [1, 2, None, 4]})
 U = pa.table({"id": [1, 3, 3, 5], "tag": ["a", "b", "c", "d"]})
+T_DICT = T.set_column(1, "p", T["p"].dictionary_encode())  # as a pandas categorical arrives
 G = "generate('tiny', p, max_tokens => 2)"
 
 ANSWERED_AS_DUCKDB_DOES = [
@@ -44,6 +45,8 @@ ANSWERED_AS_DUCKDB_DOES = [
     f"SELECT p, count(*) AS c FROM t GROUP BY p HAVING {G} IS NOT NULL",
     "SELECT generate('tiny', 'Join: ' || string_agg(p, ', ' ORDER BY id), max_tokens => 2) AS g FROM t",
     f"SELECT count(*) FILTER (WHERE {G} IS NOT NULL) AS c, count(*) FILTER (WHERE n > 1) AS big FROM t",
+    # prompts from a dictionary-encoded (a pandas categorical) or string_view column
+    f"SELECT id, {G} AS g FROM t_dict ORDER BY id",
     # an output alias inside an ORDER BY expression
     f"SELECT id, {G} AS g FROM t ORDER BY g COLLATE nocase, id",
     # what a model query cannot hold, in a subquery without model calls: DuckDB runs that subquery
@@ -72,6 +75,9 @@ REFUSED = [  # (query, what the error says, the text at the position it gives)
      r"generate\('tiny', p, max_tokens => 2\) must appear in GROUP BY or inside an aggregate", "'tiny'"),
     (f"SELECT id, {G} AS g FROM t ORDER BY nope COLLATE nocase", r"unknown column 'nope' \(available: id, n, p\)",
      "nope"),
+    # a LIMIT below unnest() would count rows before it makes more
+    (f"SELECT id, {G}, unnest([1, 2, 3]) AS x FROM t LIMIT 2", r"unnest\(\) in the select list with ORDER BY",
+     "unnest("),
 ]
 
 ARGUMENT_ERRORS = [  # (the call, what the error says, the text at the position it gives)
@@ -111,6 +117,7 @@ def tiny(tmp_path_factory, tiny_llama):
     con = sqlm.connect(tmp_path_factory.mktemp("bind_model_queries"))
     con.register("t", T)
     con.register("u", U)
+    con.register("t_dict", T_DICT)
     con.sql(f"CREATE MODEL tiny FROM '{tiny_llama.gguf_path}'")
     yield con
     con.close()
@@ -131,6 +138,7 @@ def oracle(tiny, query: str) -> pa.Table:
     duck = duckdb.connect(config={"threads": 1})
     duck.register("t", T)
     duck.register("u", U)
+    duck.register("t_dict", T_DICT)
     duck.create_function("oracle_generate", answer, ["VARCHAR"], "VARCHAR", side_effects=False)
     return duck.sql(CALL.sub(lambda m: f"oracle_generate({m.group(1)})", query)).to_arrow_table()
 
