@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from catalog.quant import BYTES_PER_BLOCK, QuantizedTensor
+from operators.host_memory import resident
 
 TILE_ROWS = 16
 GROUP_BYTES = 4  # consecutive quant bytes of one row in one 32-bit lane
@@ -76,4 +77,6 @@ def pack(weight: QuantizedTensor) -> PackedWeight:
         quants = quants ^ Q8_OFFSET  # padding rows become 128 = quant 0, still zero weights
     grouped = quants.reshape(tiles, TILE_ROWS, nb, groups(qtype), GROUP_BYTES)  # [tiles, lane, block, g, c]
     qs = grouped.permute(0, 2, 3, 1, 4).reshape(tiles, nb, groups(qtype), TILE_ROWS * GROUP_BYTES).contiguous()
-    return PackedWeight(qtype, rows, cols, qs, f16(0), f16(2) if qtype == "Q4_1" else None)
+    # every token reads them whole: on huge pages (operators.host_memory)
+    return PackedWeight(qtype, rows, cols, resident(qs), resident(f16(0)),
+                        resident(f16(2)) if qtype == "Q4_1" else None)

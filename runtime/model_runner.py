@@ -13,15 +13,13 @@ never see each other's tokens; each attends to its cached prefix plus itself, ca
 """
 from __future__ import annotations
 
-import math
-import mmap
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from codegen.kernel_set import AttentionKernels
-from operators import tensor_ops
+from operators import host_memory, tensor_ops
 from operators.llama import LlamaModel
 from runtime.batch import ScheduledBatch
 
@@ -47,8 +45,8 @@ class PagedKVCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32):
         # Zeroed, not empty: masked slots of a gathered block must not hold NaNs (0 * NaN = NaN).
-        self.k = _zeroed((num_layers, num_blocks, num_kv_heads, head_dim, block_size), dtype)
-        self.v = _zeroed((num_layers, num_blocks, num_kv_heads, block_size, head_dim), dtype)
+        self.k = host_memory.lazy_zeros((num_layers, num_blocks, num_kv_heads, head_dim, block_size), dtype)
+        self.v = host_memory.lazy_zeros((num_layers, num_blocks, num_kv_heads, block_size, head_dim), dtype)
         # per-layer views made once: indexing self.k[layer] costs ~1 us per call, twice per layer and step
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
         self._kernel_layers: list | None = None  # the layers as kernel-side views, made by their first use
@@ -132,14 +130,6 @@ class PagedKVCache:
         for src, dst in copies:
             for t in self.block_tensors():
                 t[:, dst] = t[:, src]
-
-
-def _zeroed(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zero tensor in anonymous memory, which the OS zero-fills page by page on first touch: a KV pool costs
-    nothing until its blocks are used (torch.zeros writes every byte up front: ~0.2 s and its whole size in RSS a
-    GiB, paid by every new engine), and it starts page-aligned, as TVM's vector loads want."""
-    count = math.prod(shape)
-    return torch.frombuffer(mmap.mmap(-1, max(1, count * dtype.itemsize)), dtype=dtype, count=count).view(shape)
 
 
 def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

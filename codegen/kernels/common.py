@@ -38,13 +38,13 @@ def rfactor_rows(sch, block: str, rows: int, lanes: int):
     return rf
 
 
-def prefetch(buf, *index, locality: int = 3):
-    """Hint the cache line holding buf[index] into the cache (locality 3: L1, 2: L2, 1: L3; no fault, no effect
-    on results; CPU only)."""
+def prefetch(buf, *index, locality: int = 3, write: bool = False):
+    """Hint the cache line holding buf[index] into the cache (locality 3: L1, 2: L2, 1: L3; `write`: with intent
+    to write, so a store to it does not wait for the line; no fault, no effect on results; CPU only)."""
     from tvm.script import tirx as T
 
-    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[index]), T.int32(0), T.int32(locality),
-                              T.int32(1))
+    return T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[index]), T.int32(int(write)),
+                              T.int32(locality), T.int32(1))
 
 
 def exp_f32(x):
