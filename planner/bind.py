@@ -9,7 +9,6 @@ Every error names the problem and where it is in the SQL text.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -19,21 +18,13 @@ from sqlglot import exp
 
 from catalog.errors import ModelError
 from operators import logical as L
+from planner.bind_call_arguments import CallArguments
 from planner.bind_relational import TableResolver, bind_expression_subqueries, bind_relational, relational_leaf
 from planner.errors import SqlError, error_at
 from planner.graph import Plan
 from catalog.sources import SourceError, TableSource, kind_of
 from planner.sql.dialect import Sqlm
 from planner.sql.nodes import LLMCall, LLMGenerate
-from operators.requests import SamplingParams, StructuredOutput
-from runtime.structured import StructuredOutputError
-from runtime.structured import check as check_structured
-
-DEFAULT_MAX_TOKENS = 64
-OPTION_KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", list: "list of strings"}
-# the sampling options beam search does not read (structured output aside)
-BEAM_IGNORES = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty",
-                "repetition_penalty")
 
 
 def _is_text(kind: pa.DataType) -> bool:
@@ -409,12 +400,13 @@ class Binder:
         text = bind(arg)
         if guard is not None:
             text = exp.Case(ifs=[exp.If(this=bind(guard), true=text)])
+        args = CallArguments(call, self.error, self.constant)
         if isinstance(call, LLMGenerate):
-            n = self.option(call, "n", 1, int)
+            n = args.option("n", 1, int)
             if not 1 <= n <= 16:
                 raise self.error(f"generate(): n must be in [1, 16], got {n}", call.option("n"))
-            return L.Generate(entry.name, text, self.sampling(call), bool(self.option(call, "chat", True, bool)), output,
-                              priority=self.option(call, "priority", 0, int), n=n)
+            return L.Generate(entry.name, text, args.sampling(), bool(args.option("chat", True, bool)), output,
+                              priority=args.option("priority", 0, int), n=n)
         labels = call.args["labels"]
         if not isinstance(labels, exp.Array) or not labels.expressions or not all(
                 isinstance(x, exp.Literal) and x.is_string for x in labels.expressions):
@@ -423,98 +415,8 @@ class Binder:
         if len(names) < 2 or len(set(names)) != len(names):
             raise self.error("classify(): give at least two distinct labels", labels)
         default = f"Classify the text. Answer with exactly one of: {', '.join(names)}."
-        return L.Classify(entry.name, text, names, self.option(call, "instruction", default, str), output,
-                          priority=self.option(call, "priority", 0, int))
-
-    def option(self, call: LLMCall, key: str, default, kind: type | tuple[type, ...]):
-        """The named argument's constant value (`default` where it is not given), of `kind`: int, float, bool,
-        str, list (of strings), or a tuple of them."""
-        value = call.option(key)
-        if value is None:
-            return default
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, exp.Array):
-            const = [self.constant(v) for v in value.expressions]
-            wrong = next((v for v, c in zip(value.expressions, const) if not isinstance(c, str)), None)
-            ok, where = list in kinds and wrong is None, wrong or value
-        else:
-            const = self.constant(value)
-            if float in kinds and isinstance(const, int) and not isinstance(const, bool):
-                const = float(const)
-            # a bool is an int to Python, never to SQL
-            ok = any(isinstance(const, k) and not (k is not bool and isinstance(const, bool)) for k in kinds
-                     if k is not list)
-            where = value
-        if not ok:
-            wanted = " or ".join(OPTION_KINDS[k] for k in kinds)
-            raise self.error(f"{call.sql_name().lower()}(): {key} must be {wanted}, got {value.sql(dialect=Sqlm)}",
-                             where)
-        return const
-
-    def sampling(self, call: LLMCall) -> SamplingParams:
-        stop = self.option(call, "stop", (), (str, list))
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        if any(s == "" for s in stop):
-            raise self.error(f"{call.sql_name().lower()}(): stop strings must not be empty "
-                             "(an empty one would end every output at once)", call.option("stop"))
-        try:
-            params = SamplingParams(
-                structured=self.structured(call),
-                max_tokens=self.option(call, "max_tokens", DEFAULT_MAX_TOKENS, int),
-                temperature=self.option(call, "temperature", 0.0, float),
-                top_p=self.option(call, "top_p", 1.0, float),
-                top_k=self.option(call, "top_k", 0, int),
-                seed=self.option(call, "seed", None, int),
-                presence_penalty=self.option(call, "presence_penalty", 0.0, float),
-                frequency_penalty=self.option(call, "frequency_penalty", 0.0, float),
-                repetition_penalty=self.option(call, "repetition_penalty", 1.0, float),
-                min_p=self.option(call, "min_p", 0.0, float),
-                beam_width=self.option(call, "beam_width", 1, int),
-                length_penalty=self.option(call, "length_penalty", 1.0, float),
-                stop=stop,
-            )
-        except ValueError as e:  # its message starts with the argument's name
-            raise self.error(f"generate(): {e}", call.option(str(e).split()[0]) or call) from None
-        self.check_beam_options(call, params)
-        return params
-
-    def check_beam_options(self, call: LLMCall, params: SamplingParams) -> None:
-        """Beam search (runtime/beam_search.py) reads only beam_width, max_tokens, length_penalty and n, and
-        sampling never reads length_penalty: an option the chosen decoding would ignore is refused by name."""
-        plain = SamplingParams()
-        for kw in call.args.get("options") or []:
-            key = kw.this.name.lower()
-            if params.beam_width > 1 and (key in StructuredOutput.KINDS or key in BEAM_IGNORES
-                                          and getattr(params, key) != getattr(plain, key)):
-                raise self.error(f"generate(): {key} cannot be combined with beam_width", kw.expression)
-            if params.beam_width == 1 and key == "length_penalty" and params.length_penalty != plain.length_penalty:
-                raise self.error("generate(): length_penalty ranks beams: it needs beam_width > 1", kw.expression)
-
-    def structured(self, call: LLMCall) -> StructuredOutput | None:
-        """The one structured-output option of a generate() call, checked (schema, regex, grammar) here."""
-        given = [k for k in StructuredOutput.KINDS if call.option(k) is not None]
-        if not given:
-            return None
-        if len(given) > 1:
-            raise self.error(f"generate(): give one of {', '.join(StructuredOutput.KINDS)}, not "
-                             f"{' and '.join(given)}", call.option(given[1]))
-        kind, node = given[0], call.option(given[0])
-        if kind == "json_object":
-            if self.option(call, kind, False, bool) is not True:
-                raise self.error("generate(): json_object takes true", node)
-            spec = StructuredOutput(kind)
-        elif kind == "choice":
-            choices = self.option(call, kind, None, list)
-            if not choices:
-                raise self.error("generate(): choice must be a non-empty list of strings, like ['yes', 'no']", node)
-            spec = StructuredOutput(kind, json.dumps(choices))
-        else:
-            spec = StructuredOutput(kind, self.option(call, kind, None, str))
-        try:
-            check_structured(spec)
-        except StructuredOutputError as e:
-            raise self.error(f"generate(): {e}", node) from None
-        return spec
+        return L.Classify(entry.name, text, names, args.option("instruction", default, str), output,
+                          priority=args.option("priority", 0, int))
 
     def extract_llm_calls(self, exprs: list[exp.Expr], scope, found: dict[str, tuple[L.Generate | L.Classify, exp.Expr]],
                           after=None) -> list[L.Generate | L.Classify]:
