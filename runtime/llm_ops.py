@@ -218,11 +218,16 @@ class LLMService:
         the call has a seed, as OpenAI's n: the prompt's KV is computed once, the prefix cache shares it)."""
         tokenizer = self._load_model(model).tokenizer
         encode = tokenizer.encode_chat if chat else tokenizer.encode
+        encoded = [tuple(encode(p)) for p in prompts]
+        empty = next((p for p, ids in zip(prompts, encoded) if not ids), None)
+        if empty is not None:  # the engine's own refusal could not say which prompt, nor why it has no tokens
+            raise ValueError(f"generate(): the prompt {empty!r} has no tokens (chat => false adds no template): "
+                             "give it some text, or NULL for no model call")
         if sampling.beam_width > 1:
-            return self._beam_search(model, knobs, [tuple(encode(p)) for p in prompts], sampling, priority, n)
+            return self._beam_search(model, knobs, encoded, sampling, priority, n)
         samplings = [sampling if sampling.seed is None or n == 1 else replace(sampling, seed=sampling.seed + i)
                      for i in range(n)]
-        requests = [GenerationRequest(ids, s, priority) for ids in (tuple(encode(p)) for p in prompts) for s in samplings]
+        requests = [GenerationRequest(ids, s, priority) for ids in encoded for s in samplings]
         results, outcome = self._run(model, knobs, requests, on_progress, n)
         texts = [r.text for r in results]
         outcome.values = texts if n == 1 else [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -112,6 +112,14 @@ def test_non_text_prompt(tiny):
         tiny.sql("SELECT generate('tiny', stars) FROM t")
 
 
+def test_empty_prompt_without_template_is_named(tiny):
+    tiny.register("prompts", pa.table({"p": ["the lazy fox", ""]}))
+    with pytest.raises(ValueError, match=r"the prompt '' has no tokens \(chat => false adds no template\)"):
+        tiny.sql("SELECT generate('tiny', p, max_tokens => 2, chat => false) FROM prompts")
+    # with the chat template an empty message is a prompt like any other
+    assert tiny.sql("SELECT generate('tiny', p, max_tokens => 2) AS g FROM prompts").arrow().num_rows == 2
+
+
 def test_explain_formats_and_verbose(tiny):
     q = "SELECT id, generate('tiny', body, max_tokens => 2) FROM t WHERE stars > 3 LIMIT 1"
     text = tiny.explain("EXPLAIN (VERBOSE) " + q)
