@@ -54,7 +54,7 @@ class TvmQuantizedLinear:
         # the weights as TVM tensors once (zero-copy views): a torch tensor argument costs a DLPack conversion on
         # every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight tensors each
         self._weights = tuple(tvm_view(aligned(t)) for t in self.packed.tensors)
-        self._screen: GreedyScreen | None = None  # built by the first argmax (an lm_head's)
+        self._screen: GreedyScreen | None = None  # an lm_head's: prepare_argmax
 
     def dequantized_t(self) -> torch.Tensor:
         """bf16 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
@@ -72,9 +72,14 @@ class TvmQuantizedLinear:
         through codegen.greedy_screen (exact, without every row's product); with a bias, from the full product."""
         if self.bias is not None or x.shape[0] < SCREEN_MIN_ROWS:
             return argmax_rows(self(x), excluded)
-        if self._screen is None:
-            self._screen = GreedyScreen(self.weight, self._weights, self)
+        self.prepare_argmax()
         return self._screen.argmax(x, excluded)
+
+    def prepare_argmax(self) -> None:
+        """Build the greedy screen (its per-block bounds: ~0.1-0.2 s for SmolLM2's lm_head) now, when the model
+        loads, rather than inside the first greedy query's time."""
+        if self.bias is None and self._screen is None:
+            self._screen = GreedyScreen(self.weight, self._weights, self)
 
     def run(self, path: str, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] through one of quant_crossover.PATHS, whatever T (benchmarks, tests)."""

@@ -83,6 +83,9 @@ def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **op
         for layer in model.layers:
             layer.input_norm, layer.post_norm = tvm_ops.aligned(layer.input_norm), tvm_ops.aligned(layer.post_norm)
         model.final_norm = tvm_ops.aligned(model.final_norm)
+        prepare_argmax = getattr(model.lm_head, "prepare_argmax", None)
+        if prepare_argmax is not None:  # the greedy screen's setup belongs to loading the model
+            prepare_argmax()
     return model
 
 
