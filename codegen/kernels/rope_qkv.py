@@ -40,8 +40,8 @@ def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
     # A token's key is one column of its block's transposed keys [D, BS]: D cache lines, each cold (the block was
     # last touched a step ago, a whole pass over the weights and KV before), and a store to a missing line waits
     # for it. So the lines of the token AHEAD rows on are fetched for writing while this one is computed: 64
-    # decode rows into a 30-layer pool (Zen 4, 2 threads, median of 60 sweeps) 241 -> 147 us a layer (1, 4 and 8
-    # rows ahead: 157, 165, 153).
+    # decode rows into a 30-layer pool (Zen 4, 2 threads, median of 60 sweeps) 241 -> 147 us a layer in one A/B
+    # (1, 4 and 8 rows ahead: 157, 165, 153), within that machine's noise in two later ones.
     AHEAD = 2
     ITEM = 4 if KT == "float32" else 2
     K_PER_LINE = max(1, 64 // (BS * ITEM))  # key rows d of a block in one line
