@@ -47,6 +47,18 @@ def prefetch(buf, *index, locality: int = 3, write: bool = False):
                               T.int32(locality), T.int32(1))
 
 
+CACHE_LINE = 64  # bytes
+KV_ITEM_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
+
+
+def kv_block_lines(kv_dtype: str, block_size: int, head_dim: int) -> tuple[int, int, int]:
+    """How one KV head's block (paged_attention's layout: keys transposed [D, BS], values [BS, D]) of TVM dtype
+    `kv_dtype` falls on cache lines, for the kernels that prefetch it: (key rows d per line, lines per value row,
+    value elements per line)."""
+    item = KV_ITEM_BYTES[kv_dtype]
+    return (max(1, CACHE_LINE // (block_size * item)), max(1, head_dim * item // CACHE_LINE), CACHE_LINE // item)
+
+
 def exp_f32(x):
     """exp(x) in fp32 from +, *, floor and an exponent-bit shift, so it vectorizes.
 

@@ -27,7 +27,7 @@ import math
 
 from codegen.build import KernelSpec
 from codegen.kernels import common
-from codegen.kernels.common import exp_f32, loop_kinds, prefetch
+from codegen.kernels.common import exp_f32, kv_block_lines, loop_kinds, prefetch
 from codegen.target import Target
 
 KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
@@ -90,9 +90,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
     # sequences of 80 tokens, blocks scattered (Zen 4, 2 threads, a layer): bf16 286 -> 188 us, fp32 454 -> 417;
     # 300 tokens bf16 1005 -> 668; one block ahead, or into L1, gained less, and 3+ ahead lost.
     AHEAD, LOC = 2, 2
-    ITEM = {"float32": 4, "bfloat16": 2, "int8": 1}[KV]
-    K_ROWS_PER_LINE = max(1, 64 // (BS * ITEM))  # rows d of a block's [D, BS] keys in one line
-    V_LINES_PER_ROW = max(1, D * ITEM // 64)  # lines of one value row [D]
+    K_ROWS_PER_LINE, V_LINES_PER_ROW, V_PER_LINE = kv_block_lines(KV, BS, D)
 
     @T.macro
     def prefetch_block(k_cache, v_cache, blk, g):
@@ -100,7 +98,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             T.evaluate(prefetch(k_cache, blk, g, r * K_ROWS_PER_LINE, 0, locality=LOC))
         for jj in T.unroll(BS):
             for c in T.unroll(V_LINES_PER_ROW):
-                T.evaluate(prefetch(v_cache, blk, g, jj, c * (64 // ITEM), locality=LOC))
+                T.evaluate(prefetch(v_cache, blk, g, jj, c * V_PER_LINE, locality=LOC))
 
     @T.macro
     def attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,

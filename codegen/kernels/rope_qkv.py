@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from codegen.build import KernelSpec
 from codegen.kernels import common
-from codegen.kernels.common import PARALLEL_MIN_ROWS, loop_kinds, prefetch
+from codegen.kernels.common import PARALLEL_MIN_ROWS, kv_block_lines, loop_kinds, prefetch
 from codegen.target import Target
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -43,9 +43,7 @@ def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
     # decode rows into a 30-layer pool (Zen 4, 2 threads, median of 60 sweeps) 241 -> 147 us a layer in one A/B
     # (1, 4 and 8 rows ahead: 157, 165, 153), within that machine's noise in two later ones.
     AHEAD = 2
-    ITEM = 4 if KT == "float32" else 2
-    K_PER_LINE = max(1, 64 // (BS * ITEM))  # key rows d of a block in one line
-    V_LINES = max(1, D * ITEM // 64)  # lines of one value row
+    K_PER_LINE, V_LINES, V_PER_LINE = kv_block_lines(KT, BS, D)
 
     def x(qkv, t, col):
         return T.Cast("float32", qkv[t, col])
@@ -58,7 +56,7 @@ def make_rope_qkv(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size
                                     T.Cast("int64", offsets[t]), write=True))
             for c in T.unroll(V_LINES):
                 T.evaluate(prefetch(v_cache, T.Cast("int64", blocks[t]), h, T.Cast("int64", offsets[t]),
-                                    c * (D // V_LINES), write=True))
+                                    c * V_PER_LINE, write=True))
 
     @T.macro
     def row(qkv, cos, sin, blocks, offsets, k_cache, v_cache, q, t, num_tokens):
