@@ -78,6 +78,8 @@ def capture(model: LlamaModel, kv_layers: list[tuple], block_size: int, tokens: 
          "slot_blocks": _buffer(tokens, dtype=torch.int32), "slot_offsets": _buffer(tokens, dtype=torch.int32),
          "block_tables": _buffer(seqs, max_blocks, dtype=torch.int32),
          "query_start": _buffer(seqs + 1, dtype=torch.int32), "context_lens": _buffer(seqs, dtype=torch.int32)}
+    lanes = ops.attention_lanes(target)
+    b["partials"] = ops.attention_partials(seqs, c.num_heads, c.num_kv_heads, head_dim, max_blocks, block_size, lanes)
     v = {name: tvm_view(t) for name, t in b.items()}
     v["attn_rows"] = tvm_view(b["attn"].view(tokens, q_size))
     # the two halves of gate_up are strided views for more than one row, which TVM tensors cannot be: those go
@@ -100,7 +102,8 @@ def capture(model: LlamaModel, kv_layers: list[tuple], block_size: int, tokens: 
         calls += [
             _linear(layer.qkv_proj, tokens, v["h"], v["qkv"]),
             (rope_qkv, (v["qkv"], v["cos"], v["sin"], v["slot_blocks"], v["slot_offsets"], k_cache, v_cache, v["q"])),
-            (attention, (v["q"], k_cache, v_cache, v["block_tables"], v["query_start"], v["context_lens"], v["attn"])),
+            (attention, (v["q"], k_cache, v_cache, v["block_tables"], v["query_start"], v["context_lens"], v["attn"],
+                         v["partials"], lanes)),
             _linear(layer.o_proj, tokens, v["attn_rows"], v["o"]),
             (add_rms_norm, (v["x"], v["o"], tvm_view(aligned(layer.post_norm)), v["h"])),
             _linear(layer.gate_up_proj, tokens, v["h"], v["gate_up"]),

@@ -39,6 +39,9 @@ class AttentionKernels:
     # (codegen.captured_forward.capture), or None
     capture: Callable | None = None
     capture_max_tokens: int = 0
+    # the paged-attention kernel's scratch for a step: (num_seqs, Hq, Hkv, D, max_blocks, block_size) -> tensor
+    # (codegen.ops.attention_partials), made once a step and passed to every layer's call as `partials`
+    partials: Callable | None = None
 
 
 def gpu_available() -> bool:
@@ -82,12 +85,13 @@ class KernelSet:
 
         def warm_up(config: ModelConfig, block_size: int, x_dtype: str, kv_dtype: str) -> None:
             ops.warm_up_attention(config, block_size, x_dtype, kv_dtype, target=target)
+        partials = functools.partial(ops.attention_partials, lanes=ops.attention_lanes(target), device=self.device)
         if self.device != "cpu":
-            return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up)
+            return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, partials=partials)
         from codegen.captured_forward import capture
         from codegen.quant_crossover import CAPTURED_MAX_TOKENS
         return AttentionKernels(self.op("rope_qkv"), self.op("paged_attention"), warm_up, capture=capture,
-                                capture_max_tokens=CAPTURED_MAX_TOKENS)
+                                capture_max_tokens=CAPTURED_MAX_TOKENS, partials=partials)
 
 
 @functools.lru_cache(maxsize=None)

@@ -130,9 +130,35 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = No
     return out
 
 
+@lru_cache(maxsize=None)
+def attention_lanes(target: Target | None = None) -> int:
+    """The paged-attention kernel's lanes (each takes every lanes-th task): TVM's CPU threads, or GPU blocks."""
+    if target is not None and target.is_gpu:
+        return GPU_ATTENTION_LANES
+    import tvm  # loads the runtime, which registers the function
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+GPU_ATTENTION_LANES = 256
+
+
+def attention_partials(num_seqs: int, num_q_heads: int, num_kv_heads: int, head_dim: int, max_blocks: int,
+                       block_size: int, lanes: int, device: str = "cpu") -> torch.Tensor:
+    """The paged-attention kernel's scratch [B, Hq, chunks, D + 2] for the chunk states of split decode rows:
+    room for every chunk of a max_blocks-block sequence where the batch is small enough to be split, else one
+    chunk (nothing is split). Left unwritten until the kernel splits."""
+    from codegen.kernels.paged_attention import CHUNK_TOKENS, SPLIT_BELOW
+
+    chunk = max(1, CHUNK_TOKENS // block_size) * block_size
+    chunks = -(-max_blocks * block_size // chunk) if num_seqs * num_kv_heads < SPLIT_BELOW * lanes else 1
+    return torch.empty(num_seqs, num_q_heads, chunks, head_dim + 2, device=device)
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     query_start: torch.Tensor, context_lens: torch.Tensor, out: torch.Tensor | None = None,
-                    target: Target | None = None, int8_scales: tuple | None = None) -> torch.Tensor:
+                    target: Target | None = None, int8_scales: tuple | None = None,
+                    partials: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of a ragged batch over a paged cache (codegen/kernels/paged_attention.py).
 
     q [T, Hq, D] fp32; k_cache [num_blocks, Hkv, D, block_size] (keys transposed per block) and
@@ -140,18 +166,24 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     query_start [B + 1] int32 (sequence b owns q rows query_start[b]..query_start[b+1]-1);
     context_lens [B] int32 (cached tokens of b, its new ones included). Returns [T, Hq, D] fp32
     (`out` when given). An int8 cache comes with int8_scales = (k_scale, v_scale [num_blocks, Hkv, block_size],
-    k_channel, v_channel [Hkv, D]), fp32 (runtime.model_runner.PagedKVCache's int8 layout).
+    k_channel, v_channel [Hkv, D]), fp32 (runtime.model_runner.PagedKVCache's int8 layout). `partials`: the
+    kernel's scratch (attention_partials), made here when not given.
     """
     q = q.contiguous()
     out = torch.empty_like(q) if out is None else out
     kv_dtype = dtype_name(k_cache)
-    kernel = paged_attention_kernel(q.shape[1], k_cache.shape[1], q.shape[2], k_cache.shape[3], kv_dtype, target)
+    num_seqs, num_kv_heads, block_size = block_tables.shape[0], k_cache.shape[1], k_cache.shape[3]
+    lanes = attention_lanes(target)
+    if partials is None:
+        partials = attention_partials(num_seqs, q.shape[1], num_kv_heads, q.shape[2], block_tables.shape[1],
+                                      block_size, lanes, "cpu" if target is None or not target.is_gpu else "cuda")
+    kernel = paged_attention_kernel(q.shape[1], num_kv_heads, q.shape[2], block_size, kv_dtype, target)
     if kv_dtype == "int8":
         if int8_scales is None:
             raise ValueError("an int8 KV cache needs its int8_scales (k_scale, v_scale, k_channel, v_channel)")
-        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, *int8_scales, out)
+        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, *int8_scales, out, partials, lanes)
     else:
-        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, out)
+        kernel(q, k_cache, v_cache, block_tables, query_start, context_lens, out, partials, lanes)
     return out
 
 

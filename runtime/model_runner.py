@@ -209,6 +209,8 @@ class KernelPagedAttention:
             r = inputs.ragged
             self._slots = tuple(self._view(t.contiguous()) for t in (inputs.slot_blocks, inputs.slot_offsets))
             self._tables = tuple(self._view(t.contiguous()) for t in (r.block_tables, r.query_start, r.context_lens))
+            self._partials = self._view(kernels.partials(r.block_tables.shape[0], num_q_heads, cache.k.shape[2],
+                                                         cache.k.shape[3], r.block_tables.shape[1], cache.k.shape[4]))
             self._trig_of, self._trig = None, ()  # the step's RoPE cos/sin (the same tensors in every layer)
 
     def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,7 @@ class KernelPagedAttention:
                 self._trig_of, self._trig = cos, (self._view(cos.contiguous()), self._view(sin.contiguous()))
             k_cache, v_cache = self._layers[layer]
             q = self._rope_qkv(qkv, *self._trig, k_cache, v_cache, *self._slots, self.num_q_heads)
-            return self._attention(q, k_cache, v_cache, *self._tables)  # [T, Hq, D]
+            return self._attention(q, k_cache, v_cache, *self._tables, partials=self._partials)  # [T, Hq, D]
         k_cache, v_cache = cache.layers[layer]
         # int8: RoPE and the quantizing write in torch, the attention over the int8 blocks in the kernel
         q, k, v = tensor_ops.rope_qkv(qkv, cos, sin, self.num_q_heads, k_cache.shape[1])

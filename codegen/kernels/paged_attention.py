@@ -32,6 +32,8 @@ from codegen.target import Target
 
 KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 SPLIT = 4  # independent partial sums per score vector
+CHUNK_TOKENS = 128  # a sequence's keys are reduced in chunks of this many, merged in order
+SPLIT_BELOW = 8  # (sequence, KV head) tasks a lane below which decode rows' chunks become tasks of their own
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
@@ -91,6 +93,8 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
     # 300 tokens bf16 1005 -> 668; one block ahead, or into L1, gained less, and 3+ ahead lost.
     AHEAD, LOC = 2, 2
     K_ROWS_PER_LINE, V_LINES_PER_ROW, V_PER_LINE = kv_block_lines(KV, BS, D)
+    CB = max(1, CHUNK_TOKENS // BS)  # blocks a chunk
+    CHUNK = CB * BS
 
     @T.macro
     def prefetch_block(k_cache, v_cache, blk, g):
@@ -101,98 +105,213 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                 T.evaluate(prefetch(v_cache, blk, g, jj, c * V_PER_LINE, locality=LOC))
 
     @T.macro
+    def make_plan(plan, context_lens, num_seqs, lanes, max_chunks):
+        """plan[0]: chunks a (sequence, KV head) is split into (1: not split); plan[1]: 1 where decode rows
+        are split, when the batch has fewer than SPLIT_BELOW tasks a lane and `partials` holds every chunk."""
+        plan[0] = 1
+        for b in range(num_seqs):
+            plan[0] = T.max(plan[0], T.Cast("int64", (context_lens[b] + CHUNK - 1) // CHUNK))
+        plan[1] = 0
+        if num_seqs * HKV < SPLIT_BELOW * lanes:
+            if plan[0] > 1:
+                if plan[0] <= max_chunks:
+                    plan[1] = 1
+        if plan[1] == 0:
+            plan[0] = 1
+
+    @T.macro
+    def fold_chunk(acc, run_max, run_sum, tot_acc, tot_max, tot_sum, h):
+        """Merges a chunk's softmax state into the row's total: the same code whichever task ran the chunk."""
+        new_max = T.max(tot_max[h], run_max[h])
+        a = exp_f32(tot_max[h] - new_max)
+        c = exp_f32(run_max[h] - new_max)
+        tot_sum[h] = tot_sum[h] * a + run_sum[h] * c
+        tot_max[h] = new_max
+        for d in VEC(D):
+            tot_acc[h, d] = tot_acc[h, d] * a + acc[h, d] * c
+
+    @T.macro
+    def finish(out, row, g, h, acc, run_sum, v_channel):
+        for d in VEC(D):
+            if INT8:
+                out[row, g * GROUP + h, d] = acc[h, d] * v_channel[g, d] / run_sum[h]
+            else:
+                out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]
+
+    @T.macro
     def attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
-               v_channel, num_seqs):
+               v_channel, partials, num_seqs, lanes, max_chunks):
         """int8 (INT8): a key's score is (q x k_channel) . k_int8 x k_scale, a value's weight p x v_scale, and
         the output is scaled back by v_channel (runtime.model_runner.PagedKVCache's int8 layout)."""
-        for task in OUTER(num_seqs * HKV):
+        for lane in OUTER(lanes):
+            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
             qs = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+            tot_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            tot_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            tot_acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             part = T.alloc_buffer((SPLIT, GROUP, BS), "float32", scope=SCOPE)
             probs = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
             fold = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
-            b = task // HKV
-            g = task % HKV
-            if not gpu:  # the next task's first blocks, while this one runs (its later ones: AHEAD blocks ahead)
-                if task + 1 < num_seqs * HKV:
-                    for a in T.unroll(AHEAD):
-                        if a * BS < context_lens[(task + 1) // HKV]:
-                            prefetch_block(k_cache, v_cache, block_tables[(task + 1) // HKV, a], (task + 1) % HKV)
-            q_begin = query_start[b]
-            num_q = query_start[b + 1] - q_begin
-            for i in range(num_q):
-                row = q_begin + i
-                num_keys = context_lens[b] - num_q + i + 1
-                for h in range(GROUP):
-                    run_max[h] = T.float32(NEG)
-                    run_sum[h] = T.float32(0)
-                    for d in VEC(D):
-                        if INT8:
-                            qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale) * k_channel[g, d]
-                        else:
-                            qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale)
-                        acc[h, d] = T.float32(0)
-                for kb in range((num_keys + BS - 1) // BS):
-                    blk = block_tables[b, kb]
-                    count = T.min(BS, num_keys - kb * BS)
-                    if not gpu:
-                        if (kb + AHEAD) * BS < num_keys:
-                            prefetch_block(k_cache, v_cache, block_tables[b, kb + AHEAD], g)
-                    for c in T.unroll(SPLIT):
-                        for h in T.unroll(GROUP):
-                            for jj in VEC(BS):
-                                part[c, h, jj] = T.float32(0)
-                    for dd in range(D // SPLIT):
-                        for c in T.unroll(SPLIT):
-                            for h in T.unroll(GROUP):
-                                for jj in VEC(BS):
-                                    part[c, h, jj] = part[c, h, jj] + qs[h, dd * SPLIT + c] * T.Cast(
-                                        "float32", k_cache[blk, g, dd * SPLIT + c, jj])
-                    if INT8:
-                        for c in T.unroll(SPLIT):
-                            for h in T.unroll(GROUP):
-                                for jj in VEC(BS):
-                                    part[c, h, jj] = part[c, h, jj] * k_scale[blk, g, jj]
-                    for h in T.unroll(GROUP):
-                        for jj in VEC(W):
-                            probs[h, jj] = T.Select(jj < count, (part[0, h, T.min(jj, BS - 1)] + part[1, h, T.min(jj, BS - 1)])
-                                                    + (part[2, h, T.min(jj, BS - 1)] + part[3, h, T.min(jj, BS - 1)]),
-                                                    T.float32(NEG))
-                            fold[h, jj] = probs[h, jj]
-                        fold_lanes(fold, h, True)
-                        fold[h, 0] = T.max(fold[h, 0], run_max[h])  # the new running max
-                        for jj in VEC(W):
-                            probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - fold[h, 0]), T.float32(0))
-                        alpha = exp_f32(run_max[h] - fold[h, 0])
-                        run_max[h] = fold[h, 0]
-                        for jj in VEC(W):
-                            fold[h, jj] = probs[h, jj]
-                        fold_lanes(fold, h, False)
-                        run_sum[h] = run_sum[h] * alpha + fold[h, 0]
-                        for d in VEC(D):
-                            acc[h, d] = acc[h, d] * alpha
-                    if INT8:  # each value's weight carries its token's scale
-                        for h in T.unroll(GROUP):
-                            for jj in VEC(BS):
-                                probs[h, jj] = probs[h, jj] * v_scale[blk, g, jj]
-                    for jj in range(count):
-                        for h in T.unroll(GROUP):  # GROUP x D/16 independent accumulators
+            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
+            # tasks chunk-major, (chunk, sequence, KV head), dealt round-robin to the lanes: a static split of
+            # the task range would give one lane the long sequences' later chunks and the other the rest
+            num_tasks = plan[0] * num_seqs * HKV
+            for k in range((num_tasks - lane + lanes - 1) // lanes):
+                task = lane + k * lanes
+                c = T.Cast("int32", task // (num_seqs * HKV))
+                b = task % (num_seqs * HKV) // HKV
+                g = task % HKV
+                if not gpu:  # the lane's next task's first blocks, while this one runs
+                    nxt = task + lanes
+                    if nxt < num_tasks:
+                        nxt_b = nxt % (num_seqs * HKV) // HKV
+                        nxt_first = T.Cast("int32", nxt // (num_seqs * HKV)) * CB
+                        for a in T.unroll(AHEAD):
+                            if (nxt_first + a) * BS < context_lens[nxt_b]:
+                                prefetch_block(k_cache, v_cache, block_tables[nxt_b, nxt_first + a], nxt % HKV)
+                q_begin = query_start[b]
+                num_q = query_start[b + 1] - q_begin
+                split = plan[1] == 1 and num_q == 1 and context_lens[b] > CHUNK
+                if c == 0 or (split and c * CHUNK < context_lens[b]):
+                    for i in range(num_q):
+                        row = q_begin + i
+                        num_keys = context_lens[b] - num_q + i + 1
+                        num_blocks = (num_keys + BS - 1) // BS
+                        num_chunks = (num_blocks + CB - 1) // CB
+                        for h in range(GROUP):
+                            tot_max[h] = T.float32(NEG)
+                            tot_sum[h] = T.float32(0)
                             for d in VEC(D):
-                                acc[h, d] = acc[h, d] + probs[h, jj] * T.Cast("float32", v_cache[blk, g, jj, d])
-                for h in range(GROUP):
-                    for d in VEC(D):
-                        if INT8:
-                            out[row, g * GROUP + h, d] = acc[h, d] * v_channel[g, d] / run_sum[h]
-                        else:
-                            out[row, g * GROUP + h, d] = acc[h, d] / run_sum[h]
+                                if INT8:
+                                    qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale) * k_channel[g, d]
+                                else:
+                                    qs[h, d] = q[row, g * GROUP + h, d] * T.float32(scale)
+                                tot_acc[h, d] = T.float32(0)
+                        first = T.if_then_else(split, c, 0)
+                        last = T.if_then_else(split, c + 1, num_chunks)
+                        for ci in range(last - first):  # (a loop from a nonzero start ran from 0 in TVM 0.27)
+                            cc = first + ci
+                            for h in range(GROUP):
+                                run_max[h] = T.float32(NEG)
+                                run_sum[h] = T.float32(0)
+                                for d in VEC(D):
+                                    acc[h, d] = T.float32(0)
+                            for kj in range(T.min(CB, num_blocks - cc * CB)):
+                                kb = cc * CB + kj
+                                blk = block_tables[b, kb]
+                                count = T.min(BS, num_keys - kb * BS)
+                                if not gpu:
+                                    if kb + AHEAD < T.min(last * CB, num_blocks):
+                                        prefetch_block(k_cache, v_cache, block_tables[b, kb + AHEAD], g)
+                                for c4 in T.unroll(SPLIT):
+                                    for h in T.unroll(GROUP):
+                                        for jj in VEC(BS):
+                                            part[c4, h, jj] = T.float32(0)
+                                for dd in range(D // SPLIT):
+                                    for c4 in T.unroll(SPLIT):
+                                        for h in T.unroll(GROUP):
+                                            for jj in VEC(BS):
+                                                part[c4, h, jj] = part[c4, h, jj] + qs[h, dd * SPLIT + c4] * T.Cast(
+                                                    "float32", k_cache[blk, g, dd * SPLIT + c4, jj])
+                                if INT8:
+                                    for c4 in T.unroll(SPLIT):
+                                        for h in T.unroll(GROUP):
+                                            for jj in VEC(BS):
+                                                part[c4, h, jj] = part[c4, h, jj] * k_scale[blk, g, jj]
+                                for h in T.unroll(GROUP):
+                                    for jj in VEC(W):
+                                        probs[h, jj] = T.Select(
+                                            jj < count, (part[0, h, T.min(jj, BS - 1)] + part[1, h, T.min(jj, BS - 1)])
+                                            + (part[2, h, T.min(jj, BS - 1)] + part[3, h, T.min(jj, BS - 1)]),
+                                            T.float32(NEG))
+                                        fold[h, jj] = probs[h, jj]
+                                    fold_lanes(fold, h, True)
+                                    fold[h, 0] = T.max(fold[h, 0], run_max[h])  # the new running max
+                                    for jj in VEC(W):
+                                        probs[h, jj] = T.Select(jj < count, exp_f32(probs[h, jj] - fold[h, 0]),
+                                                                T.float32(0))
+                                    alpha = exp_f32(run_max[h] - fold[h, 0])
+                                    run_max[h] = fold[h, 0]
+                                    for jj in VEC(W):
+                                        fold[h, jj] = probs[h, jj]
+                                    fold_lanes(fold, h, False)
+                                    run_sum[h] = run_sum[h] * alpha + fold[h, 0]
+                                    for d in VEC(D):
+                                        acc[h, d] = acc[h, d] * alpha
+                                if INT8:  # each value's weight carries its token's scale
+                                    for h in T.unroll(GROUP):
+                                        for jj in VEC(BS):
+                                            probs[h, jj] = probs[h, jj] * v_scale[blk, g, jj]
+                                for jj in range(count):
+                                    for h in T.unroll(GROUP):  # GROUP x D/16 independent accumulators
+                                        for d in VEC(D):
+                                            acc[h, d] = acc[h, d] + probs[h, jj] * T.Cast("float32",
+                                                                                           v_cache[blk, g, jj, d])
+                            for h in range(GROUP):
+                                if split:  # the chunk's state, for the merge below
+                                    for d in VEC(D):
+                                        partials[b, g * GROUP + h, cc, d] = acc[h, d]
+                                    partials[b, g * GROUP + h, cc, D] = run_max[h]
+                                    partials[b, g * GROUP + h, cc, D + 1] = run_sum[h]
+                                elif num_chunks == 1:
+                                    finish(out, row, g, h, acc, run_sum, v_channel)
+                                else:
+                                    fold_chunk(acc, run_max, run_sum, tot_acc, tot_max, tot_sum, h)
+                        if not split and num_chunks > 1:
+                            for h in range(GROUP):
+                                finish(out, row, g, h, tot_acc, tot_sum, v_channel)
+
+    @T.macro
+    def merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks):
+        """The split rows' chunk states merged in chunk order, as an unsplit task merges them."""
+        for lane in OUTER(lanes):
+            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
+            run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+            tot_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            tot_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
+            tot_acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
+            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
+            for k in range((num_seqs * HKV - lane + lanes - 1) // lanes):
+                task = lane + k * lanes
+                b = task // HKV
+                g = task % HKV
+                if plan[1] == 1 and query_start[b + 1] - query_start[b] == 1 and context_lens[b] > CHUNK:
+                    for h in range(GROUP):
+                        tot_max[h] = T.float32(NEG)
+                        tot_sum[h] = T.float32(0)
+                        for d in VEC(D):
+                            tot_acc[h, d] = T.float32(0)
+                        for cc in range((context_lens[b] + CHUNK - 1) // CHUNK):
+                            for d in VEC(D):
+                                acc[h, d] = partials[b, g * GROUP + h, cc, d]
+                            run_max[h] = partials[b, g * GROUP + h, cc, D]
+                            run_sum[h] = partials[b, g * GROUP + h, cc, D + 1]
+                            fold_chunk(acc, run_max, run_sum, tot_acc, tot_max, tot_sum, h)
+                        finish(out, query_start[b], g, h, tot_acc, tot_sum, v_channel)
+
+    @T.macro
+    def run(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
+            v_channel, partials, num_seqs, lanes, max_chunks):
+        attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
+               v_channel, partials, num_seqs, lanes, max_chunks)
+        if gpu:  # the host cannot read context_lens: the merge kernel always runs (and finds nothing unsplit)
+            merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks)
+        else:
+            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
+            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
+            if plan[1] == 1:
+                merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks)
 
     if INT8:
         @T.prim_func
         def paged_attention_int8(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
                                  qstart_h: T.handle, ctx_h: T.handle, ks_h: T.handle, vs_h: T.handle, kc_h: T.handle,
-                                 vc_h: T.handle, out_h: T.handle):
+                                 vc_h: T.handle, out_h: T.handle, partials_h: T.handle, lanes: T.int64):
             T.func_attr({"tirx.noalias": True})
             num_tokens = T.int64()
             num_seqs = T.int64()
@@ -210,14 +329,16 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             k_channel = T.match_buffer(kc_h, (HKV, D), "float32")
             v_channel = T.match_buffer(vc_h, (HKV, D), "float32")
             out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
-            attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
-                   v_channel, num_seqs)
+            max_chunks = T.int64()
+            partials = T.match_buffer(partials_h, (num_seqs, HQ, max_chunks, D + 2), "float32")
+            run(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_scale, v_scale, k_channel,
+                v_channel, partials, num_seqs, lanes, max_chunks)
 
         return paged_attention_int8
 
     @T.prim_func
     def paged_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, tables_h: T.handle,
-                        qstart_h: T.handle, ctx_h: T.handle, out_h: T.handle):
+                        qstart_h: T.handle, ctx_h: T.handle, out_h: T.handle, partials_h: T.handle, lanes: T.int64):
         T.func_attr({"tirx.noalias": True})
         num_tokens = T.int64()
         num_seqs = T.int64()
@@ -231,7 +352,10 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         query_start = T.match_buffer(qstart_h, (num_seqs_p1,), "int32")
         context_lens = T.match_buffer(ctx_h, (num_seqs,), "int32")
         out = T.match_buffer(out_h, (num_tokens, HQ, D), "float32")
-        attend(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_cache, v_cache, q, q, num_seqs)
+        max_chunks = T.int64()
+        partials = T.match_buffer(partials_h, (num_seqs, HQ, max_chunks, D + 2), "float32")
+        run(q, k_cache, v_cache, block_tables, query_start, context_lens, out, k_cache, v_cache, q, q, partials,
+            num_seqs, lanes, max_chunks)
 
     return paged_attention
 
@@ -245,6 +369,7 @@ def schedule_paged_attention(sch, cfg: dict) -> None:
 
 
 SPEC = KernelSpec("paged_attention", make_paged_attention, paged_attention_config, schedule_paged_attention,
-                  args=("q", "k_cache", "v_cache", "block_tables", "query_start", "context_lens", "out"),
+                  args=("q", "k_cache", "v_cache", "block_tables", "query_start", "context_lens", "out", "partials",
+                        "lanes"),
                   source_file=__file__, scheduled=True,
                   depends=(common.__file__,))

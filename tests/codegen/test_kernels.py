@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from codegen.build import get_kernel
+from codegen.kernels.paged_attention import CHUNK_TOKENS
 from operators import tensor_ops as ref
 
 
@@ -122,9 +123,18 @@ ATTENTION_SHAPES = [(9, 3, 64, 16), (4, 4, 32, 8), (6, 2, 16, 5)]  # (Hq, Hkv, D
 KV_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def attention_kernel(hq, hkv, d, bs, kv_dtype="fp32", target=None):
-    return get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs,
-                                          "kv_dtype": kv_dtype}, target)
+def attention_kernel(hq, hkv, d, bs, kv_dtype="fp32", target=None, lanes=2, split=True):
+    """The kernel over (q, k_cache, v_cache, tables, query_start, context_lens, out), with `lanes` lanes and a
+    scratch for every chunk of the batch's longest table (`split`), or for one (nothing can be split)."""
+    kernel = get_kernel("paged_attention", {"num_q_heads": hq, "num_kv_heads": hkv, "head_dim": d, "block_size": bs,
+                                            "kv_dtype": kv_dtype}, target)
+
+    def call(q, k_cache, v_cache, tables, query_start, context_lens, out):
+        chunk = max(1, CHUNK_TOKENS // bs) * bs
+        chunks = -(-tables.shape[1] * bs // chunk) if split else 1
+        partials = torch.full((tables.shape[0], hq, chunks, d + 2), float("nan"))
+        kernel(q, k_cache, v_cache, tables, query_start, context_lens, out, partials, lanes)
+    return call
 
 
 def random_cache(num_blocks, bs, hkv, d, kv_dtype="fp32"):
@@ -143,7 +153,7 @@ def reference_layout(k_cache, v_cache):
 @pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
 def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype, target=None):
-    lens = [1, 5, bs, 3 * bs + 1, 40]
+    lens = [1, 5, bs, 3 * bs + 1, 40, 300]  # 300: three chunks of keys, merged
     max_blocks = max(-(-n // bs) for n in lens)
     k_cache, v_cache = random_cache(len(lens) * max_blocks + 3, bs, hkv, d, kv_dtype)
     tables = torch.randperm(k_cache.shape[0])[: len(lens) * max_blocks].view(len(lens), max_blocks).int().contiguous()
@@ -159,18 +169,19 @@ def test_paged_decode_attention(hq, hkv, d, bs, kv_dtype, target=None):
 @pytest.mark.parametrize("kv_dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("hq,hkv,d,bs", ATTENTION_SHAPES)
 def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv_dtype, target=None):
-    # Sequence 0: a fresh prompt of 19 tokens; sequence 1: 6 new tokens after 11 cached ones.
-    new, context = [19, 6], [19, 17]
+    # Sequence 0: a fresh prompt of 19 tokens; sequence 1: 6 new tokens after 11 cached ones; sequence 2: 12 new
+    # tokens after 250 cached ones (rows whose keys span chunks).
+    new, context = [19, 6, 12], [19, 17, 262]
     max_blocks = max(-(-n // bs) for n in context)
-    k_cache, v_cache = random_cache(2 * max_blocks + 1, bs, hkv, d, kv_dtype)
-    tables = torch.randperm(k_cache.shape[0])[: 2 * max_blocks].view(2, max_blocks).int().contiguous()
-    query_start = torch.tensor([0, new[0], new[0] + new[1]], dtype=torch.int32)
+    k_cache, v_cache = random_cache(3 * max_blocks + 1, bs, hkv, d, kv_dtype)
+    tables = torch.randperm(k_cache.shape[0])[: 3 * max_blocks].view(3, max_blocks).int().contiguous()
+    query_start = torch.tensor([0, new[0], new[0] + new[1], sum(new)], dtype=torch.int32)
     q = torch.randn(sum(new), hq, d)
     out = poisoned(sum(new), hq, d)
     attention_kernel(hq, hkv, d, bs, kv_dtype, target)(q, k_cache, v_cache, tables, query_start,
                                                torch.tensor(context, dtype=torch.int32), out)
     k_ref, v_ref = reference_layout(k_cache, v_cache)
-    for b in range(2):
+    for b in range(3):
         blocks = tables[b, : -(-context[b] // bs)].long()
         k = k_ref[blocks].reshape(-1, hkv, d)[: context[b]]
         v = v_ref[blocks].reshape(-1, hkv, d)[: context[b]]
@@ -178,19 +189,46 @@ def test_paged_prefill_attention_is_causal_over_cached_prefix(hq, hkv, d, bs, kv
         assert_fp32_close(out[rows], ref.causal_attention(q[rows], k, v, q_start=context[b] - new[b]))
 
 
-def test_paged_attention_result_does_not_depend_on_the_batch():
+@pytest.mark.parametrize("lanes", [1, 2, 3, 16])
+def test_paged_attention_result_does_not_depend_on_the_batch(lanes):
+    # Alone, a decode row's key chunks are spread over tasks and merged after; in a batch of 64 it is one task
+    # that merges them as it goes. The arithmetic is the same: so are the bits.
     hq, hkv, d, bs = 9, 3, 64, 16
-    k_cache, v_cache = random_cache(12, bs, hkv, d)
-    tables = torch.arange(12, dtype=torch.int32).view(3, 4)
-    q = torch.randn(3, hq, d)
-    lens = torch.tensor([50, 7, 64], dtype=torch.int32)
-    kernel = attention_kernel(hq, hkv, d, bs)
-    together = poisoned(3, hq, d)
-    kernel(q, k_cache, v_cache, tables, torch.arange(4, dtype=torch.int32), lens, together)
-    alone = poisoned(1, hq, d)
-    kernel(q[1:2].contiguous(), k_cache, v_cache, tables[1:2].contiguous(), torch.arange(2, dtype=torch.int32),
-           lens[1:2].contiguous(), alone)
-    assert torch.equal(alone[0], together[1])
+    lens = torch.tensor([50, 7, 300, 129] * 16, dtype=torch.int32)
+    k_cache, v_cache = random_cache(64 * 19, bs, hkv, d)
+    tables = torch.randperm(64 * 19, dtype=torch.int32).view(64, 19).contiguous()
+    q = torch.randn(64, hq, d)
+    together = poisoned(64, hq, d)
+    attention_kernel(hq, hkv, d, bs, lanes=lanes)(q, k_cache, v_cache, tables, torch.arange(65, dtype=torch.int32),
+                                                  lens, together)
+    for b in range(4):
+        for split in (True, False):
+            alone = poisoned(1, hq, d)
+            attention_kernel(hq, hkv, d, bs, lanes=lanes, split=split)(
+                q[b:b + 1].contiguous(), k_cache, v_cache, tables[b:b + 1].contiguous(),
+                torch.arange(2, dtype=torch.int32), lens[b:b + 1].contiguous(), alone)
+            assert torch.equal(alone[0], together[b]), (int(lens[b]), split)
+
+
+def test_prefill_rows_split_over_tasks_or_not_give_the_same_bits():
+    # Alone, a 100-row prefill chunk after 200 cached tokens is dealt out in groups of rows; behind 63 decode
+    # rows it is one task.
+    hq, hkv, d, bs = 9, 3, 64, 16
+    k_cache, v_cache = random_cache(64 * 19, bs, hkv, d)
+    tables = torch.randperm(64 * 19, dtype=torch.int32).view(64, 19).contiguous()
+    lens = torch.tensor([300] + [40] * 63, dtype=torch.int32)
+    query_start = torch.tensor([0] + list(range(100, 164)), dtype=torch.int32)
+    q = torch.randn(163, hq, d)
+    together = poisoned(163, hq, d)
+    attention_kernel(hq, hkv, d, bs)(q, k_cache, v_cache, tables, query_start, lens, together)
+    alone = poisoned(100, hq, d)
+    attention_kernel(hq, hkv, d, bs)(q[:100].contiguous(), k_cache, v_cache, tables[:1].contiguous(),
+                                     torch.tensor([0, 100], dtype=torch.int32), lens[:1].contiguous(), alone)
+    assert torch.equal(alone, together[:100])
+    k_ref, v_ref = reference_layout(k_cache, v_cache)
+    k = k_ref[tables[0].long()].reshape(-1, hkv, d)[:300]
+    v = v_ref[tables[0].long()].reshape(-1, hkv, d)[:300]
+    assert_fp32_close(alone, ref.causal_attention(q[:100], k, v, q_start=200))
 
 
 def test_rms_norm_op_accepts_unaligned_views():
