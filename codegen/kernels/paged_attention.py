@@ -14,9 +14,19 @@ then block_size-lane FMAs over the head dimension, no horizontal sums, and value
 into D-lane accumulators; 4 independent score accumulators per head, and all heads of a
 group interleaved, hide FMA latency.
 Loop extents depend on the data (context lengths), which TE cannot express, so the
-kernel is written as TIR loops: one task per (sequence, KV head), run in parallel,
-reading each block once per query-head group member, with an online softmax (running
-max and sum) over blocks. The cache holds fp32 or bf16 (half the bytes; widened to
+kernel is written as TIR loops: a task per (sequence, KV head), reading each block once
+per query-head group member, with an online softmax (running max and sum) over blocks.
+
+A row's keys are reduced in chunks of CHUNK_TOKENS, each from a fresh softmax state,
+and the chunks' states merged in order (flash-decoding's split). That fixes the
+arithmetic whoever runs a chunk: with few tasks for the lanes (one sequence has 3 KV
+heads for 2 threads), a decode row's chunks become tasks of their own, written to the
+caller's `partials` and merged by a second pass, and a prefill sequence's rows are
+dealt out in groups of ROWS; in a large batch one task runs all of a sequence. The
+result is the same to the bit either way, so a row's output does not depend on its
+batch (shared/notes/determinism.md). Tasks go round-robin to the `lanes` (TVM's
+threads): TVM splits a parallel loop into contiguous ranges, which would hand one
+thread the long sequences' later chunks. The cache holds fp32 or bf16 (half the bytes; widened to
 fp32 on load, exactly), or int8 with per-token scales and per-channel factors (runtime.model_runner's
 int8 layout; the kernel then takes k_scale, v_scale [NB, Hkv, bs] and k_channel, v_channel [Hkv, D]
 after context_lens); arithmetic is fp32.
@@ -33,7 +43,8 @@ from codegen.target import Target
 KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 SPLIT = 4  # independent partial sums per score vector
 CHUNK_TOKENS = 128  # a sequence's keys are reduced in chunks of this many, merged in order
-SPLIT_BELOW = 8  # (sequence, KV head) tasks a lane below which decode rows' chunks become tasks of their own
+SPLIT_BELOW = 8  # (sequence, KV head) tasks a lane below which they are split (make_plan)
+ROWS = 32  # rows of a prefill sequence a task takes when its rows are split
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
@@ -105,19 +116,23 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                 T.evaluate(prefetch(v_cache, blk, g, jj, c * V_PER_LINE, locality=LOC))
 
     @T.macro
-    def make_plan(plan, context_lens, num_seqs, lanes, max_chunks):
-        """plan[0]: chunks a (sequence, KV head) is split into (1: not split); plan[1]: 1 where decode rows
-        are split, when the batch has fewer than SPLIT_BELOW tasks a lane and `partials` holds every chunk."""
+    def make_plan(plan, query_start, context_lens, num_seqs, lanes, max_chunks):
+        """How a batch with fewer than SPLIT_BELOW (sequence, KV head) tasks a lane is spread (plan[1] = 1): a
+        decode row's key chunks become tasks of their own (where `partials` holds them all; plan[2] = 1 when any
+        does), a prefill sequence's rows groups of ROWS rows. plan[0]: the most tasks of one (sequence, KV head)."""
         plan[0] = 1
-        for b in range(num_seqs):
-            plan[0] = T.max(plan[0], T.Cast("int64", (context_lens[b] + CHUNK - 1) // CHUNK))
         plan[1] = 0
+        plan[2] = 0
         if num_seqs * HKV < SPLIT_BELOW * lanes:
-            if plan[0] > 1:
-                if plan[0] <= max_chunks:
-                    plan[1] = 1
-        if plan[1] == 0:
-            plan[0] = 1
+            plan[1] = 1
+            for b in range(num_seqs):
+                num_q = query_start[b + 1] - query_start[b]
+                chunks = T.Cast("int64", (context_lens[b] + CHUNK - 1) // CHUNK)
+                if num_q > 1:
+                    plan[0] = T.max(plan[0], T.Cast("int64", (num_q + ROWS - 1) // ROWS))
+                elif chunks > 1 and chunks <= max_chunks:
+                    plan[0] = T.max(plan[0], chunks)
+                    plan[2] = 1
 
     @T.macro
     def fold_chunk(acc, run_max, run_sum, tot_acc, tot_max, tot_sum, h):
@@ -144,7 +159,7 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         """int8 (INT8): a key's score is (q x k_channel) . k_int8 x k_scale, a value's weight p x v_scale, and
         the output is scaled back by v_channel (runtime.model_runner.PagedKVCache's int8 layout)."""
         for lane in OUTER(lanes):
-            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
+            plan = T.alloc_buffer((3,), "int64", scope=SCOPE)
             qs = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
@@ -155,9 +170,8 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
             part = T.alloc_buffer((SPLIT, GROUP, BS), "float32", scope=SCOPE)
             probs = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
             fold = T.alloc_buffer((GROUP, W), "float32", scope=SCOPE)
-            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
-            # tasks chunk-major, (chunk, sequence, KV head), dealt round-robin to the lanes: a static split of
-            # the task range would give one lane the long sequences' later chunks and the other the rest
+            make_plan(plan, query_start, context_lens, num_seqs, lanes, max_chunks)
+            # tasks part-major, (part, sequence, KV head), dealt round-robin to the lanes
             num_tasks = plan[0] * num_seqs * HKV
             for k in range((num_tasks - lane + lanes - 1) // lanes):
                 task = lane + k * lanes
@@ -168,15 +182,21 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                     nxt = task + lanes
                     if nxt < num_tasks:
                         nxt_b = nxt % (num_seqs * HKV) // HKV
-                        nxt_first = T.Cast("int32", nxt // (num_seqs * HKV)) * CB
+                        nxt_first = T.if_then_else(query_start[nxt_b + 1] - query_start[nxt_b] == 1,
+                                                   T.Cast("int32", nxt // (num_seqs * HKV)) * CB, 0)
                         for a in T.unroll(AHEAD):
                             if (nxt_first + a) * BS < context_lens[nxt_b]:
                                 prefetch_block(k_cache, v_cache, block_tables[nxt_b, nxt_first + a], nxt % HKV)
                 q_begin = query_start[b]
                 num_q = query_start[b + 1] - q_begin
-                split = plan[1] == 1 and num_q == 1 and context_lens[b] > CHUNK
-                if c == 0 or (split and c * CHUNK < context_lens[b]):
-                    for i in range(num_q):
+                chunks = (context_lens[b] + CHUNK - 1) // CHUNK
+                split = plan[1] == 1 and num_q == 1 and chunks > 1 and T.Cast("int64", chunks) <= max_chunks
+                split_rows = plan[1] == 1 and num_q > 1
+                if c == 0 or (split and c < chunks) or (split_rows and c * ROWS < num_q):
+                    row_lo = T.if_then_else(split_rows, c * ROWS, 0)
+                    row_hi = T.if_then_else(split_rows, T.min(num_q, c * ROWS + ROWS), num_q)
+                    for ri in range(row_hi - row_lo):
+                        i = row_lo + ri
                         row = q_begin + i
                         num_keys = context_lens[b] - num_q + i + 1
                         num_blocks = (num_keys + BS - 1) // BS
@@ -192,7 +212,8 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
                                 tot_acc[h, d] = T.float32(0)
                         first = T.if_then_else(split, c, 0)
                         last = T.if_then_else(split, c + 1, num_chunks)
-                        for ci in range(last - first):  # (a loop from a nonzero start ran from 0 in TVM 0.27)
+                        # loops count from 0: with range(start, stop) here every chunk read chunk 0's blocks (TVM 0.27)
+                        for ci in range(last - first):
                             cc = first + ci
                             for h in range(GROUP):
                                 run_max[h] = T.float32(NEG)
@@ -268,25 +289,27 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
     def merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks):
         """The split rows' chunk states merged in chunk order, as an unsplit task merges them."""
         for lane in OUTER(lanes):
-            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
+            plan = T.alloc_buffer((3,), "int64", scope=SCOPE)
             run_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             run_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
             tot_max = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             tot_sum = T.alloc_buffer((GROUP,), "float32", scope=SCOPE)
             tot_acc = T.alloc_buffer((GROUP, D), "float32", scope=SCOPE)
-            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
+            make_plan(plan, query_start, context_lens, num_seqs, lanes, max_chunks)
             for k in range((num_seqs * HKV - lane + lanes - 1) // lanes):
                 task = lane + k * lanes
                 b = task // HKV
                 g = task % HKV
-                if plan[1] == 1 and query_start[b + 1] - query_start[b] == 1 and context_lens[b] > CHUNK:
+                chunks = (context_lens[b] + CHUNK - 1) // CHUNK
+                if (plan[1] == 1 and query_start[b + 1] - query_start[b] == 1 and chunks > 1
+                        and T.Cast("int64", chunks) <= max_chunks):
                     for h in range(GROUP):
                         tot_max[h] = T.float32(NEG)
                         tot_sum[h] = T.float32(0)
                         for d in VEC(D):
                             tot_acc[h, d] = T.float32(0)
-                        for cc in range((context_lens[b] + CHUNK - 1) // CHUNK):
+                        for cc in range(chunks):
                             for d in VEC(D):
                                 acc[h, d] = partials[b, g * GROUP + h, cc, d]
                             run_max[h] = partials[b, g * GROUP + h, cc, D]
@@ -302,9 +325,9 @@ def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, blo
         if gpu:  # the host cannot read context_lens: the merge kernel always runs (and finds nothing unsplit)
             merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks)
         else:
-            plan = T.alloc_buffer((2,), "int64", scope=SCOPE)
-            make_plan(plan, context_lens, num_seqs, lanes, max_chunks)
-            if plan[1] == 1:
+            plan = T.alloc_buffer((3,), "int64", scope=SCOPE)
+            make_plan(plan, query_start, context_lens, num_seqs, lanes, max_chunks)
+            if plan[2] == 1:
                 merge(out, query_start, context_lens, v_channel, partials, num_seqs, lanes, max_chunks)
 
     if INT8:
