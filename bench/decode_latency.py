@@ -2,14 +2,16 @@
 kept quantized, against the engine's own fp32 torch path and llama.cpp on the same GGUF
 file, measured in one run.
 
-    python -m bench.decode_latency [--tokens 64] [--threads 2] [--rounds 3] [--profile]
+    python -m bench.decode_latency [--tokens 64] [--threads 2] [--rounds 3] [--profile] [--context 2000]
                                    [--llama-python bench/.peers/llama/bin/python]
 
 sqlm runs as a user's query does: one request through Engine (scheduler, paged KV cache,
 sampler); after the prompt's step, each decode step is timed. llama.cpp runs through
 llama-cpp-python in a separate environment (its own interpreter, given by --llama-python)
 and is skipped when that interpreter or package is missing.
-Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled.
+Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled. With `--context N`, a question
+after W7's generated document cut to about N tokens: decode over a long context, where attention, not the weights,
+is most of a token (llama.cpp then runs with and without its flash attention and reports its better setting).
 The engines take turns round after round (the machine is shared); each reports its best
 round. `--profile` adds the TVM path's time per operator (wall clock, best round), through the model's forward: the
 engine itself runs batch-1 steps as pre-bound kernel calls (codegen.captured_forward), which a timer cannot wrap.
@@ -33,15 +35,32 @@ import torch  # noqa: E402
 
 
 
-def llama_job(prompt: list[int], tokens: int) -> str:
+def llama_job(prompt: list[int], tokens: int, flash_attn: bool = False) -> str:
     """The job file bench/peer_scripts/run_llama_cpp.py reads: this prompt decoded for `tokens` tokens."""
     from catalog.registry import resolve_model
 
     path = Path(tempfile.mkdtemp()) / "job.json"
     path.write_text(json.dumps({"prompts": [prompt], "w4_prompt": prompt, "tokens": 2, "w4_tokens": tokens + 1,
-                                "runs": 3, "threads": torch.get_num_threads(),
+                                "runs": 3, "threads": torch.get_num_threads(), "w4_only": True,
+                                "n_ctx": max(512, len(prompt) + tokens + 16), "flash_attn": flash_attn,
                                 "eos": sorted(resolve_model("smollm2").tokenizer.eos_token_ids)}))
     return str(path)
+
+
+def long_prompt(tokenizer, context: int) -> list[int]:
+    """A question after W7's document (bench.kv_tiers), cut to about `context` tokens in all, chat-formatted."""
+    from bench.kv_tiers import document
+
+    question = "\n\nQuestion: what does the text above say about delivery?"
+    words = document(words=context * 2).split()
+    lo, hi = 1, len(words)  # the most words whose prompt fits in `context` tokens
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(tokenizer.encode_chat(" ".join(words[:mid]) + question)) <= context:
+            lo = mid
+        else:
+            hi = mid - 1
+    return tokenizer.encode_chat(" ".join(words[:lo]) + question)
 
 
 def engine_seconds_per_token(engine, prompt_ids, tokens: int, rounds: int = 1,
@@ -111,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--context", type=int, default=0, help="prompt tokens: W7's document cut to this length")
     parser.add_argument("--llama-python", default=str(Path(__file__).parent / ".peers" / "llama" / "bin" / "python"))
     args = parser.parse_args()
     if args.threads:
@@ -124,12 +144,14 @@ def main() -> None:
     from runtime.model_runner import KernelPagedAttention
 
     loaded = resolve_model("smollm2")
-    prompt = loaded.tokenizer.encode_chat("What is the capital of France?")
+    prompt = (long_prompt(loaded.tokenizer, args.context) if args.context
+              else loaded.tokenizer.encode_chat("What is the capital of France?"))
+    kv_memory = max(64 << 20, 2 * (len(prompt) + args.tokens + 64) * loaded.config.kv_bytes_per_token)
     engines = {"sqlm tvm, Q4_1 native": Engine(build_model(loaded, kernels="tvm", weight_format="native"),
-                                               loaded.tokenizer, EngineConfig(kv_cache_memory=64 << 20))}
+                                               loaded.tokenizer, EngineConfig(kv_cache_memory=kv_memory))}
     if not args.skip_torch:
         engines["sqlm torch, fp32"] = Engine(build_model(loaded, kernels="torch", weight_format="fp32"), loaded.tokenizer,
-                                             EngineConfig(kv_cache_memory=64 << 20, attention_kernel="torch"))
+                                             EngineConfig(kv_cache_memory=kv_memory, attention_kernel="torch"))
     has_llama = os.path.exists(args.llama_python)
     results = {name: float("inf") for name in engines}
     loads = []
@@ -137,10 +159,10 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         for name, engine in engines.items():
             results[name] = min(results[name], engine_seconds_per_token(engine, prompt, args.tokens))
-        if has_llama:
+        for flash_attn in (False, True) if has_llama and args.context else (False,) if has_llama else ():
             run = subprocess.run([args.llama_python, str(Path(__file__).parent / "peer_scripts" / "run_llama_cpp.py"),
-                                  str(default_model_path()), llama_job(prompt, args.tokens)], capture_output=True, text=True,
-                                 env=peer_environment(torch.get_num_threads()))
+                                  str(default_model_path()), llama_job(prompt, args.tokens, flash_attn)],
+                                 capture_output=True, text=True, env=peer_environment(torch.get_num_threads()))
             if run.returncode == 0:
                 seconds = min(json.loads(run.stdout.strip().splitlines()[-1])["w4_seconds_per_token"])
                 key = "llama.cpp (llama-cpp-python), Q4_1"
@@ -152,7 +174,8 @@ def main() -> None:
     llama = results.get("llama.cpp (llama-cpp-python), Q4_1")
     from bench.machine import describe
 
-    print(f"batch 1, {args.tokens} new tokens, best of {args.rounds} interleaved rounds; {describe()}, "
+    print(f"batch 1, {len(prompt)} prompt tokens, {args.tokens} new tokens, best of {args.rounds} interleaved rounds; "
+          f"{describe()}, "
           f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"1-min load average at each round {', '.join(f'{x:.1f}' for x in loads)}")
     print("| engine | ms/token | tokens/s | vs sqlm torch fp32 | vs llama.cpp |")

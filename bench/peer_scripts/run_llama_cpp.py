@@ -13,8 +13,8 @@ import numpy as np
 from llama_cpp import Llama
 
 path, job = sys.argv[1], json.load(open(sys.argv[2]))
-llm = Llama(model_path=path, n_ctx=512, n_threads=job["threads"], n_threads_batch=job["threads"], n_batch=512,
-            verbose=False)
+llm = Llama(model_path=path, n_ctx=job.get("n_ctx", 512), n_threads=job["threads"], n_threads_batch=job["threads"],
+            n_batch=512, flash_attn=job.get("flash_attn", False), verbose=False)
 EOS = job["eos"]
 
 

@@ -44,7 +44,7 @@ KV_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 SPLIT = 4  # independent partial sums per score vector
 CHUNK_TOKENS = 128  # a sequence's keys are reduced in chunks of this many, merged in order
 SPLIT_BELOW = 8  # (sequence, KV head) tasks a lane below which they are split (make_plan)
-ROWS = 32  # rows of a prefill sequence a task takes when its rows are split
+ROWS = 8  # rows of a prefill sequence a task takes when its rows are split
 
 
 def make_paged_attention(num_q_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
