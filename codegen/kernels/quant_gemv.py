@@ -94,6 +94,12 @@ def tiles_per_step(dot: IntDot, tiles: int, pieces: int) -> int:
     return 2 if tiles % 2 == 0 and 2 * registers_per_tile <= dot.registers // 2 else 1
 
 
+def tokens_per_step(dot: IntDot, tiles: int, pieces: int) -> int:
+    """Two tokens per weight load where both tokens' accumulators fit the registers beside the weights."""
+    registers_per_token = tiles * (pieces + 1) * LANES // dot.lanes
+    return 2 if 2 * registers_per_token <= dot.registers - 8 else 1
+
+
 def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     from tvm.script import tirx as T
 
@@ -103,6 +109,7 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     BLOCK_FIELDS = HALF_STEP + 1
     num_tokens = symbolic("num_tokens")
     G = tiles_per_step(dot, TILES, P)
+    TOKENS = tokens_per_step(dot, G, P)
     W, UNITS = dot.lanes, LANES // dot.lanes  # each tile's 16 rows as UNITS dot products of W lanes
     SPLIT_BYTES = qtype == "Q8_0" and dot.nibbles_only  # 8-bit quants as 16 * high + low nibble
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
@@ -174,85 +181,102 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                         xblock[t, b, CORRECTION + p] = T.Cast("float32", (isum[p, 0] + isum[p, 1]) * OFFSET)
 
     @T.macro
-    def tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens):
-        for t in range(num_tokens):
-            facc = T.alloc_buffer((G, LANES), "float32")
+    def tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, t0, TB):
+        """Tokens t0 .. t0 + TB - 1 over tile group g: each weight vector loaded and unpacked once for the TB
+        tokens, each token through the same operations in the same order as alone."""
+        facc = T.alloc_buffer((TB, G, LANES), "float32")
+        for tb in T.unroll(TB):
             for gi in T.unroll(G):
                 for l in T.vectorized(LANES):
-                    facc[gi, l] = T.float32(0)
-            for b in range(NB):
-                if t == 0 and g + 1 < TILES // G:
-                    # the next group's blocks, one group (>= 4 KB) ahead: decode streams every layer's
-                    # weights from L3/DRAM, and the hardware prefetcher stops at each 4 KB page
-                    for gi in T.unroll(G):
-                        for i in T.unroll(GROUPS):
-                            T.evaluate(prefetch(qs, (g + 1) * G + gi, b, i, 0))
-                        T.evaluate(prefetch(scales, (g + 1) * G + gi, b, 0))
-                        if HAS_MIN:
-                            T.evaluate(prefetch(mins, (g + 1) * G + gi, b, 0))
-                acc = T.alloc_buffer((G, P, LANES), "int32")
+                    facc[tb, gi, l] = T.float32(0)
+        for b in range(NB):
+            if t0 == 0 and g + 1 < TILES // G:
+                # the next group's blocks, one group (>= 4 KB) ahead: decode streams every layer's
+                # weights from L3/DRAM, and the hardware prefetcher stops at each 4 KB page
+                for gi in T.unroll(G):
+                    for i in T.unroll(GROUPS):
+                        T.evaluate(prefetch(qs, (g + 1) * G + gi, b, i, 0))
+                    T.evaluate(prefetch(scales, (g + 1) * G + gi, b, 0))
+                    if HAS_MIN:
+                        T.evaluate(prefetch(mins, (g + 1) * G + gi, b, 0))
+            acc = T.alloc_buffer((TB, G, P, LANES), "int32")
+            for tb in T.unroll(TB):
                 for gi in T.unroll(G):
                     for p in T.unroll(P):
-                        acc[gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
-                for i in T.unroll(GROUPS):
-                    for gi in T.unroll(G):
-                        for u in T.unroll(UNITS):
-                            # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
+                        acc[tb, gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+            for i in T.unroll(GROUPS):
+                for gi in T.unroll(G):
+                    for u in T.unroll(UNITS):
+                        # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
+                        for tb in T.unroll(TB):
                             for p in T.unroll(P):
                                 if FOUR_BIT:
-                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, _dot(dot, acc[gi, p, T.ramp(u * W, 1, W)],
+                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, _dot(dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
                                                   _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
-                                                  xq, t, p, b * 32 + 4 * i),
-                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq, t, p,
-                                        b * 32 + 16 + 4 * i)
+                                                  xq, t0 + tb, p, b * 32 + 4 * i),
+                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq,
+                                        t0 + tb, p, b * 32 + 16 + 4 * i)
                                 elif SPLIT_BYTES:
-                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, acc[gi, p, T.ramp(u * W, 1, W)],
+                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
                                         _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
-                                        xq, t, p, b * 32 + 4 * i) + (_dot(
+                                        xq, t0 + tb, p, b * 32 + 4 * i) + (_dot(
                                             dot, T.Broadcast(T.int32(0), W),
                                             _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
-                                            xq, t, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
+                                            xq, t0 + tb, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
                                 else:
-                                    acc[gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, acc[gi, p, T.ramp(u * W, 1, W)],
-                                        qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t, p, b * 32 + 4 * i)
+                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                        dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
+                                        qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t0 + tb, p,
+                                        b * 32 + 4 * i)
+            for tb in T.unroll(TB):
                 if HAS_MIN:
                     for gi in T.unroll(G):
                         for l in T.vectorized(LANES):
-                            facc[gi, l] = T.fma(T.Cast("float32", mins[g * G + gi, b, l]), xblock[t, b, SUM],
-                                                facc[gi, l])
+                            facc[tb, gi, l] = T.fma(T.Cast("float32", mins[g * G + gi, b, l]), xblock[t0 + tb, b, SUM],
+                                                    facc[tb, gi, l])
                 for gi in T.unroll(G):
                     for l in T.vectorized(LANES):
                         if P == 1:
-                            facc[gi, l] = T.fma(T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t, b, SCALE],
-                                                _exact(acc[gi, 0, l], xblock[t, b, CORRECTION], HAS_OFFSET), facc[gi, l])
+                            facc[tb, gi, l] = T.fma(
+                                T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t0 + tb, b, SCALE],
+                                _exact(acc[tb, gi, 0, l], xblock[t0 + tb, b, CORRECTION], HAS_OFFSET), facc[tb, gi, l])
                         else:
-                            facc[gi, l] = T.fma(
-                                T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t, b, SCALE],
-                                _exact(acc[gi, 0, l], xblock[t, b, CORRECTION], HAS_OFFSET)
-                                + _exact(acc[gi, 1, l], xblock[t, b, CORRECTION + 1], HAS_OFFSET) * T.float32(R1)
-                                + _exact(acc[gi, 2, l], xblock[t, b, CORRECTION + 2], HAS_OFFSET) * T.float32(R2),
-                                facc[gi, l])
+                            facc[tb, gi, l] = T.fma(
+                                T.Cast("float32", scales[g * G + gi, b, l]) * xblock[t0 + tb, b, SCALE],
+                                _exact(acc[tb, gi, 0, l], xblock[t0 + tb, b, CORRECTION], HAS_OFFSET)
+                                + _exact(acc[tb, gi, 1, l], xblock[t0 + tb, b, CORRECTION + 1], HAS_OFFSET) * T.float32(R1)
+                                + _exact(acc[tb, gi, 2, l], xblock[t0 + tb, b, CORRECTION + 2], HAS_OFFSET) * T.float32(R2),
+                                facc[tb, gi, l])
                 if screen:
                     for gi in T.unroll(G):
                         for l in T.vectorized(LANES):
-                            facc[gi, l] = T.fma(bound[g * G + gi, b, l], xblock[t, b, HALF_STEP], facc[gi, l])
+                            facc[tb, gi, l] = T.fma(bound[g * G + gi, b, l], xblock[t0 + tb, b, HALF_STEP], facc[tb, gi, l])
+        for tb in T.unroll(TB):
             for gi in T.unroll(G):
                 if n % LANES == 0:
                     for l in T.vectorized(LANES):
-                        out[t, (g * G + gi) * LANES + l] = facc[gi, l]
+                        out[t0 + tb, (g * G + gi) * LANES + l] = facc[tb, gi, l]
                 else:
                     for l in range(LANES):
                         if (g * G + gi) * LANES + l < n:
-                            out[t, (g * G + gi) * LANES + l] = facc[gi, l]
+                            out[t0 + tb, (g * G + gi) * LANES + l] = facc[tb, gi, l]
                 if screen:  # the tile's largest bound (rows past n: -inf), folded pairwise
                     fold = T.alloc_buffer((LANES,), "float32")
                     for l in T.vectorized(LANES):
-                        fold[l] = T.Select((g * G + gi) * LANES + l < n, facc[gi, l], T.float32(-3.0e38))
+                        fold[l] = T.Select((g * G + gi) * LANES + l < n, facc[tb, gi, l], T.float32(-3.0e38))
                     max_of_16(fold)
-                    tile_max[t, g * G + gi] = fold[0]
+                    tile_max[t0 + tb, g * G + gi] = fold[0]
+
+    @T.macro
+    def tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens):
+        if TOKENS == 2:  # an odd count's first token alone (one token, decode's case, is the code of old)
+            if num_tokens % 2 == 1:
+                tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, 0, 1)
+        for tp in range(num_tokens // TOKENS):
+            tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g,
+                            num_tokens % TOKENS + tp * TOKENS, TOKENS)
 
     @T.macro
     def screen_body(x, qs, scales, mins, bound, out, tile_max):
