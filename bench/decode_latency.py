@@ -9,7 +9,8 @@ sqlm runs as a user's query does: one request through Engine (scheduler, paged K
 sampler); after the prompt's step, each decode step is timed. llama.cpp runs through
 llama-cpp-python in a separate environment (its own interpreter, given by --llama-python)
 and is skipped when that interpreter or package is missing.
-Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled. With `--context N`, a question
+Prompt: the chat-formatted "What is the capital of France?"; EOS is never sampled; time to first token is the
+prompt's prefill (sqlm's prefix cache is off here, llama.cpp starts each round afresh). With `--context N`, a question
 after W7's generated document cut to about N tokens: decode over a long context, where attention, not the weights,
 is most of a token (llama.cpp then runs with and without its flash attention and reports its better setting).
 The engines take turns round after round (the machine is shared); each reports its best
@@ -66,20 +67,28 @@ def long_prompt(tokenizer, context: int) -> list[int]:
 def engine_seconds_per_token(engine, prompt_ids, tokens: int, rounds: int = 1,
                             before_decode=lambda: None) -> float:
     """Best over rounds of the mean decode step time of one greedy request (its prompt's step excluded)."""
+    return engine_latency(engine, prompt_ids, tokens, rounds, before_decode)[1]
+
+
+def engine_latency(engine, prompt_ids, tokens: int, rounds: int = 1, before_decode=lambda: None) -> tuple[float, float]:
+    """Best over rounds of (seconds to the first token, mean decode step time after it) of one greedy request;
+    the first is the prompt's prefill only where the engine's prefix cache is off (else later rounds find it)."""
     from operators.requests import GenerationRequest, SamplingParams
 
-    best = float("inf")
+    first = per_token = float("inf")
     for _ in range(rounds):
+        start = time.perf_counter()
         handle = engine.submit(GenerationRequest(prompt_ids, SamplingParams(max_tokens=tokens + 1, temperature=0.0,
                                                                             ignore_eos=True)))
         while not handle.output_token_ids:  # the prompt's step(s) make the first token
             engine.step()
+        first = min(first, time.perf_counter() - start)
         before_decode()
         start = time.perf_counter()
         while not handle.finished:
             engine.step()
-        best = min(best, (time.perf_counter() - start) / tokens)
-    return best
+        per_token = min(per_token, (time.perf_counter() - start) / tokens)
+    return first, per_token
 
 
 class OpTimer:
@@ -147,26 +156,32 @@ def main() -> None:
     prompt = (long_prompt(loaded.tokenizer, args.context) if args.context
               else loaded.tokenizer.encode_chat("What is the capital of France?"))
     kv_memory = max(64 << 20, 2 * (len(prompt) + args.tokens + 64) * loaded.config.kv_bytes_per_token)
+    # no prefix cache: each round prefills the prompt, so its time to first token is a prefill's
     engines = {"sqlm tvm, Q4_1 native": Engine(build_model(loaded, kernels="tvm", weight_format="native"),
-                                               loaded.tokenizer, EngineConfig(kv_cache_memory=kv_memory))}
+                                               loaded.tokenizer, EngineConfig(kv_cache_memory=kv_memory,
+                                                                              prefix_cache=False))}
     if not args.skip_torch:
         engines["sqlm torch, fp32"] = Engine(build_model(loaded, kernels="torch", weight_format="fp32"), loaded.tokenizer,
-                                             EngineConfig(kv_cache_memory=kv_memory, attention_kernel="torch"))
+                                             EngineConfig(kv_cache_memory=kv_memory, attention_kernel="torch",
+                                                          prefix_cache=False))
     has_llama = os.path.exists(args.llama_python)
     results = {name: float("inf") for name in engines}
+    first_token = {name: float("inf") for name in engines}
     loads = []
     for _ in range(args.rounds):
         loads.append(os.getloadavg()[0])
         for name, engine in engines.items():
-            results[name] = min(results[name], engine_seconds_per_token(engine, prompt, args.tokens))
+            first, per_token = engine_latency(engine, prompt, args.tokens)
+            results[name], first_token[name] = min(results[name], per_token), min(first_token[name], first)
         for flash_attn in (False, True) if has_llama and args.context else (False,) if has_llama else ():
             run = subprocess.run([args.llama_python, str(Path(__file__).parent / "peer_scripts" / "run_llama_cpp.py"),
                                   str(default_model_path()), llama_job(prompt, args.tokens, flash_attn)],
                                  capture_output=True, text=True, env=peer_environment(torch.get_num_threads()))
             if run.returncode == 0:
-                seconds = min(json.loads(run.stdout.strip().splitlines()[-1])["w4_seconds_per_token"])
+                figures = json.loads(run.stdout.strip().splitlines()[-1])
                 key = "llama.cpp (llama-cpp-python), Q4_1"
-                results[key] = min(results.get(key, float("inf")), seconds)
+                results[key] = min(results.get(key, float("inf")), min(figures["w4_seconds_per_token"]))
+                first_token[key] = min(first_token.get(key, float("inf")), min(figures["w4_first_token_seconds"]))
             else:
                 has_llama = False
                 print(f"llama.cpp skipped: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
@@ -178,12 +193,13 @@ def main() -> None:
           f"{describe()}, "
           f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"1-min load average at each round {', '.join(f'{x:.1f}' for x in loads)}")
-    print("| engine | ms/token | tokens/s | vs sqlm torch fp32 | vs llama.cpp |")
-    print("|---|---|---|---|---|")
+    print("| engine | ms/token | tokens/s | vs sqlm torch fp32 | vs llama.cpp | time to first token (s) |")
+    print("|---|---|---|---|---|---|")
     for name, seconds in results.items():
         vs_torch = f"{torch_fp32 / seconds:.2f}x" if torch_fp32 else "-"
         vs_llama = f"{llama / seconds:.2f}x" if llama else "-"
-        print(f"| {name} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {vs_torch} | {vs_llama} |")
+        print(f"| {name} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {vs_torch} | {vs_llama} | "
+              f"{first_token[name]:.3f} |")
     if args.profile:
         timer = OpTimer()
         engine = engines["sqlm tvm, Q4_1 native"]

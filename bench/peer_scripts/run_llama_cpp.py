@@ -1,6 +1,7 @@
 """llama.cpp (llama-cpp-python) on the job bench/peers.py describes: batch-1 decode (W4) and one prompt at a time.
 
-    python run_llama_cpp.py MODEL.gguf JOB.json  ->  {"w4_seconds_per_token": [...], "batch1": {"times": [...], ...}}
+    python run_llama_cpp.py MODEL.gguf JOB.json  ->  {"w4_seconds_per_token": [...], "w4_first_token_seconds": [...],
+                                                     "batches": {"1": {"times": [...], ...}}}
 
 llama-cpp-python's Llama runs one sequence; W1's prompts would go one after another at the batch-1 rate, so only
 batch 1 is measured. Decode is timed token by token after the prompt's eval (EOS masked), as W4 asks.
@@ -18,8 +19,9 @@ llm = Llama(model_path=path, n_ctx=job.get("n_ctx", 512), n_threads=job["threads
 EOS = job["eos"]
 
 
-def greedy(prompt: list[int], tokens: int) -> tuple[float, float, list[int]]:
-    """(seconds for the prompt and all tokens, seconds per decoded token after the first, tokens)."""
+def greedy(prompt: list[int], tokens: int) -> tuple[float, float, list[int], float]:
+    """(seconds for the prompt and all tokens, seconds per decoded token after the first, tokens, seconds to the
+    first token)."""
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
@@ -34,15 +36,15 @@ def greedy(prompt: list[int], tokens: int) -> tuple[float, float, list[int]]:
         if len(out) < tokens:
             llm.eval([out[-1]])
     end = time.perf_counter()
-    return end - start, (end - first) / max(tokens - 1, 1), out
+    return end - start, (end - first) / max(tokens - 1, 1), out, first - start
 
 
 greedy(job["w4_prompt"], 8)  # warm-up
-w4 = [greedy(job["w4_prompt"], job["w4_tokens"])[1] for _ in range(job["runs"])]
+w4_runs = [greedy(job["w4_prompt"], job["w4_tokens"]) for _ in range(job["runs"])]
+w4 = {"w4_seconds_per_token": [r[1] for r in w4_runs], "w4_first_token_seconds": [r[3] for r in w4_runs]}
 if job.get("w4_only"):  # bench/peers.py's alternating W4 rounds
-    print(json.dumps({"w4_seconds_per_token": w4}))
+    print(json.dumps(w4))
     sys.exit()
 batch1 = [greedy(job["prompts"][0], job["tokens"]) for _ in range(job["runs"])]
-print(json.dumps({"w4_seconds_per_token": w4,
-                  "batches": {"1": {"times": [t for t, _, _ in batch1], "tokens": job["tokens"],
-                                    "outputs": [batch1[0][2]]}}}))
+print(json.dumps({**w4, "batches": {"1": {"times": [r[0] for r in batch1], "tokens": job["tokens"],
+                                          "outputs": [batch1[0][2]]}}}))
