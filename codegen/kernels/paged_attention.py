@@ -26,10 +26,12 @@ dealt out in groups of ROWS; in a large batch one task runs all of a sequence. T
 result is the same to the bit either way, so a row's output does not depend on its
 batch (shared/notes/determinism.md). Tasks go round-robin to the `lanes` (TVM's
 threads): TVM splits a parallel loop into contiguous ranges, which would hand one
-thread the long sequences' later chunks. The cache holds fp32 or bf16 (half the bytes; widened to
-fp32 on load, exactly), or int8 with per-token scales and per-channel factors (runtime.model_runner's
-int8 layout; the kernel then takes k_scale, v_scale [NB, Hkv, bs] and k_channel, v_channel [Hkv, D]
-after context_lens); arithmetic is fp32.
+thread the long sequences' later chunks.
+
+The cache holds fp32 or bf16 (half the bytes; widened to fp32 on load, exactly), or int8 with
+per-token scales and per-channel factors (runtime.model_runner's int8 layout; the kernel then
+takes k_scale, v_scale [NB, Hkv, bs] and k_channel, v_channel [Hkv, D] after context_lens);
+arithmetic is fp32.
 """
 from __future__ import annotations
 
