@@ -5,6 +5,7 @@ compiles (or loads) its kernel for the model's static sizes on first use per siz
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -130,14 +131,13 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor | None = No
     return out
 
 
-@lru_cache(maxsize=None)
 def attention_lanes(target: Target | None = None) -> int:
-    """The paged-attention kernel's lanes (each takes every lanes-th task): TVM's CPU threads, or GPU blocks."""
+    """The paged-attention kernel's lanes (each takes every lanes-th task): TVM's CPU threads (the count its pool
+    is made with, codegen/__init__.py; asking the pool would make it, before interleaved_with_torch could set its
+    spinning), or GPU blocks."""
     if target is not None and target.is_gpu:
         return GPU_ATTENTION_LANES
-    import tvm  # loads the runtime, which registers the function
-
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return int(os.environ["TVM_NUM_THREADS"])
 
 
 GPU_ATTENTION_LANES = 256
