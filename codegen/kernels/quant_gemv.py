@@ -25,8 +25,10 @@ thread). Without VNNI each dot product is two instructions per vector, on half-w
 AVX2 (which also keeps one tile per step: 16 registers), and Q8_0's 8-bit quants go through as
 two nibbles (pmaddubsw saturates at int16).
 
-Tokens run one after another over a tile whose blocks stay in L1, each through exactly this
-sequence, so a token's output does not depend on what it is batched with. Row tiles are
+Tokens run two at a time over a tile whose blocks stay in L1 (each weight vector loaded and
+unpacked once for both, where the registers hold both tokens' sums: AVX-512; the first token of
+an odd count alone), each token through exactly this sequence, so a token's output does not
+depend on what it is batched with. Row tiles are
 spread over threads only for calls with enough work (PARALLEL_MIN_WORK). The GPU twin is
 the plain dequantize-multiply loop.
 """
