@@ -6,6 +6,8 @@ tokens (codegen.quant_crossover): the fused VNNI GEMV for decode-sized batches, 
 tiled GEMM above that, and with `prefill_dtype='bf16'` for large batches a dequantize into a
 bf16 scratch W^T shared by every layer of the same shape plus torch's bf16 GEMM (AMX).
 `TvmDenseLinear` runs the fp32 GEMV kernel for small batches and torch's GEMM above.
+`TvmBf16Linear` runs bf16 weights through the bf16 matmul kernel (AVX512-BF16's pair dot product,
+or its FMA twin), whatever the batch.
 Either way one token's result does not depend on the batch it came in, as long as
 the batch takes the same path.
 """
@@ -17,8 +19,10 @@ import torch.nn.functional as F
 from catalog.quant import QuantizedTensor
 from codegen.build import get_kernel
 from codegen.greedy_screen import GreedyScreen
+from codegen.kernels import bf16_matmul
 from codegen.ops import aligned, tvm_view
 from codegen.packed import pack
+from codegen.target import host_target
 from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, SCREEN_MIN_ROWS, QuantCrossover
 from operators.tensor_ops import argmax_rows
 
@@ -134,3 +138,29 @@ class TvmDenseLinear:
         if self.bias is not None or tokens > self.gemv_max_tokens:
             return None
         return self._gemv, (x, self._weight, out)
+
+
+class TvmBf16Linear:
+    """bf16 weight [N, K] (K even), packed once into the bf16 matmul's layout; takes fp32 or bf16 input and
+    returns bf16, as operators.linear.DenseLinear's bf16 path."""
+
+    kernel = "tvm"
+    weight_format = "bf16"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.out_features, self.in_features = weight.shape
+        self.bias = None if bias is None else bias.to(torch.bfloat16)
+        vectors, _ = bf16_matmul.tiles(host_target())
+        self.packed = aligned(bf16_matmul.pack(weight.to(torch.bfloat16), vectors))
+        self._matmul = get_kernel("bf16_matmul", {"n": self.out_features, "k": self.in_features}).fn
+        self._weight = tvm_view(self.packed)  # converted once, as TvmQuantizedLinear's
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = aligned(x.to(torch.bfloat16))
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.bfloat16)  # [T, N]
+        self._matmul(x, self._weight, out)
+        return out if self.bias is None else out + self.bias
+
+    def kernel_call(self, tokens: int, x, out) -> tuple | None:
+        """As TvmQuantizedLinear.kernel_call: x [tokens, K] and out [tokens, N] bf16."""
+        return None if self.bias is not None else (self._matmul, (x, self._weight, out))

@@ -16,8 +16,9 @@ import torch
 from catalog.quant import QuantizedTensor
 from codegen import interleaved_with_torch
 from codegen import ops as tvm_ops
-from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
 from codegen.quant_crossover import CROSSOVER, QuantCrossover, host_crossover
+from codegen.target import host_target
 from operators.linear import DenseLinear, make_linear
 from operators.llama import LlamaModel, ModelOps
 from operators.llama import build_model as build_llama
@@ -43,15 +44,25 @@ def resolve(kernels: str, weight_format: str, loaded) -> tuple[str, str]:
 
 def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, prefill_dtype: str = "fp32",
                crossover: QuantCrossover = CROSSOVER):
-    """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch (AMX)."""
+    """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch where torch multiplies on AMX."""
     if weight_format == "native" and isinstance(weight, QuantizedTensor):
         return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype, crossover=crossover)
     dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
     if weight_format == "bf16":
-        return DenseLinear(dense.to(torch.bfloat16), bias)
+        if bf16_on_torch() or dense.shape[1] % 2:
+            return DenseLinear(dense.to(torch.bfloat16), bias)
+        return TvmBf16Linear(dense.to(torch.bfloat16), bias)
     if weight_format in ("fp32", "native"):
         return TvmDenseLinear(dense, bias)
     raise ValueError(f"unknown weight format {weight_format!r}; expected fp32, bf16 or native")
+
+
+def bf16_on_torch() -> bool:
+    """Whether bf16 weights multiply in torch rather than in codegen's bf16 matmul: where the CPU has AMX (oneDNN's
+    tile GEMM; machine.md: ~940 GFLOP/s at 64 x 576 -> 1536 on Sapphire Rapids). Elsewhere the kernel wins: on a
+    Zen 4 (AVX512-BF16) 410-440 GFLOP/s against 180-385 for torch at W1's shapes, and with AVX2 only (torch
+    limited to it, ONEDNN_MAX_CPU_ISA=AVX2) 179 against 29 GFLOP/s at 64 x 576 -> 3072."""
+    return host_target().has("amx_bf16")
 
 
 def linear_factory(kernels: str, **options):
@@ -69,8 +80,8 @@ def model_ops(kernels: str) -> ModelOps:
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
     kernels, weight_format = resolve(kernels, weight_format, loaded)
-    if weight_format == "bf16" or options.get("prefill_dtype") == "bf16":
-        # torch's bf16 GEMMs run between TVM's kernels (the attention's, at least) on every step; the default
+    if (weight_format == "bf16" and (kernels == "torch" or bf16_on_torch())) or options.get("prefill_dtype") == "bf16":
+        # torch's bf16 GEMMs run between TVM's kernels (the attention's, at least) on every step; the other
         # paths keep TVM's spin, which their back-to-back TVM kernels need (a process runs one of them in practice)
         interleaved_with_torch()
     if kernels == "tvm":

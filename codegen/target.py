@@ -69,6 +69,11 @@ class Target:
             return 4
         return 16 if "avx512f" in self.features else 8
 
+    @property
+    def vector_registers(self) -> int:
+        """Vector registers of the ISA: how many accumulators a register tile may keep."""
+        return 32 if self.arch == "aarch64" or "avx512f" in self.features else 16
+
     def describe(self) -> str:
         """For EXPLAIN and benchmark headers: 'x86_64 haswell (avx2, fma, f16c)'."""
         where = self.arch if self.kind == "llvm" else "cuda"

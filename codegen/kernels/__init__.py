@@ -1,9 +1,10 @@
 """Every kernel the project generates, by name."""
-from codegen.kernels import (add_rms_norm, dense_matmul, dequantize, paged_attention, quant_gemm, quant_gemv, rope_qkv,
-                             silu_mul)
+from codegen.kernels import (add_rms_norm, bf16_matmul, dense_matmul, dequantize, paged_attention, quant_gemm,
+                             quant_gemv, rope_qkv, silu_mul)
 
 KERNELS = {spec.name: spec for spec in (
     add_rms_norm.SPEC,
+    bf16_matmul.SPEC,
     dense_matmul.SPEC,
     dequantize.SPEC,
     paged_attention.SPEC,

@@ -26,6 +26,8 @@ OTHER_RUNNABLE = [name for name in RUNNABLE if level(name) != host_target()]
 # (partial row tiles, the thread pool, token tails).
 EXAMPLES = [
     (kernels.test_dense_matmul, dict(n=37, k=160, tokens=3)),
+    (kernels.test_bf16_matmul_matches_fp32_arithmetic, dict(n=960, k=576, tokens=9, out_dtype="bf16")),
+    (kernels.test_bf16_matmul_token_does_not_depend_on_its_batch, dict()),
     (kernels.test_rms_norm, dict(tokens=70, hidden=40, out_dtype="bf16")),
     (kernels.test_add_rms_norm_updates_the_residual_in_place, dict(tokens=5, hidden=77, y_dtype="bf16",
                                                                    out_dtype="fp32")),

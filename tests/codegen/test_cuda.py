@@ -10,6 +10,7 @@ from codegen.kernels import KERNELS
 
 PARAMS = {
     "add_rms_norm": {"hidden": 576, "eps": 1e-5, "y_dtype": "bf16", "out_dtype": "bf16"},
+    "bf16_matmul": {"n": 40, "k": 96},
     "dense_matmul": {"n": 64, "k": 96},
     "dequantize": {"qtype": "Q4_1", "n": 64, "k": 96},
     "paged_attention": {"num_q_heads": 9, "num_kv_heads": 3, "head_dim": 64, "block_size": 16},

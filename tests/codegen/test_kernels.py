@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from codegen.build import get_kernel
+from codegen.kernels import bf16_matmul
 from codegen.kernels.paged_attention import CHUNK_TOKENS
+from codegen.target import host_target, level
 from operators import tensor_ops as ref
 
 
@@ -239,3 +241,59 @@ def test_rms_norm_op_accepts_unaligned_views():
     weight = storage[4:]  # 16 bytes past a 64-byte boundary
     x = torch.randn(3, 64)
     torch.testing.assert_close(ops.rms_norm(x, weight, 1e-5), ref.rms_norm(x, weight, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+# The bf16 matmul: a product of two bf16 is exact in fp32, so the kernel and fp32 arithmetic on the same bf16
+# values differ only in summation order.
+
+
+def bf16_matmul_run(weight, x, out_dtype="fp32", target=None):
+    """x W^T through the kernel built for `target` (the host by default)."""
+    n, k = weight.shape
+    vectors, _ = bf16_matmul.tiles(target or host_target())
+    out = poisoned(x.shape[0], n).to(DTYPES[out_dtype])
+    get_kernel("bf16_matmul", {"n": n, "k": k, "out_dtype": out_dtype}, target)(
+        x, bf16_matmul.pack(weight, vectors), out)
+    return out
+
+
+def bf16_randn(*shape):
+    return torch.randn(*shape).to(torch.bfloat16)
+
+
+# (N, K, T): a partial weight vector (37), a partial block (96 rows of 64), token tails, the thread pool (960 x 576)
+@pytest.mark.parametrize("n,k,tokens", [(64, 96, 1), (37, 160, 3), (96, 576, 6), (960, 576, 9), (8, 2, 5)])
+@pytest.mark.parametrize("out_dtype", ["fp32", "bf16"])
+def test_bf16_matmul_matches_fp32_arithmetic(n, k, tokens, out_dtype, target=None):
+    weight, x = bf16_randn(n, k), bf16_randn(tokens, k)
+    out, expected = bf16_matmul_run(weight, x, out_dtype, target), x.float() @ weight.float().T
+    if out_dtype == "fp32":
+        assert_fp32_close(out, expected)
+    else:  # one bf16 step (2^-8 to 2^-7 of the value) beyond fp32's summation-order tolerance
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(out.float(), expected, rtol=2 ** -7, atol=1e-5 * scale)
+
+
+def test_bf16_matmul_token_does_not_depend_on_its_batch(target=None):
+    weight, x = bf16_randn(200, 64), bf16_randn(11, 64)
+    together = bf16_matmul_run(weight, x, target=target)
+    for start, stop in [(0, 1), (5, 6), (10, 11), (3, 9), (1, 8)]:  # alone, in full tiles, in a tail
+        assert torch.equal(bf16_matmul_run(weight, x[start:stop], target=target), together[start:stop])
+
+
+@pytest.mark.skipif(not host_target().has("avx512_bf16"), reason="needs AVX512-BF16 for the instruction")
+def test_bf16_matmul_fma_twin_gives_the_instructions_bits():
+    weight, x = bf16_randn(96, 576), bf16_randn(7, 576)
+    assert torch.equal(bf16_matmul_run(weight, x, target=level("avx512")), bf16_matmul_run(weight, x))
+
+
+def test_bf16_pack_lays_pairs_of_16_rows_into_one_vector():
+    weight = torch.arange(40 * 4, dtype=torch.float32).view(40, 4).to(torch.bfloat16)
+    packed = bf16_matmul.pack(weight, vectors=2)  # 40 rows -> 2 blocks of 32, zero rows after 40
+    assert packed.shape == (2, 2, 64) and packed.dtype == torch.uint16
+    as_bf16 = packed.view(torch.bfloat16)
+    assert as_bf16[0, 1, 2 * 17 + 1] == weight[17, 3]  # block 0, pair 1, row 17, second of the pair
+    assert as_bf16[1, 0, 2 * 7] == weight[39, 0]
+    assert torch.all(as_bf16[1, :, 2 * 8:] == 0)
+    with pytest.raises(ValueError, match="even number of columns"):
+        bf16_matmul.pack(torch.zeros(4, 3, dtype=torch.bfloat16), vectors=1)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from catalog.quant import quantize
-from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
 from codegen.quant_crossover import PATHS, QuantCrossover
 from operators.linear import DenseLinear, QuantizedLinear
 
@@ -65,3 +65,12 @@ def test_dense_linear_accepts_an_unaligned_weight_view():
     weight = storage[4:].view(48, 80)
     x = torch.randn(1, 80)
     assert_fp32_close(TvmDenseLinear(weight, gemv_max_tokens=4)(x), DenseLinear(weight)(x))
+
+
+def test_linear_takes_fp32_or_bf16_input_and_adds_its_bias_like_torchs():
+    weight, bias, x = torch.randn(100, 64).to(torch.bfloat16), torch.randn(100), torch.randn(5, 64)
+    ours, torchs = TvmBf16Linear(weight, bias), DenseLinear(weight, bias)
+    for given in (x, x.to(torch.bfloat16)):
+        out = ours(given)
+        assert out.dtype == torch.bfloat16 and out.shape == (5, 100)
+        torch.testing.assert_close(out.float(), torchs(given).float(), rtol=2 ** -7, atol=1e-2)
