@@ -17,8 +17,7 @@ from catalog.quant import QuantizedTensor
 from codegen import interleaved_with_torch
 from codegen import ops as tvm_ops
 from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
-from codegen.quant_crossover import CROSSOVER, QuantCrossover, host_crossover
-from codegen.target import host_target
+from codegen.quant_crossover import CROSSOVER, QuantCrossover, bf16_on_torch, host_crossover
 from operators.linear import DenseLinear, make_linear
 from operators.llama import LlamaModel, ModelOps
 from operators.llama import build_model as build_llama
@@ -55,14 +54,6 @@ def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, 
     if weight_format in ("fp32", "native"):
         return TvmDenseLinear(dense, bias)
     raise ValueError(f"unknown weight format {weight_format!r}; expected fp32, bf16 or native")
-
-
-def bf16_on_torch() -> bool:
-    """Whether bf16 weights multiply in torch rather than in codegen's bf16 matmul: where the CPU has AMX (oneDNN's
-    tile GEMM; machine.md: ~940 GFLOP/s at 64 x 576 -> 1536 on Sapphire Rapids). Elsewhere the kernel wins: on a
-    Zen 4 (AVX512-BF16) 410-440 GFLOP/s against 180-385 for torch at W1's shapes, and with AVX2 only (torch
-    limited to it, ONEDNN_MAX_CPU_ISA=AVX2) 179 against 29 GFLOP/s at 64 x 576 -> 3072."""
-    return host_target().has("amx_bf16")
 
 
 def linear_factory(kernels: str, **options):

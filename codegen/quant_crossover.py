@@ -1,5 +1,6 @@
 """Which kernel a quantized linear runs for a batch of T tokens: data measured on the machine.
-(The dense twin, `DENSE_GEMV_MAX_TOKENS`, is here too: the planner reads both without importing the kernels.)
+(The dense twin, `DENSE_GEMV_MAX_TOKENS`, and where bf16 weights multiply, `bf16_on_torch`, are here too: the
+planner reads them without importing the kernels.)
 
 Where the GEMV stops paying depends on the core, not only on its instruction sets: on Zen 4
 (AVX-512 VNNI, one 512-bit FMA a cycle) the three-piece VNNI GEMV beat the GEMM at every size
@@ -73,3 +74,13 @@ def host_crossover() -> QuantCrossover:
     stored = stored_part(KERNEL_RATES) or {}
     return crossover_for(int(stored.get("quant_gemv_max_tokens", 0)))
 DENSE_GEMV_MAX_TOKENS = 4  # codegen.linear.TvmDenseLinear (fp32 weights): the TVM GEMV up to here, torch's GEMM above
+
+
+def bf16_on_torch() -> bool:
+    """Whether bf16 weights multiply in torch rather than in codegen's bf16 matmul: where the CPU has AMX (oneDNN's
+    tile GEMM; machine.md: ~940 GFLOP/s at 64 x 576 -> 1536 on Sapphire Rapids). Elsewhere the kernel wins: on a
+    Zen 4 (AVX512-BF16) 410-440 GFLOP/s against 180-385 for torch at W1's shapes, and with AVX2 only (torch
+    limited to it, ONEDNN_MAX_CPU_ISA=AVX2) 179 against 29 GFLOP/s at 64 x 576 -> 3072."""
+    from codegen.target import host_target
+
+    return host_target().has("amx_bf16")

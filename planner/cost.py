@@ -108,7 +108,7 @@ def kv_restore_seconds(tier: str, block_bytes: float, hw: HardwareProfile) -> fl
 def _bytes_and_rate(knobs: EngineConfig, weight_bytes: dict, params: float, hw: HardwareProfile) -> tuple[float, float, float]:
     """(bytes moved per forward pass, FLOP/s of its matmuls, extra FLOPs per pass) for a weight format."""
     if knobs.weight_format == "bf16":
-        return weight_bytes["bf16"], hw.bf16_flops, 0.0
+        return weight_bytes["bf16"], getattr(hw, _bf16_rate(knobs, hw)), 0.0
     if knobs.weight_format == "native" and knobs.kernels == "torch":
         # the torch path dequantizes every block to fp32 on every call: read blocks, write + read fp32
         return weight_bytes["native"] + 8 * params, hw.fp32_flops, QUANT_DEQUANT_FLOPS_PER_WEIGHT * params
@@ -180,7 +180,13 @@ def linear_rates(rows: float, knobs: EngineConfig, hw: HardwareProfile) -> tuple
         if hw.quant_gemm_rate > 0:
             return "quant_gemm_unpack_rate", "quant_gemm_rate"
         return "copy_bandwidth", "fp32_flops"
-    return ("bf16_flops" if knobs.weight_format == "bf16" else "fp32_flops", "copy_bandwidth")
+    return (_bf16_rate(knobs, hw) if knobs.weight_format == "bf16" else "fp32_flops", "copy_bandwidth")
+
+
+def _bf16_rate(knobs: EngineConfig, hw: HardwareProfile) -> str:
+    """bf16 weights on TVM kernels run codegen's bf16 matmul where it was measured (bf16_matmul_flops: the CPU
+    has no AMX), else torch's bf16 GEMM."""
+    return "bf16_matmul_flops" if knobs.kernels == "tvm" and hw.bf16_matmul_flops > 0 else "bf16_flops"
 
 
 def _measured_tvm(knobs: EngineConfig, hw: HardwareProfile) -> bool:

@@ -14,9 +14,9 @@ from catalog.hardware import (CEILINGS, KERNEL_RATES, TIER_RATES, HardwareProfil
                               store_part, stored_part)
 from catalog.quant import quantize
 from codegen.build import get_kernel
-from codegen.linear import TvmQuantizedLinear
+from codegen.linear import TvmBf16Linear, TvmQuantizedLinear
 from codegen.packed import pack
-from codegen.quant_crossover import GEMV_CROSSOVER_GRID
+from codegen.quant_crossover import GEMV_CROSSOVER_GRID, bf16_on_torch
 from runtime.attention_timing import measure_attention
 from runtime.kv_tiers import measure_restore_rates
 
@@ -109,6 +109,21 @@ def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tok
     return {"quant_dequant_bf16_rate": weights / dequant, "quant_bf16_gemm_rate": weights / per_token}
 
 
+def measure_bf16_matmul(rows: int = 1536, cols: int = 576, tokens: int = 64, ring_bytes: int = 64 << 20) -> dict:
+    """codegen.linear.TvmBf16Linear's kernel at a decoder-sized matrix and a W1-sized batch, over a ring of weight
+    copies as measure_quant_kernels. Zero where bf16 weights multiply in torch or the kernel cannot build here."""
+    if bf16_on_torch():
+        return {"bf16_matmul_flops": 0.0}
+    try:
+        layers = [TvmBf16Linear(torch.randn(rows, cols).to(torch.bfloat16))
+                  for _ in range(max(1, ring_bytes // (2 * rows * cols)))]
+        x = torch.randn(tokens, cols).to(torch.bfloat16)
+        seconds = best_seconds(lambda: [layer(x) for layer in layers], 3) / len(layers)
+    except Exception:  # noqa: BLE001 - a build failure means "not priced from measurement"
+        return {"bf16_matmul_flops": 0.0}
+    return {"bf16_matmul_flops": 2 * rows * cols * tokens / seconds}
+
+
 def measure_ceilings() -> dict:
     """Copy bandwidth, matmul FLOP/s and the floor under every op: a fraction of a second."""
     src = torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(1.0)  # 64 MiB, past every cache level
@@ -128,7 +143,7 @@ def measure_ceilings() -> dict:
 
 def measure_kernel_rates() -> dict:
     """TVM's quantized kernels and both attention backends, compiling what is not in the kernel cache."""
-    return {**measure_quant_kernels(), **measure_attention()}
+    return {**measure_quant_kernels(), **measure_bf16_matmul(), **measure_attention()}
 
 
 def measure_tier_rates() -> dict:

@@ -26,7 +26,7 @@ QUANT_PATH_KERNELS = {"gemv": "tvm quant_gemv", "gemm": "tvm quant_gemm",
                       "dequant_bf16": "tvm dequantize to bf16 + torch bf16 matmul"}
 MEASURED_FORMAT = "Q4_1"  # catalog.hardware times TVM's quantized kernels on this format only
 # HardwareProfile figures in billions: the quantized kernels' rates count weights (x rows where it scales with them)
-_UNITS = {"copy_bandwidth": "GB/s", "fp32_flops": "GFLOP/s", "bf16_flops": "GFLOP/s",
+_UNITS = {"copy_bandwidth": "GB/s", "fp32_flops": "GFLOP/s", "bf16_flops": "GFLOP/s", "bf16_matmul_flops": "GFLOP/s",
           "quant_gemv_rate_t4": "G weights x rows/s", "quant_gemm_rate": "G weights x rows/s",
           "quant_bf16_gemm_rate": "G weights x rows/s", "quant_gemv_batch_rate": "G weights x rows/s",
           "quant_screen_rate": "G weights x rows/s"}
@@ -61,12 +61,14 @@ def linear_weights(facts: ModelFacts) -> dict[str, float]:
     return {**{k: v * c.num_layers for k, v in per_layer.items()}, "lm_head": c.vocab_size * h}
 
 
-def linear_kernel(stored: str, knobs: EngineConfig, rows: float, gemv_max_tokens: int = 0) -> str:
+def linear_kernel(stored: str, knobs: EngineConfig, rows: float, gemv_max_tokens: int = 0,
+                  bf16_matmul: bool = False) -> str:
     """The kernel a call of `rows` rows runs on a weight built as `stored`: what codegen.model_kernels.tvm_linear
     (kernels 'tvm') and operators.linear.make_linear (kernels 'torch') make of it, on a machine whose measured
-    GEMV bound is gemv_max_tokens (0: not measured)."""
+    GEMV bound is gemv_max_tokens (0: not measured) and that timed codegen's bf16 matmul (`bf16_matmul`; tvm_linear
+    leaves bf16 weights on torch where the CPU has AMX, and the calibration does not time the kernel there)."""
     if knobs.weight_format == "bf16":
-        return "torch bf16 matmul"  # tvm_linear leaves bf16 weights on torch (oneDNN; AMX where the CPU has it)
+        return "tvm bf16_matmul" if knobs.kernels == "tvm" and bf16_matmul else "torch bf16 matmul"
     if knobs.weight_format == "native" and stored in QUANT_TYPES:
         if knobs.kernels == "tvm":
             return QUANT_PATH_KERNELS[crossover_for(gemv_max_tokens).path(rows, knobs.prefill_dtype)]
@@ -125,7 +127,8 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
             return ""
         if screened(knobs, phase):
             return "tvm quant_gemv greedy screen"
-        return _each(stored, lambda part: linear_kernel(part, knobs, rows[phase], hw.quant_gemv_max_tokens))
+        return _each(stored, lambda part: linear_kernel(part, knobs, rows[phase], hw.quant_gemv_max_tokens,
+                                                        hw.bf16_matmul_flops > 0))
 
     alt = _runner_up(knobs, choice, facts, ctx)
     why = f"forced by {choice.forced_by}" if choice.forced else "the cheapest weight path"

@@ -130,3 +130,19 @@ def test_argmax_only_rows_price_the_lm_head_at_the_screen_rate():
     ngram = replace(KNOBS, speculative="ngram")  # verifying drafts reads full logits: decode is not screened
     assert llm_cost(greedy, ngram, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, screening).decode_seconds == \
         llm_cost(BATCH, ngram, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, screening).decode_seconds
+
+
+def test_bf16_weights_on_tvm_are_priced_at_the_timed_bf16_matmul_where_it_was_timed():
+    from planner.cost import linear_rates
+    from planner.operator_kernels import linear_kernel
+
+    bf16 = replace(KNOBS, weight_format="bf16")
+    # a CPU without AMX times codegen's bf16 matmul (Zen 4: ~420 GFLOP/s at 64 rows); one with AMX leaves it at 0
+    zen4 = replace(FAST_TVM, bf16_matmul_flops=4.2e11)
+    assert linear_kernel("Q4_1", bf16, 64, bf16_matmul=True) == "tvm bf16_matmul"
+    assert linear_kernel("Q4_1", bf16, 64) == "torch bf16 matmul"
+    assert linear_kernel("Q4_1", replace(bf16, kernels="torch"), 64, bf16_matmul=True) == "torch bf16 matmul"
+    assert linear_rates(64, bf16, zen4) == ("bf16_matmul_flops", "copy_bandwidth")
+    assert linear_rates(64, bf16, FAST_TVM) == ("bf16_flops", "copy_bandwidth")
+    assert linear_rates(64, replace(bf16, kernels="torch"), zen4) == ("bf16_flops", "copy_bandwidth")
+    assert seconds(bf16, zen4, BATCH) < seconds(bf16, FAST_TVM, BATCH)  # 420 against torch's 110 GFLOP/s
