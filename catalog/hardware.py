@@ -50,8 +50,9 @@ class HardwareProfile:
     # GEMM on it, AMX where the CPU has it); 0 when not measured
     quant_dequant_bf16_rate: float = 0.0
     quant_bf16_gemm_rate: float = 0.0
-    # FLOP/s of codegen's bf16 matmul (bf16 weights on TVM kernels, where the CPU has no AMX) at 64 rows, its
-    # weights streamed from L3/DRAM; 0 when not measured or where bf16 weights multiply in torch (bf16_flops then)
+    # FLOP/s of codegen's bf16 matmul (bf16 weights on TVM kernels) at 64 rows, its weights streamed from L3/DRAM;
+    # 0 when not measured or where torch's bf16 GEMM was timed much faster (bf16 weights then multiply in torch,
+    # priced at bf16_flops)
     bf16_matmul_flops: float = 0.0
     # achieved FLOP/s of the engine's attention backends (runtime/attention_timing.py), decode and
     # prefill; 0 where a backend cannot run here (the cost model then prices it by the roofline)

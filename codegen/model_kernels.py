@@ -42,13 +42,14 @@ def resolve(kernels: str, weight_format: str, loaded) -> tuple[str, str]:
 
 
 def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, prefill_dtype: str = "fp32",
-               crossover: QuantCrossover = CROSSOVER):
-    """operators.llama.LinearFactory on TVM kernels; bf16 stays on torch where torch multiplies on AMX."""
+               crossover: QuantCrossover = CROSSOVER, bf16_torch: bool = False):
+    """operators.llama.LinearFactory on TVM kernels; bf16 weights stay on torch where `bf16_torch`
+    (codegen.quant_crossover.bf16_on_torch)."""
     if weight_format == "native" and isinstance(weight, QuantizedTensor):
         return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype, crossover=crossover)
     dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
     if weight_format == "bf16":
-        if bf16_on_torch() or dense.shape[1] % 2:
+        if bf16_torch or dense.shape[1] % 2:
             return DenseLinear(dense.to(torch.bfloat16), bias)
         return TvmBf16Linear(dense.to(torch.bfloat16), bias)
     if weight_format in ("fp32", "native"):
@@ -57,9 +58,11 @@ def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, 
 
 
 def linear_factory(kernels: str, **options):
-    """TVM's linears take this machine's measured GEMV crossover (codegen.quant_crossover.host_crossover) unless
-    options name one."""
-    return partial(tvm_linear, **{"crossover": host_crossover(), **options}) if kernels == "tvm" else make_linear
+    """TVM's linears take this machine's measured GEMV crossover (codegen.quant_crossover.host_crossover) and bf16
+    path (bf16_on_torch) unless options name them."""
+    if kernels != "tvm":
+        return make_linear
+    return partial(tvm_linear, **{"crossover": host_crossover(), "bf16_torch": bf16_on_torch(), **options})
 
 
 def model_ops(kernels: str) -> ModelOps:

@@ -77,10 +77,22 @@ DENSE_GEMV_MAX_TOKENS = 4  # codegen.linear.TvmDenseLinear (fp32 weights): the T
 
 
 def bf16_on_torch() -> bool:
-    """Whether bf16 weights multiply in torch rather than in codegen's bf16 matmul: where the CPU has AMX (oneDNN's
-    tile GEMM; machine.md: ~940 GFLOP/s at 64 x 576 -> 1536 on Sapphire Rapids). Elsewhere the kernel wins: on a
-    Zen 4 (AVX512-BF16) 410-440 GFLOP/s against 180-385 for torch at W1's shapes, and with AVX2 only (torch
-    limited to it, ONEDNN_MAX_CPU_ISA=AVX2) 179 against 29 GFLOP/s at 64 x 576 -> 3072."""
+    """Whether bf16 weights multiply in torch rather than in codegen's bf16 matmul: as this machine's stored profile
+    says where calibration timed both (bf16_matmul_flops 0: torch's GEMM won by TORCH_BF16_MARGIN, or the kernel
+    cannot build here), else torch where the CPU has AMX (oneDNN's tile GEMM, ~940 GFLOP/s at 64 x 576 -> 1536 on
+    Sapphire Rapids: machine.md). Elsewhere the kernel wins: on a Zen 4 (AVX512-BF16) 410-440 GFLOP/s against
+    180-385 for torch at W1's shapes, with AVX2 only (torch limited to it, ONEDNN_MAX_CPU_ISA=AVX2) 179 against 29
+    GFLOP/s at 64 x 576 -> 3072."""
+    from catalog.hardware import KERNEL_RATES, stored_part
     from codegen.target import host_target
 
+    stored = stored_part(KERNEL_RATES)
+    if stored is not None:
+        return stored["bf16_matmul_flops"] <= 0
     return host_target().has("amx_bf16")
+
+
+# torch's bf16 GEMM takes bf16 weights only when it is this much faster than codegen's kernel on its own: in the
+# engine each switch between TVM's kernels and torch's costs ~20-45 us and TVM's threads must stop spinning for it
+# (BENCHMARKS.md, session 14), which timing the GEMM alone does not see
+TORCH_BF16_MARGIN = 1.5

@@ -16,7 +16,8 @@ from catalog.quant import quantize
 from codegen.build import get_kernel
 from codegen.linear import TvmBf16Linear, TvmQuantizedLinear
 from codegen.packed import pack
-from codegen.quant_crossover import GEMV_CROSSOVER_GRID, bf16_on_torch
+from codegen.quant_crossover import GEMV_CROSSOVER_GRID, TORCH_BF16_MARGIN
+from operators.linear import DenseLinear
 from runtime.attention_timing import measure_attention
 from runtime.kv_tiers import measure_restore_rates
 
@@ -110,18 +111,21 @@ def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tok
 
 
 def measure_bf16_matmul(rows: int = 1536, cols: int = 576, tokens: int = 64, ring_bytes: int = 64 << 20) -> dict:
-    """codegen.linear.TvmBf16Linear's kernel at a decoder-sized matrix and a W1-sized batch, over a ring of weight
-    copies as measure_quant_kernels. Zero where bf16 weights multiply in torch or the kernel cannot build here."""
-    if bf16_on_torch():
-        return {"bf16_matmul_flops": 0.0}
+    """codegen.linear.TvmBf16Linear's kernel at a decoder-sized matrix and a W1-sized batch, against torch's bf16
+    linear on the same weights (over a ring of copies, as measure_quant_kernels): its FLOP/s, or 0 where torch's is
+    TORCH_BF16_MARGIN faster (bf16 weights then multiply in torch: codegen.quant_crossover.bf16_on_torch) or the
+    kernel cannot build here."""
     try:
-        layers = [TvmBf16Linear(torch.randn(rows, cols).to(torch.bfloat16))
-                  for _ in range(max(1, ring_bytes // (2 * rows * cols)))]
+        weights = [torch.randn(rows, cols).to(torch.bfloat16) for _ in range(max(1, ring_bytes // (2 * rows * cols)))]
         x = torch.randn(tokens, cols).to(torch.bfloat16)
-        seconds = best_seconds(lambda: [layer(x) for layer in layers], 3) / len(layers)
-    except Exception:  # noqa: BLE001 - a build failure means "not priced from measurement"
+        ours = [TvmBf16Linear(w) for w in weights]
+        tvm_s = best_seconds(lambda: [layer(x) for layer in ours], 3) / len(ours)
+        del ours
+        torchs = [DenseLinear(w) for w in weights]
+        torch_s = best_seconds(lambda: [layer(x) for layer in torchs], 3) / len(torchs)
+    except Exception:  # noqa: BLE001 - a build failure means "not on TVM here"
         return {"bf16_matmul_flops": 0.0}
-    return {"bf16_matmul_flops": 2 * rows * cols * tokens / seconds}
+    return {"bf16_matmul_flops": 0.0 if TORCH_BF16_MARGIN * torch_s < tvm_s else 2 * rows * cols * tokens / tvm_s}
 
 
 def measure_ceilings() -> dict:

@@ -102,3 +102,22 @@ def test_a_model_built_here_takes_the_stored_crossover(machine_profile):
     assert host_crossover() == CROSSOVER  # nothing stored yet
     machine_profile(replace(MEASURED, quant_gemv_max_tokens=128))
     assert host_crossover().gemv_max_tokens == 128
+
+
+def test_bf16_weights_multiply_where_calibration_timed_them_faster(machine_profile):
+    from codegen.quant_crossover import bf16_on_torch
+    from codegen.target import host_target
+
+    assert bf16_on_torch() == host_target().has("amx_bf16")  # nothing stored yet: torch only where the CPU has AMX
+    machine_profile(replace(MEASURED, bf16_matmul_flops=4.2e11))
+    assert not bf16_on_torch()
+    machine_profile(replace(MEASURED, bf16_matmul_flops=0.0))  # torch's GEMM won, or the kernel cannot build
+    assert bf16_on_torch()
+
+
+def test_torch_takes_bf16_weights_only_when_clearly_faster(monkeypatch):
+    times = iter([1.0, 0.5])  # the kernel, then torch's GEMM twice as fast: past the margin
+    monkeypatch.setattr(calibration, "best_seconds", lambda fn, repeats: next(times))
+    assert calibration.measure_bf16_matmul(rows=32, cols=64, ring_bytes=0)["bf16_matmul_flops"] == 0.0
+    times = iter([1.0, 0.8])  # torch a little faster alone: the switches between TVM and torch would eat that
+    assert calibration.measure_bf16_matmul(rows=32, cols=64, ring_bytes=0)["bf16_matmul_flops"] > 0
