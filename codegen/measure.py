@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from catalog.model_config import ModelConfig
 from catalog.quant import quantize
 from codegen import ops
-from codegen.linear import TvmDenseLinear, TvmQuantizedLinear
+from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
 from operators import tensor_ops as ref
+from operators.linear import DenseLinear
 
 
 @dataclass
@@ -54,7 +54,8 @@ def time_interleaved(impls: dict[str, Callable[[], object]], rounds: int = 7, mi
 
 def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelCase:
     """One quantized linear at `tokens` rows: every fused TVM path that applies, against torch
-    on the dequantized weight (fp32, and bf16 through AMX)."""
+    on the dequantized weight (fp32, and bf16 as the engine runs bf16 weights: oneDNN's prepacked GEMM, AMX where
+    the CPU has it, and codegen's bf16 matmul)."""
     weight = quantize(qtype, torch.randn(n, k) * 0.05)
     dense = weight.dequantize()
     dense_bf16 = dense.to(torch.bfloat16)
@@ -74,7 +75,9 @@ def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelC
         case.impls["tvm_fp32"] = lambda: dense_layer(x)
     dense_t = dense.t()
     case.impls["torch_fp32"] = lambda: torch.mm(x, dense_t, out=out)
-    case.impls["torch_bf16"] = lambda: F.linear(x.to(torch.bfloat16), dense_bf16).float()
+    x_bf16, torch_bf16, tvm_bf16 = x.to(torch.bfloat16), DenseLinear(dense_bf16), TvmBf16Linear(dense_bf16)
+    case.impls["torch_bf16"] = lambda: torch_bf16(x_bf16)
+    case.impls["tvm_bf16"] = lambda: tvm_bf16(x_bf16)
     return case
 
 
