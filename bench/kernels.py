@@ -60,7 +60,7 @@ def report(rounds: int) -> str:
     lines += ["", "Bytes count each input and output once (quantized linears: the GGUF blocks); the torch "
               "linears read fp32/bf16 weights, so their GB/s uses the quantized byte count too "
               "(compare µs, not GB/s, across formats). tvm_gemv: fused VNNI GEMV; tvm_gemm: fused tiled GEMM; "
-              "tvm_dequant_*_torch_bf16: TVM dequantize + torch bf16 GEMM; tvm_fp32: TVM GEMV on fp32 weights; "
+              "tvm_dequant_*_torch_bf16 / _tvm_bf16: TVM dequantize + torch's bf16 GEMM / codegen's bf16 matmul; tvm_fp32: TVM GEMV on fp32 weights; "
               "tvm_bf16 / torch_bf16: bf16 weights (weight_format = 'bf16') through codegen's bf16 matmul / "
               "oneDNN's prepacked GEMM, bf16 in and out."]
     return "\n".join(lines)

@@ -4,7 +4,8 @@
 codegen.packed's row-tile layout (same bytes). Per call it picks a kernel by the number of
 tokens (codegen.quant_crossover): the fused VNNI GEMV for decode-sized batches, the fused
 tiled GEMM above that, and with `prefill_dtype='bf16'` for large batches a dequantize into a
-bf16 scratch W^T shared by every layer of the same shape plus torch's bf16 GEMM (AMX).
+bf16 scratch shared by every layer of the same shape, then the bf16 matmul kernel on it (or, where
+bf16 multiplies in torch: `bf16_torch`, an AMX CPU, a scratch W^T and torch's bf16 GEMM).
 `TvmDenseLinear` runs the fp32 GEMV kernel for small batches and torch's GEMM above.
 `TvmBf16Linear` runs bf16 weights through the bf16 matmul kernel (AVX512-BF16's pair dot product,
 or its FMA twin), whatever the batch.
@@ -26,14 +27,14 @@ from codegen.target import host_target
 from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, SCREEN_MIN_ROWS, QuantCrossover
 from operators.tensor_ops import argmax_rows
 
-_scratch: dict[tuple[int, int], torch.Tensor] = {}
+_scratch: dict[tuple, torch.Tensor] = {}
 
 
-def _scratch_matrix(rows: int, cols: int) -> torch.Tensor:
-    """One reusable bf16 [rows, cols] buffer per shape (the dequantized weight of the moment)."""
-    buf = _scratch.get((rows, cols))
+def _scratch_matrix(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """One reusable buffer per shape and dtype (the dequantized weight of the moment)."""
+    buf = _scratch.get((shape, dtype))
     if buf is None:
-        buf = _scratch[(rows, cols)] = torch.empty(rows, cols, dtype=torch.bfloat16)
+        buf = _scratch[(shape, dtype)] = aligned(torch.empty(shape, dtype=dtype))
     return buf
 
 
@@ -41,7 +42,7 @@ class TvmQuantizedLinear:
     kernel = "tvm"
 
     def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None, prefill_dtype: str = "fp32",
-                 crossover: QuantCrossover = CROSSOVER):
+                 crossover: QuantCrossover = CROSSOVER, bf16_torch: bool = False):
         if prefill_dtype not in ("fp32", "bf16"):
             raise ValueError(f"prefill_dtype must be 'fp32' or 'bf16', got {prefill_dtype!r}")
         self.weight = weight
@@ -51,22 +52,30 @@ class TvmQuantizedLinear:
         self.weight_format = weight.qtype
         self.prefill_dtype = prefill_dtype
         self.crossover = crossover
+        self.bf16_torch = bf16_torch
         self._shape = {"qtype": weight.qtype, "n": weight.rows, "k": weight.cols}
         self._gemv = get_kernel("quant_gemv", self._shape).fn
         self._gemm = get_kernel("quant_gemm", self._shape).fn
-        self._dequantize = None  # built on first use: only the bf16 path needs it
+        self._dequantize = self._bf16_matmul = None  # built on first use: only the bf16 path needs them
         # the weights as TVM tensors once (zero-copy views): a torch tensor argument costs a DLPack conversion on
         # every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight tensors each
         self._weights = tuple(tvm_view(aligned(t)) for t in self.packed.tensors)
         self._screen: GreedyScreen | None = None  # an lm_head's: prepare_argmax
 
-    def dequantized_t(self) -> torch.Tensor:
-        """bf16 W^T [K, N] in the shared scratch buffer (valid until the next call for this shape)."""
+    def dequantized(self) -> torch.Tensor:
+        """The weight in bf16 for the bf16 path, in the shared scratch buffer of its shape (valid until the next call
+        for this shape): bf16_matmul.pack's layout (uint16), or W^T [K, N] where bf16 multiplies in torch."""
         if self._dequantize is None:
-            self._dequantize = get_kernel("dequantize", {**self._shape, "out_dtype": "bfloat16"}).fn
-        dense_t = _scratch_matrix(self.in_features, self.out_features)  # [K, N]
-        self._dequantize(*self._weights, dense_t)
-        return dense_t
+            layout = "transposed" if self.bf16_torch else "pairs"
+            self._dequantize = get_kernel("dequantize", {**self._shape, "out_dtype": "bfloat16", "layout": layout}).fn
+        if self.bf16_torch:
+            dense = _scratch_matrix((self.in_features, self.out_features), torch.bfloat16)  # [K, N]
+        else:
+            vectors, _ = bf16_matmul.tiles(host_target())
+            dense = _scratch_matrix((bf16_matmul.blocks(self.out_features, vectors), self.in_features // 2,
+                                     2 * bf16_matmul.ROWS * vectors), torch.uint16)
+        self._dequantize(*self._weights, dense)
+        return dense
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(self.crossover.path(x.shape[0], self.prefill_dtype), x)
@@ -88,8 +97,14 @@ class TvmQuantizedLinear:
     def run(self, path: str, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] through one of quant_crossover.PATHS, whatever T (benchmarks, tests)."""
         x = aligned(x)
-        if path == "dequant_bf16":
-            out = torch.matmul(x.to(torch.bfloat16), self.dequantized_t()).float()  # [T, N]
+        if path == "dequant_bf16" and self.bf16_torch:
+            out = torch.matmul(x.to(torch.bfloat16), self.dequantized()).float()  # [T, N]
+        elif path == "dequant_bf16":
+            if self._bf16_matmul is None:
+                self._bf16_matmul = get_kernel("bf16_matmul", {"n": self.out_features, "k": self.in_features,
+                                                               "out_dtype": "fp32"}).fn
+            out = torch.empty(x.shape[0], self.out_features)  # [T, N]
+            self._bf16_matmul(aligned(x.to(torch.bfloat16)), self.dequantized(), out)
         elif path in ("gemv", "gemm"):
             out = torch.empty(x.shape[0], self.out_features)  # [T, N]
             self.run_into(path, x, out)

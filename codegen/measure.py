@@ -19,6 +19,7 @@ from catalog.model_config import ModelConfig
 from catalog.quant import quantize
 from codegen import ops
 from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
+from codegen.quant_crossover import bf16_on_torch
 from operators import tensor_ops as ref
 from operators.linear import DenseLinear
 
@@ -62,14 +63,15 @@ def _linear_cases(name: str, n: int, k: int, qtype: str, tokens: int) -> KernelC
     x = torch.randn(tokens, k)
     case = KernelCase(f"linear.{name}.{qtype}.T{tokens}", weight.nbytes + 4 * tokens * (k + n), 2 * tokens * n * k,
                       weight_bytes=weight.nbytes)
-    layer = TvmQuantizedLinear(weight, prefill_dtype="bf16")
+    bf16_torch = bf16_on_torch()
+    layer = TvmQuantizedLinear(weight, prefill_dtype="bf16", bf16_torch=bf16_torch)
     out = torch.empty(tokens, n)  # the fused kernels and torch's fp32 GEMM write into it: kernel time alone
     if tokens <= 16:
         case.impls[f"tvm_gemv_{qtype}"] = lambda: layer.run_into("gemv", x, out)
     if tokens >= 4:
         case.impls[f"tvm_gemm_{qtype}"] = lambda: layer.run_into("gemm", x, out)
     if tokens >= 64:
-        case.impls[f"tvm_dequant_{qtype}_torch_bf16"] = lambda: layer.run("dequant_bf16", x)
+        case.impls[f"tvm_dequant_{qtype}_{'torch' if bf16_torch else 'tvm'}_bf16"] = lambda: layer.run("dequant_bf16", x)
     if tokens <= 4:
         dense_layer = TvmDenseLinear(dense, gemv_max_tokens=tokens)
         case.impls["tvm_fp32"] = lambda: dense_layer(x)

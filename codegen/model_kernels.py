@@ -46,7 +46,8 @@ def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, 
     """operators.llama.LinearFactory on TVM kernels; bf16 weights stay on torch where `bf16_torch`
     (codegen.quant_crossover.bf16_on_torch)."""
     if weight_format == "native" and isinstance(weight, QuantizedTensor):
-        return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype, crossover=crossover)
+        return TvmQuantizedLinear(weight, bias, prefill_dtype=prefill_dtype, crossover=crossover,
+                                  bf16_torch=bf16_torch)
     dense = weight.dequantize() if isinstance(weight, QuantizedTensor) else weight.float()
     if weight_format == "bf16":
         if bf16_torch or dense.shape[1] % 2:
@@ -74,7 +75,8 @@ def model_ops(kernels: str) -> ModelOps:
 
 def build_model(loaded, kernels: str = "auto", weight_format: str = "auto", **options) -> LlamaModel:
     kernels, weight_format = resolve(kernels, weight_format, loaded)
-    if (weight_format == "bf16" and (kernels == "torch" or bf16_on_torch())) or options.get("prefill_dtype") == "bf16":
+    bf16 = weight_format == "bf16" or options.get("prefill_dtype") == "bf16"
+    if bf16 and (kernels == "torch" or bf16_on_torch()):
         # torch's bf16 GEMMs run between TVM's kernels (the attention's, at least) on every step; the other
         # paths keep TVM's spin, which their back-to-back TVM kernels need (a process runs one of them in practice)
         interleaved_with_torch()

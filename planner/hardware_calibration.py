@@ -73,8 +73,7 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
     return {"quant_gemv_rate_t1": weights / t1, "quant_gemv_rate_t4": 4 * weights / t4,
             "quant_gemm_unpack_rate": weights / unpack, "quant_gemm_rate": weights / per_token,
             "quant_gemv_max_tokens": gemv_max_tokens, "quant_gemv_batch_rate": 60 * weights / max(g64 - g4, 1e-12),
-            "quant_screen_rate": 64 * weights / s64,
-            **measure_bf16_prefill(rows, cols)}
+            "quant_screen_rate": 64 * weights / s64}
 
 
 def gemv_crossover(seconds, gemv, gemm) -> int:
@@ -88,7 +87,8 @@ def gemv_crossover(seconds, gemv, gemm) -> int:
     return best
 
 
-def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tokens: int = 128) -> dict[str, float]:
+def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tokens: int = 128,
+                         bf16_torch: bool = False) -> dict[str, float]:
     """codegen.linear.TvmQuantizedLinear's 'dequant_bf16' path on a Q4_1 matrix, as the rates above.
 
     The dequantize is timed alone (it is the part paid once per call, like the fused GEMM's unpack);
@@ -98,9 +98,10 @@ def measure_bf16_prefill(rows: int = 1536, cols: int = 576, copies: int = 8, tok
     """
     try:
         weight = quantize("Q4_1", torch.randn(rows, cols) * 0.05)
-        layers = [TvmQuantizedLinear(weight, prefill_dtype="bf16") for _ in range(copies)]  # each packs its own copy
+        layers = [TvmQuantizedLinear(weight, prefill_dtype="bf16", bf16_torch=bf16_torch)
+                  for _ in range(copies)]  # each packs its own copy
         x = torch.randn(tokens, cols)
-        dequant = best_seconds(lambda: [layer.dequantized_t() for layer in layers], 5) / copies
+        dequant = best_seconds(lambda: [layer.dequantized() for layer in layers], 5) / copies
         path = best_seconds(lambda: [layer.run("dequant_bf16", x) for layer in layers], 5) / copies
     except Exception:  # noqa: BLE001 - a build failure means "the bf16 path is not priced from measurement"
         return {"quant_dequant_bf16_rate": 0.0, "quant_bf16_gemm_rate": 0.0}
@@ -147,7 +148,9 @@ def measure_ceilings() -> dict:
 
 def measure_kernel_rates() -> dict:
     """TVM's quantized kernels and both attention backends, compiling what is not in the kernel cache."""
-    return {**measure_quant_kernels(), **measure_bf16_matmul(), **measure_attention()}
+    bf16 = measure_bf16_matmul()  # where bf16 multiplies decides what the bf16 prefill path runs
+    return {**measure_quant_kernels(), **bf16, **measure_bf16_prefill(bf16_torch=bf16["bf16_matmul_flops"] <= 0),
+            **measure_attention()}
 
 
 def measure_tier_rates() -> dict:

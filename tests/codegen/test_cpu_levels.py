@@ -38,6 +38,7 @@ EXAMPLES = [
     (kernels.test_paged_prefill_attention_is_causal_over_cached_prefix, dict(hq=6, hkv=2, d=16, bs=5,
                                                                                kv_dtype="bf16")),
     (quant.test_dequantize_is_exact, dict(qtype="Q4_1", n=37, out_dtype="bfloat16")),
+    (quant.test_dequantize_into_the_bf16_matmuls_pairs_is_exact, dict(qtype="Q8_0", n=100)),
     (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale, dict(qtype="Q8_0")),
     (quant.test_token_does_not_depend_on_its_batch, dict(kernel="quant_gemm", qtype="Q4_1")),
     (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q8_0", rows=37, cols=64)),  # 8-bit quants as nibbles

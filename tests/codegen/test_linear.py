@@ -30,11 +30,11 @@ def test_quantized_linear_picks_its_kernel_by_batch_size():
     assert [crossover.path(t, "bf16") for t in (4, 31, 32)] == ["gemv", "gemm", "dequant_bf16"]
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_every_path_computes_the_same_linear(path):
+@pytest.mark.parametrize("path, bf16_torch", [(p, False) for p in PATHS] + [("dequant_bf16", True)])
+def test_every_path_computes_the_same_linear(path, bf16_torch):
     weight = quantize("Q4_0", torch.randn(40, 96))
     x = torch.randn(7, 96)
-    out = TvmQuantizedLinear(weight, prefill_dtype="bf16").run(path, x)
+    out = TvmQuantizedLinear(weight, prefill_dtype="bf16", bf16_torch=bf16_torch).run(path, x)
     expected = QuantizedLinear(weight)(x)
     if path == "dequant_bf16":
         # bf16 keeps 8 mantissa bits: relative error per product ~4e-3, summed over K=96 terms

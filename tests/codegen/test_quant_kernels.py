@@ -100,3 +100,18 @@ def test_dequantize_is_exact(qtype, n, out_dtype, target=None):
     out = poisoned(96, n).to(dtype)
     get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96, "out_dtype": out_dtype}, target)(*pack(weight).tensors, out)
     assert torch.equal(out.T, weight.dequantize().to(dtype))  # bf16: round to nearest even, as torch
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n", [37, 100])  # a partial row tile; a partial block of the bf16 matmul (zero rows)
+def test_dequantize_into_the_bf16_matmuls_pairs_is_exact(qtype, n, target=None):
+    from codegen.kernels import bf16_matmul
+    from codegen.target import host_target
+
+    weight = quantize(qtype, torch.randn(n, 96) * 3)
+    expected = bf16_matmul.pack(weight.dequantize().to(torch.bfloat16), bf16_matmul.tiles(target or host_target())[0])
+    out = torch.full(expected.shape, 0x7FC1, dtype=torch.int32).to(torch.uint16)  # a NaN's bits
+    get_kernel("dequantize", {"qtype": qtype, "n": n, "k": 96, "out_dtype": "bfloat16", "layout": "pairs"},
+               target)(*pack(weight).tensors, out)
+    # as values: rows past n are zero blocks, which Q4_0 / Q8_0 dequantize to -0.0 (0 * (0 - offset))
+    assert torch.equal(out.view(torch.bfloat16).float(), expected.view(torch.bfloat16).float())
