@@ -23,8 +23,8 @@ from codegen.greedy_screen import GreedyScreen
 from codegen.kernels import bf16_matmul
 from codegen.ops import aligned, tvm_view
 from codegen.packed import pack
-from codegen.target import host_target
 from codegen.quant_crossover import CROSSOVER, DENSE_GEMV_MAX_TOKENS, PATHS, SCREEN_MIN_ROWS, QuantCrossover
+from codegen.target import host_target
 from operators.tensor_ops import argmax_rows
 
 _scratch: dict[tuple, torch.Tensor] = {}

@@ -1,6 +1,6 @@
 """Which kernel a quantized linear runs for a batch of T tokens: data measured on the machine.
-(The dense twin, `DENSE_GEMV_MAX_TOKENS`, and where bf16 weights multiply, `bf16_on_torch`, are here too: the
-planner reads them without importing the kernels.)
+(The dense twin, `DENSE_GEMV_MAX_TOKENS`, is here too: the planner reads both without importing the kernels; so is
+where bf16 weights multiply, `bf16_on_torch`, with the margin calibration decides it by.)
 
 Where the GEMV stops paying depends on the core, not only on its instruction sets: on Zen 4
 (AVX-512 VNNI, one 512-bit FMA a cycle) the three-piece VNNI GEMV beat the GEMM at every size
