@@ -56,10 +56,10 @@ def measure_quant_kernels(rows: int = 1536, cols: int = 576, ring_bytes: int = 6
         gemv_max_tokens = gemv_crossover(lambda kernel, tokens: seconds(kernel, tokens, ring[:8], 3), gemv, gemm)
         g4, g64 = seconds(gemv, 4, ring[:8], 3), seconds(gemv, 64, ring[:8], 3)
         screen = get_kernel("quant_gemv", {**shape, "screen": True})
-        tiles, blocks = packed.tensors[0].shape[:2]
-        bound, tile_max = torch.zeros(tiles, blocks, 16), torch.empty(64, tiles)
+        tiles = packed.tensors[0].shape[0]
+        row_norm, tile_max = torch.zeros(tiles, 16), torch.empty(64, tiles)
         x, out = torch.randn(64, cols), torch.empty(64, rows)
-        s64 = best_seconds(lambda: [screen(x, *weight, bound, out, tile_max) for weight in ring[:8]], 3) / 8
+        s64 = best_seconds(lambda: [screen(x, *weight, row_norm, out, tile_max) for weight in ring[:8]], 3) / 8
     except Exception:  # noqa: BLE001 - any build failure means "TVM is not an option here"
         return {"quant_gemv_rate_t1": 0.0, "quant_gemv_rate_t4": 0.0, "quant_gemm_unpack_rate": 0.0,
                 "quant_gemm_rate": 0.0, "quant_gemv_max_tokens": 0, "quant_gemv_batch_rate": 0.0,

@@ -88,11 +88,11 @@ def gpu_row_dot(qtype: str, n: int, k: int):
 
 def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dtype: str = "float32", x_shape=None,
                  screen: bool = False):
-    """The PrimFunc `name`([x,] qs, scales, [mins,] [bound,] out [, tile_max]) over an n x k matrix in
-    codegen.packed's layout, running body([x,] qs, scales, mins, [bound,] out [, tile_max]). x (fp32, only when
+    """The PrimFunc `name`([x,] qs, scales, [mins,] [row_norm,] out [, tile_max]) over an n x k matrix in
+    codegen.packed's layout, running body([x,] qs, scales, mins, [row_norm,] out [, tile_max]). x (fp32, only when
     x_shape is given) and out take the given shapes, which may share a symbolic dimension (common.symbolic) with
     the body. Only Q4_1 has mins: for the other types the body gets `scales` in their place and must not
-    read them. `screen` (quant_gemv's greedy screen, x given) adds an fp32 input bound [tiles, blocks, 16] and an
+    read them. `screen` (quant_gemv's greedy screen, x given) adds an fp32 input row_norm [tiles, 16] and an
     fp32 output tile_max [out_shape[0], tiles]."""
     from tvm.script import tirx as T
 
@@ -101,11 +101,11 @@ def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dty
     if qtype != "Q4_1":
         absent["mins_h"] = None
     if not screen:
-        absent["bound_h"] = absent["tile_max_h"] = None
+        absent["row_norm_h"] = absent["tile_max_h"] = None
 
     @T.jit
     def kernel(x_h: T.Optional(T.handle), qs_h: T.handle, scales_h: T.handle, mins_h: T.Optional(T.handle),
-               bound_h: T.Optional(T.handle), out_h: T.handle, tile_max_h: T.Optional(T.handle)):
+               row_norm_h: T.Optional(T.handle), out_h: T.handle, tile_max_h: T.Optional(T.handle)):
         T.func_attr({"tirx.noalias": True})
         if x_h is not None:
             x = T.match_buffer(x_h, x_shape, "float32")
@@ -116,10 +116,10 @@ def quant_kernel(name: str, qtype: str, n: int, k: int, body, out_shape, out_dty
         else:
             mins = T.meta_var(scales)
         out = T.match_buffer(out_h, out_shape, out_dtype)
-        if bound_h is not None:
-            bound = T.match_buffer(bound_h, (TILES, NB, TILE_ROWS), "float32")
+        if row_norm_h is not None:
+            row_norm = T.match_buffer(row_norm_h, (TILES, TILE_ROWS), "float32")
             tile_max = T.match_buffer(tile_max_h, (out_shape[0], TILES), "float32")
-            body(x, qs, scales, mins, bound, out, tile_max)
+            body(x, qs, scales, mins, row_norm, out, tile_max)
         elif x_h is not None:
             body(x, qs, scales, mins, out)
         else:

@@ -45,11 +45,19 @@ from codegen.target import Target
 
 LANES = TILE_ROWS
 PIECES = 3  # what keeps fp32 accuracy (the screen takes 1: llama.cpp's int8 activations)
-# the screen's bound is widened by this factor: the kernel's and the recomputation's fp32 rounding are below 1% of it
+# the screen's bound: ||x - x_int8|| widened by SCREEN_SLACK (its own fp32 sum of squares is off by < 1e-4), plus
+# screen_rounding(K) ||x||, the fp32 rounding of a dot product's two computations (kernel and recomputation)
 SCREEN_SLACK = 1.05
+
+
+def screen_rounding(k: int) -> float:
+    """Each fp32 dot product of length k is within k 2^-24 sum|x w| <= k 2^-24 ||x|| ||w|| of the exact one."""
+    return 2 * k * 2.0**-24
 PIECE_RADIX = 254  # |residual| <= 0.5 after rounding, so 254 * residual fits int8's +-127
 # per token and 32-block, in one workspace (each TVM workspace costs ~0.1 us per call):
 SCALE, SUM, CORRECTION = 0, 1, 2  # s; sum(x) (Q4_1); offset * sum(a_p) for each piece (Q4_0, Q8_0)
+# the screen's per token, after its blocks (as block NB): sum (x - s a)^2, sum x^2, then e[t]
+RESIDUAL_SQ, SQ, ERROR = 0, 1, 2
 
 
 def _dot(dot: IntDot, acc, quants, xq, t, p, e):
@@ -78,10 +86,12 @@ def _exact(dot, correction, has_offset: bool):
 def make_quant_gemv(qtype: str, n: int, k: int, *, target: Target, screen: bool = False):
     """screen: the greedy screen's kernel (runtime's greedy sampling over the lm_head): one int8 piece per
     activation (x rounded to 1/254 of its block's largest |x|, llama.cpp's activations) and, per row, an upper
-    bound instead of the product: out[t, n] = sum_b [d s (D - o S) + bound[n, b] * s_b * SCREEN_SLACK / 2] with
-    bound[n, b] = sum_j |W[n, 32 b + j]| (codegen.greedy_screen), which is >= the exact product, as
-    |x - s a| <= s / 2 for every element. Takes the bound [tiles, blocks, 16] fp32 after mins, and writes each
-    16-row tile's largest bound, tile_max [T, tiles], after out. CPU only: the engine's model runs on the CPU."""
+    bound instead of the product: out[t, n] = sum_b d s (D - o S) + row_norm[n] * e[t] with row_norm[n] =
+    ||W[n]||_2 (codegen.greedy_screen) and e[t] = SCREEN_SLACK ||x - x_int8||_2 + screen_rounding(K) ||x||_2, which
+    is >= the exact product by Cauchy-Schwarz (|(x - x_int8) . W[n]| <= ||x - x_int8|| ||W[n]||; the second term
+    covers fp32 rounding here and in the exact recomputation). Takes row_norm [tiles, 16] fp32 after mins, and
+    writes each 16-row tile's largest bound, tile_max [T, tiles], after out. CPU only: the engine's model runs on
+    the CPU."""
     check(qtype, k)
     if target.is_gpu:
         if screen:
@@ -107,8 +117,7 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
 
     NB, TILES, GROUPS = k // 32, num_tiles(n), QUANT_BYTES[qtype] // GROUP_BYTES
     P = 1 if screen else PIECES
-    HALF_STEP = CORRECTION + P  # the screen's s * SCREEN_SLACK / 2 per token and block
-    BLOCK_FIELDS = HALF_STEP + 1
+    BLOCK_FIELDS = max(CORRECTION + P, ERROR + 1)
     num_tokens = symbolic("num_tokens")
     G = tiles_per_step(dot, TILES, P)
     TOKENS = tokens_per_step(dot, G, P)
@@ -144,14 +153,15 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     @T.macro
     def split_activations(x, xq, xblock, num_tokens):
         for t in range(num_tokens):
+            if screen:
+                xblock[t, NB, RESIDUAL_SQ] = T.float32(0)
+                xblock[t, NB, SQ] = T.float32(0)
             for b in range(NB):
                 amax = T.alloc_buffer((16,), "float32")
                 for l in T.vectorized(16):
                     amax[l] = T.max(T.fabs(x[t, b * 32 + l]), T.fabs(x[t, b * 32 + 16 + l]))
                 max_of_16(amax)
                 xblock[t, b, SCALE] = amax[0] * T.float32(1.0 / 127)
-                if screen:
-                    xblock[t, b, HALF_STEP] = amax[0] * T.float32(SCREEN_SLACK / 254)
                 # blocks with max|x| below 1e-30 count as zero (127 / amax would overflow fp32)
                 amax[1] = T.if_then_else(amax[0] > T.float32(1e-30), T.float32(127) / amax[0], T.float32(0))
                 # no let-bindings inside vectorized loops: TVM 0.27 evaluates them for lane 0 only
@@ -160,6 +170,16 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                     for l in T.vectorized(32):
                         y[0, l] = x[t, b * 32 + l] * amax[1]
                         xq[t, 0, b * 32 + l] = T.Cast("int8", T.nearbyint(y[0, l]))
+                    if screen:  # the block's share of ||x - s a||^2 and ||x||^2
+                        sq = T.alloc_buffer((2, 32), "float32")
+                        for l in T.vectorized(32):
+                            sq[0, l] = x[t, b * 32 + l] - T.Cast("float32", xq[t, 0, b * 32 + l]) * xblock[t, b, SCALE]
+                            sq[0, l] = sq[0, l] * sq[0, l]
+                            sq[1, l] = x[t, b * 32 + l] * x[t, b * 32 + l]
+                        pairwise_sum(sq, 0)
+                        pairwise_sum(sq, 1)
+                        xblock[t, NB, RESIDUAL_SQ] = xblock[t, NB, RESIDUAL_SQ] + (sq[0, 0] + sq[0, 1])
+                        xblock[t, NB, SQ] = xblock[t, NB, SQ] + (sq[1, 0] + sq[1, 1])
                 else:
                     for l in T.vectorized(32):
                         y[0, l] = x[t, b * 32 + l] * amax[1]
@@ -181,9 +201,12 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                             isum[p, l] = T.Cast("int32", xq[t, p, b * 32 + l])
                         pairwise_sum(isum, p)
                         xblock[t, b, CORRECTION + p] = T.Cast("float32", (isum[p, 0] + isum[p, 1]) * OFFSET)
+            if screen:
+                xblock[t, NB, ERROR] = (T.float32(SCREEN_SLACK) * T.sqrt(xblock[t, NB, RESIDUAL_SQ])
+                                        + T.float32(screen_rounding(k)) * T.sqrt(xblock[t, NB, SQ]))
 
     @T.macro
-    def tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, t0, TB):
+    def tokens_of_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, t0, TB):
         """Tokens t0 .. t0 + TB - 1 over tile group g: each weight vector loaded and unpacked once for the TB
         tokens, each token through the same operations in the same order as alone."""
         facc = T.alloc_buffer((TB, G, LANES), "float32")
@@ -251,12 +274,11 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                                 + _exact(acc[tb, gi, 1, l], xblock[t0 + tb, b, CORRECTION + 1], HAS_OFFSET) * T.float32(R1)
                                 + _exact(acc[tb, gi, 2, l], xblock[t0 + tb, b, CORRECTION + 2], HAS_OFFSET) * T.float32(R2),
                                 facc[tb, gi, l])
-                if screen:
-                    for gi in T.unroll(G):
-                        for l in T.vectorized(LANES):
-                            facc[tb, gi, l] = T.fma(bound[g * G + gi, b, l], xblock[t0 + tb, b, HALF_STEP], facc[tb, gi, l])
         for tb in T.unroll(TB):
             for gi in T.unroll(G):
+                if screen:
+                    for l in T.vectorized(LANES):
+                        facc[tb, gi, l] = T.fma(row_norm[g * G + gi, l], xblock[t0 + tb, NB, ERROR], facc[tb, gi, l])
                 if n % LANES == 0:
                     for l in T.vectorized(LANES):
                         out[t0 + tb, (g * G + gi) * LANES + l] = facc[tb, gi, l]
@@ -272,29 +294,29 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                     tile_max[t0 + tb, g * G + gi] = fold[0]
 
     @T.macro
-    def tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens):
+    def tile_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, num_tokens):
         if TOKENS == 2:  # an odd count's first token alone (one token, decode's case, is the code of old)
             if num_tokens % 2 == 1:
-                tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, 0, 1)
+                tokens_of_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, 0, 1)
         for tp in range(num_tokens // TOKENS):
-            tokens_of_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g,
+            tokens_of_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g,
                             num_tokens % TOKENS + tp * TOKENS, TOKENS)
 
     @T.macro
-    def screen_body(x, qs, scales, mins, bound, out, tile_max):
+    def screen_body(x, qs, scales, mins, row_norm, out, tile_max):
         xq = T.alloc_buffer((num_tokens, P, k), "int8")
-        xblock = T.alloc_buffer((num_tokens, NB, BLOCK_FIELDS), "float32")
+        xblock = T.alloc_buffer((num_tokens, NB + 1, BLOCK_FIELDS), "float32")
         split_activations(x, xq, xblock, num_tokens)
         if num_tokens * (TILES * LANES * k) >= PARALLEL_MIN_WORK:
             for g in T.parallel(TILES // G):
-                tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens)
+                tile_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, num_tokens)
         else:
             for g in range(TILES // G):
-                tile_group(x, xq, xblock, qs, scales, mins, bound, out, tile_max, g, num_tokens)
+                tile_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, num_tokens)
 
     @T.macro
     def body(x, qs, scales, mins, out):
-        screen_body(x, qs, scales, mins, scales, out, out)  # no bound, no tile_max: never touched
+        screen_body(x, qs, scales, mins, scales, out, out)  # no row_norm, no tile_max: never touched
 
     return quant_kernel("quant_gemv", qtype, n, k, screen_body if screen else body, (num_tokens, n),
                         x_shape=(num_tokens, k), screen=screen)
@@ -328,6 +350,6 @@ def schedule_quant_gemv(sch, cfg: dict) -> None:
 
 
 SPEC = KernelSpec("quant_gemv", make_quant_gemv, quant_gemv_config, schedule_quant_gemv,
-                  args=("x", "qs", "scales", "mins (Q4_1 only)", "bound (screen only)", "out",
+                  args=("x", "qs", "scales", "mins (Q4_1 only)", "row_norm (screen only)", "out",
                         "tile_max (screen only)"), source_file=__file__, scheduled=True,
                   depends=(common.__file__, quant_common.__file__, int_dot.__file__, packed.__file__))

@@ -5,7 +5,7 @@ import torch
 
 from catalog.quant import quantize
 from codegen.build import get_kernel
-from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen, block_l1
+from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen, row_norms
 from codegen.linear import TvmQuantizedLinear
 from codegen.packed import TILE_ROWS, pack
 
@@ -36,16 +36,23 @@ def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols, target=None):
     """The screen's kernel: upper >= the exact product for every row, and each tile's largest upper."""
     weight = quantize(qtype, torch.randn(rows, cols))
     tiles = -(-rows // TILE_ROWS)
-    l1 = torch.zeros(tiles * TILE_ROWS, cols // 32)
-    l1[:rows] = block_l1(weight)
-    bound = l1.view(tiles, TILE_ROWS, -1).transpose(1, 2).contiguous()
+    norms = torch.zeros(tiles * TILE_ROWS)
+    norms[:rows] = row_norms(weight)
     x = torch.randn(9, cols) * torch.logspace(-3, 2, 9)[:, None]  # scales from tiny to large
     x[0, :32] = 0  # an all-zero block
     upper, tile_max = torch.full((9, rows), float("nan")), torch.full((9, tiles), float("nan"))
     get_kernel("quant_gemv", {"qtype": qtype, "n": rows, "k": cols, "screen": True}, target)(
-        x, *pack(weight).tensors, bound, upper, tile_max)
-    exact = x.double() @ weight.dequantize().double().T
+        x, *pack(weight).tensors, norms.view(tiles, TILE_ROWS), upper, tile_max)
+    w = weight.dequantize().double()
+    exact = x.double() @ w.T
     assert (upper.double() >= exact).all()
+    # and no looser than its Cauchy-Schwarz bound, e = ||x - x_int8|| ||w|| (x_int8: one int8 piece per 32-block):
+    # upper = approx + ~e and |approx - exact| <= e
+    blocks = x.double().view(9, -1, 32)
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    residual = (blocks - torch.round(blocks / step.clamp(min=1e-300)) * step).view(9, -1)
+    cauchy_schwarz = residual.norm(dim=1)[:, None] * w.norm(dim=1)[None]
+    assert (upper.double() - exact <= 2.1 * cauchy_schwarz + 1e-3 * x.double().norm(dim=1)[:, None] * w.norm(dim=1)).all()
     padded = torch.full((9, tiles * TILE_ROWS), float("-inf"))
     padded[:, :rows] = upper
     assert torch.equal(tile_max, padded.view(9, -1, TILE_ROWS).amax(-1))
