@@ -13,8 +13,10 @@ Engines, each in its own process, one after another (a 2-core machine: nothing e
 Peers without an environment under --peers-dir are reported as not installed, never estimated.
 Every engine gets the same token ids (the chat template applied by sqlm's tokenizer), greedy; HF, vLLM and
 llama.cpp never stop at EOS, sqlm's SQL stops where the model ends (tok/s counts the tokens each produced).
-W4: one W1 prompt, 128 tokens, decode rate after the first token; sqlm's default plan and llama.cpp, whose ratio
-is the W4 column's, run their W4 again in alternating rounds after everything else, and those rounds are their figures.
+W4: one W1 prompt, 128 tokens, decode rate after the first token. The ratios the acceptance bars read are measured
+in alternating rounds after everything else, and those rounds are their figures: W1 (all prompts in one batch) of
+sqlm's default plan, sqlm's bf16 weights and HF; W4 of sqlm's default plan and llama.cpp. This VM's speed moves by
+10-30% over minutes, which engines timed minutes apart would read as a difference between them.
 Figures are medians of --runs runs.
 """
 from __future__ import annotations
@@ -81,6 +83,8 @@ def worker_sqlm(job: dict, mode: str) -> dict:
             con.close()
         batches[str(batch)] = {"times": times, "tokens": statistics.median(produced), "texts": outputs}
 
+    if job.get("w1_only"):
+        return {"batches": batches, "explain": explain}
     con = connect()  # W4: the prompt is cached by a first query, so both timed queries prefill alike
     con.register("one", pa.table({"i": [0], "prompt": W1_PROMPTS[:1]}))
     query(con, "one", 1)
@@ -165,6 +169,33 @@ def commands(args, job_path: Path) -> dict[str, tuple[list[str], dict] | str]:
 W4_INTERLEAVED = ("sqlm default plan", "llama.cpp Q4_1 (native build)")
 
 
+W1_INTERLEAVED = ("sqlm default plan", "sqlm bf16 weights", "HF transformers fp32")
+
+
+def measure_w1_interleaved(args, job_path: Path, results: dict) -> None:
+    """Replace the largest batch's W1 figures of W1_INTERLEAVED's engines with --runs alternating W1-only runs."""
+    commands_by_name = commands(args, job_path)
+    engines = [n for n in W1_INTERLEAVED if isinstance(results.get(n), dict) and isinstance(commands_by_name[n], tuple)]
+    if len(engines) < 2:
+        return
+    w1 = str(max(args.batches))
+    w1_job = job_path.with_name("w1_job.json")
+    w1_job.write_text(json.dumps({**json.loads(job_path.read_text()), "batches": [int(w1)], "runs": 1,
+                                  "w1_only": True}))
+    rounds = {n: [] for n in engines}
+    for _ in range(args.runs):
+        for name in engines:
+            cmd, env = commands_by_name[name]
+            done = _run([str(w1_job) if part == str(job_path) else part for part in cmd], env)
+            if isinstance(done, str):
+                return  # keep the sequential figures
+            rounds[name].append(done["batches"][w1])
+    for name in engines:
+        results[name]["batches"][w1] = {**rounds[name][-1], "times": [r["times"][0] for r in rounds[name]],
+                                        "tokens": statistics.median(r["tokens"] for r in rounds[name])}
+        results[name]["w1_interleaved"] = True
+
+
 def measure_w4_interleaved(args, job_path: Path, results: dict) -> None:
     """Replace the W4 figures of W4_INTERLEAVED's engines with --runs alternating W4-only runs of each."""
     commands_by_name = commands(args, job_path)
@@ -198,6 +229,9 @@ def measure(args, job_path: Path) -> dict[str, dict | str]:
         results[name] = _run(*command) if isinstance(command, tuple) else command
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(json.dumps(results))
+    if not args.only or set(W1_INTERLEAVED) & set(args.only):
+        measure_w1_interleaved(args, job_path, results)
+        raw.write_text(json.dumps(results))
     if not args.only or set(W4_INTERLEAVED) & set(args.only):
         measure_w4_interleaved(args, job_path, results)
         raw.write_text(json.dumps(results))
@@ -228,12 +262,15 @@ def report(args, results: dict, ceilings: dict) -> str:
     llama_w4 = statistics.median(llama["w4_seconds_per_token"]) if llama else None
     interleaved = [n for n in W4_INTERLEAVED if ok.get(n, {}).get("w4_interleaved")]
     w4_note = f" ({' and '.join(interleaved)}: in alternating rounds)" if interleaved else ""
+    w1_interleaved = [n for n in W1_INTERLEAVED if ok.get(n, {}).get("w1_interleaved")]
+    w1_note = (f"; W1 of {', '.join(w1_interleaved)}: in alternating rounds after the sweep"
+               if w1_interleaved else "")
     lines = [f"## sqlm and its peers (bench/peers.py, {time.strftime('%Y-%m-%d')})", "",
              f"Machine: {describe()}. Ceilings measured in the same run: copy {ceilings['copy_gbs']:.1f} GB/s, fp32 "
              f"matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul {ceilings['bf16_gflops']:.0f} GFLOP/s -> "
              f"batched bounds {ceilings['fp32_gflops'] * 1e9 / flops:,.0f} tok/s (fp32), "
              f"{ceilings['bf16_gflops'] * 1e9 / flops:,.0f} tok/s (bf16). Medians of {args.runs} runs; "
-             f"{args.tokens} new tokens per prompt; W4 decodes {args.w4_tokens} tokens{w4_note}.", "",
+             f"{args.tokens} new tokens per prompt{w1_note}; W4 decodes {args.w4_tokens} tokens{w4_note}.", "",
              f"| engine | W1 tok/s ({w1} prompts) | x HF best | best tok/s (batch) | W4 decode ms/token | "
              f"W4 x llama.cpp |", "|---|---|---|---|---|---|"]
     for name, r in results.items():

@@ -37,7 +37,7 @@ for batch in job["batches"]:
     runs = [generate(job["prompts"][:batch], job["tokens"]) for _ in range(job["runs"])]
     batches[str(batch)] = {"times": [t for t, _ in runs], "tokens": batch * job["tokens"], "outputs": runs[0][1]}
 w4 = []
-for _ in range(job["runs"]):
+for _ in range(0 if job.get("w1_only") else job["runs"]):
     short, _ = generate([job["w4_prompt"]], 1)
     long, _ = generate([job["w4_prompt"]], job["w4_tokens"])
     w4.append((long - short) / (job["w4_tokens"] - 1))
