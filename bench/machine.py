@@ -46,6 +46,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
 def ceilings() -> dict[str, float]:
     return {
         "copy_gbs": copy_bandwidth_gbs(),
+        "read_gbs": read_bandwidth_gbs(1 << 30),  # from DRAM: 32x this CPU's L3
         "fp32_gflops": matmul_gflops(torch.float32),
         "bf16_gflops": matmul_gflops(torch.bfloat16),
     }

@@ -250,6 +250,7 @@ def agreement(texts: list[str], reference: list[list[int]], tokenizer) -> int:
 
 def report(args, results: dict, ceilings: dict) -> str:
     from bench.machine import describe
+    from catalog.quant import QuantizedTensor
     from catalog.registry import resolve_model
 
     loaded = resolve_model("smollm2")
@@ -266,7 +267,8 @@ def report(args, results: dict, ceilings: dict) -> str:
     w1_note = (f"; W1 of {', '.join(w1_interleaved)}: in alternating rounds after the sweep"
                if w1_interleaved else "")
     lines = [f"## sqlm and its peers (bench/peers.py, {time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {describe()}. Ceilings measured in the same run: copy {ceilings['copy_gbs']:.1f} GB/s, fp32 "
+             f"Machine: {describe()}. Ceilings measured in the same run: copy {ceilings['copy_gbs']:.1f} GB/s, read "
+             f"{ceilings['read_gbs']:.1f} GB/s, fp32 "
              f"matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul {ceilings['bf16_gflops']:.0f} GFLOP/s -> "
              f"batched bounds {ceilings['fp32_gflops'] * 1e9 / flops:,.0f} tok/s (fp32), "
              f"{ceilings['bf16_gflops'] * 1e9 / flops:,.0f} tok/s (bf16). Medians of {args.runs} runs; "
@@ -292,6 +294,14 @@ def report(args, results: dict, ceilings: dict) -> str:
         best_hf_batch = max(rates(hf), key=rates(hf).get)
         lines.append(f"- HF's best setting here: batch {best_hf_batch} ({hf_best:,.0f} tok/s); the x HF column divides "
                      f"by it.")
+    default = ok.get("sqlm default plan", {}).get("w4_seconds_per_token")
+    if default:
+        weight_bytes = sum(w.nbytes for w in loaded.weights.values() if isinstance(w, QuantizedTensor))
+        floor = weight_bytes / (ceilings["read_gbs"] * 1e9)
+        reached = f", llama.cpp {floor / llama_w4:.0%}" if llama_w4 else ""
+        lines.append(f"- W4's floor here: a token reads every weight once ({weight_bytes / 1e6:.1f} MB as stored) at the "
+                     f"read bandwidth above = {floor * 1e3:.2f} ms; the default plan runs at "
+                     f"{floor / statistics.median(default):.0%} of it{reached}.")
     for name in ("sqlm default plan", "sqlm bf16 weights"):
         if name in ok and hf and str(w1) in hf["batches"]:
             same = agreement(ok[name]["batches"][str(w1)]["texts"], hf["batches"][str(w1)]["outputs"], loaded.tokenizer)
