@@ -59,7 +59,9 @@ def _f16(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view(np.float16).astype(np.float32)
 
 
-def dequantize_blocks(qtype: str, blocks: torch.Tensor, cols: int) -> torch.Tensor:
+def dequantize_blocks(qtype: str, blocks: torch.Tensor, cols: int, with_min: bool = True) -> torch.Tensor:
+    """fp32 [rows, cols]; with_min=False leaves out Q4_1's per-block min (d * q alone: the part a kernel
+    multiplies by rounded activations while the min meets the exact sum of x)."""
     # numpy: its uint8 nibble arithmetic is ~10x faster than torch's here.
     rows = blocks.shape[0]
     b = blocks.numpy().reshape(rows, cols // BLOCK_SIZE, BYTES_PER_BLOCK[qtype])  # [rows, nblocks, bytes]
@@ -69,7 +71,10 @@ def dequantize_blocks(qtype: str, blocks: torch.Tensor, cols: int) -> torch.Tens
     else:
         qs = b[..., 4:] if qtype == "Q4_1" else b[..., 2:]  # [rows, nblocks, 16]
         q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # [rows, nblocks, 32]
-        w = d * q + _f16(b[..., 2:4]) if qtype == "Q4_1" else d * (q - 8.0)
+        if qtype == "Q4_1":
+            w = d * q + _f16(b[..., 2:4]) if with_min else d * q
+        else:
+            w = d * (q - 8.0)
     return torch.from_numpy(w.reshape(rows, cols))
 
 

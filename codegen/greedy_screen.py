@@ -5,7 +5,8 @@ SmolLM2 token's FLOPs. The screen (codegen.kernels.quant_gemv with screen=True) 
 quantized lm_head by activations rounded to one int8 piece per 32-block (llama.cpp's; ~2x the
 fp32-accurate GEMV's speed) and adds a bound per row: upper[t, v] >= logit[t, v] for every v,
 since by Cauchy-Schwarz |logit - approx| = |(x - x_int8) . W[v]| <= ||x - x_int8|| ||W[v]|| (the
-kernel widens it by SCREEN_SLACK and adds a term for fp32 rounding). Then per row:
+kernel widens it by SCREEN_SLACK and adds a term for fp32 rounding; for Q4_1, W[v] less its block mins, which the
+kernel multiplies by the exact sum of x). Then per row:
 
     best  = argmax_v upper[v]            (excluded tokens set to -inf first; through the kernel's
                                           per-tile maxima, so no pass over [N, V])
@@ -40,11 +41,13 @@ _ROWS_PER_CHUNK = 4096  # rows dequantized at a time while the norms are taken (
 
 
 def row_norms(weight: QuantizedTensor) -> torch.Tensor:
-    """||W[v]||_2 [V] fp32 from the dequantized rows, rounded up (taken in fp64, then widened past fp32's rounding)."""
+    """||W[v]||_2 [V] fp32 of the part of each row the screen multiplies by rounded activations: the dequantized row,
+    less Q4_1's per-block min (which the kernel multiplies by the exact sum of x); rounded up (taken in fp64, then
+    widened past fp32's rounding)."""
     chunks = []
     for start in range(0, weight.rows, _ROWS_PER_CHUNK):
-        rows = weight.select_rows(torch.arange(start, min(start + _ROWS_PER_CHUNK, weight.rows))).dequantize()
-        chunks.append(rows.double().norm(dim=1))
+        rows = weight.blocks[start : start + _ROWS_PER_CHUNK]
+        chunks.append(dequantize_blocks(weight.qtype, rows, weight.cols, with_min=False).double().norm(dim=1))
     return (torch.cat(chunks) * (1 + 2.0**-20)).float()
 
 

@@ -86,10 +86,10 @@ def _exact(dot, correction, has_offset: bool):
 def make_quant_gemv(qtype: str, n: int, k: int, *, target: Target, screen: bool = False):
     """screen: the greedy screen's kernel (runtime's greedy sampling over the lm_head): one int8 piece per
     activation (x rounded to 1/254 of its block's largest |x|, llama.cpp's activations) and, per row, an upper
-    bound instead of the product: out[t, n] = sum_b d s (D - o S) + row_norm[n] * e[t] with row_norm[n] =
-    ||W[n]||_2 (codegen.greedy_screen) and e[t] = SCREEN_SLACK ||x - x_int8||_2 + screen_rounding(K) ||x||_2, which
-    is >= the exact product by Cauchy-Schwarz (|(x - x_int8) . W[n]| <= ||x - x_int8|| ||W[n]||; the second term
-    covers fp32 rounding here and in the exact recomputation). Takes row_norm [tiles, 16] fp32 after mins, and
+    bound instead of the product: out[t, n] = sum_b d s (D - o S) [+ m sum(x)] + row_norm[n] * e[t] with
+    row_norm[n] = ||d (q - o)|| over row n (codegen.greedy_screen.row_norms: the row less Q4_1's mins, which meet
+    the exact sum of x) and e[t] = SCREEN_SLACK ||x - x_int8||_2 + screen_rounding(K) ||x||_2, which is >= the exact
+    product by Cauchy-Schwarz (the second term covers fp32 rounding here and in the exact recomputation). Takes row_norm [tiles, 16] fp32 after mins, and
     writes each 16-row tile's largest bound, tile_max [T, tiles], after out. CPU only: the engine's model runs on
     the CPU."""
     check(qtype, k)

@@ -27,6 +27,18 @@ def test_quantize_round_trip_error_is_bounded(qtype, max_rel_err):
     assert rel < max_rel_err
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_without_the_min_only_q4_1_changes_by_one_constant_a_block(qtype):
+    torch.manual_seed(0)
+    q = quantize(qtype, torch.randn(3, 64) + 0.5)
+    full, scaled = q.dequantize(), dequantize_blocks(qtype, q.blocks, 64, with_min=False)
+    shift = (full - scaled).view(3, 2, 32)
+    if qtype == "Q4_1":
+        assert torch.equal(shift, shift[..., :1].expand(-1, -1, 32)) and (shift != 0).any()
+    else:
+        assert torch.equal(full, scaled)
+
+
 def test_select_rows_permutes_whole_rows():
     q = quantize("Q4_1", torch.randn(6, 64))
     order = torch.tensor([5, 0, 3, 1, 4, 2])

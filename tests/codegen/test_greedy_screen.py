@@ -46,16 +46,34 @@ def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols, target=None):
     w = weight.dequantize().double()
     exact = x.double() @ w.T
     assert (upper.double() >= exact).all()
-    # and no looser than its Cauchy-Schwarz bound, e = ||x - x_int8|| ||w|| (x_int8: one int8 piece per 32-block):
-    # upper = approx + ~e and |approx - exact| <= e
+    # and no looser than its Cauchy-Schwarz bound, e = ||x - x_int8|| ||w'|| (x_int8: one int8 piece per 32-block; w'
+    # the row row_norms measures): upper = approx + ~e and |approx - exact| <= e
     blocks = x.double().view(9, -1, 32)
     step = blocks.abs().amax(-1, keepdim=True) / 127
     residual = (blocks - torch.round(blocks / step.clamp(min=1e-300)) * step).view(9, -1)
-    cauchy_schwarz = residual.norm(dim=1)[:, None] * w.norm(dim=1)[None]
+    cauchy_schwarz = residual.norm(dim=1)[:, None] * norms[:rows].double()[None]
     assert (upper.double() - exact <= 2.1 * cauchy_schwarz + 1e-3 * x.double().norm(dim=1)[:, None] * w.norm(dim=1)).all()
     padded = torch.full((9, tiles * TILE_ROWS), float("-inf"))
     padded[:, :rows] = upper
     assert torch.equal(tile_max, padded.view(9, -1, TILE_ROWS).amax(-1))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_bounds_hold_where_every_rounding_error_points_the_same_way(qtype):
+    """The worst case for the bound: each activation sits 0.49 of an int8 step above its rounded value, so the
+    rounding errors add up along the weights. Q4_1's kernel multiplies the rounded activations by d * q alone (its
+    min meets the exact sum of x), whose rows are all-positive and longer than the weight rows themselves."""
+    rows, cols = 64, 128
+    weight = quantize(qtype, torch.randn(rows, cols))
+    steps = torch.randint(-120, 120, (1, cols)).float() + 0.49
+    steps[0, ::32] = 127  # each block's largest |x|: its step is exactly 1
+    tiles = -(-rows // TILE_ROWS)
+    norms = torch.zeros(tiles * TILE_ROWS)
+    norms[:rows] = row_norms(weight)
+    upper, tile_max = torch.empty(1, rows), torch.empty(1, tiles)
+    get_kernel("quant_gemv", {"qtype": qtype, "n": rows, "k": cols, "screen": True})(
+        steps, *pack(weight).tensors, norms.view(tiles, TILE_ROWS), upper, tile_max)
+    assert (upper.double() >= steps.double() @ weight.dequantize().double().T).all()
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
