@@ -43,6 +43,7 @@ EXAMPLES = [
     (quant.test_token_does_not_depend_on_its_batch, dict(kernel="quant_gemm", qtype="Q4_1")),
     (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q8_0", rows=37, cols=64)),  # 8-bit quants as nibbles
     (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q4_1", rows=1000, cols=128)),
+    (screen.test_bounds_hold_where_every_rounding_error_points_the_same_way, dict(qtype="Q4_1")),
 ] + [(quant.test_matches_dequantized_reference, dict(kernel=kernel, qtype=qtype, n=n, k=k, token_counts=tokens))
      for kernel, qtype, (n, k, tokens) in [
          ("quant_gemv", "Q4_1", (1000, 576, (4,))),  # on the thread pool
@@ -67,7 +68,8 @@ def test_this_host_has_a_tvm_path():
 # (codegen.kernels.int_dot: the quantized GEMV) compile differently there
 INT_DOT_ONLY = {"avx512-vnni"}
 USES_INT_DOT = (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale,
-                screen.test_bounds_hold_for_every_row_and_tile)
+                screen.test_bounds_hold_for_every_row_and_tile,
+                screen.test_bounds_hold_where_every_rounding_error_points_the_same_way)
 
 
 def uses_int_dot(example) -> bool:

@@ -59,7 +59,7 @@ def test_bounds_hold_for_every_row_and_tile(qtype, rows, cols, target=None):
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_bounds_hold_where_every_rounding_error_points_the_same_way(qtype):
+def test_bounds_hold_where_every_rounding_error_points_the_same_way(qtype, target=None):
     """The worst case for the bound: each activation sits 0.49 of an int8 step above its rounded value, so the
     rounding errors add up along the weights. Q4_1's kernel multiplies the rounded activations by d * q alone (its
     min meets the exact sum of x), whose rows are all-positive and longer than the weight rows themselves."""
@@ -71,7 +71,7 @@ def test_bounds_hold_where_every_rounding_error_points_the_same_way(qtype):
     norms = torch.zeros(tiles * TILE_ROWS)
     norms[:rows] = row_norms(weight)
     upper, tile_max = torch.empty(1, rows), torch.empty(1, tiles)
-    get_kernel("quant_gemv", {"qtype": qtype, "n": rows, "k": cols, "screen": True})(
+    get_kernel("quant_gemv", {"qtype": qtype, "n": rows, "k": cols, "screen": True}, target)(
         steps, *pack(weight).tensors, norms.view(tiles, TILE_ROWS), upper, tile_max)
     assert (upper.double() >= steps.double() @ weight.dequantize().double().T).all()
 
