@@ -19,8 +19,8 @@ which is the argmax of the exact logits, not an approximation of it. On SmolLM2'
 flat distribution, e.g. an all-zero hidden state) gets its full logits from the linear instead.
 Exact logits of kept rows come from catalog.quant's dequantized rows in fp32 (the linear's own
 kernels round differently, by ~1e-7 relative: a tie that close may resolve to either token).
-The selection runs in numpy: ~15 small array operations a step, ~1 us each where torch's
-dispatch costs ~10-20 us each (0.5 ms of a batch-1 token).
+The selection runs in numpy: ~0.2 ms at one row and ~1.5 ms at 64 (hot, Zen 4), against ~0.6 and
+~2 ms through the same steps as torch calls, whose dispatch dominates arrays this small.
 """
 from __future__ import annotations
 
