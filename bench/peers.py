@@ -172,48 +172,45 @@ W4_INTERLEAVED = ("sqlm default plan", "llama.cpp Q4_1 (native build)")
 W1_INTERLEAVED = ("sqlm default plan", "sqlm bf16 weights", "HF transformers fp32")
 
 
-def measure_w1_interleaved(args, job_path: Path, results: dict) -> None:
-    """Replace the largest batch's W1 figures of W1_INTERLEAVED's engines with --runs alternating W1-only runs."""
+def alternating_rounds(args, job_path: Path, results: dict, names: tuple[str, ...], job_changes: dict,
+                       file_name: str) -> dict[str, list[dict]] | None:
+    """--runs rounds in which each of `names` (those that ran) runs its worker in turn on the job changed by
+    `job_changes`: each engine's outputs, round by round; None where fewer than two can run, or a run failed (the
+    sequential figures then stand)."""
     commands_by_name = commands(args, job_path)
-    engines = [n for n in W1_INTERLEAVED if isinstance(results.get(n), dict) and isinstance(commands_by_name[n], tuple)]
+    engines = [n for n in names if isinstance(results.get(n), dict) and isinstance(commands_by_name[n], tuple)]
     if len(engines) < 2:
-        return
-    w1 = str(max(args.batches))
-    w1_job = job_path.with_name("w1_job.json")
-    w1_job.write_text(json.dumps({**json.loads(job_path.read_text()), "batches": [int(w1)], "runs": 1,
-                                  "w1_only": True}))
+        return None
+    job = job_path.with_name(file_name)
+    job.write_text(json.dumps({**json.loads(job_path.read_text()), **job_changes, "runs": 1}))
     rounds = {n: [] for n in engines}
     for _ in range(args.runs):
         for name in engines:
             cmd, env = commands_by_name[name]
-            done = _run([str(w1_job) if part == str(job_path) else part for part in cmd], env)
+            done = _run([str(job) if part == str(job_path) else part for part in cmd], env)
             if isinstance(done, str):
-                return  # keep the sequential figures
-            rounds[name].append(done["batches"][w1])
-    for name in engines:
-        results[name]["batches"][w1] = {**rounds[name][-1], "times": [r["times"][0] for r in rounds[name]],
-                                        "tokens": statistics.median(r["tokens"] for r in rounds[name])}
+                return None
+            rounds[name].append(done)
+    return rounds
+
+
+def measure_w1_interleaved(args, job_path: Path, results: dict) -> None:
+    """Replace the largest batch's W1 figures of W1_INTERLEAVED's engines with --runs alternating W1-only runs."""
+    w1 = str(max(args.batches))
+    rounds = alternating_rounds(args, job_path, results, W1_INTERLEAVED, {"batches": [int(w1)], "w1_only": True},
+                                "w1_job.json")
+    for name, outputs in (rounds or {}).items():
+        runs = [done["batches"][w1] for done in outputs]
+        results[name]["batches"][w1] = {**runs[-1], "times": [r["times"][0] for r in runs],
+                                        "tokens": statistics.median(r["tokens"] for r in runs)}
         results[name]["w1_interleaved"] = True
 
 
 def measure_w4_interleaved(args, job_path: Path, results: dict) -> None:
     """Replace the W4 figures of W4_INTERLEAVED's engines with --runs alternating W4-only runs of each."""
-    commands_by_name = commands(args, job_path)
-    engines = [n for n in W4_INTERLEAVED if isinstance(results.get(n), dict) and isinstance(commands_by_name[n], tuple)]
-    if len(engines) < 2:
-        return
-    w4_job = job_path.with_name("w4_job.json")
-    w4_job.write_text(json.dumps({**json.loads(job_path.read_text()), "w4_only": True, "runs": 1}))
-    rounds = {n: [] for n in engines}
-    for _ in range(args.runs):
-        for name in engines:
-            cmd, env = commands_by_name[name]
-            done = _run([str(w4_job) if part == str(job_path) else part for part in cmd], env)
-            if isinstance(done, str):
-                return  # keep the sequential figures
-            rounds[name] += done["w4_seconds_per_token"]
-    for name in engines:
-        results[name]["w4_seconds_per_token"] = rounds[name]
+    rounds = alternating_rounds(args, job_path, results, W4_INTERLEAVED, {"w4_only": True}, "w4_job.json")
+    for name, outputs in (rounds or {}).items():
+        results[name]["w4_seconds_per_token"] = [t for done in outputs for t in done["w4_seconds_per_token"]]
         results[name]["w4_interleaved"] = True
 
 
