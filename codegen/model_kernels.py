@@ -17,6 +17,7 @@ from catalog.quant import QuantizedTensor
 from codegen import interleaved_with_torch
 from codegen import ops as tvm_ops
 from codegen.linear import TvmBf16Linear, TvmDenseLinear, TvmQuantizedLinear
+from codegen.packed import QUANT_BYTES
 from codegen.quant_crossover import CROSSOVER, QuantCrossover, bf16_on_torch, host_crossover
 from operators.linear import DenseLinear, make_linear
 from operators.llama import LlamaModel, ModelOps
@@ -52,7 +53,8 @@ def tvm_linear(weight, weight_format: str, bias: torch.Tensor | None = None, *, 
     if weight_format == "bf16":
         if bf16_torch or dense.shape[1] % 2:
             return DenseLinear(dense.to(torch.bfloat16), bias)
-        return TvmBf16Linear(dense.to(torch.bfloat16), bias)
+        screenable = isinstance(weight, QuantizedTensor) and weight.qtype in QUANT_BYTES  # blocks the screen reads
+        return TvmBf16Linear(dense.to(torch.bfloat16), bias, source=weight if screenable else None)
     if weight_format in ("fp32", "native"):
         return TvmDenseLinear(dense, bias)
     raise ValueError(f"unknown weight format {weight_format!r}; expected fp32, bf16 or native")

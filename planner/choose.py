@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from sqlglot import exp
 
+from catalog.quant import QUANT_TYPES
 from codegen.quant_crossover import CROSSOVER
 from operators import logical as L
 from operators.physical import Choice
@@ -175,7 +176,9 @@ def correction(ctx: OptimizerContext, model: str, knobs: EngineConfig) -> tuple[
 
 
 def cost_of(w: LLMWorkload, knobs: EngineConfig, facts: ModelFacts, ctx: OptimizerContext) -> LLMCost:
-    return llm_cost(w, knobs, facts.config, dict(facts.weight_bytes), ctx.hardware, correction(ctx, facts.name, knobs))
+    head = None if facts.linear_formats is None else facts.linear_formats.get("lm_head")
+    return llm_cost(w, knobs, facts.config, dict(facts.weight_bytes), ctx.hardware, correction(ctx, facts.name, knobs),
+                    quantized_head=head is None or head in QUANT_TYPES)
 
 
 def _pick(name: str, candidates: list[tuple[object, EngineConfig]], w, facts, ctx, forced: bool, note=None,

@@ -208,25 +208,38 @@ def weight_share(weight_bytes: dict, weights: float, config) -> dict:
 def _matmul_seconds(tokens: float, logit_rows: float, knobs: EngineConfig, config, weight_bytes: dict,
                     hw: HardwareProfile, screen: bool = False) -> float:
     """One forward pass's linears: the decoder layers over `tokens` rows, the lm_head over `logit_rows` (`screen`:
-    argmaxes through the greedy screen, where screens(...) says it runs)."""
+    argmaxes of a quantized lm_head, through the greedy screen where screens(...) says it runs)."""
     head = config.vocab_size * config.hidden_size
     layers = config.flops_per_token / 2 - head  # multiply-adds of one token through every layer
     seconds = linear_seconds(tokens, layers, knobs, weight_share(weight_bytes, layers, config), hw)
+    if screen and screens(logit_rows, knobs, hw):
+        head_seconds = screen_seconds(logit_rows, head, weight_share(weight_bytes, head, config), hw)
+    elif logit_rows > 0 or not _measured_tvm(knobs, hw):  # (the roofline streams the weights even for no rows)
+        head_seconds = linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
+    else:
+        head_seconds = 0.0
     if _measured_tvm(knobs, hw):
-        if screen and screens(logit_rows, knobs, hw):
-            return seconds + logit_rows * head / hw.quant_screen_rate
-        return seconds + (linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
-                          if logit_rows > 0 else 0.0)
+        return seconds + head_seconds
     # the roofline streams every weight on every pass, the embedding table and norms included
     rest = priced_weights(config) - layers - head
-    return (seconds + linear_seconds(logit_rows, head, knobs, weight_share(weight_bytes, head, config), hw)
-            + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw))
+    return seconds + head_seconds + linear_seconds(0.0, rest, knobs, weight_share(weight_bytes, rest, config), hw)
 
 
 def screens(logit_rows: float, knobs: EngineConfig, hw: HardwareProfile) -> bool:
-    """Whether argmax-only logit rows, `logit_rows` a step, go through codegen.greedy_screen: a quantized lm_head
-    on TVM's kernels (TvmQuantizedLinear.argmax), from SCREEN_MIN_ROWS rows, with the screen timed here."""
-    return _measured_tvm(knobs, hw) and logit_rows >= SCREEN_MIN_ROWS and hw.quant_screen_rate > 0
+    """Whether argmax-only logit rows of a quantized lm_head, `logit_rows` a step, go through codegen.greedy_screen
+    (timed here) on TVM's kernels: with native weights from SCREEN_MIN_ROWS rows (TvmQuantizedLinear.argmax), with
+    bf16 ones on codegen's bf16 matmul at any (TvmBf16Linear.argmax: the screen reads the blocks, half the bytes)."""
+    if knobs.kernels != "tvm" or hw.quant_screen_rate <= 0 or logit_rows <= 0:
+        return False
+    if knobs.weight_format == "bf16":
+        return hw.bf16_matmul_flops > 0
+    return _measured_tvm(knobs, hw) and logit_rows >= SCREEN_MIN_ROWS
+
+
+def screen_seconds(rows: float, weights: float, weight_bytes: dict, hw: HardwareProfile) -> float:
+    """The greedy screen over `rows` rows of an lm_head of `weights` weights (weight_bytes: its bytes in each format):
+    its rate was timed at 64 rows; a few rows wait on reading the blocks."""
+    return max(rows * weights / hw.quant_screen_rate, weight_bytes["native"] / hw.copy_bandwidth)
 
 
 def captured(rows: float, knobs: EngineConfig, config) -> bool:
@@ -274,8 +287,10 @@ def _attention_seconds(pairs: float, phase: str, knobs: EngineConfig, config, hw
 
 
 def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw: HardwareProfile,
-             correction: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> LLMCost:
-    """correction: learned (prefill, decode, overhead) factors of this machine (planner/calibration.py)."""
+             correction: tuple[float, float, float] = (1.0, 1.0, 1.0), quantized_head: bool = True) -> LLMCost:
+    """correction: learned (prefill, decode, overhead) factors of this machine (planner/calibration.py);
+    quantized_head: the lm_head is stored in GGUF blocks (what the greedy screen reads)."""
+    argmax_only = w.argmax_only and quantized_head  # argmaxes the screen can take
     kv_per_token = kv_bytes_per_token(config, knobs.resolved_kv_cache_dtype())
     seq_tokens = w.prompt_tokens + w.output_tokens + w.scored_tokens
     capacity = knobs.kv_cache_memory / kv_per_token  # tokens the KV pool holds
@@ -297,7 +312,7 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
     if steps_prefill:
         prefill_rows, prefill_logit_rows = prefill_tokens / steps_prefill, logit_rows / steps_prefill
         prefill_s = steps_prefill * (_matmul_seconds(prefill_rows, prefill_logit_rows, knobs, config, weight_bytes, hw,
-                                                     w.argmax_only and not w.scored_tokens)
+                                                     argmax_only and not w.scored_tokens)
                                      + _elementwise_seconds(prefill_rows, knobs, config, hw))
         # each request computes its last `computed` tokens, each attending to everything before it
         computed = prefill_tokens / max(w.requests, 1e-9)
@@ -318,7 +333,7 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
         steps_decode /= 1 + accepted
         # verifying drafts reads their full logits
         decode_s = steps_decode * (_matmul_seconds(rows, rows, knobs, config, weight_bytes, hw,
-                                                   w.argmax_only and knobs.speculative == "off")
+                                                   argmax_only and knobs.speculative == "off")
                                    + _elementwise_seconds(rows, knobs, config, hw))
         context = w.prompt_tokens + w.output_tokens / 2
         decode_s += _attention_seconds(decode_tokens * context * (1 + drafted) / (1 + accepted), "decode", knobs,
@@ -344,7 +359,7 @@ def llm_cost(w: LLMWorkload, knobs: EngineConfig, config, weight_bytes: dict, hw
                    overhead_seconds=overhead_s, computed_prompt_tokens=prefill_tokens, kv_bytes=kv_bytes, batch=batch,
                    steps=steps_prefill + steps_decode, prefill_rows=prefill_rows,
                    prefill_logit_rows=prefill_logit_rows, decode_rows=rows,
-                   greedy_screen=w.argmax_only and screens(SCREEN_MIN_ROWS, knobs, hw))
+                   greedy_screen=argmax_only and screens(SCREEN_MIN_ROWS, knobs, hw))
 
 
 def relational_seconds(rows: float, columns: int, hw: HardwareProfile) -> float:

@@ -18,8 +18,8 @@ from operators.physical import Choice, OperatorKernel
 from operators.engine_config import EngineConfig
 from planner.choose import correction, initial_knobs
 from planner.context import ModelFacts, OptimizerContext
-from planner.cost import (CAPTURED_OPS_PER_LAYER, LLMCost, captured, linear_rates, linear_seconds, screens,
-                          weight_share)
+from planner.cost import (CAPTURED_OPS_PER_LAYER, LLMCost, captured, linear_rates, linear_seconds, screen_seconds,
+                          screens, weight_share)
 
 # what codegen.linear.TvmQuantizedLinear runs on each of codegen.quant_crossover's paths
 QUANT_PATH_KERNELS = {"gemv": "tvm quant_gemv", "gemm": "tvm quant_gemm",
@@ -119,7 +119,7 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
             return None
         factor = correction(ctx, facts.name, k)[0 if phase == "prefill" else 1]
         if screened(k, phase):
-            return rows[phase] * weights / hw.quant_screen_rate * factor
+            return screen_seconds(rows[phase], weights, share, hw) * factor
         return linear_seconds(rows[phase], weights, k, share, hw) * factor
 
     def kernel(phase: str) -> str:
@@ -137,11 +137,14 @@ def _linear(name: str, weights: float, knobs: EngineConfig, cost: LLMCost, facts
     elif knobs.kernels == "tvm" and ctx.cpu_target:
         why += f"; TVM kernels built for {ctx.cpu_target}"
     names = dict.fromkeys(n for phase in rows if rows[phase] > 0 for n in (
-        ("quant_screen_rate",) if screened(knobs, phase) else linear_rates(rows[phase], knobs, hw)))
+        ("quant_screen_rate", "copy_bandwidth") if screened(knobs, phase) else linear_rates(rows[phase], knobs, hw)))
     why += "; priced at " + ", ".join(_rate(n, hw) for n in names)
     if any(screened(knobs, phase) for phase in rows):
         why += ("; greedy rows take only their argmax: one int8 piece per activation and a bound per vocabulary row, "
                 "the rows the bound cannot rule out recomputed exactly (the exact logits' argmax)")
+        if knobs.weight_format == "bf16":
+            why += (f" of the bf16 rows: the screen reads the {stored} blocks, kept beside them, and widens its bound "
+                    "by their rounding to bf16")
     if knobs.weight_format == "native" and knobs.kernels == "tvm" and stored != MEASURED_FORMAT and \
             hw.quant_gemv_rate_t1 > 0:
         why += f" (timed on {MEASURED_FORMAT})"

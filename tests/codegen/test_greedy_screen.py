@@ -6,7 +6,7 @@ import torch
 from catalog.quant import quantize
 from codegen.build import get_kernel
 from codegen.greedy_screen import MAX_CANDIDATES, GreedyScreen, row_norms
-from codegen.linear import TvmQuantizedLinear
+from codegen.linear import TvmBf16Linear, TvmQuantizedLinear
 from codegen.packed import TILE_ROWS, pack
 
 QTYPES = ["Q4_1", "Q4_0", "Q8_0"]
@@ -121,3 +121,26 @@ def test_the_linear_screens_from_two_rows_and_matches_its_full_product():
     assert linear._screen is None  # one row: the GEMV and an argmax
     assert linear.argmax(x, [()] * 5) == torch.argmax(linear(x), dim=-1).tolist()
     assert linear._screen is not None and one == [linear.argmax(x, [()] * 5)[0]]
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_a_bf16_lm_head_screens_over_its_blocks_to_the_argmax_of_its_own_logits(qtype):
+    """Rows a quant step or so apart, whose order bf16 rounding changes for some x; activations whole int8 values,
+    so the screen's own bound is only fp32 rounding and the floor's margin for the bf16 rows decides."""
+    base = torch.randn(1, 64) * 0.1
+    step = base.abs().max() / (127 if qtype == "Q8_0" else 7)
+    weight = quantize(qtype, base + step * torch.rand(400, 64))
+    rounded = weight.dequantize().to(torch.bfloat16)
+    x = torch.randint(-127, 128, (200, 64)).float()
+    x[:, ::32] = 127  # each block's step exactly 1
+    logits = x.double() @ rounded.double().T
+    assert (logits.argmax(-1) != (x.double() @ weight.dequantize().double().T).argmax(-1)).any()  # the case arises
+    linear = TvmBf16Linear(rounded, source=weight)
+    assert linear.argmax(x, [()] * 200) == logits.argmax(-1).tolist()
+    assert linear.argmax(x[:1], [{0}]) == [logits[0, 1:].argmax().item() + 1]  # one row, excluded ids
+
+
+def test_a_bf16_linear_without_blocks_takes_its_argmax_from_the_full_product():
+    linear = TvmBf16Linear(torch.randn(300, 64).to(torch.bfloat16))
+    x = torch.randn(3, 64)
+    assert linear.argmax(x, [()] * 3) == torch.argmax(linear(x).float(), dim=-1).tolist() and linear._screen is None

@@ -146,3 +146,28 @@ def test_bf16_weights_on_tvm_are_priced_at_the_timed_bf16_matmul_where_it_was_ti
     assert linear_rates(64, bf16, FAST_TVM) == ("bf16_flops", "copy_bandwidth")
     assert linear_rates(64, replace(bf16, kernels="torch"), zen4) == ("bf16_flops", "copy_bandwidth")
     assert seconds(bf16, zen4, BATCH) < seconds(bf16, FAST_TVM, BATCH)  # 420 against torch's 110 GFLOP/s
+
+
+def test_greedy_rows_of_bf16_weights_on_codegens_matmul_are_screened_at_any_batch():
+    """A bf16 lm_head made from GGUF blocks screens over them (codegen.linear.TvmBf16Linear.argmax) where codegen's
+    bf16 matmul runs it; with torch's GEMM (an AMX CPU) or an lm_head stored unquantized, it multiplies in full."""
+    bf16 = replace(KNOBS, weight_format="bf16")
+    zen4 = replace(VNNI_CORE, bf16_matmul_flops=4.2e11, quant_screen_rate=1.73e11)
+    for workload in (DECODE_ONE, BATCH):
+        greedy = replace(workload, argmax_only=True)
+        screened = llm_cost(greedy, bf16, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, zen4)
+        assert screened.greedy_screen and screened.decode_seconds < seconds(bf16, zen4, workload)
+        unquantized = llm_cost(greedy, bf16, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes, zen4, quantized_head=False)
+        assert not unquantized.greedy_screen and unquantized.seconds == seconds(bf16, zen4, workload)
+    amx = replace(zen4, bf16_matmul_flops=0.0)
+    assert not llm_cost(replace(BATCH, argmax_only=True), bf16, SMOLLM2_CONFIG, SMOLLM2_FACTS.weight_bytes,
+                        amx).greedy_screen
+
+
+def test_the_screen_of_a_few_rows_is_priced_at_reading_its_blocks():
+    from planner.cost import screen_seconds
+
+    zen4 = replace(VNNI_CORE, quant_screen_rate=1.73e11)
+    head = {"native": 30e6}
+    assert screen_seconds(1, 28e6, head, zen4) == 30e6 / zen4.copy_bandwidth
+    assert screen_seconds(64, 28e6, head, zen4) == max(64 * 28e6 / 1.73e11, 30e6 / zen4.copy_bandwidth)

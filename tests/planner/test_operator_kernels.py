@@ -151,3 +151,18 @@ def test_greedy_rows_take_the_lm_heads_argmax_through_the_screen(options, screen
     assert ("quant_screen_rate 173 G weights x rows/s" in head["why"]) is screened
     gate_up = next(k for k in node["operator_kernels"] if k["operator"] == "gate_up")
     assert gate_up["decode"] == "tvm quant_gemv"  # 64 rows: this machine's GEMV range
+
+
+def test_a_bf16_lm_head_takes_greedy_rows_through_the_screen_over_its_blocks():
+    sql = "SELECT id, generate('smollm2', 'Summarize: ' || body, max_tokens => 32, temperature => 0) FROM reviews"
+    zen4 = replace(SCREENING, bf16_matmul_flops=4.2e11)
+    physical = plan(sql, CATALOG, settings_with({"max_batch_size": "64", "weight_format": "bf16"}), ("torch", "tvm"),
+                    zen4)
+    node = json.loads(render_json(physical))["plan"]
+    while "operator_kernels" not in node:
+        (node,) = node["children"]
+    head = next(k for k in node["operator_kernels"] if k["operator"] == "lm_head")
+    assert head["decode"] == "tvm quant_gemv greedy screen"
+    assert "of the bf16 rows: the screen reads the Q8_0 blocks" in head["why"]
+    gate_up = next(k for k in node["operator_kernels"] if k["operator"] == "gate_up")
+    assert gate_up["decode"] == "tvm bf16_matmul"
