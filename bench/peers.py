@@ -1,6 +1,6 @@
 """sqlm against its peers in one run: W1 (batch chat generation), W4 (batch-1 decode) and tok/s against batch size.
 
-    python -m bench.peers [--runs 3] [--batches 1,4,16,64] [--out bench/results/peers.md] [--plot bench/results/peers.png]
+    python -m bench.peers [--runs 3] [--rounds 5] [--batches 1,4,16,64] [--out bench/results/peers.md] [--plot bench/results/peers.png]
 
 Engines, each in its own process, one after another (a 2-core machine: nothing else runs beside a timing):
 - sqlm through SQL on a new catalog per run, the default plan (no SET) and `SET weight_format = 'bf16'`;
@@ -16,8 +16,8 @@ llama.cpp never stop at EOS, sqlm's SQL stops where the model ends (tok/s counts
 W4: one W1 prompt, 128 tokens, decode rate after the first token. The ratios the acceptance bars read are measured
 in alternating rounds after everything else, and those rounds are their figures: W1 (all prompts in one batch) of
 sqlm's default plan, sqlm's bf16 weights and HF; W4 of sqlm's default plan and llama.cpp. This VM's speed moves by
-10-30% over minutes, which engines timed minutes apart would read as a difference between them.
-Figures are medians of --runs runs.
+10-30% over minutes, which engines timed minutes apart would read as a difference between them. Those figures are
+medians of --rounds rounds (each round's ratios are listed too), the others medians of --runs runs.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ W1_INTERLEAVED = ("sqlm default plan", "sqlm bf16 weights", "HF transformers fp3
 
 def alternating_rounds(args, job_path: Path, results: dict, names: tuple[str, ...], job_changes: dict,
                        file_name: str) -> dict[str, list[dict]] | None:
-    """--runs rounds in which each of `names` (those that ran) runs its worker in turn on the job changed by
+    """--rounds rounds in which each of `names` (those that ran) runs its worker in turn on the job changed by
     `job_changes`: each engine's outputs, round by round; None where fewer than two can run, or a run failed (the
     sequential figures then stand)."""
     commands_by_name = commands(args, job_path)
@@ -184,7 +184,7 @@ def alternating_rounds(args, job_path: Path, results: dict, names: tuple[str, ..
     job = job_path.with_name(file_name)
     job.write_text(json.dumps({**json.loads(job_path.read_text()), **job_changes, "runs": 1}))
     rounds = {n: [] for n in engines}
-    for _ in range(args.runs):
+    for _ in range(args.rounds):
         for name in engines:
             cmd, env = commands_by_name[name]
             done = _run([str(job) if part == str(job_path) else part for part in cmd], env)
@@ -195,7 +195,7 @@ def alternating_rounds(args, job_path: Path, results: dict, names: tuple[str, ..
 
 
 def measure_w1_interleaved(args, job_path: Path, results: dict) -> None:
-    """Replace the largest batch's W1 figures of W1_INTERLEAVED's engines with --runs alternating W1-only runs."""
+    """Replace the largest batch's W1 figures of W1_INTERLEAVED's engines with --rounds alternating W1-only runs."""
     w1 = str(max(args.batches))
     rounds = alternating_rounds(args, job_path, results, W1_INTERLEAVED, {"batches": [int(w1)], "w1_only": True},
                                 "w1_job.json")
@@ -207,7 +207,7 @@ def measure_w1_interleaved(args, job_path: Path, results: dict) -> None:
 
 
 def measure_w4_interleaved(args, job_path: Path, results: dict) -> None:
-    """Replace the W4 figures of W4_INTERLEAVED's engines with --runs alternating W4-only runs of each."""
+    """Replace the W4 figures of W4_INTERLEAVED's engines with --rounds alternating W4-only runs of each."""
     rounds = alternating_rounds(args, job_path, results, W4_INTERLEAVED, {"w4_only": True}, "w4_job.json")
     for name, outputs in (rounds or {}).items():
         results[name]["w4_seconds_per_token"] = [t for done in outputs for t in done["w4_seconds_per_token"]]
@@ -268,7 +268,8 @@ def report(args, results: dict, ceilings: dict) -> str:
              f"{ceilings['read_gbs']:.1f} GB/s, fp32 "
              f"matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul {ceilings['bf16_gflops']:.0f} GFLOP/s -> "
              f"batched bounds {ceilings['fp32_gflops'] * 1e9 / flops:,.0f} tok/s (fp32), "
-             f"{ceilings['bf16_gflops'] * 1e9 / flops:,.0f} tok/s (bf16). Medians of {args.runs} runs; "
+             f"{ceilings['bf16_gflops'] * 1e9 / flops:,.0f} tok/s (bf16). Medians of {args.runs} runs "
+             f"({args.rounds} rounds where alternating); "
              f"{args.tokens} new tokens per prompt{w1_note}; W4 decodes {args.w4_tokens} tokens{w4_note}.", "",
              f"| engine | W1 tok/s ({w1} prompts) | x HF best | best tok/s (batch) | W4 decode ms/token | "
              f"W4 x llama.cpp |", "|---|---|---|---|---|---|"]
@@ -299,6 +300,7 @@ def report(args, results: dict, ceilings: dict) -> str:
         lines.append(f"- W4's floor here: a token reads every weight once ({weight_bytes / 1e6:.1f} MB as stored) at the "
                      f"read bandwidth above = {floor * 1e3:.2f} ms; the default plan runs at "
                      f"{floor / statistics.median(default):.0%} of it{reached}.")
+    lines += round_ratios(ok, str(w1))
     for name in ("sqlm default plan", "sqlm bf16 weights"):
         if name in ok and hf and str(w1) in hf["batches"]:
             same = agreement(ok[name]["batches"][str(w1)]["texts"], hf["batches"][str(w1)]["outputs"], loaded.tokenizer)
@@ -307,6 +309,23 @@ def report(args, results: dict, ceilings: dict) -> str:
         lines += ["", "The default plan's EXPLAIN ANALYZE (W1, a new catalog):", "", "```",
                   ok["sqlm default plan"]["explain"].rstrip(), "```"]
     return "\n".join(lines)
+
+
+def round_ratios(ok: dict, w1: str) -> list[str]:
+    """A line giving each alternating round's own ratios (the engines of a round ran back to back), beside the
+    table's ratios of medians: how far the machine's drift moved them."""
+    parts = []
+    hf = ok.get("HF transformers fp32", {})
+    for name in W1_INTERLEAVED[:2]:
+        if ok.get(name, {}).get("w1_interleaved") and hf.get("w1_interleaved"):
+            mine, theirs = ok[name]["batches"][w1], hf["batches"][w1]
+            ratios = [(mine["tokens"] / t) / (theirs["tokens"] / h) for t, h in zip(mine["times"], theirs["times"])]
+            parts.append(f"W1 {name} {' '.join(f'{r:.2f}x' for r in ratios)} HF")
+    default, llama = ok.get("sqlm default plan", {}), ok.get("llama.cpp Q4_1 (native build)", {})
+    if default.get("w4_interleaved") and llama.get("w4_interleaved"):
+        ratios = [theirs / mine for mine, theirs in zip(default["w4_seconds_per_token"], llama["w4_seconds_per_token"])]
+        parts.append(f"W4 sqlm default plan {' '.join(f'{r:.2f}x' for r in ratios)} llama.cpp")
+    return [f"- Round by round: {'; '.join(parts)}."] if parts else []
 
 
 def plot(results: dict, path: str) -> None:
@@ -357,6 +376,7 @@ def main(args) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of the engines the ratios compare")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
     p.add_argument("--tokens", type=int, default=64)
