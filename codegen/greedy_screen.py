@@ -20,12 +20,13 @@ flat distribution, e.g. an all-zero hidden state) gets its full logits from the 
 Exact logits of kept rows come from catalog.quant's dequantized rows in fp32 (the linear's own
 kernels round differently, by ~1e-7 relative: a tie that close may resolve to either token).
 
+The selection runs in numpy: ~0.2 ms at one row and ~1.5 ms at 64 (hot, Zen 4), against ~0.6 and
+~2 ms through the same steps as torch calls, whose dispatch dominates arrays this small.
+
 A bf16 lm_head (codegen.linear.TvmBf16Linear, from quantized GGUF blocks) screens over those blocks too: its logits
 are the bf16-rounded rows', which differ from the blocks' by at most ||bf16(W[v]) - W[v]|| ||x||, so each token's
 floor is lowered by the largest such row error (measured when the screen is built) times ||x||, and the kept rows'
 exact logits come from the bf16-rounded rows. The bf16 GEMM reads twice the bytes of Q8_0 blocks.
-The selection runs in numpy: ~0.2 ms at one row and ~1.5 ms at 64 (hot, Zen 4), against ~0.6 and
-~2 ms through the same steps as torch calls, whose dispatch dominates arrays this small.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class GreedyScreen:
         return upper, tile_max
 
     def exact(self, x: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """x [C, K] . W[ids[c]] for each c -> [C] fp32, over the dequantized rows."""
+        """x [C, K] . W[ids[c]] for each c -> [C] fp32, over the dequantized rows (rounded to bf16 for a bf16 lm_head)."""
         rows = dequantize_blocks(self.weight.qtype, torch.from_numpy(self._blocks[ids]), self.weight.cols)
         return np.einsum("ck,ck->c", x, rows.to(self._exact_dtype).float().numpy())
 
