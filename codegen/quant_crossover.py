@@ -52,7 +52,8 @@ CROSSOVER = QuantCrossover(gemv_max_tokens=8, bf16_min_tokens=64)
 # codegen.greedy_screen takes an lm_head's argmax from this many rows a call: one row is a memory-bound GEMV either
 # way (the screen reads the same quants, plus a norm a row), so its cheaper arithmetic buys nothing there (batch-1
 # decode 5.86 against 5.82 ms a token, medians of 6 alternating rounds, 2026-12-07 on Zen 4); from two rows its
-# third of the GEMV's dot products wins
+# third of the GEMV's dot products wins. (A bf16 lm_head screens from one row: its own product reads twice the bytes;
+# SmolLM2's, one row after evicting the caches: 2.91 ms bf16 GEMV + argmax against 2.25 screened, 2026-12-07, Zen 4)
 SCREEN_MIN_ROWS = 2
 # codegen.captured_forward runs steps of up to this many rows as pre-bound kernel calls: decode of small batches,
 # where a call's Python (5-6 us) is most of its time; each (rows, sequences) shape keeps its activations
