@@ -46,24 +46,26 @@ MAX_CANDIDATES = 1024  # kept rows of one token past which its full logits are c
 _ROWS_PER_CHUNK = 4096  # rows dequantized at a time while the norms are taken (bounds its transient memory)
 
 
+def _dequantized_chunks(weight: QuantizedTensor, with_min: bool = True):
+    """The weight's rows dequantized _ROWS_PER_CHUNK at a time (catalog.quant.dequantize_blocks)."""
+    for start in range(0, weight.rows, _ROWS_PER_CHUNK):
+        yield dequantize_blocks(weight.qtype, weight.blocks[start : start + _ROWS_PER_CHUNK], weight.cols,
+                                with_min=with_min)
+
+
 def row_norms(weight: QuantizedTensor) -> torch.Tensor:
     """||W[v]||_2 [V] fp32 of the part of each row the screen multiplies by rounded activations: the dequantized row,
     less Q4_1's per-block min (which the kernel multiplies by the exact sum of x); rounded up (taken in fp64, then
     widened past fp32's rounding)."""
-    chunks = []
-    for start in range(0, weight.rows, _ROWS_PER_CHUNK):
-        rows = weight.blocks[start : start + _ROWS_PER_CHUNK]
-        chunks.append(dequantize_blocks(weight.qtype, rows, weight.cols, with_min=False).double().norm(dim=1))
-    return (torch.cat(chunks) * (1 + 2.0**-20)).float()
+    norms = [rows.double().norm(dim=1) for rows in _dequantized_chunks(weight, with_min=False)]
+    return (torch.cat(norms) * (1 + 2.0**-20)).float()
 
 
 def rounding_error(weight: QuantizedTensor, dtype: torch.dtype) -> float:
     """max over rows v of ||W[v] rounded to dtype - W[v]||_2: how far a lm_head with `dtype` weights made from these
     blocks is from them, per unit of ||x|| (rounded up)."""
-    largest = 0.0
-    for start in range(0, weight.rows, _ROWS_PER_CHUNK):
-        rows = dequantize_blocks(weight.qtype, weight.blocks[start : start + _ROWS_PER_CHUNK], weight.cols)
-        largest = max(largest, (rows.to(dtype).double() - rows.double()).norm(dim=1).max().item())
+    largest = max((rows.to(dtype).double() - rows.double()).norm(dim=1).max().item()
+                  for rows in _dequantized_chunks(weight))
     return largest * (1 + 2.0**-20)
 
 

@@ -38,6 +38,13 @@ def _scratch_matrix(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return buf
 
 
+def kernel_views(packed) -> tuple:
+    """A codegen.packed weight's tensors as TVM tensors, made once (zero-copy views): a torch tensor argument costs
+    a DLPack conversion on every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight
+    tensors each."""
+    return tuple(tvm_view(aligned(t)) for t in packed.tensors)
+
+
 class TvmQuantizedLinear:
     kernel = "tvm"
 
@@ -57,9 +64,7 @@ class TvmQuantizedLinear:
         self._gemv = get_kernel("quant_gemv", self._shape).fn
         self._gemm = get_kernel("quant_gemm", self._shape).fn
         self._dequantize = self._bf16_matmul = None  # built on first use: only the bf16 path needs them
-        # the weights as TVM tensors once (zero-copy views): a torch tensor argument costs a DLPack conversion on
-        # every call, ~1 us each, and a decode step makes ~120 of these calls with 3 weight tensors each
-        self._weights = tuple(tvm_view(aligned(t)) for t in self.packed.tensors)
+        self._weights = kernel_views(self.packed)
         self._screen: GreedyScreen | None = None  # an lm_head's: prepare_argmax
 
     def dequantized(self) -> torch.Tensor:
@@ -192,8 +197,8 @@ class TvmBf16Linear:
         """Build the greedy screen over the source blocks (packed once more, the bf16 weights' rounding error
         measured: ~0.3 s for SmolLM2's lm_head), where there are blocks and no bias."""
         if self._screen is None and self._source is not None and self.bias is None:
-            weights = tuple(tvm_view(aligned(t)) for t in pack(self._source).tensors)
-            self._screen = GreedyScreen(self._source, weights, lambda x: self(x).float(), exact_dtype=torch.bfloat16)
+            self._screen = GreedyScreen(self._source, kernel_views(pack(self._source)), lambda x: self(x).float(),
+                                        exact_dtype=torch.bfloat16)
 
     def kernel_call(self, tokens: int, x, out) -> tuple | None:
         """As TvmQuantizedLinear.kernel_call: x [tokens, K] and out [tokens, N] bf16."""

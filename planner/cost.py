@@ -184,9 +184,13 @@ def linear_rates(rows: float, knobs: EngineConfig, hw: HardwareProfile) -> tuple
 
 
 def _bf16_rate(knobs: EngineConfig, hw: HardwareProfile) -> str:
+    return "bf16_matmul_flops" if _codegen_bf16_matmul(knobs, hw) else "bf16_flops"
+
+
+def _codegen_bf16_matmul(knobs: EngineConfig, hw: HardwareProfile) -> bool:
     """bf16 weights on TVM kernels run codegen's bf16 matmul where it was measured (bf16_matmul_flops: the CPU
     has no AMX), else torch's bf16 GEMM."""
-    return "bf16_matmul_flops" if knobs.kernels == "tvm" and hw.bf16_matmul_flops > 0 else "bf16_flops"
+    return knobs.kernels == "tvm" and hw.bf16_matmul_flops > 0
 
 
 def _measured_tvm(knobs: EngineConfig, hw: HardwareProfile) -> bool:
@@ -232,7 +236,7 @@ def screens(logit_rows: float, knobs: EngineConfig, hw: HardwareProfile) -> bool
     if knobs.kernels != "tvm" or hw.quant_screen_rate <= 0 or logit_rows <= 0:
         return False
     if knobs.weight_format == "bf16":
-        return hw.bf16_matmul_flops > 0
+        return _codegen_bf16_matmul(knobs, hw)
     return _measured_tvm(knobs, hw) and logit_rows >= SCREEN_MIN_ROWS
 
 
