@@ -21,9 +21,10 @@ in int32, and
 with o the quant offset (Q4_0 8, Q8_0 128: packed as offset binary) and S_p = sum_j a_pj.
 Per 512 weights and token that is 24 dot products, 8 unpack and ~13 scaling instructions with
 VNNI, against 128 for unpacking to fp32 and FMAs (2.4-2.9x faster than that at one token, one
-thread). Without VNNI each dot product is two instructions per vector, on half-width vectors with
-AVX2 (which also keeps one tile per step: 16 registers), and Q8_0's 8-bit quants go through as
-two nibbles (pmaddubsw saturates at int16).
+thread). Without VNNI each 4-byte dot product is a pmaddubsw into int16, whose results a block adds
+up before one pmaddwd widens them to int32 (block_pair_sums; exact: codegen.kernels.int_dot), on
+half-width vectors with AVX2 (which also keeps one tile per step: 16 registers), and Q8_0's 8-bit
+quants go through as two nibbles (pmaddubsw saturates at int16).
 
 Tokens run two at a time over a tile whose blocks stay in L1 (each weight vector loaded and
 unpacked once for both, where the registers hold both tokens' sums: AVX-512; the first token of
@@ -65,6 +66,13 @@ def _dot(dot: IntDot, acc, quants, xq, t, p, e):
     from tvm.script import tirx as T
 
     return dot.dot(acc, quants, T.reinterpret("int32", xq.vload([t, p, e], "int8x4")))
+
+
+def _pairs(dot: IntDot, quants, xq, t, p, e):
+    """The int16 pair sums of `quants` with x pieces p[e : e + 4] (IntDot.byte_pairs)."""
+    from tvm.script import tirx as T
+
+    return dot.byte_pairs(quants, T.reinterpret("int32", xq.vload([t, p, e], "int8x4")))
 
 
 def _nibbles(quants, high: int, num_bytes: int):
@@ -123,6 +131,7 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     TOKENS = tokens_per_step(dot, G, P)
     W, UNITS = dot.lanes, LANES // dot.lanes  # each tile's 16 rows as UNITS dot products of W lanes
     SPLIT_BYTES = qtype == "Q8_0" and dot.nibbles_only  # 8-bit quants as 16 * high + low nibble
+    PAIRS, HALVES = dot.pair_sums, 2 if SPLIT_BYTES else 1  # int16 sums per block (IntDot.byte_pairs)
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
     HAS_OFFSET = OFFSET != 0
     R1, R2 = 1 / PIECE_RADIX, 1 / PIECE_RADIX**2
@@ -206,6 +215,82 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                                         + T.float32(screen_rounding(k)) * T.sqrt(xblock[t, NB, SQ]))
 
     @T.macro
+    def block_dots(qs, xq, acc, g, b, t0, TB):
+        """acc[tb, gi, p] = block b's int32 dot products of tile group g's quants with token t0 + tb's piece p."""
+        for tb in T.unroll(TB):
+            for gi in T.unroll(G):
+                for p in T.unroll(P):
+                    acc[tb, gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
+        for i in T.unroll(GROUPS):
+            for gi in T.unroll(G):
+                for u in T.unroll(UNITS):
+                    # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
+                    for tb in T.unroll(TB):
+                        for p in T.unroll(P):
+                            if FOUR_BIT:
+                                acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                    dot, _dot(dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
+                                              _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                              xq, t0 + tb, p, b * 32 + 4 * i),
+                                    _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq,
+                                    t0 + tb, p, b * 32 + 16 + 4 * i)
+                            elif SPLIT_BYTES:
+                                acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                    dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
+                                    _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                    xq, t0 + tb, p, b * 32 + 4 * i) + (_dot(
+                                        dot, T.Broadcast(T.int32(0), W),
+                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                        xq, t0 + tb, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
+                            else:
+                                acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
+                                    dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
+                                    qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t0 + tb, p,
+                                    b * 32 + 4 * i)
+
+    @T.macro
+    def block_pair_sums(qs, xq, acc, g, b, t0, TB):
+        """block_dots' sums through int16 (IntDot.byte_pairs): every pmaddubsw of the block added up first, then
+        widened once (Q8_0's high nibbles apart, widened times 16)."""
+        acc16 = T.alloc_buffer((TB, G, P, HALVES, 2 * LANES), "int16")
+        for tb in T.unroll(TB):
+            for gi in T.unroll(G):
+                for p in T.unroll(P):
+                    for h in T.unroll(HALVES):
+                        acc16[tb, gi, p, h, T.ramp(0, 1, 2 * LANES)] = T.Broadcast(T.int16(0), 2 * LANES)
+        for i in T.unroll(GROUPS):
+            for gi in T.unroll(G):
+                for u in T.unroll(UNITS):
+                    for tb in T.unroll(TB):
+                        for p in T.unroll(P):
+                            if FOUR_BIT:
+                                acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)] = (
+                                    acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)]
+                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                             xq, t0 + tb, p, b * 32 + 4 * i)
+                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                             xq, t0 + tb, p, b * 32 + 16 + 4 * i))
+                            else:
+                                acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)] = (
+                                    acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)]
+                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                             xq, t0 + tb, p, b * 32 + 4 * i))
+                                acc16[tb, gi, p, 1, T.ramp(u * 2 * W, 1, 2 * W)] = (
+                                    acc16[tb, gi, p, 1, T.ramp(u * 2 * W, 1, 2 * W)]
+                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                             xq, t0 + tb, p, b * 32 + 4 * i))
+        for tb in T.unroll(TB):
+            for gi in T.unroll(G):
+                for p in T.unroll(P):
+                    for u in T.unroll(UNITS):
+                        if FOUR_BIT:
+                            acc[tb, gi, p, T.ramp(u * W, 1, W)] = dot.widen(acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)])
+                        else:
+                            acc[tb, gi, p, T.ramp(u * W, 1, W)] = (
+                                dot.widen(acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)])
+                                + dot.widen(acc16[tb, gi, p, 1, T.ramp(u * 2 * W, 1, 2 * W)], 16))
+
+    @T.macro
     def tokens_of_group(x, xq, xblock, qs, scales, mins, row_norm, out, tile_max, g, t0, TB):
         """Tokens t0 .. t0 + TB - 1 over tile group g: each weight vector loaded and unpacked once for the TB
         tokens, each token through the same operations in the same order as alone."""
@@ -225,36 +310,10 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                     if HAS_MIN:
                         T.evaluate(prefetch(mins, (g + 1) * G + gi, b, 0))
             acc = T.alloc_buffer((TB, G, P, LANES), "int32")
-            for tb in T.unroll(TB):
-                for gi in T.unroll(G):
-                    for p in T.unroll(P):
-                        acc[tb, gi, p, T.ramp(0, 1, LANES)] = T.Broadcast(T.int32(0), LANES)
-            for i in T.unroll(GROUPS):
-                for gi in T.unroll(G):
-                    for u in T.unroll(UNITS):
-                        # (no let-bound vectors: TVM 0.27 gives each one a heap workspace per call)
-                        for tb in T.unroll(TB):
-                            for p in T.unroll(P):
-                                if FOUR_BIT:
-                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, _dot(dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                                  _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
-                                                  xq, t0 + tb, p, b * 32 + 4 * i),
-                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq,
-                                        t0 + tb, p, b * 32 + 16 + 4 * i)
-                                elif SPLIT_BYTES:
-                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
-                                        xq, t0 + tb, p, b * 32 + 4 * i) + (_dot(
-                                            dot, T.Broadcast(T.int32(0), W),
-                                            _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
-                                            xq, t0 + tb, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
-                                else:
-                                    acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
-                                        dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                        qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t0 + tb, p,
-                                        b * 32 + 4 * i)
+            if PAIRS:
+                block_pair_sums(qs, xq, acc, g, b, t0, TB)
+            else:
+                block_dots(qs, xq, acc, g, b, t0, TB)
             for tb in T.unroll(TB):
                 if HAS_MIN:
                     for gi in T.unroll(G):

@@ -40,6 +40,8 @@ EXAMPLES = [
     (quant.test_dequantize_is_exact, dict(qtype="Q4_1", n=37, out_dtype="bfloat16")),
     (quant.test_dequantize_into_the_bf16_matmuls_pairs_is_exact, dict(qtype="Q8_0", n=100)),
     (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale, dict(qtype="Q8_0")),
+    (quant.test_gemv_integer_sums_stay_exact_at_the_largest_quants_and_activations, dict(qtype="Q8_0")),
+    (quant.test_gemv_integer_sums_stay_exact_at_the_largest_quants_and_activations, dict(qtype="Q4_1")),
     (quant.test_token_does_not_depend_on_its_batch, dict(kernel="quant_gemm", qtype="Q4_1")),
     (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q8_0", rows=37, cols=64)),  # 8-bit quants as nibbles
     (screen.test_bounds_hold_for_every_row_and_tile, dict(qtype="Q4_1", rows=1000, cols=128)),
@@ -68,6 +70,7 @@ def test_this_host_has_a_tvm_path():
 # (codegen.kernels.int_dot: the quantized GEMV) compile differently there
 INT_DOT_ONLY = {"avx512-vnni"}
 USES_INT_DOT = (quant.test_gemv_activation_split_handles_zero_blocks_outliers_and_scale,
+                quant.test_gemv_integer_sums_stay_exact_at_the_largest_quants_and_activations,
                 screen.test_bounds_hold_for_every_row_and_tile,
                 screen.test_bounds_hold_where_every_rounding_error_points_the_same_way)
 

@@ -70,6 +70,19 @@ def test_gemv_activation_split_handles_zero_blocks_outliers_and_scale(qtype, tar
         assert_fp32_close(out[row], expected[row])
 
 
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_gemv_integer_sums_stay_exact_at_the_largest_quants_and_activations(qtype, target=None):
+    """Every quant at its largest (4-bit 15, Q8_0's 127 as the nibbles 15 and 15) against activations whose int8
+    piece is +-127 throughout: the most a block's int16 pair sums reach (codegen.kernels.int_dot, 30480)."""
+    w = torch.ones(48, 64)
+    w[:, ::32] = 0 if qtype == "Q4_1" else 1  # Q4_1: min 0, the other 31 quants of a block 15
+    w[1::2] *= -1  # Q4_0 and Q8_0: rows of the smallest quants too
+    weight = quantize(qtype, w)
+    x = torch.ones(2, 64)
+    x[1] = -1
+    assert_fp32_close(run("quant_gemv", weight, x, target), ref.linear(x, weight.dequantize()))
+
+
 @pytest.mark.parametrize("kernel", ["quant_gemv", "quant_gemm"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
 def test_token_does_not_depend_on_its_batch(kernel, qtype, target=None):
