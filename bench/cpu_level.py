@@ -2,9 +2,9 @@
 
 On a larger CPU, `SQLM_CPU_TARGET=LEVEL` builds sqlm's kernels for the level; torch's, oneDNN's and MKL's own
 instruction-set dispatch is capped by the variables below, which they read when they load, so a benchmark starts
-again under them (`run_at`) before anything imports. Free of torch and of sqlm's packages for that reason: the
-catalog sets OMP_WAIT_POLICY for its own pools when it loads, which a peer started from the restarted process
-would inherit.
+again under them (`run_at`) before torch loads. The restart gets the environment the user started with: the catalog
+sets OMP_WAIT_POLICY=PASSIVE for its own pools when it loads (bench/__init__.py imports it first), which peers started
+from the restarted process would inherit (llama.cpp's decode runs ~3x slower with sleeping OpenMP workers).
 """
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def level_environment(level: str) -> dict[str, str]:
 def run_at(level: str, module: str) -> None:
     """Start `python -m module` with this process's arguments again under `level`'s caps, unless they hold
     already. Call it first thing: nothing of sqlm or torch may have loaded."""
+    from catalog.threading_env import INHERITED_OMP_WAIT_POLICY
+
     caps = level_environment(level)
     if any(os.environ.get(k) != v for k, v in caps.items()):
-        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], {**os.environ, **caps})
+        env = {**os.environ, **caps}
+        if INHERITED_OMP_WAIT_POLICY is None:
+            env.pop("OMP_WAIT_POLICY", None)
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
