@@ -384,6 +384,8 @@ def main(args) -> str:
 
 
 def parse_args(argv=None):
+    from bench.cpu_level import LIBRARY_CAPS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds of the engines the ratios compare")
@@ -393,8 +395,8 @@ def parse_args(argv=None):
     p.add_argument("--w4-tokens", type=int, default=128)
     p.add_argument("--peers-dir", default=str(ROOT / "bench" / ".peers"))
     p.add_argument("--skip-vllm", action="store_true")
-    p.add_argument("--cpu-level", help="run as a machine of this codegen.target level would (x86-64-v3, avx512, "
-                                       "avx512-vnni), with llama.cpp from --peers-dir's llama-LEVEL")
+    p.add_argument("--cpu-level", choices=list(LIBRARY_CAPS), help="run as a machine of this codegen.target level "
+                                                                    "would, with llama.cpp from --peers-dir's llama-LEVEL")
     p.add_argument("--only", type=lambda s: s.split(","), help=f"rerun only these of {', '.join(ENGINES)}")
     p.add_argument("--raw", default=str(ROOT / "bench" / "results" / "peers.json"), help="every engine's raw figures")
     p.add_argument("--out")
