@@ -45,7 +45,7 @@ class GemmTile:
 
 def gemm_tile(target: Target) -> GemmTile:
     """6 x 64 (24 of AVX-512's 32 registers); AVX2: 6 x 16 (12 of its 16 ymm, with the two weight vectors and a
-    broadcast beside them: 3 x 32 left no register for the broadcast, and ran at 94-103 GFLOP/s against 134-182 at
+    broadcast beside them: 3 x 32 left no register for the broadcast, and ran at 94-103 GFLOP/s against 177-193 at
     64 x 576 -> 960..3072 on Zen 4 at the AVX2 level); NEON: 3 x 32 (24 of its 32 q)."""
     if target.arch == "x86_64":
         return GemmTile(4, 6, True) if target.has("avx512f") else GemmTile(1, 6, False)
