@@ -63,9 +63,9 @@ class EngineConfig:
     # drafts only while at most this many sequences decode: above it a step is compute-bound and verifying costs
     # more than it saves (vLLM's speculative_disable_by_batch_size); the optimizer prices where that is
     speculative_max_batch: int = 256
-    # a sequence stops drafting once its own drafts are accepted less often than this (after
-    # SPECULATION_PROBE_DRAFTS of them): below it verifying costs more than it saves. The optimizer prices the
-    # break-even from the cost model; 0 drafts whatever the acceptance (SET speculative, vLLM's behaviour)
+    # a sequence drafts while its latest drafts (runtime/acceptance.py) are accepted at least this often: below
+    # it verifying costs more than it saves. The optimizer prices the break-even from the cost model; 0 drafts
+    # whatever the acceptance (SET speculative, vLLM's behaviour)
     speculative_min_acceptance: float = 0.0
     # the KV tiers (runtime/kv_tiers.py) blocks are kept in and loaded back from instead of recomputed: host RAM
     # (also what preemption swaps to) and disk; the optimizer prices loading against recomputing a block

@@ -365,7 +365,7 @@ def _pick_speculative(op, knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
     limit = speculative_max_batch(chosen, w, facts, ctx)
     floor = speculative_min_acceptance(chosen, w, facts, ctx)
     return replace(choice, note=f"{choice.note}; drafts while at most {limit} sequence{'s' if limit != 1 else ''} "
-                                f"decode, and a sequence stops drafting where under {floor:.0%} of its drafts are "
+                                f"decode, and a sequence drafts while at least {floor:.0%} of its latest drafts are "
                                 f"accepted"), replace(chosen, speculative_max_batch=limit, speculative_min_acceptance=floor)
 
 
@@ -387,8 +387,8 @@ def speculative_max_batch(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts
 
 def speculative_min_acceptance(knobs: EngineConfig, w: LLMWorkload, facts: ModelFacts, ctx: OptimizerContext) -> float:
     """The fraction of its drafts a sequence decoding alone must have accepted for verifying them to cost less than
-    the steps they save, by the cost model (a sequence drafting all k tokens every step); the engine stops a
-    sequence drafting below it (runtime/speculation.still_pays). 1.0 where no acceptance pays."""
+    the steps they save, by the cost model (a sequence drafting all k tokens every step); below it the engine
+    pauses a sequence's drafting (runtime/speculation.still_pays). 1.0 where no acceptance pays."""
     one = replace(w, requests=1.0, longest_output_tokens=0.0)
     off = cost_of(one, replace(knobs, speculative="off", draft_model=None), facts, ctx).decode_seconds
     k = knobs.num_speculative_tokens

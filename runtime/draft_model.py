@@ -32,6 +32,7 @@ class _Shadow:
 
 
 class DraftModelProposer:
+    proposes_free = False  # a proposal runs the draft model: a sequence that stopped drafting proposes nothing
     def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, attention=None):
         """num_blocks of block_size tokens for the draft's K/V (the target's pool holds as many tokens)."""
         self.model = model

@@ -276,19 +276,26 @@ class Engine:
         past max_tokens or the context (the target's own token follows the drafts)."""
         context = self.model.config.max_position_embeddings
         decoding = sum(seq.num_remaining_tokens == 1 for seq in self.scheduler.running)
-        wanted = []
+        wanted, shadowed = [], []
         for seq in self.scheduler.running:
             seq.draft_token_ids = []
-            if (decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq)
-                    and still_pays(seq, self.config.speculative_min_acceptance)):
+            if decoding <= self.config.speculative_max_batch and seq.num_remaining_tokens == 1 and speculable(seq):
                 k = min(self.config.num_speculative_tokens, seq.max_new_tokens - seq.num_output_tokens - 1,
                         context - len(seq.token_ids) - 1)
-                if k > 0:
+                if k <= 0:
+                    continue
+                if self.proposer.proposes_free and not seq.acceptance.settle(seq.token_ids):
+                    continue  # its shadow drafts match so far: scored when more tokens follow
+                if still_pays(seq, self.config.speculative_min_acceptance):
                     wanted.append((seq, k))
-        if wanted:
-            drafts = self.proposer.propose_all([(seq.seq_id, seq.token_ids, k) for seq, k in wanted])
+                elif self.proposer.proposes_free:
+                    shadowed.append((seq, k))  # proposed, not verified: scored against the tokens that follow
+        if wanted or shadowed:
+            drafts = self.proposer.propose_all([(seq.seq_id, seq.token_ids, k) for seq, k in wanted + shadowed])
             for seq, _ in wanted:
                 seq.draft_token_ids = drafts.get(seq.seq_id, [])
+            for seq, _ in shadowed:
+                seq.acceptance.shadow(len(seq.token_ids), drafts.get(seq.seq_id, []))
 
     def _any_constrained(self, batch: ScheduledBatch) -> bool:
         return any(self._live[r.seq_id].constraint is not None for r in batch.rows if r.logit_offsets)
@@ -405,8 +412,7 @@ class Engine:
         self._counters["num_speculative_steps"] += 1
         self._counters["num_draft_tokens"] += len(drafts)
         self._counters["num_accepted_draft_tokens"] += len(tokens) - 1
-        seq.num_drafted += len(drafts)
-        seq.num_accepted += len(tokens) - 1
+        seq.acceptance.add(len(drafts), len(tokens) - 1)
         logprobs = ([None] * len(tokens) if seq.output_logprobs is None else
                     token_logprobs(rows[: len(tokens)], tokens, [params.logprobs] * len(tokens)))
         events = []

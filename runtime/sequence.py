@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass
 
 from operators.requests import GenerationRequest, ScoreRequest, TokenLogprobs
+from runtime.acceptance import AcceptanceWindow
 from runtime.stop import find_stop, finish_reason
 
 
@@ -46,7 +47,7 @@ class Sequence:
         self.arrival_step: int | None = None  # the scheduler's step when it first queued
         self.constraint = None  # llguidance matcher of the request's structured output (runtime/structured.py)
         self.draft_token_ids: list[int] = []  # speculative tokens proposed for the next step (runtime/speculation.py)
-        self.num_drafted = self.num_accepted = 0  # this sequence's drafts so far, and how many the target kept
+        self.acceptance = AcceptanceWindow()  # its latest drafts and how many the target kept (or would have)
         self.detokenizer = detokenizer
         self.generator = generator
         self.on_token = on_token

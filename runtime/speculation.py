@@ -18,13 +18,11 @@ from __future__ import annotations
 import torch
 
 from operators.requests import SamplingParams
+from runtime.acceptance import WINDOW_DRAFTS
 from runtime.sampler import distribution, greedy_token
 
 NGRAM_MAX = 3  # longest suffix looked up; the longest match wins
 NGRAM_MIN = 2  # a one-token match proposes too much noise for the verify cost it adds
-
-
-SPECULATION_PROBE_DRAFTS = 16  # drafts a sequence verifies before its own acceptance can stop it drafting
 
 
 def speculable(seq) -> bool:
@@ -36,15 +34,19 @@ def speculable(seq) -> bool:
 
 
 def still_pays(seq, min_acceptance: float) -> bool:
-    """Whether a sequence keeps drafting: until it has verified SPECULATION_PROBE_DRAFTS drafts, and after that while
-    its own acceptance stays at or above the break-even the optimizer priced (SmartSpec's and vLLM's dynamic
-    speculation: a prompt the output does not quote stops paying for verification after a few steps)."""
-    return seq.num_drafted < SPECULATION_PROBE_DRAFTS or seq.num_accepted >= min_acceptance * seq.num_drafted
+    """Whether a sequence drafts this step: until it has verified WINDOW_DRAFTS drafts, and after that while
+    its acceptance over its latest drafts (runtime/acceptance.py: verified or shadowed) stays at or above the
+    break-even the optimizer priced (SmartSpec's and vLLM's dynamic speculation: a stretch of output that does not
+    quote its prompt stops paying for verification after a few steps, one that does brings it back)."""
+    window = seq.acceptance
+    return window.drafted < WINDOW_DRAFTS or window.accepted >= min_acceptance * window.drafted
 
 
 class PromptLookup:
     """Per sequence, an index from each n-gram of its tokens to where its latest occurrence ended, grown
     incrementally as tokens arrive: a lookup is a few dict probes, whatever the sequence's length."""
+
+    proposes_free = True  # so a sequence that stopped drafting keeps scoring proposals (runtime/acceptance.py)
 
     def __init__(self, ngram_max: int = NGRAM_MAX, ngram_min: int = NGRAM_MIN):
         self.ngram_max, self.ngram_min = ngram_max, ngram_min

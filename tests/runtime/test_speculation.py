@@ -11,7 +11,8 @@ from operators.requests import GenerationRequest, SamplingParams
 from runtime.engine import Engine
 from runtime.generate import generate
 from runtime.model_runner import PagedKVCache
-from runtime.speculation import SPECULATION_PROBE_DRAFTS, PromptLookup, verify
+from runtime.acceptance import WINDOW_DRAFTS
+from runtime.speculation import PromptLookup, verify
 
 
 @pytest.mark.parametrize("tokens, k, drafts", [
@@ -81,6 +82,8 @@ def repetitive(tiny):
 class OracleDrafts:
     """Proposes the reference continuation, with every `wrong_every`-th draft corrupted: acceptance of every
     length, from none to all, on a random model that never repeats itself."""
+
+    proposes_free = False  # a stopped sequence proposes nothing (as with a draft model)
 
     def __init__(self, expected, wrong_every: int = 3):
         self.continuations = {tuple(r.prompt_token_ids): list(r.output_token_ids) for r in expected}
@@ -248,8 +251,8 @@ def test_reconfigure_changes_scheduling_and_speculation_but_not_the_pool(tiny, r
 
 
 def test_a_sequence_whose_drafts_are_rejected_stops_drafting(tiny, repetitive):
-    """Below the optimizer's break-even acceptance a sequence stops drafting after its probe; the output is
-    the same either way."""
+    """Below the optimizer's break-even acceptance a sequence stops drafting after its probe (and, its proposals
+    not being free, proposes no shadows that could bring it back); the output is the same either way."""
     requests, expected = repetitive
     drafted = {}
     for floor in (0.0, 0.9):
@@ -257,5 +260,50 @@ def test_a_sequence_whose_drafts_are_rejected_stops_drafting(tiny, repetitive):
                                     speculative_min_acceptance=floor)
         assert [r.output_token_ids for r in engine.generate(requests)] == [e.output_token_ids for e in expected]
         drafted[floor] = engine.stats.num_draft_tokens
-    assert drafted[0.9] <= len(requests) * (SPECULATION_PROBE_DRAFTS + 3)  # each stopped once probed
+    assert drafted[0.9] <= len(requests) * (WINDOW_DRAFTS + 3)  # each stopped once probed
     assert drafted[0.9] < drafted[0.0]
+
+
+class PhasedDrafts:
+    """Prompt lookup's shape of acceptance on a summary: each sequence's first `wrong_calls` proposals miss (the
+    output has not started quoting), every later one is the reference continuation."""
+
+    proposes_free = True
+
+    def __init__(self, expected, wrong_calls: int):
+        self.continuations = {tuple(r.prompt_token_ids): list(r.output_token_ids) for r in expected}
+        self.wrong_calls, self.calls = wrong_calls, {}
+
+    def propose_all(self, wanted):
+        out = {}
+        for seq_id, tokens, k in wanted:
+            prompt = next(p for p in self.continuations if tuple(tokens[: len(p)]) == p)
+            done = len(tokens) - len(prompt)
+            drafts = self.continuations[prompt][done : done + k]
+            self.calls[seq_id] = self.calls.get(seq_id, 0) + 1
+            if drafts and self.calls[seq_id] <= self.wrong_calls:
+                drafts[0] = (drafts[0] + 1) % 50 + 3
+            out[seq_id] = drafts
+        return out
+
+    def forget(self, seq_id):
+        pass
+
+
+def test_a_sequence_that_stopped_drafting_drafts_again_once_its_output_starts_quoting(tiny):
+    """Its first WINDOW_DRAFTS drafts all miss, so it stops verifying; its shadow proposals are scored against the
+    tokens that follow and, once they match, it drafts again (accepted drafts prove it); the output is the same."""
+    model, tokenizer = tiny
+    rng = random.Random(11)
+    requests = [GenerationRequest(tuple(rng.randrange(3, model.config.vocab_size) for _ in range(12)),
+                                  SamplingParams(max_tokens=72, ignore_eos=True), request_id=f"q{i}") for i in range(2)]
+    expected = [generate(model, tokenizer, r) for r in requests]
+    k = 4
+    for resumes in (True, False):
+        engine = Engine(model, tokenizer, EngineConfig(kv_cache_memory=8 << 20, speculative="ngram",
+                                                       num_speculative_tokens=k, speculative_min_acceptance=0.5))
+        engine.proposer = PhasedDrafts(expected, wrong_calls=WINDOW_DRAFTS // k + 2)
+        engine.proposer.proposes_free = resumes
+        assert [r.output_token_ids for r in engine.generate(requests)] == [e.output_token_ids for e in expected]
+        assert (engine.stats.num_accepted_draft_tokens > 0) == resumes
+        assert engine.stats.num_draft_tokens >= len(requests) * WINDOW_DRAFTS
