@@ -116,11 +116,14 @@ def _read_all() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def stored_part(part: tuple[str, ...], key: str | None = None) -> dict | None:
+def stored_part(part: tuple[str, ...], key: str | None = None, stamp: dict | None = None) -> dict | None:
     """The stored figures of one part (CEILINGS or KERNEL_RATES) for this machine; None unless all are there
-    (a profile stored before a figure was added would read the missing one as "cannot run here")."""
+    (a profile stored before a figure was added would read the missing one as "cannot run here") and the entry
+    holds `stamp`'s values (what the figures were measured with, e.g. the kernels' code: store_part them alongside)."""
     entry = _read_all().get(key or fingerprint(), {})
     if not isinstance(entry, dict) or not set(part) <= set(entry):
+        return None
+    if any(entry.get(name) != value for name, value in (stamp or {}).items()):
         return None
     return {name: entry[name] for name in part}
 

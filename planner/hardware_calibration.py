@@ -6,7 +6,9 @@ and the optimizer can choose it. `sqlm calibrate` measures again.
 """
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 
 import torch
 
@@ -14,6 +16,7 @@ from catalog.hardware import (CEILINGS, KERNEL_RATES, TIER_RATES, HardwareProfil
                               store_part, stored_part)
 from catalog.quant import quantize
 from codegen.build import get_kernel
+from codegen.cache import source_digest
 from codegen.linear import TvmBf16Linear, TvmQuantizedLinear
 from codegen.packed import pack
 from codegen.quant_crossover import GEMV_CROSSOVER_GRID, TORCH_BF16_MARGIN
@@ -158,18 +161,28 @@ def measure_tier_rates() -> dict:
     return measure_restore_rates(machine_cache_dir())
 
 
+@functools.cache
+def kernel_code_stamp() -> dict[str, str]:
+    """What the kernel rates were measured with: a digest of codegen's sources, the attention backends' and this
+    file's. A stored profile whose stamp differs timed other kernels (an edit, a new sqlm) and is measured again."""
+    root = Path(__file__).resolve().parents[1]
+    sources = sorted(str(p) for p in (root / "codegen").rglob("*.py"))
+    sources += sorted(str(p) for p in (root / "runtime").glob("attention*.py"))
+    return {"kernel_code": source_digest(*sources, __file__)}
+
+
 def hardware_profile(with_kernels: bool = True, recalibrate: bool = False) -> HardwareProfile:
     """This machine's profile: each part read from the per-machine store, or measured now and stored.
     Without `with_kernels` (plans that call no model) the kernel and KV tier rates are left at 0 and not measured."""
-    parts = {CEILINGS: measure_ceilings, KERNEL_RATES: measure_kernel_rates,
-             TIER_RATES: measure_tier_rates}
+    parts = {CEILINGS: (measure_ceilings, {}), KERNEL_RATES: (measure_kernel_rates, kernel_code_stamp()),
+             TIER_RATES: (measure_tier_rates, {})}
     figures = {}
-    for part, measure in parts.items():
+    for part, (measure, stamp) in parts.items():
         if part is not CEILINGS and not with_kernels:
             continue
-        stored = None if recalibrate else stored_part(part)
+        stored = None if recalibrate else stored_part(part, stamp=stamp)
         if stored is None:
             stored = measure()
-            store_part(stored)
+            store_part({**stored, **stamp})
         figures.update(stored)
     return HardwareProfile(**figures)

@@ -40,9 +40,10 @@ def machine_profile(tmp_path, monkeypatch):
     from dataclasses import asdict
 
     from catalog.hardware import store_part
+    from planner.hardware_calibration import kernel_code_stamp
 
     monkeypatch.setenv("SQLM_CACHE_DIR", str(tmp_path / "machine_cache"))
-    return lambda profile: store_part(asdict(profile))
+    return lambda profile: store_part({**asdict(profile), **kernel_code_stamp()})
 
 
 @pytest.fixture(scope="session")

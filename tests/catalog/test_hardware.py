@@ -67,6 +67,16 @@ def test_a_profile_stored_before_a_figure_existed_is_measured_again(measured):
     assert stored_part(KERNEL_RATES)["quant_bf16_gemm_rate"] == 1.5e11
 
 
+def test_kernel_rates_timed_on_other_kernel_code_are_measured_again(measured, monkeypatch):
+    hardware_profile()
+    monkeypatch.setattr(calibration, "kernel_code_stamp", lambda: {"kernel_code": "an edited quant_gemv"})
+    hardware_profile()
+    assert measured == {"ceilings": 1, "kernels": 2, "tiers": 1}  # only the kernels' part depends on their code
+    assert stored_part(KERNEL_RATES, stamp={"kernel_code": "an edited quant_gemv"}) is not None
+    hardware_profile()
+    assert measured["kernels"] == 2
+
+
 def test_profiles_are_keyed_by_machine(measured):
     store_part(asdict(MEASURED), key="another CPU|64 cores")
     hardware_profile()
