@@ -130,6 +130,14 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
     G = tiles_per_step(dot, TILES, P)
     TOKENS = tokens_per_step(dot, G, P)
     W, UNITS = dot.lanes, LANES // dot.lanes  # each tile's 16 rows as UNITS dot products of W lanes
+
+    def unit_quants(qs, tile, b, i, u):
+        """The 4 W bytes of quants that unit u of a tile multiplies at group i of block b."""
+        return qs[tile, b, i, T.ramp(u * 4 * W, 1, 4 * W)]
+
+    def unit_nibbles(qs, tile, b, i, u, high: int):
+        return _nibbles(unit_quants(qs, tile, b, i, u), high, 4 * W)
+
     SPLIT_BYTES = qtype == "Q8_0" and dot.nibbles_only  # 8-bit quants as 16 * high + low nibble
     PAIRS, HALVES = dot.pair_sums, 2 if SPLIT_BYTES else 1  # int16 sums per block (IntDot.byte_pairs)
     FOUR_BIT, HAS_MIN, OFFSET = qtype != "Q8_0", qtype == "Q4_1", QUANT_OFFSET[qtype]
@@ -230,22 +238,22 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                             if FOUR_BIT:
                                 acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
                                     dot, _dot(dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                              _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                              unit_nibbles(qs, g * G + gi, b, i, u, 0),
                                               xq, t0 + tb, p, b * 32 + 4 * i),
-                                    _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W), xq,
+                                    unit_nibbles(qs, g * G + gi, b, i, u, 1), xq,
                                     t0 + tb, p, b * 32 + 16 + 4 * i)
                             elif SPLIT_BYTES:
                                 acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
                                     dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                    _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                    unit_nibbles(qs, g * G + gi, b, i, u, 0),
                                     xq, t0 + tb, p, b * 32 + 4 * i) + (_dot(
                                         dot, T.Broadcast(T.int32(0), W),
-                                        _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                        unit_nibbles(qs, g * G + gi, b, i, u, 1),
                                         xq, t0 + tb, p, b * 32 + 4 * i) << T.Broadcast(T.int32(4), W))
                             else:
                                 acc[tb, gi, p, T.ramp(u * W, 1, W)] = _dot(
                                     dot, acc[tb, gi, p, T.ramp(u * W, 1, W)],
-                                    qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], xq, t0 + tb, p,
+                                    unit_quants(qs, g * G + gi, b, i, u), xq, t0 + tb, p,
                                     b * 32 + 4 * i)
 
     @T.macro
@@ -266,18 +274,18 @@ def _make_cpu(qtype: str, n: int, k: int, dot: IntDot, screen: bool):
                             if FOUR_BIT:
                                 acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)] = (
                                     acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)]
-                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                    + _pairs(dot, unit_nibbles(qs, g * G + gi, b, i, u, 0),
                                              xq, t0 + tb, p, b * 32 + 4 * i)
-                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                    + _pairs(dot, unit_nibbles(qs, g * G + gi, b, i, u, 1),
                                              xq, t0 + tb, p, b * 32 + 16 + 4 * i))
                             else:
                                 acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)] = (
                                     acc16[tb, gi, p, 0, T.ramp(u * 2 * W, 1, 2 * W)]
-                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 0, 4 * W),
+                                    + _pairs(dot, unit_nibbles(qs, g * G + gi, b, i, u, 0),
                                              xq, t0 + tb, p, b * 32 + 4 * i))
                                 acc16[tb, gi, p, 1, T.ramp(u * 2 * W, 1, 2 * W)] = (
                                     acc16[tb, gi, p, 1, T.ramp(u * 2 * W, 1, 2 * W)]
-                                    + _pairs(dot, _nibbles(qs[g * G + gi, b, i, T.ramp(u * 4 * W, 1, 4 * W)], 1, 4 * W),
+                                    + _pairs(dot, unit_nibbles(qs, g * G + gi, b, i, u, 1),
                                              xq, t0 + tb, p, b * 32 + 4 * i))
         for tb in T.unroll(TB):
             for gi in T.unroll(G):
