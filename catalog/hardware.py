@@ -52,8 +52,11 @@ class HardwareProfile:
     quant_bf16_gemm_rate: float = 0.0
     # FLOP/s of codegen's bf16 matmul (bf16 weights on TVM kernels) at 64 rows, its weights streamed from L3/DRAM;
     # 0 when not measured or where torch's bf16 GEMM was timed much faster (bf16 weights then multiply in torch,
-    # priced at bf16_flops)
+    # priced at bf16_torch_linear_flops)
     bf16_matmul_flops: float = 0.0
+    # FLOP/s of torch's bf16 linear at that shape, timed beside it (bf16 weights on torch kernels: a square GEMM's
+    # bf16_flops overstates it at 64 rows); 0 when not measured (bf16_flops then)
+    bf16_torch_linear_flops: float = 0.0
     # achieved FLOP/s of the engine's attention backends (runtime/attention_timing.py), decode and
     # prefill; 0 where a backend cannot run here (the cost model then prices it by the roofline)
     attention_tvm_decode_flops: float = 0.0

@@ -184,7 +184,9 @@ def linear_rates(rows: float, knobs: EngineConfig, hw: HardwareProfile) -> tuple
 
 
 def _bf16_rate(knobs: EngineConfig, hw: HardwareProfile) -> str:
-    return "bf16_matmul_flops" if _codegen_bf16_matmul(knobs, hw) else "bf16_flops"
+    if _codegen_bf16_matmul(knobs, hw):
+        return "bf16_matmul_flops"
+    return "bf16_torch_linear_flops" if hw.bf16_torch_linear_flops > 0 else "bf16_flops"
 
 
 def _codegen_bf16_matmul(knobs: EngineConfig, hw: HardwareProfile) -> bool:

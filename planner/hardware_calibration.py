@@ -118,18 +118,20 @@ def measure_bf16_matmul(rows: int = 1536, cols: int = 576, tokens: int = 64, rin
     """codegen.linear.TvmBf16Linear's kernel at a decoder-sized matrix and a W1-sized batch, against torch's bf16
     linear on the same weights (over a ring of copies, as measure_quant_kernels): its FLOP/s, or 0 where torch's is
     TORCH_BF16_MARGIN faster (bf16 weights then multiply in torch: codegen.quant_crossover.bf16_on_torch) or the
-    kernel cannot build here."""
+    kernel cannot build here; and torch's FLOP/s, which prices bf16 weights on torch kernels."""
+    weights = [torch.randn(rows, cols).to(torch.bfloat16) for _ in range(max(1, ring_bytes // (2 * rows * cols)))]
+    x = torch.randn(tokens, cols).to(torch.bfloat16)
+    torchs = [DenseLinear(w) for w in weights]
+    torch_s = best_seconds(lambda: [layer(x) for layer in torchs], 3) / len(torchs)
+    del torchs
     try:
-        weights = [torch.randn(rows, cols).to(torch.bfloat16) for _ in range(max(1, ring_bytes // (2 * rows * cols)))]
-        x = torch.randn(tokens, cols).to(torch.bfloat16)
         ours = [TvmBf16Linear(w) for w in weights]
         tvm_s = best_seconds(lambda: [layer(x) for layer in ours], 3) / len(ours)
-        del ours
-        torchs = [DenseLinear(w) for w in weights]
-        torch_s = best_seconds(lambda: [layer(x) for layer in torchs], 3) / len(torchs)
     except Exception:  # noqa: BLE001 - a build failure means "not on TVM here"
-        return {"bf16_matmul_flops": 0.0}
-    return {"bf16_matmul_flops": 0.0 if TORCH_BF16_MARGIN * torch_s < tvm_s else 2 * rows * cols * tokens / tvm_s}
+        tvm_s = float("inf")
+    flops = 2 * rows * cols * tokens
+    return {"bf16_matmul_flops": 0.0 if TORCH_BF16_MARGIN * torch_s < tvm_s else flops / tvm_s,
+            "bf16_torch_linear_flops": flops / torch_s}
 
 
 def measure_ceilings() -> dict:

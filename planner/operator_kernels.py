@@ -27,6 +27,7 @@ QUANT_PATH_KERNELS = {"gemv": "tvm quant_gemv", "gemm": "tvm quant_gemm",
 MEASURED_FORMAT = "Q4_1"  # catalog.hardware times TVM's quantized kernels on this format only
 # HardwareProfile figures in billions: the quantized kernels' rates count weights (x rows where it scales with them)
 _UNITS = {"copy_bandwidth": "GB/s", "fp32_flops": "GFLOP/s", "bf16_flops": "GFLOP/s", "bf16_matmul_flops": "GFLOP/s",
+          "bf16_torch_linear_flops": "GFLOP/s",
           "quant_gemv_rate_t4": "G weights x rows/s", "quant_gemm_rate": "G weights x rows/s",
           "quant_bf16_gemm_rate": "G weights x rows/s", "quant_gemv_batch_rate": "G weights x rows/s",
           "quant_screen_rate": "G weights x rows/s"}

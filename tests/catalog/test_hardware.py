@@ -126,8 +126,9 @@ def test_bf16_weights_multiply_where_calibration_timed_them_faster(machine_profi
 
 
 def test_torch_takes_bf16_weights_only_when_clearly_faster(monkeypatch):
-    times = iter([1.0, 0.5])  # the kernel, then torch's GEMM twice as fast: past the margin
+    times = iter([0.5, 1.0])  # torch's GEMM, then the kernel, half as fast: past the margin
     monkeypatch.setattr(calibration, "best_seconds", lambda fn, repeats: next(times))
-    assert calibration.measure_bf16_matmul(rows=32, cols=64, ring_bytes=0)["bf16_matmul_flops"] == 0.0
-    times = iter([1.0, 0.8])  # torch a little faster alone: the switches between TVM and torch would eat that
+    rates = calibration.measure_bf16_matmul(rows=32, cols=64, tokens=64, ring_bytes=0)
+    assert rates == {"bf16_matmul_flops": 0.0, "bf16_torch_linear_flops": 2 * 32 * 64 * 64 / 0.5}
+    times = iter([0.8, 1.0])  # torch a little faster alone: the switches between TVM and torch would eat that
     assert calibration.measure_bf16_matmul(rows=32, cols=64, ring_bytes=0)["bf16_matmul_flops"] > 0

@@ -148,6 +148,20 @@ def test_bf16_weights_on_tvm_are_priced_at_the_timed_bf16_matmul_where_it_was_ti
     assert seconds(bf16, zen4, BATCH) < seconds(bf16, FAST_TVM, BATCH)  # 420 against torch's 110 GFLOP/s
 
 
+def test_bf16_weights_on_torch_are_priced_at_torchs_linear_of_the_same_shape():
+    """A square GEMM's rate overstates torch's bf16 linear at 64 rows (Zen 4: 413 against ~230 GFLOP/s): priced at
+    the square, bf16/torch undercut codegen's measured 313 and the plan ran 478 instead of ~720 tok/s on W1."""
+    from planner.cost import linear_rates
+
+    bf16 = replace(KNOBS, weight_format="bf16")
+    zen4 = replace(FAST_TVM, bf16_flops=4.13e11, bf16_matmul_flops=3.13e11, bf16_torch_linear_flops=2.3e11)
+    on_torch = replace(bf16, kernels="torch")
+    assert linear_rates(64, on_torch, zen4) == ("bf16_torch_linear_flops", "copy_bandwidth")
+    assert seconds(bf16, zen4, BATCH) < seconds(on_torch, zen4, BATCH)
+    unmeasured = replace(zen4, bf16_torch_linear_flops=0.0)  # kernels not measured: the square GEMM's rate
+    assert linear_rates(64, on_torch, unmeasured) == ("bf16_flops", "copy_bandwidth")
+
+
 def test_greedy_rows_of_bf16_weights_on_codegens_matmul_are_screened_at_any_batch():
     """A bf16 lm_head made from GGUF blocks screens over them (codegen.linear.TvmBf16Linear.argmax) where codegen's
     bf16 matmul runs it; with torch's GEMM (an AMX CPU) or an lm_head stored unquantized, it multiplies in full."""
